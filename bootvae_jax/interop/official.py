@@ -1,0 +1,165 @@
+"""Import released CV-VAE / OD-VAE checkpoints into a `VideoAutoencoder`.
+
+    model = load_official("odvae", "vae/diffusion_pytorch_model.safetensors", "vae/config.json")
+
+Conversion is a key-mapping rule plus one kernel-layout transpose (`torch_to_flax`); every
+official tensor must be consumed and every parameter filled, or one error lists what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bootvae_jax.models import architectures
+from bootvae_jax.models.autoencoder import VideoAutoencoder
+
+CONFIG_BUILDERS = {"cvvae": architectures.cvvae, "odvae": architectures.odvae}
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel layout (written once, used by import and export).
+
+
+def torch_to_flax(w: np.ndarray) -> np.ndarray:
+  """PyTorch weight → our layout.
+
+  Conv3d (out, in, kt, kh, kw) → (kt, kh, kw, in, out); Conv2d (out, in, kh, kw) →
+  (1, kh, kw, in, out); Linear (out, in) → (in, out); 1-D tensors unchanged.
+  """
+  if w.ndim == 5:
+    return np.transpose(w, (2, 3, 4, 1, 0))
+  if w.ndim == 4:
+    return np.transpose(w, (2, 3, 1, 0))[None]
+  if w.ndim == 2:
+    return w.T
+  return w
+
+
+def flax_to_torch(w: np.ndarray, torch_ndim: int) -> np.ndarray:
+  """The inverse of `torch_to_flax` for a PyTorch tensor of rank `torch_ndim`."""
+  if torch_ndim == 5:
+    return np.transpose(w, (4, 3, 0, 1, 2))
+  if torch_ndim == 4:
+    return np.transpose(w[0], (3, 2, 0, 1))
+  if torch_ndim == 2:
+    return w.T
+  return w
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading official files.
+
+
+def read_official_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+  """Constructor kwargs from a dict or a `config.json` (top-level, or under
+  `constructor_kwargs` as in the fixtures)."""
+  if not isinstance(config, Mapping):
+    path = pathlib.Path(config)
+    if path.is_dir():
+      path = path / "config.json"
+    with open(path) as f:
+      config = json.load(f)
+  config = dict(config.get("constructor_kwargs", config))
+  return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Official tensors as float32 numpy arrays.
+
+  `.safetensors` (float16 or float32), or a torch `.ckpt`/`.pt`/`.bin` holding a state dict,
+  `{"state_dict": ...}` or `{"ema_state_dict": ...}` (EMA preferred, as the official loader),
+  with any `module.` prefixes; torch files are read with `weights_only=True`, which refuses
+  arbitrary pickled objects.
+  """
+  path = pathlib.Path(path)
+  if path.suffix == ".safetensors":
+    from safetensors.numpy import load_file
+    tensors = load_file(str(path))
+  else:
+    import torch
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and obj.get("ema_state_dict"):
+      obj = obj["ema_state_dict"]
+    elif isinstance(obj, Mapping) and "state_dict" in obj:
+      obj = obj["state_dict"]
+      if "gen_model" in obj and isinstance(obj["gen_model"], Mapping):
+        obj = obj["gen_model"]
+    tensors = {k: v.float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
+  tensors = {k.replace("module.", ""): np.asarray(v, np.float32) for k, v in tensors.items()}
+  # Training checkpoints carry the loss (LPIPS, discriminator); the official loader skips them.
+  return {k: v for k, v in tensors.items() if not k.startswith("loss.")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Key mapping.
+
+
+def official_key_candidates(path: tuple) -> list[str]:
+  """Official names a parameter at `path` (an nnx state path) may have.
+
+  Our module tree mirrors the released ones, so the rule is: `kernel`/`scale` → `weight`;
+  CV-VAE's spatio-temporal attention keeps its spatial projections at the block level
+  (`attn_1.q`, not `attn_1.spatial.q`); OD-VAE wraps every 3D conv as `<name>.conv.*`.
+  """
+  parts = [str(p) for p in path]
+  leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[parts[-1]]
+  parts = [p for p in parts[:-1] if p != "spatial"]
+  plain = ".".join(parts + [leaf])
+  wrapped = ".".join(parts + ["conv", leaf])
+  return [plain, wrapped]
+
+
+def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray]) -> None:
+  """Fills `model`'s parameters from official `tensors` in place; one error lists all problems."""
+  params = nnx.state(model, nnx.Param)
+  missing, mismatched, used = [], [], set()
+  for path, variable in params.flat_state():
+    key = next((k for k in official_key_candidates(path) if k in tensors), None)
+    if key is None:
+      missing.append(official_key_candidates(path)[0])
+      continue
+    value = torch_to_flax(tensors[key])
+    if value.shape != variable.value.shape:
+      mismatched.append(f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
+                        f" model expects {tuple(variable.value.shape)}")
+      continue
+    variable.value = jnp.asarray(value, variable.value.dtype)
+    used.add(key)
+  unexpected = sorted(set(tensors) - used)
+  if missing or unexpected or mismatched:
+    lines = ["the checkpoint does not match the model built from its config:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", mismatched)):
+      if items:
+        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
+                     + (" ..." if len(items) > 20 else ""))
+    raise ValueError("\n".join(lines))
+  nnx.update(model, params)
+
+
+def load_official(kind: str, weights: str | os.PathLike,
+                  config: Mapping[str, Any] | str | os.PathLike, *,
+                  conv_impl: str = "auto") -> VideoAutoencoder:
+  """A float32 `VideoAutoencoder` holding a released CV-VAE (`kind="cvvae"`) or OD-VAE
+  (`kind="odvae"`) checkpoint.
+
+  Args:
+    kind: "cvvae" or "odvae".
+    weights: official-named `*.safetensors`, or for OD-VAE also a torch `.ckpt`.
+    config: official constructor kwargs as a dict, or the path of an official `config.json`.
+    conv_impl: convolution formulation (see `models/layers.py`).
+  """
+  if kind not in CONFIG_BUILDERS:
+    raise ValueError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
+  model_config = CONFIG_BUILDERS[kind](read_official_config(config))
+  model_config.conv_impl = conv_impl
+  model = VideoAutoencoder(model_config, rngs=nnx.Rngs(0))
+  convert_state_dict(model, read_state_dict(weights))
+  return model

@@ -1,0 +1,358 @@
+"""Encoder, Decoder, DiagonalGaussian and the config-built `VideoAutoencoder`.
+
+An architecture is a `model` config (see `configs/arch/*.py` and `default_model_config`):
+per-level widths, block kind per level, resampler per level, time padding, norms, mid
+attention, latent channels. The module tree mirrors the released CV-VAE / OD-VAE layouts
+(`encoder.down[i].block[j]`, `encoder.mid.block_1`, ...), which keeps checkpoint conversion a
+key-mapping table (`interop/official.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from flax import struct
+
+from bootvae_jax.models import blocks
+from bootvae_jax.models import layers
+
+# ----------------------------------------------------------------------------------------------
+# The causal frame rule (written once).
+
+
+def valid_frame_counts(temporal_factor: int, near: int, count: int = 2) -> list[int]:
+  """The `count` valid clip lengths `1 + r·k` (k ≥ 0) closest to `near`."""
+  candidates = [1 + temporal_factor * k for k in range(max(near // temporal_factor + 3, 3))]
+  return sorted(sorted(candidates, key=lambda n: (abs(n - near), n))[:count])
+
+
+def frame_rule_error(num_frames: int, temporal_factor: int, what: str = "clip") -> str | None:
+  """An actionable message if `num_frames` breaks the causal rule `1 + r·k`, else None."""
+  if num_frames >= 1 and (num_frames - 1) % temporal_factor == 0:
+    return None
+  examples = " or ".join(str(n) for n in valid_frame_counts(temporal_factor, num_frames))
+  return (f"{what} has {num_frames} frames; a {temporal_factor}x causal model needs"
+          f" 1+{temporal_factor}k frames (e.g. {examples})")
+
+
+def check_frames(num_frames: int, temporal_factor: int, what: str = "clip") -> None:
+  if (message := frame_rule_error(num_frames, temporal_factor, what)) is not None:
+    raise ValueError(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# Posterior.
+
+
+@struct.dataclass
+class DiagonalGaussian:
+  """The KL posterior q(z|x) = N(mean, exp(logvar)); a pytree, so it crosses `jax.jit`.
+
+  mean, logvar: (B, T', H', W', C_latent); logvar is already clamped to [-30, 20].
+  """
+
+  mean: jax.Array
+  logvar: jax.Array
+
+  @classmethod
+  def from_moments(cls, moments: jax.Array, clamp=(-30.0, 20.0)) -> "DiagonalGaussian":
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    return cls(mean, jnp.clip(logvar, *clamp))
+
+  @property
+  def std(self) -> jax.Array:
+    return jnp.exp(0.5 * self.logvar)
+
+  def sample(self, rng: jax.Array) -> jax.Array:
+    return self.mean + self.std * jax.random.normal(rng, self.mean.shape, self.mean.dtype)
+
+  def mode(self) -> jax.Array:
+    return self.mean
+
+  def kl(self) -> jax.Array:
+    """KL(q || N(0, I)) summed over every non-batch axis: (B,)."""
+    var = jnp.exp(self.logvar)
+    return 0.5 * jnp.sum(jnp.square(self.mean) + var - 1.0 - self.logvar,
+                         axis=tuple(range(1, self.mean.ndim)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture description derived from a config (validated before any parameter exists).
+
+
+def _level_specs(config: ml_collections.ConfigDict, side: str) -> list:
+  cfg = config[side]
+  num_levels = len(config.channel_multipliers)
+  kinds, allowed = ("downsample", blocks.DOWNSAMPLE_KINDS) if side == "encoder" else (
+      "upsample", blocks.UPSAMPLE_KINDS)
+  specs = list(cfg[kinds])
+  for name in ("blocks", kinds):
+    if len(cfg[name]) != num_levels:
+      raise ValueError(
+          f"model.{side}.{name} has {len(cfg[name])} entries but model.channel_multipliers"
+          f" has {num_levels} levels"
+      )
+  for i, kind in enumerate(cfg.blocks):
+    if kind not in blocks.RES_BLOCK_KINDS:
+      raise ValueError(f"model.{side}.blocks[{i}]={kind!r} is not a block kind; known:"
+                       f" {blocks.RES_BLOCK_KINDS}")
+  return [blocks.ResampleSpec.parse(s, allowed, f"model.{side}.{kinds}[{i}]")
+          for i, s in enumerate(specs)]
+
+
+def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(temporal, spatial) compression of a model config; checks encoder and decoder agree."""
+  enc = [s for s in _level_specs(config, "encoder") if s]
+  dec = [s for s in _level_specs(config, "decoder") if s]
+  factors = {}
+  for side, specs in (("encoder", enc), ("decoder", dec)):
+    factors[side] = (math.prod(s.time_factor for s in specs),
+                     math.prod(s.space_factor for s in specs))
+  if factors["encoder"] != factors["decoder"]:
+    raise ValueError(
+        f"encoder compresses (time, space) by {factors['encoder']} but the decoder expands by"
+        f" {factors['decoder']}; make model.encoder.downsample and model.decoder.upsample match"
+    )
+  return factors["encoder"]
+
+
+def validate_model_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a config that cannot build (before any parameter is created)."""
+  compression_factors(config)
+  for side in ("encoder", "decoder"):
+    cfg = config[side]
+    if cfg.time_padding not in ("causal", "centred"):
+      raise ValueError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
+    if cfg.mid_attention not in blocks.ATTENTION_KINDS:
+      raise ValueError(f"model.{side}.mid_attention={cfg.mid_attention!r}; known:"
+                       f" {blocks.ATTENTION_KINDS}")
+    for name in ("norm", "attention_norm"):
+      if cfg[name] not in ("groupnorm_clip", "groupnorm_frame", "rmsnorm_frame"):
+        raise ValueError(f"model.{side}.{name}={cfg[name]!r}; use groupnorm_clip,"
+                         " groupnorm_frame or rmsnorm_frame")
+  widths = [config.base_channels * m for m in config.channel_multipliers]
+  for w in [config.base_channels] + widths:
+    if w % config.num_groups:
+      raise ValueError(f"level width {w} is not divisible by model.num_groups="
+                       f"{config.num_groups}")
+  if not config.use_quant_conv and config.latent_channels != config.z_channels:
+    raise ValueError("without quant convs model.latent_channels must equal model.z_channels")
+  layers.resolve_conv_impl(config.conv_impl)
+
+
+def _settings(config, side: str):
+  cfg = config[side]
+  dtype = jnp.dtype(config.dtype) if config.dtype != "float32" else None
+  conv = blocks.ConvSettings(time_padding=cfg.time_padding, conv_impl=config.conv_impl,
+                             dtype=dtype)
+  norm = blocks.NormSettings(cfg.norm, config.num_groups, config.norm_eps)
+  attention_norm = blocks.NormSettings(cfg.attention_norm, config.num_groups, config.norm_eps)
+  return conv, norm, attention_norm
+
+
+def _kernel(kind: str) -> tuple[int, int, int]:
+  if kind not in ("3d", "2d"):
+    raise ValueError(f"conv kind {kind!r}; use '3d' or '2d'")
+  return (3, 3, 3) if kind == "3d" else (1, 3, 3)
+
+
+def _maybe_remat(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
+  if not remat:
+    return module(x)
+  return nnx.remat(lambda m, h: m(h))(module, x)
+
+
+class Level(nnx.Module):
+  """The res blocks of one resolution level plus its resampler (`down[i]` / `up[i]`)."""
+
+  def __init__(self, widths_in_out: list[tuple[int, int]], kind: str, resampler, *,
+               resampler_attr: str, conv, norm, rngs):
+    self.block = nnx.List([blocks.ResBlock(cin, cout, kind, conv=conv, norm=norm, rngs=rngs)
+                           for cin, cout in widths_in_out])
+    setattr(self, resampler_attr, resampler)
+    self.resampler_attr = resampler_attr
+
+  def __call__(self, x: jax.Array, remat: bool = False) -> jax.Array:
+    for block in self.block:
+      x = _maybe_remat(block, x, remat)
+    resampler = getattr(self, self.resampler_attr)
+    return x if resampler is None else resampler(x)
+
+
+class Encoder(nnx.Module):
+  """conv_in → levels (res blocks + downsample) → mid → norm_out, SiLU, conv_out (2·z)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    cfg = config.encoder
+    conv, norm, attention_norm = _settings(config, "encoder")
+    specs = _level_specs(config, "encoder")
+    widths = [config.base_channels * m for m in config.channel_multipliers]
+    self.conv_in = conv.conv(config.in_channels, config.base_channels, _kernel(cfg.conv_in),
+                             rngs=rngs)
+    down, width = [], config.base_channels
+    for i, (out, kind, spec) in enumerate(zip(widths, cfg.blocks, specs)):
+      pairs = [(width if j == 0 else out, out) for j in range(cfg.num_res_blocks)]
+      resampler = blocks.make_downsample(out, spec, conv=conv, rngs=rngs)
+      down.append(Level(pairs, kind, resampler, resampler_attr="downsample", conv=conv,
+                        norm=norm, rngs=rngs))
+      width = out
+    self.down = nnx.List(down)
+    self.mid = blocks.MidBlock(width, cfg.mid_block, cfg.mid_attention, conv=conv, norm=norm,
+                               attention_norm=attention_norm, rngs=rngs)
+    self.norm_out = norm.make(width, rngs=rngs)
+    out_channels = 2 * config.z_channels if config.double_z else config.z_channels
+    self.conv_out = conv.conv(width, out_channels, (3, 3, 3), rngs=rngs)
+    self.remat = bool(config.remat)
+
+  def body(self, x: jax.Array) -> jax.Array:
+    """Everything up to (excluding) norm_out/conv_out: the features ProMAG grows on."""
+    h = self.conv_in(x)
+    for level in self.down:
+      h = level(h, self.remat)
+    return self.mid(h)
+
+  def head(self, h: jax.Array) -> jax.Array:
+    return self.conv_out(nnx.silu(self.norm_out(h)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.body(x))
+
+
+class Decoder(nnx.Module):
+  """conv_in → mid → levels (res blocks + upsample, lowest resolution first) → conv_out."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    cfg = config.decoder
+    conv, norm, attention_norm = _settings(config, "decoder")
+    specs = _level_specs(config, "decoder")
+    widths = [config.base_channels * m for m in config.channel_multipliers]
+    width = widths[-1]
+    self.conv_in = conv.conv(config.z_channels, width, _kernel(cfg.conv_in), rngs=rngs)
+    self.mid = blocks.MidBlock(width, cfg.mid_block, cfg.mid_attention, conv=conv, norm=norm,
+                               attention_norm=attention_norm, rngs=rngs)
+    up = [None] * len(widths)
+    for i in reversed(range(len(widths))):
+      out = widths[i]
+      pairs = [(width if j == 0 else out, out) for j in range(cfg.num_res_blocks)]
+      resampler = blocks.make_upsample(out, specs[i], conv=conv, rngs=rngs)
+      up[i] = Level(pairs, cfg.blocks[i], resampler, resampler_attr="upsample", conv=conv,
+                    norm=norm, rngs=rngs)
+      width = out
+    self.up = nnx.List(up)  # indexed by level like the released models: up[0] runs last
+    self.norm_out = norm.make(width, rngs=rngs)
+    self.conv_out = conv.conv(width, config.out_channels, (3, 3, 3), rngs=rngs)
+    self.remat = bool(config.remat)
+
+  def stem(self, z: jax.Array) -> jax.Array:
+    return self.mid(self.conv_in(z))
+
+  def body(self, h: jax.Array) -> jax.Array:
+    """Levels and output head: what ProMAG's frozen lower-level decoder runs."""
+    for level in reversed(self.up):
+      h = level(h, self.remat)
+    return self.conv_out(nnx.silu(self.norm_out(h)))
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    return self.body(self.stem(z))
+
+
+class VideoAutoencoder(nnx.Module):
+  """A causal 3D video VAE built from a `model` config.
+
+  encode(x: (B, 1+r·k, H, W, C_in) in [-1, 1]) -> DiagonalGaussian over (B, 1+k, H/s, W/s, C_z)
+  decode(z) -> (B, 1+r·k, H, W, C_out)
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    validate_model_config(config)
+    self.config = config
+    self.temporal_factor, self.spatial_factor = compression_factors(config)
+    self.encoder = Encoder(config, rngs=rngs)
+    self.decoder = Decoder(config, rngs=rngs)
+    conv, _, _ = _settings(config, "encoder")
+    if config.use_quant_conv:
+      moments = 2 * config.z_channels if config.double_z else config.z_channels
+      self.quant_conv = conv.pointwise(moments, 2 * config.latent_channels, rngs=rngs)
+      self.post_quant_conv = conv.pointwise(config.latent_channels, config.z_channels, rngs=rngs)
+    else:
+      self.quant_conv = self.post_quant_conv = None
+    self.compute_dtype = jnp.dtype(config.dtype)
+
+  @property
+  def latent_channels(self) -> int:
+    return self.config.latent_channels
+
+  def check_input(self, x: jax.Array) -> None:
+    if x.ndim != 5:
+      raise ValueError(f"expected video (B, T, H, W, C), got shape {x.shape}")
+    check_frames(x.shape[1], self.temporal_factor)
+    h, w = x.shape[2:4]
+    if h % self.spatial_factor or w % self.spatial_factor:
+      raise ValueError(f"frame size {h}x{w} is not divisible by the spatial factor"
+                       f" {self.spatial_factor}")
+
+  def moments(self, x: jax.Array) -> jax.Array:
+    self.check_input(x)
+    h = self.encoder(x.astype(self.compute_dtype))
+    if self.quant_conv is not None:
+      h = self.quant_conv(h)
+    return h.astype(jnp.float32)
+
+  def encode(self, x: jax.Array) -> DiagonalGaussian:
+    return DiagonalGaussian.from_moments(self.moments(x))
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    z = z.astype(self.compute_dtype)
+    if self.post_quant_conv is not None:
+      z = self.post_quant_conv(z)
+    return self.decoder(z).astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None
+               ) -> tuple[jax.Array, DiagonalGaussian]:
+    """Reconstruction and posterior; samples z when `rng` is given, else uses the mean."""
+    posterior = self.encode(x)
+    z = posterior.mode() if rng is None else posterior.sample(rng)
+    return self.decode(z), posterior
+
+
+def count_params(module: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def build(config: ml_collections.ConfigDict, seed: int = 0) -> VideoAutoencoder:
+  return VideoAutoencoder(config, rngs=nnx.Rngs(seed))
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Every field a `model` config has, with the small ProMAG base as default values."""
+
+  def side(**kw: Any) -> ml_collections.ConfigDict:
+    fields = dict(conv_in="3d", num_res_blocks=2, time_padding="causal", norm="rmsnorm_frame",
+                  mid_block="3d", mid_attention="spatial", attention_norm="rmsnorm_frame")
+    return ml_collections.ConfigDict({**fields, **kw})
+
+  return ml_collections.ConfigDict(dict(
+      name="promag_base",
+      in_channels=3,
+      out_channels=3,
+      base_channels=64,
+      channel_multipliers=(1, 2, 2, 4),
+      num_groups=32,
+      norm_eps=1e-6,
+      z_channels=8,
+      double_z=True,
+      latent_channels=8,
+      use_quant_conv=True,
+      scaling_factor=1.0,
+      conv_impl="auto",
+      dtype="float32",
+      remat=False,
+      encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),
+      decoder=side(num_res_blocks=3, blocks=("3d",) * 4,
+                   upsample=("", "d2s:s", "d2s:st", "d2s:st")),
+  ))

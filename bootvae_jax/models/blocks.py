@@ -1,0 +1,232 @@
+"""Residual blocks, down/upsamplers and mid blocks: a small registry of kinds named in configs.
+
+Block kinds (`model.encoder.blocks[i]`, `model.decoder.blocks[i]`):
+  * `3d`     — conv1 and conv2 are 3×3×3 (causal or centred in time, per the encoder/decoder).
+  * `2d`     — both convs are 3×3 per frame and both norms per frame (OD-VAE's ResnetBlock2D).
+  * `half3d` — conv1 3×3×3, conv2 3×3 per frame (CV-VAE's `half_3d` ResnetBlock3D).
+
+Resampler specs are strings `"<kind>:<axes>"` where axes is `s` (2x space), `t` (2x time) or
+`st` (both); an empty string means no resampler at that level.
+  Downsample kinds: `conv3d` (causal strided 3×3×3: CV-VAE Downsample3D, OD-VAE
+    Spatial2xTime2x3DDownsample, ProMAG's temporal downsample) and `conv2d` (strided 3×3 per
+    frame: OD-VAE Downsample).
+  Upsample kinds: `nearest3d` (CV-VAE Upsample3D: nearest 2x space, 3×3×3 conv with replicate
+    time padding at both ends, depth-to-time), `nearest2d` (OD-VAE SpatialUpsample2x),
+    `trilinear` (OD-VAE Spatial2xTime2x3DUpsample) and `d2s` (MAGVIT-v2 style: causal conv then
+    depth-to-space / depth-to-time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bootvae_jax.models import layers
+
+RES_BLOCK_KINDS = ("3d", "2d", "half3d")
+DOWNSAMPLE_KINDS = ("conv3d", "conv2d")
+UPSAMPLE_KINDS = ("nearest3d", "nearest2d", "trilinear", "d2s")
+ATTENTION_KINDS = ("spatial", "spatiotemporal", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResampleSpec:
+  """A parsed `"<kind>:<axes>"` string."""
+
+  kind: str
+  time_factor: int
+  space_factor: int
+
+  @classmethod
+  def parse(cls, spec: str, allowed: tuple[str, ...], where: str) -> "ResampleSpec | None":
+    if not spec:
+      return None
+    kind, _, axes = spec.partition(":")
+    if kind not in allowed or not axes or set(axes) - {"s", "t"}:
+      raise ValueError(
+          f"{where}={spec!r} is not a resampler spec; use '<kind>:<axes>' with kind in"
+          f" {allowed} and axes one of 's', 't', 'st' (or '' for none)"
+      )
+    return cls(kind, 2 if "t" in axes else 1, 2 if "s" in axes else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSettings:
+  """What every conv of one encoder or decoder shares."""
+
+  time_padding: layers.TimePadding = "causal"
+  conv_impl: layers.ConvImpl = "auto"
+  dtype: jnp.dtype | None = None
+
+  def conv(self, cin, cout, kernel_size, *, rngs, **kw) -> layers.Conv3d:
+    kw.setdefault("time_padding", self.time_padding)
+    return layers.Conv3d(cin, cout, kernel_size, conv_impl=self.conv_impl, dtype=self.dtype,
+                         rngs=rngs, **kw)
+
+  def pointwise(self, cin, cout, *, rngs) -> layers.Conv3d:
+    return self.conv(cin, cout, (1, 1, 1), rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSettings:
+  kind: layers.NormKind = "groupnorm_clip"
+  num_groups: int = 32
+  eps: float = 1e-6
+
+  def make(self, channels, *, rngs, kind: layers.NormKind | None = None) -> layers.Norm:
+    return layers.Norm(channels, kind or self.kind, num_groups=self.num_groups, eps=self.eps,
+                       rngs=rngs)
+
+
+class ResBlock(nnx.Module):
+  """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + h."""
+
+  def __init__(self, in_channels: int, out_channels: int, kind: str, *, conv: ConvSettings,
+               norm: NormSettings, rngs: nnx.Rngs):
+    if kind not in RES_BLOCK_KINDS:
+      raise ValueError(f"unknown res block kind {kind!r}; known: {RES_BLOCK_KINDS}")
+    k1 = (1, 3, 3) if kind == "2d" else (3, 3, 3)
+    k2 = (3, 3, 3) if kind == "3d" else (1, 3, 3)
+    norm_kind = layers.per_frame(norm.kind) if kind == "2d" else norm.kind
+    self.norm1 = norm.make(in_channels, kind=norm_kind, rngs=rngs)
+    self.conv1 = conv.conv(in_channels, out_channels, k1, rngs=rngs)
+    self.norm2 = norm.make(out_channels, kind=norm_kind, rngs=rngs)
+    self.conv2 = conv.conv(out_channels, out_channels, k2, rngs=rngs)
+    if in_channels != out_channels:
+      self.nin_shortcut = conv.pointwise(in_channels, out_channels, rngs=rngs)
+    else:
+      self.nin_shortcut = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = self.conv2(nnx.silu(self.norm2(h)))
+    shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+    return shortcut + h
+
+
+class ConvDownsample(nnx.Module):
+  """Strided causal conv. Space: pad 1 at bottom/right then stride 2 (the released layout);
+  time: replicate the first frame twice in front then stride 2, so `1 + 2k` → `1 + k` frames."""
+
+  def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
+    kt = 1 if spec.kind == "conv2d" else 3
+    if kt == 1 and spec.time_factor != 1:
+      raise ValueError("a conv2d downsample works per frame and cannot downsample time")
+    self.conv = conv.conv(
+        channels, channels, (kt, 3, 3),
+        stride=(spec.time_factor, spec.space_factor, spec.space_factor),
+        time_padding="causal",
+        spatial_padding="bottom_right" if spec.space_factor == 2 else "same",
+        rngs=rngs,
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.conv(x)
+
+
+class NearestUpsample(nnx.Module):
+  """Nearest 2x in space, conv to `f·C` channels, depth-to-time, drop the first `f - 1` frames.
+
+  `nearest3d` is CV-VAE's Upsample3D (3×3×3, first/last frame replicated at both ends of time,
+  whatever the decoder's own padding); `nearest2d` is OD-VAE's SpatialUpsample2x (3×3 per frame).
+  """
+
+  def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
+    kt = 3 if spec.kind == "nearest3d" else 1
+    if kt == 1 and spec.time_factor != 1:
+      raise ValueError("a nearest2d upsample works per frame and cannot upsample time")
+    self.spec = spec
+    self.conv = conv.conv(channels, spec.time_factor * channels, (kt, 3, 3),
+                          time_padding="replicate_both", rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.spec.space_factor == 2:
+      x = layers.nearest_upsample_space(x)
+    f = self.spec.time_factor
+    y = layers.depth_to_time(self.conv(x), f)
+    return y[:, f - 1 :]
+
+
+class TrilinearUpsample(nnx.Module):
+  """OD-VAE's Spatial2xTime2x3DUpsample: frame 0 bilinearly 2x in space only; frames 1.. are
+  trilinearly 2x in time and space (frame 0 never mixes with later frames); then a 3×3×3 conv.
+  `1 + k` → `1 + 2k` frames."""
+
+  def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
+    self.spec = spec
+    self.conv = conv.conv(channels, channels, (3, 3, 3), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.spec.space_factor == 2:
+      x = layers.linear_upsample_2x(layers.linear_upsample_2x(x, 2), 3)
+    if self.spec.time_factor == 2 and x.shape[1] > 1:
+      x = jnp.concatenate([x[:, :1], layers.linear_upsample_2x(x[:, 1:], 1)], axis=1)
+    return self.conv(x)
+
+
+class DepthToSpaceUpsample(nnx.Module):
+  """MAGVIT-v2 style: causal 3×3×3 conv to `ft·fs²·C` channels, depth-to-space, depth-to-time,
+  then drop the first `ft - 1` frames so `1 + k` latent frames give `1 + ft·k` frames."""
+
+  def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
+    self.spec = spec
+    factor = spec.time_factor * spec.space_factor**2
+    self.conv = conv.conv(channels, factor * channels, (3, 3, 3), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ft, fs = self.spec.time_factor, self.spec.space_factor
+    y = layers.depth_to_time(self.conv(x), ft)
+    if fs > 1:
+      y = layers.depth_to_space(y, fs)
+    return y[:, ft - 1 :]
+
+
+DOWNSAMPLERS = {"conv3d": ConvDownsample, "conv2d": ConvDownsample}
+UPSAMPLERS = {
+    "nearest3d": NearestUpsample,
+    "nearest2d": NearestUpsample,
+    "trilinear": TrilinearUpsample,
+    "d2s": DepthToSpaceUpsample,
+}
+
+
+def make_downsample(channels, spec: ResampleSpec | None, *, conv, rngs):
+  return None if spec is None else DOWNSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
+
+
+def make_upsample(channels, spec: ResampleSpec | None, *, conv, rngs):
+  return None if spec is None else UPSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
+
+
+def make_attention(kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings,
+                   rngs: nnx.Rngs):
+  """`spatial`: per-frame attention; `spatiotemporal`: CV-VAE's spatial→temporal chain."""
+  conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype)
+  if kind == "spatial":
+    return layers.SpatialAttention(channels, norm=norm.kind, num_groups=norm.num_groups,
+                                   eps=norm.eps, rngs=rngs, **conv_kw)
+  if kind == "spatiotemporal":
+    return layers.SpatioTemporalAttention(channels, norm=norm.kind, num_groups=norm.num_groups,
+                                          eps=norm.eps, rngs=rngs, **conv_kw)
+  if kind == "none":
+    return None
+  raise ValueError(f"unknown attention kind {kind!r}; known: {ATTENTION_KINDS}")
+
+
+class MidBlock(nnx.Module):
+  """ResBlock → attention → ResBlock at the lowest resolution."""
+
+  def __init__(self, channels: int, block_kind: str, attention: str, *, conv: ConvSettings,
+               norm: NormSettings, attention_norm: NormSettings, rngs: nnx.Rngs):
+    self.block_1 = ResBlock(channels, channels, block_kind, conv=conv, norm=norm, rngs=rngs)
+    self.attn_1 = make_attention(attention, channels, norm=attention_norm, conv=conv, rngs=rngs)
+    self.block_2 = ResBlock(channels, channels, block_kind, conv=conv, norm=norm, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.block_1(x)
+    if self.attn_1 is not None:
+      h = self.attn_1(h)
+    return self.block_2(h)

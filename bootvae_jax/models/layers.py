@@ -1,0 +1,386 @@
+"""Primitive layers of the video autoencoders: convolutions, norms, attention.
+
+Every tensor is channels-last video `(B, T, H, W, C)`. One `Conv3d` class covers the three conv
+flavours of DESIGN.md ("Tensors and conventions"):
+
+* causal 3D (`time_padding="causal"`): the first frame is replicated `kt - 1` times in front,
+  nothing at the back, so output frame t never sees input frames after t;
+* centred 3D (`time_padding="centred"`): zero padding `kt // 2` at both ends (CV-VAE decoder);
+* 2D per frame: a kernel with `kt == 1` (no time padding at all).
+
+Kernels are `[kt, kh, kw, in, out]`; logical axis names on every parameter let the trainer map
+them onto a device mesh (`training/partitioning.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TimePadding = Literal["causal", "centred", "replicate_both", "none"]
+SpatialPadding = Literal["same", "bottom_right", "valid"]
+ConvImpl = Literal["auto", "xla", "stacked"]
+
+CONV_KERNEL_AXES = ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out")
+CHANNEL_AXES = ("conv_out",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding rules (written once).
+
+
+def pad_time(x: jax.Array, front: int, back: int, mode: str) -> jax.Array:
+  """Pads axis 1 (time) of `x: (B, T, H, W, C)`.
+
+  `mode="replicate"` repeats the first / last frame (causal convention of CV-VAE and OD-VAE);
+  `mode="zeros"` pads with zeros.
+  """
+  if front == 0 and back == 0:
+    return x
+  if mode == "replicate":
+    parts = [jnp.repeat(x[:, :1], front, axis=1)] if front else []
+    parts.append(x)
+    if back:
+      parts.append(jnp.repeat(x[:, -1:], back, axis=1))
+    return jnp.concatenate(parts, axis=1)
+  if mode == "zeros":
+    return jnp.pad(x, ((0, 0), (front, back), (0, 0), (0, 0), (0, 0)))
+  raise ValueError(f"unknown time padding mode {mode!r}")
+
+
+def time_padding_amounts(kind: TimePadding, kt: int) -> tuple[int, int, str]:
+  """(front, back, mode) for a temporal kernel of size `kt`."""
+  if kind == "causal":
+    return kt - 1, 0, "replicate"
+  if kind == "centred":
+    return kt // 2, kt // 2, "zeros"
+  if kind == "replicate_both":
+    return kt // 2, kt // 2, "replicate"
+  if kind == "none":
+    return 0, 0, "zeros"
+  raise ValueError(f"unknown time_padding {kind!r}; use causal, centred, replicate_both or none")
+
+
+def spatial_padding_amounts(kind: SpatialPadding, kh: int, kw: int):
+  """((top, bottom), (left, right)) zero padding for a spatial kernel."""
+  if kind == "same":
+    return (kh // 2, kh // 2), (kw // 2, kw // 2)
+  if kind == "bottom_right":  # the released downsamplers: pad 1 at bottom/right, then stride 2
+    return (0, 1), (0, 1)
+  if kind == "valid":
+    return (0, 0), (0, 0)
+  raise ValueError(f"unknown spatial_padding {kind!r}; use same, bottom_right or valid")
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution kernels: two formulations of the same valid-in-time 3D convolution.
+
+
+def resolve_conv_impl(impl: ConvImpl) -> str:
+  """`auto` picks the stacked formulation on CPU, where XLA's native 3D conv is slow."""
+  if impl == "auto":
+    return "stacked" if jax.default_backend() == "cpu" else "xla"
+  if impl not in ("xla", "stacked"):
+    raise ValueError(f"unknown conv_impl {impl!r}; use auto, xla or stacked")
+  return impl
+
+
+def conv3d_valid_time(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    stride: tuple[int, int, int],
+    spatial_padding: tuple[tuple[int, int], tuple[int, int]],
+    impl: str,
+) -> jax.Array:
+  """3D convolution with no time padding (the caller pads time first).
+
+  Args:
+    x: (B, T, H, W, Cin), already padded in time.
+    kernel: (kt, kh, kw, Cin, Cout).
+    stride: (st, sh, sw).
+    spatial_padding: zero padding ((top, bottom), (left, right)).
+    impl: "xla" for `lax.conv_general_dilated` with 3 spatial dims; "stacked" for the CPU
+      formulation: the `kt` time-shifted views of `x` are stacked on the channel axis and one
+      2D conv with a `(kh, kw, kt*Cin, Cout)` kernel runs over all output frames at once.
+
+  Returns:
+    (B, T_out, H_out, W_out, Cout) with `T_out = (T - kt) // st + 1`.
+  """
+  kt, kh, kw, cin, cout = kernel.shape
+  st, sh, sw = stride
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(st, sh, sw),
+        padding=((0, 0),) + tuple(spatial_padding),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
+  b, t = x.shape[:2]
+  t_out = (t - kt) // st + 1
+  span = st * (t_out - 1) + 1
+  # (B, T_out, H, W, kt*Cin): channel block i holds input frame j*st + i for output frame j.
+  stacked = jnp.concatenate([x[:, i : i + span : st] for i in range(kt)], axis=-1)
+  frames = stacked.reshape((b * t_out,) + stacked.shape[2:])
+  kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
+  y = jax.lax.conv_general_dilated(
+      frames,
+      kernel_2d,
+      window_strides=(sh, sw),
+      padding=tuple(spatial_padding),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y.reshape((b, t_out) + y.shape[1:])
+
+
+def param(init, rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
+  """A parameter annotated with logical axis names.
+
+  The names are only metadata here (no eager sharding): `training/partitioning.py` maps them
+  to mesh axes with the config's rules and places the whole state at once.
+  """
+  return nnx.Param(init(rngs.params(), shape), out_sharding=axes, eager_sharding=False)
+
+
+def _torch_like_kernel_init(fan_in: int):
+  """Kaiming-uniform(a=sqrt(5)) as PyTorch convs use: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Conv3d(nnx.Module):
+  """A 3D convolution over `(B, T, H, W, C)` with an explicit padding rule.
+
+  `kernel_size[0] == 1` makes it a 2D conv applied to every frame independently.
+  """
+
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: tuple[int, int, int] = (3, 3, 3),
+      *,
+      stride: tuple[int, int, int] = (1, 1, 1),
+      time_padding: TimePadding = "causal",
+      spatial_padding: SpatialPadding = "same",
+      conv_impl: ConvImpl = "auto",
+      dtype: jnp.dtype | None = None,
+      rngs: nnx.Rngs,
+  ):
+    kt, kh, kw = kernel_size
+    fan_in = in_channels * kt * kh * kw
+    init = _torch_like_kernel_init(fan_in)
+    self.kernel = param(init, rngs, (kt, kh, kw, in_channels, out_channels), CONV_KERNEL_AXES)
+    self.bias = param(init, rngs, (out_channels,), CHANNEL_AXES)
+    self.kernel_size = tuple(kernel_size)
+    self.stride = tuple(stride)
+    self.time_padding = time_padding if kt > 1 else "none"
+    self.spatial_padding = spatial_padding
+    self.conv_impl = conv_impl
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    front, back, mode = time_padding_amounts(self.time_padding, kt)
+    x = pad_time(x, front, back, mode)
+    kernel, bias = self.kernel[...], self.bias[...]
+    if self.dtype is not None:
+      x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    y = conv3d_valid_time(
+        x,
+        kernel,
+        stride=self.stride,
+        spatial_padding=spatial_padding_amounts(self.spatial_padding, kh, kw),
+        impl=resolve_conv_impl(self.conv_impl),
+    )
+    return y + bias
+
+
+def pointwise_conv(in_channels: int, out_channels: int, *, rngs: nnx.Rngs, **kw) -> Conv3d:
+  """A 1×1×1 conv (shortcuts, quant convs, attention projections)."""
+  return Conv3d(in_channels, out_channels, (1, 1, 1), rngs=rngs, **kw)
+
+
+class Dense(nnx.Module):
+  """A linear map over the channel axis (CV-VAE's temporal attention projections)."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    init = _torch_like_kernel_init(in_features)
+    self.kernel = param(init, rngs, (in_features, out_features), ("conv_in", "conv_out"))
+    self.bias = param(init, rngs, (out_features,), CHANNEL_AXES)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(x.dtype)
+    return x @ kernel + self.bias[...].astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation.
+
+NormKind = Literal["groupnorm_clip", "groupnorm_frame", "rmsnorm_frame", "layernorm"]
+
+
+def per_frame(kind: NormKind) -> NormKind:
+  """The per-frame counterpart of a norm (2D blocks always normalise each frame on its own)."""
+  return "groupnorm_frame" if kind == "groupnorm_clip" else kind
+
+
+class Norm(nnx.Module):
+  """GroupNorm / mean-free group RMS norm / LayerNorm over channels-last video.
+
+  * `groupnorm_clip`: statistics over (T, H, W, C/G): the released CV-VAE / OD-VAE 3D blocks.
+    Every output frame then depends on every input frame.
+  * `groupnorm_frame`: statistics over (H, W, C/G) for each frame: causal.
+  * `rmsnorm_frame`: ProMAG's "custom norm": divide by the per-frame group RMS without
+    subtracting the mean (reported to remove corner "spot" artifacts when growing to 8x).
+  * `layernorm`: over C at every position (CV-VAE temporal attention).
+
+  Statistics are computed in float32 whatever the compute dtype.
+  """
+
+  def __init__(self, channels: int, kind: NormKind, *, num_groups: int = 32, eps: float = 1e-6,
+               rngs: nnx.Rngs):
+    if kind != "layernorm" and channels % num_groups:
+      raise ValueError(
+          f"{kind} with {num_groups} groups needs channels divisible by {num_groups}, got"
+          f" {channels}; set model.num_groups to a divisor of every level width"
+      )
+    self.scale = param(nnx.initializers.ones, rngs, (channels,), CHANNEL_AXES)
+    self.bias = param(nnx.initializers.zeros, rngs, (channels,), CHANNEL_AXES)
+    self.kind = kind
+    self.num_groups = num_groups
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      mean = x32.mean(-1, keepdims=True)
+      var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+      y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    else:
+      *lead, c = x.shape
+      g = x32.reshape(*lead, self.num_groups, c // self.num_groups)
+      # Axes to pool: (T, H, W, C/G) for clip statistics, (H, W, C/G) per frame.
+      axes = (1, 2, 3, 5) if self.kind == "groupnorm_clip" else (2, 3, 5)
+      if self.kind == "rmsnorm_frame":
+        y = g * jax.lax.rsqrt(jnp.square(g).mean(axes, keepdims=True) + self.eps)
+      elif self.kind in ("groupnorm_clip", "groupnorm_frame"):
+        mean = g.mean(axes, keepdims=True)
+        var = jnp.square(g - mean).mean(axes, keepdims=True)  # biased, as torch.nn.GroupNorm
+        y = (g - mean) * jax.lax.rsqrt(var + self.eps)
+      else:
+        raise ValueError(f"unknown norm {self.kind!r}")
+      y = y.reshape(x.shape)
+    return (y * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention.
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Single-head softmax(q kᵀ / sqrt(C)) v over axis -2. q, k, v: (..., N, C)."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("...qc,...kc->...qk", q, k, preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("...qk,...kc->...qc", weights, v)
+
+
+class SpatialAttention(nnx.Module):
+  """Self-attention among the H·W positions of each frame (no attention across frames).
+
+  With `residual=False` it returns only `proj_out(attention)`: CV-VAE's spatio-temporal block
+  reuses this path inside its own single residual.
+  """
+
+  def __init__(self, channels: int, *, norm: NormKind, num_groups: int, eps: float,
+               residual: bool = True, rngs: nnx.Rngs, **conv_kw):
+    self.norm = Norm(channels, norm, num_groups=num_groups, eps=eps, rngs=rngs)
+    self.q = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
+    self.k = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
+    self.v = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
+    self.proj_out = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
+    self.residual = residual
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+    hn = self.norm(x)
+    q, k, v = (m(hn).reshape(b, t, h * w, c) for m in (self.q, self.k, self.v))
+    a = dot_product_attention(q, k, v).reshape(b, t, h, w, c)
+    out = self.proj_out(a)
+    return x + out if self.residual else out
+
+
+class SpatioTemporalAttention(nnx.Module):
+  """CV-VAE's decoder mid attention: per-frame spatial attention, then attention over time.
+
+  out = x + proj_out_t(attn_t(norm_t(spatial(x)))), one residual around the whole chain; the
+  temporal attention sees all T frames of a pixel (not causal).
+  """
+
+  def __init__(self, channels: int, *, norm: NormKind, num_groups: int, eps: float,
+               rngs: nnx.Rngs, **conv_kw):
+    self.spatial = SpatialAttention(channels, norm=norm, num_groups=num_groups, eps=eps,
+                                    residual=False, rngs=rngs, **conv_kw)
+    self.norm_t = Norm(channels, "layernorm", eps=1e-5, rngs=rngs)
+    self.q_t = Dense(channels, channels, rngs=rngs)
+    self.k_t = Dense(channels, channels, rngs=rngs)
+    self.v_t = Dense(channels, channels, rngs=rngs)
+    self.proj_out_t = Dense(channels, channels, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = self.spatial(x)
+    u = self.norm_t(jnp.moveaxis(s, 1, 3))  # (B, H, W, T, C): one sequence over time per pixel
+    a = dot_product_attention(self.q_t(u), self.k_t(u), self.v_t(u))
+    return x + jnp.moveaxis(self.proj_out_t(a), 3, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling helpers.
+
+
+def nearest_upsample_space(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x in H and W: out[y, x] = in[y // 2, x // 2]."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+
+
+def linear_upsample_2x(x: jax.Array, axis: int) -> jax.Array:
+  """2x linear upsampling along `axis`, exactly PyTorch's `align_corners=False` with edge clamp.
+
+  out[2i] = 0.25·in[i-1] + 0.75·in[i],  out[2i+1] = 0.75·in[i] + 0.25·in[i+1]  (indices clamped).
+  """
+  n = x.shape[axis]
+  prev = jnp.take(x, jnp.maximum(jnp.arange(n) - 1, 0), axis=axis)
+  nxt = jnp.take(x, jnp.minimum(jnp.arange(n) + 1, n - 1), axis=axis)
+  even = 0.25 * prev + 0.75 * x
+  odd = 0.75 * x + 0.25 * nxt
+  out = jnp.stack([even, odd], axis=axis + 1)
+  return out.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
+
+
+def depth_to_time(x: jax.Array, factor: int) -> jax.Array:
+  """(B, T, H, W, f·C) → (B, f·T, H, W, C), channel group s of frame t becoming frame f·t + s."""
+  b, t, h, w, fc = x.shape
+  c = fc // factor
+  x = x.reshape(b, t, h, w, factor, c)
+  return jnp.moveaxis(x, 4, 2).reshape(b, t * factor, h, w, c)
+
+
+def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
+  """(B, T, H, W, f²·C) → (B, T, f·H, f·W, C), channels ordered (fy, fx, C)."""
+  b, t, h, w, ffc = x.shape
+  c = ffc // (factor * factor)
+  x = x.reshape(b, t, h, w, factor, factor, c)
+  x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+  return x.reshape(b, t, h * factor, w * factor, c)
+
