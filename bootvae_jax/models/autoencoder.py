@@ -251,11 +251,15 @@ class Decoder(nnx.Module):
   def stem(self, z: jax.Array) -> jax.Array:
     return self.mid(self.conv_in(z))
 
-  def body(self, h: jax.Array) -> jax.Array:
-    """Levels and output head: what ProMAG's frozen lower-level decoder runs."""
+  def head_input(self, h: jax.Array) -> jax.Array:
+    """Levels, norm_out and SiLU: the input of the last layer `conv_out`."""
     for level in reversed(self.up):
       h = level(h, self.remat)
-    return self.conv_out(nnx.silu(self.norm_out(h)))
+    return nnx.silu(self.norm_out(h))
+
+  def body(self, h: jax.Array) -> jax.Array:
+    """Everything after the stem: what ProMAG's frozen lower-level decoder runs."""
+    return self.conv_out(self.head_input(h))
 
   def __call__(self, z: jax.Array) -> jax.Array:
     return self.body(self.stem(z))
@@ -307,10 +311,17 @@ class VideoAutoencoder(nnx.Module):
     return DiagonalGaussian.from_moments(self.moments(x))
 
   def decode(self, z: jax.Array) -> jax.Array:
+    return self.decoder(self.decoder_input(z)).astype(jnp.float32)
+
+  def decoder_input(self, z: jax.Array) -> jax.Array:
     z = z.astype(self.compute_dtype)
-    if self.post_quant_conv is not None:
-      z = self.post_quant_conv(z)
-    return self.decoder(z).astype(jnp.float32)
+    return z if self.post_quant_conv is None else self.post_quant_conv(z)
+
+  def decode_with_head_input(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(reconstruction, input of decoder.conv_out): the adaptive GAN weight differentiates
+    losses w.r.t. the last layer's kernel through `decoder.conv_out.apply`."""
+    h = self.decoder.head_input(self.decoder.stem(self.decoder_input(z)))
+    return self.decoder.conv_out(h).astype(jnp.float32), h
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None
                ) -> tuple[jax.Array, DiagonalGaussian]:

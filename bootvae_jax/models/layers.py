@@ -189,10 +189,13 @@ class Conv3d(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    return self.apply(x, self.kernel[...], self.bias[...])
+
+  def apply(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """This conv with other weights (e.g. to differentiate a loss w.r.t. the kernel alone)."""
     kt, kh, kw = self.kernel_size
     front, back, mode = time_padding_amounts(self.time_padding, kt)
     x = pad_time(x, front, back, mode)
-    kernel, bias = self.kernel[...], self.bias[...]
     if self.dtype is not None:
       x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     y = conv3d_valid_time(

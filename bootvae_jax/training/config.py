@@ -1,0 +1,94 @@
+"""The full training config: every field a `configs/*.py` file may set, and its validation.
+
+`configs/*.py` start from `default_config()` and change what their experiment needs; any
+field can then be overridden on the command line (`--config.total_steps=20`). `validate`
+runs before any compute and names the offending field in every error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import ml_collections
+
+from bootvae_jax.models import autoencoder
+
+
+def default_config() -> ml_collections.ConfigDict:
+  from bootvae_jax.data import config as data_config  # late: the data package is heavy
+
+  config = ml_collections.ConfigDict()
+  config.name = "train"
+  config.seed = 0
+  config.total_steps = 1000
+  config.log_every = 10
+  config.eval_every = 200
+  config.checkpoint_every = 200
+  config.keep_checkpoints = 3
+  config.progress_every_seconds = 10.0
+
+  config.model = autoencoder.default_model_config()
+  config.data = data_config.default_config()
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=100, end_learning_rate_ratio=0.1, b1=0.9, b2=0.99,
+      eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0, ema_decay=0.999,
+      # Lower-level (frozen by default) parameters can instead be fine-tuned at a smaller rate.
+      finetune_learning_rate_multiplier=0.0,
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      l1_weight=1.0, l2_weight=0.0, kl_weight=1e-6, perceptual_weight=0.0,
+      perceptual_frames=2, gan_weight=0.0, gan_start_step=0, adaptive_gan_weight=True,
+      max_adaptive_weight=1e4, lecam_weight=0.0, lecam_decay=0.999,
+  ))
+  config.discriminator = ml_collections.ConfigDict(dict(
+      base_channels=64, num_layers=3, learning_rate=1e-4, b1=0.5, b2=0.9, weight_decay=0.0,
+  ))
+  # Regexes over '/'-joined parameter paths (e.g. "encoder/down/0/.*"): no gradients, no
+  # optimizer state. ProMAG stages put the lower level here.
+  config.freeze = ()
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.sharding_rules = (("conv_out", "fsdp"),)
+  config.init_checkpoint = ml_collections.ConfigDict(dict(
+      # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
+      path="", step=-1,
+      # (source regex, target template) pairs applied to '/'-joined paths; empty = same paths.
+      mapping=(),
+  ))
+  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4))
+  return config
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """Raises ValueError before any compute for a config that cannot run."""
+  from bootvae_jax.data import config as data_config
+
+  for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
+    if int(config[field]) <= 0:
+      raise ValueError(f"config.{field}={config[field]} must be a positive integer")
+  autoencoder.validate_model_config(config.model)
+  temporal, spatial = autoencoder.compression_factors(config.model)
+  data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
+  for pattern in config.freeze:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"config.freeze entry {pattern!r} is not a valid regex: {e}") from e
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16")
+  if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
+    raise ValueError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
+  if workdir is not None:
+    _check_workdir(workdir)
+
+
+def _check_workdir(workdir: str) -> None:
+  path = os.path.abspath(workdir)
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f"--workdir={workdir}: {probe} exists and is not a directory")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir}: {probe} is not writable")
