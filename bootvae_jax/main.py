@@ -1,0 +1,46 @@
+r"""Trains a video tokenizer.
+
+  python -m bootvae_jax.main --config=configs/demo.py --workdir=/tmp/demo \
+      --config.total_steps=20
+
+Rerunning the same command resumes from the latest checkpoint in --workdir. On a multi-host
+pod every host runs the same command (see launch/).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and PNGs go.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+  """Drops orbax's per-save INFO chatter so progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  del argv
+  import logging as py_logging
+  py_logging.getLogger("absl").addFilter(_QuietLibraries())
+  import jax  # after flag parsing, so XLA_FLAGS set by launchers take effect
+
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, %d local devices", jax.process_index(), jax.process_count(),
+               jax.local_device_count())
+  from bootvae_jax.training import trainer
+
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

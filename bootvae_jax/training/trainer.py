@@ -1,0 +1,144 @@
+"""The training loop: one readable function from a config to checkpoints, metrics and PNGs.
+
+    train_and_evaluate(config, workdir)
+
+writes into `workdir`: `checkpoints/` (orbax), TensorBoard events (clu metric writers),
+`metrics.jsonl` (one JSON object per logged step), `eval/step_<N>.png` (ground-truth frames
+above reconstructed frames) and `config.json`. Rerunning resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from bootvae_jax import data as data_lib
+from bootvae_jax.evaluation import visualize
+from bootvae_jax.losses import perceptual
+from bootvae_jax.training import checkpoints as checkpoints_lib
+from bootvae_jax.training import config as config_lib
+from bootvae_jax.training import partitioning
+from bootvae_jax.training import stages
+from bootvae_jax.training import train_state as train_state_lib
+from bootvae_jax.training import train_step as train_step_lib
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step to `<workdir>/metrics.jsonl` (process 0)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+                + "\n")
+
+
+def evaluate(eval_fn, state, clips: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+  """Mean PSNR/SSIM of the held-out clips and their reconstructions."""
+  recon, m = eval_fn(state, jnp.asarray(clips))
+  return ({f"eval/{k}": float(np.mean(v)) for k, v in jax.device_get(m).items()},
+          np.asarray(jax.device_get(recon)))
+
+
+def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after_step: int | None = None) -> train_state_lib.TrainState:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  `stop_after_step` ends the run early (as a preemption would) after that step's work.
+  """
+  config_lib.validate(config, workdir)  # before any compute
+  os.makedirs(workdir, exist_ok=True)
+  _save_config(workdir, config)
+  mesh = partitioning.make_mesh(config.mesh)
+  logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size,
+               jax.default_backend())
+
+  setup, state = train_state_lib.create_train_state(config, mesh)
+  batches = data_lib.make_train_batches(config.data, mesh=mesh, seed=config.seed)
+  ckpts = checkpoints_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  start = ckpts.latest_step()
+  if start is not None:
+    logging.info("resuming from %s step %d", ckpts.directory, start)
+    state = ckpts.restore(start, state, setup.state_shardings, batches=batches)
+  else:
+    start = 0
+    if config.init_checkpoint.path:
+      state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
+
+  lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
+  step_fn = train_step_lib.jit_train_step(setup, lpips)
+  eval_fn = train_step_lib.jit_eval_step(setup, ema=False)
+  eval_clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
+
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  log = MetricsLog(workdir)
+  progress = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                             every_secs=config.progress_every_seconds)
+  pending: list[dict[str, Any]] = []
+  interval_start, interval_steps = time.perf_counter(), 0
+  meta = dict(name=config.name, model=config.model.name)
+
+  step = start
+  while step < config.total_steps:
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = step_fn(state, next(batches), lpips)
+    step += 1
+    interval_steps += 1
+    pending.append(metrics)
+    progress(step)
+
+    if step % config.log_every == 0 or step == config.total_steps:
+      host = jax.device_get(pending)
+      scalars = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+      scalars["skipped_updates"] = float(host[-1]["skipped_updates"])
+      elapsed = time.perf_counter() - interval_start
+      scalars["steps_per_sec"] = interval_steps / max(elapsed, 1e-9)
+      scalars.update(batches.stats())
+      writer.write_scalars(step, scalars)
+      log.write(step, scalars)
+      eta = (config.total_steps - step) / max(scalars["steps_per_sec"], 1e-9)
+      logging.info("step %d/%d loss %.4f %.2f steps/s ETA %.0fs", step, config.total_steps,
+                   scalars["loss"], scalars["steps_per_sec"], eta)
+      pending, interval_start, interval_steps = [], time.perf_counter(), 0
+
+    if step % config.eval_every == 0 or step == config.total_steps:
+      scores, recon = evaluate(eval_fn, state, eval_clips)
+      writer.write_scalars(step, scores)
+      log.write(step, scores)
+      grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
+      visualize.save_png(grid, os.path.join(workdir, "eval", f"step_{step:07d}.png"))
+      writer.write_images(step, {"eval/reconstruction": grid[None]})
+      logging.info("eval step %d: %s", step, scores)
+
+    if step % config.checkpoint_every == 0 or step == config.total_steps:
+      ckpts.save(step, state, batches=batches, meta=dict(meta, total_steps=config.total_steps))
+
+    if stop_after_step is not None and step >= stop_after_step:
+      break
+
+  ckpts.wait()
+  ckpts.close()
+  writer.flush()
+  batches.close()
+  return state

@@ -1,0 +1,31 @@
+"""Demo: a tiny ProMAG base tokenizer (4x time, 8x space) on the built-in synthetic videos.
+
+Finishes in a few minutes on a 2-core CPU:
+
+  python -m bootvae_jax.main --config=configs/demo.py --workdir=/tmp/bootvae_demo
+"""
+
+from bootvae_jax.models import architectures
+from bootvae_jax.training.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.name = "demo"
+  config.total_steps = 300
+  config.log_every = 10
+  config.eval_every = 100
+  config.checkpoint_every = 100
+  config.model = architectures.promag_base(z_dim=8, base_channels=16,
+                                           channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
+                                           num_groups=8)
+  config.data.source = "synthetic"
+  config.data.num_frames = 9
+  config.data.crop_size = (32, 32)
+  config.data.batch_size = 4
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_steps = 20
+  config.optimizer.ema_decay = 0.99
+  config.loss.kl_weight = 1e-6
+  config.eval.num_clips = 4
+  return config
