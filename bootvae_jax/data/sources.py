@@ -133,8 +133,8 @@ def decode_frames(
   """Decodes the given frames of a video, scaled to `size`.
 
   Seeks to the keyframe before the first wanted frame and decodes forward, matching frames
-  by timestamp; if the seek lands past the wanted frames (an imprecise container index), it
-  decodes again from the start.
+  by timestamp; frames still missing after that (a seek that landed past them, through an
+  imprecise container index) are looked for once more, decoding from the start.
 
   Args:
     video: the probed file.
@@ -284,7 +284,12 @@ def index_video_folder(folder: str, *, cache_dir: str = "") -> VideoIndex:
   records = {}
   for path in find_files(folder, VIDEO_EXTENSIONS):
     relative = os.path.relpath(path, folder)
-    stat = os.stat(path)
+    try:
+      stat = os.stat(path)
+    except OSError as error:  # e.g. a dangling symlink
+      records[relative] = {"size": -1, "mtime_ns": -1, "video": None,
+                           "reason": f"cannot read ({error.strerror})"}
+      continue
     record = cached.get(relative)
     if (record is None or record["size"] != stat.st_size
         or record["mtime_ns"] != stat.st_mtime_ns):

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from bootvae_jax import data
 from bootvae_jax.data import pipeline
@@ -104,6 +105,22 @@ def test_mixture_follows_weights(make_config, mesh, video_dir):
   assert stats["data/clips_source0_synthetic"] == 4
   assert stats["data/clips_source1_video_folder"] == 12
   assert stats["data/files_indexed"] == 5
+
+
+def test_images_and_videos_train_together_as_one_frame_clips(make_config, mesh, video_dir,
+                                                            tmp_path):
+  (tmp_path / "images").mkdir()
+  for index in range(3):
+    Image.new("RGB", (48, 40), (80 * index, 50, 200)).save(tmp_path / "images" / f"{index}.png")
+  config = make_config(num_frames=1, source="mixture", mixture=(
+      dict(source="image_folder", path=str(tmp_path / "images"), weight=1.0),
+      dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=1.0)))
+  data.validate(config, temporal_factor=4, spatial_factor=8)
+  batches = data.make_train_batches(config, mesh=mesh, seed=0)
+  assert next(batches)["video"].shape == (8, 1, 32, 32, 3)
+  stats = batches.stats()
+  assert stats["data/clips_source0_image_folder"] == stats["data/clips_source1_video_folder"] == 4
+  assert stats["data/files_indexed"] == 3 + 5
 
 
 def test_eval_clips_are_deterministic_centre_crops(make_config, video_dir):
