@@ -128,6 +128,11 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     cfg = config[side]
     if cfg.time_padding not in ("causal", "centred"):
       raise ValueError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
+    if cfg.mid_block not in blocks.RES_BLOCK_KINDS:
+      raise ValueError(f"model.{side}.mid_block={cfg.mid_block!r} is not a block kind; known:"
+                       f" {blocks.RES_BLOCK_KINDS}")
+    if cfg.conv_in not in ("3d", "2d"):
+      raise ValueError(f"model.{side}.conv_in={cfg.conv_in!r}; use '3d' or '2d'")
     if cfg.mid_attention not in blocks.ATTENTION_KINDS:
       raise ValueError(f"model.{side}.mid_attention={cfg.mid_attention!r}; known:"
                        f" {blocks.ATTENTION_KINDS}")
