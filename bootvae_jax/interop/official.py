@@ -123,15 +123,16 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
   for path, variable in params.flat_state():
     key = next((k for k in official_key_candidates(path) if k in tensors), None)
     if key is None:
-      missing.append(official_key_candidates(path)[0])
+      # Name every form the key may take (OD-VAE wraps 3D convs as `<name>.conv.*`).
+      missing.append(" or ".join(official_key_candidates(path)))
       continue
+    used.add(key)  # found by name: a wrong shape is a mismatch, not also an unexpected key
     value = torch_to_flax(tensors[key])
     if value.shape != variable.value.shape:
       mismatched.append(f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
                         f" model expects {tuple(variable.value.shape)}")
       continue
     variable.value = jnp.asarray(value, variable.value.dtype)
-    used.add(key)
   unexpected = sorted(set(tensors) - used)
   if missing or unexpected or mismatched:
     lines = ["the checkpoint does not match the model built from its config:"]
