@@ -253,21 +253,22 @@ class Decoder(nnx.Module):
     self.conv_out = conv.conv(width, config.out_channels, (3, 3, 3), rngs=rngs)
     self.remat = bool(config.remat)
 
-  def stem(self, z: jax.Array) -> jax.Array:
-    return self.mid(self.conv_in(z))
-
   def head_input(self, h: jax.Array) -> jax.Array:
-    """Levels, norm_out and SiLU: the input of the last layer `conv_out`."""
+    """mid → levels → norm_out → SiLU: the input of the last layer `conv_out`.
+
+    h: features after `conv_in`, (B, 1+k, H/s, W/s, widths[-1]).
+    """
+    h = self.mid(h)
     for level in reversed(self.up):
       h = level(h, self.remat)
     return nnx.silu(self.norm_out(h))
 
   def body(self, h: jax.Array) -> jax.Array:
-    """Everything after the stem: what ProMAG's frozen lower-level decoder runs."""
+    """Everything after `conv_in`: what ProMAG's frozen lower-level decoder runs."""
     return self.conv_out(self.head_input(h))
 
   def __call__(self, z: jax.Array) -> jax.Array:
-    return self.body(self.stem(z))
+    return self.body(self.conv_in(z))
 
 
 class VideoAutoencoder(nnx.Module):
@@ -325,7 +326,7 @@ class VideoAutoencoder(nnx.Module):
   def decode_with_head_input(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(reconstruction, input of decoder.conv_out): the adaptive GAN weight differentiates
     losses w.r.t. the last layer's kernel through `decoder.conv_out.apply`."""
-    h = self.decoder.head_input(self.decoder.stem(self.decoder_input(z)))
+    h = self.decoder.head_input(self.decoder.conv_in(self.decoder_input(z)))
     return self.decoder.conv_out(h).astype(jnp.float32), h
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None
