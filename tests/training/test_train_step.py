@@ -78,7 +78,8 @@ def test_gan_step_updates_generator_and_discriminator(config):
   config.discriminator.num_layers = 2
   setup, state, batches, step_fn = _setup(config)
   gen0, disc0 = _flat(state.params), _flat(state.disc_params)
-  state, metrics = step_fn(state, next(batches), None)
+  for _ in range(2):  # warmup starts at learning rate 0: step 0 changes nothing
+    state, metrics = step_fn(state, next(batches), None)
   for key in ("g", "d_loss", "gan_weight", "d_real", "d_fake"):
     assert np.isfinite(float(metrics[key])), key
   assert float(metrics["gan_weight"]) > 0
@@ -94,7 +95,8 @@ def test_gan_waits_for_its_start_step(config):
   config.discriminator.num_layers = 2
   setup, state, batches, step_fn = _setup(config)
   disc0 = _flat(state.disc_params)
-  state, metrics = step_fn(state, next(batches), None)
+  for _ in range(2):
+    state, metrics = step_fn(state, next(batches), None)
   assert float(metrics["gan_weight"]) == 0.0
   disc1 = _flat(state.disc_params)
   assert all(np.array_equal(disc0[k], disc1[k]) for k in disc0)
