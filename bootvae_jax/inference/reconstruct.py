@@ -1,0 +1,287 @@
+r"""Reconstructs a video file through a video autoencoder, in chunks, and writes the result.
+
+  # A training run's checkpoint (latest step; --step=N for another, --ema for the EMA weights):
+  python -m bootvae_jax.inference.reconstruct --input=in.mp4 --output=out.mp4 \
+      --workdir=/runs/promag_8x --chunk_frames=17 --overlap_frames=4
+
+  # Released OD-VAE / CV-VAE weights, with their own temporal tiling:
+  python -m bootvae_jax.inference.reconstruct --input=in.mp4 --output=out.mp4 \
+      --official=odvae --weights=vae/diffusion_pytorch_model.safetensors \
+      --official_config=vae/config.json --mode=tiled --chunk_frames=29
+
+Prints one JSON line: frames, size, PSNR (mean over frames, of the reconstruction before
+video compression against the decoded input), seconds, chunk settings. In the default
+`crossfade` mode the file is read, reconstructed and written block by block (memory bounded
+by the chunk size, whatever the length); `tiled` mode holds the whole video.
+
+Frames must be divisible by the model's spatial factor: `--size=H,W` resizes (and must be
+divisible); without it a frame size that is not divisible is centre-cropped, with a note.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+from absl import app
+from absl import flags
+import numpy as np
+
+# JAX-dependent modules are imported inside the functions, after flag parsing (as main.py
+# does), so that --help is instant and XLA_FLAGS set by a launcher take effect.
+
+_INPUT = flags.DEFINE_string("input", None, "Video file to reconstruct.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the reconstructed video.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step in --workdir (-1: latest).")
+_EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
+_OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
+                              "Load released weights of this kind instead of a workdir.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
+_OFFICIAL_CONFIG = flags.DEFINE_string("official_config", None, "Official config.json.")
+_MODE = flags.DEFINE_enum("mode", "crossfade", ["crossfade", "tiled"],
+                          "crossfade: ProMAG's overlapping chunks blended in pixel space; "
+                          "tiled: OD-VAE/CV-VAE tiles sharing one frame.")
+_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per chunk (1 + r·k).")
+_OVERLAP_FRAMES = flags.DEFINE_integer("overlap_frames", 4,
+                                       "Frames shared by consecutive chunks (crossfade mode).")
+_BATCH_CHUNKS = flags.DEFINE_integer("batch_chunks", 1, "Chunks run together (crossfade mode).")
+_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
+_SIZE = flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
+
+# ----------------------------------------------------------------------------------------------
+# Loading a model.
+
+
+def _build_abstract(model_config):
+  """The model's structure with abstract parameters (no random init: they are loaded next)."""
+  from flax import nnx
+
+  try:  # ProMAG's grown models, where the factory exists.
+    from bootvae_jax.models import build_model
+  except ImportError:
+    build_model = None
+  if build_model is None:
+    from bootvae_jax.models.autoencoder import VideoAutoencoder
+    build_model = VideoAutoencoder
+  return nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def load_workdir_model(workdir: str, step: int = -1, *, ema: bool = False):
+  """The autoencoder of a training run: `workdir/config.json` + a checkpoint's parameters.
+
+  Returns:
+    (model, the step loaded).
+  """
+  import ml_collections
+  from flax import nnx
+
+  from bootvae_jax.training import checkpoints
+  from bootvae_jax.training.train_state import path_string
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"no config.json in --workdir={workdir}; is it a training workdir?")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+  step = steps[-1] if step < 0 else step
+  model = _build_abstract(config.model)
+  params, filled = checkpoints.transfer_params(
+      nnx.state(model, nnx.Param), checkpoints.load_params(workdir, step, ema=ema))
+  missing = sorted(set(path_string(p) for p, _ in params.flat_state()) - set(filled))
+  if missing:
+    raise ValueError(f"the checkpoint in {workdir} lacks {len(missing)} parameters of the model"
+                     f" its config.json builds, e.g. {missing[:5]}")
+  nnx.update(model, params)
+  return model, step
+
+
+def load_model(*, workdir: str | None = None, step: int = -1, ema: bool = False,
+               official: str | None = None, weights: str | None = None,
+               official_config: str | None = None) -> tuple[Any, dict[str, Any]]:
+  """A model from a training workdir or from released weights; and a JSON-able description."""
+  if bool(workdir) == bool(official):
+    raise ValueError("give either --workdir (a training run) or --official with --weights and"
+                     " --official_config (released weights)")
+  if workdir:
+    model, step = load_workdir_model(workdir, step, ema=ema)
+    return model, dict(workdir=os.path.abspath(workdir), step=step, ema=ema)
+  if not weights or not official_config:
+    raise ValueError(f"--official={official} needs --weights and --official_config")
+  from bootvae_jax.interop.official import load_official
+  return load_official(official, weights, official_config), dict(
+      official=official, weights=os.path.abspath(weights))
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame size.
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+  if not text:
+    return None
+  try:
+    height, width = (int(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(f"--size={text}: expected H,W such as 256,256") from None
+  return height, width
+
+
+def fit_frame_size(height: int, width: int, spatial_factor: int,
+                   size: tuple[int, int] | None = None
+                   ) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None]:
+  """How to make frames fit a model whose spatial factor is `spatial_factor`.
+
+  Args:
+    height, width: the file's frame size.
+    spatial_factor: the model's spatial compression s.
+    size: the requested (height, width), or None for the file's size.
+
+  Returns:
+    (resize_to or None, centre crop (top, left, height, width) or None).
+
+  Raises:
+    ValueError: a requested size not divisible by s (naming a size that is), or frames
+      smaller than s.
+  """
+  s = spatial_factor
+  if size is not None:
+    h, w = size
+    if h < s or w < s or h % s or w % s:
+      near = lambda n: max(s, int(round(n / s)) * s)
+      raise ValueError(f"--size={h},{w} is not divisible by the model's spatial factor {s};"
+                       f" use e.g. --size={near(h)},{near(w)}")
+    return (h, w), None
+  if height < s or width < s:
+    raise ValueError(f"frames of {height}x{width} are smaller than the model's spatial factor"
+                     f" {s}; pass --size")
+  h, w = height - height % s, width - width % s
+  if (h, w) == (height, width):
+    return None, None
+  return None, ((height - h) // 2, (width - w) // 2, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstructing a file.
+
+
+def _per_frame_psnr(reference: np.ndarray, recon: np.ndarray) -> np.ndarray:
+  """(T,) PSNR in dB of uint8 frames (T, H, W, C) (the convention of evaluation/metrics.py:
+  per frame, then averaged)."""
+  diff = reference.astype(np.float64) - recon.astype(np.float64)
+  mse = np.mean(np.square(diff / 255.0), axis=(1, 2, 3))
+  with np.errstate(divide="ignore"):
+    return 10.0 * np.log10(1.0 / mse)
+
+
+def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "crossfade",
+                     chunk_frames: int = 17, overlap_frames: int = 4, batch_chunks: int = 1,
+                     max_frames: int | None = None, size: tuple[int, int] | None = None
+                     ) -> dict[str, Any]:
+  """Reads `input_path`, reconstructs it with `model`, writes `output_path`.
+
+  Args:
+    model: a `VideoAutoencoder` (or a `chunked.ChunkCodec`).
+    mode: "crossfade" (`chunked.reconstruct_stream`, block by block) or "tiled"
+      (`chunked.reconstruct_tiled`, OD-VAE's tiles sharing one frame; whole video in memory).
+    chunk_frames, overlap_frames, batch_chunks: chunking (overlap and batch: crossfade only).
+    max_frames: read at most this many frames.
+    size: (height, width) to resize to; None keeps the file's size (centre-cropped to a
+      multiple of the spatial factor when needed).
+
+  Returns:
+    A JSON-able summary (frames, size, psnr, seconds, settings).
+  """
+  from bootvae_jax.data import transforms
+  from bootvae_jax.inference import chunked
+  from bootvae_jax.inference import video_io
+
+  if mode not in ("crossfade", "tiled"):
+    raise ValueError(f"mode={mode!r}; use crossfade or tiled")
+  start = time.perf_counter()
+  codec = chunked.ChunkCodec(model) if not isinstance(model, chunked.ChunkCodec) else model
+  if mode == "crossfade":
+    chunked.check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
+  info = video_io.video_info(input_path)
+  resize, crop = fit_frame_size(info.height, info.width, codec.spatial_factor, size)
+  if crop is not None:
+    print(f"note: {info.height}x{info.width} frames are not divisible by the model's spatial"
+          f" factor {codec.spatial_factor}; using the centre {crop[2]}x{crop[3]}"
+          " (pass --size to resize instead)", file=sys.stderr)
+  inputs = collections.deque()  # input frames whose reconstruction has not come out yet
+  psnrs = []
+
+  def blocks() -> Iterator[np.ndarray]:
+    for block in video_io.iter_video(input_path, max_frames=max_frames, size=resize):
+      if crop is not None:
+        top, left, h, w = crop
+        block = block[:, top:top + h, left:left + w]
+      inputs.extend(block)
+      yield transforms.to_unit_range(block)[None]
+
+  with video_io.VideoWriter(output_path, info.fps) as writer:
+    if mode == "crossfade":
+      pieces = chunked.reconstruct_stream(codec, blocks(), chunk_frames=chunk_frames,
+                                          overlap_frames=overlap_frames,
+                                          batch_chunks=batch_chunks)
+    else:
+      video = np.concatenate(list(blocks()), axis=1)
+      pieces = [chunked.reconstruct_tiled(codec, video, chunk_frames=chunk_frames)]
+      overlap_frames, batch_chunks = 1, 1
+    for piece in pieces:
+      frames = transforms.to_uint8(piece[0])
+      reference = np.stack([inputs.popleft() for _ in range(len(frames))])
+      psnrs.append(_per_frame_psnr(reference, frames))
+      writer.write(frames)
+  psnr = float(np.mean(np.concatenate(psnrs)))
+  seconds = time.perf_counter() - start
+  return dict(
+      input=os.path.abspath(input_path), output=writer.path, frames=writer.num_frames,
+      height=writer.stream.height, width=writer.stream.width, fps=info.fps,
+      source_size=[info.height, info.width],
+      psnr=psnr if np.isfinite(psnr) else None,  # JSON has no infinity (identical frames)
+      seconds=round(seconds, 3), frames_per_second=round(writer.num_frames / seconds, 3),
+      mode=mode, chunk_frames=chunk_frames, overlap_frames=overlap_frames,
+      batch_chunks=batch_chunks, temporal_factor=codec.temporal_factor,
+      spatial_factor=codec.spatial_factor)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    if _MODE.value == "tiled" and flags.FLAGS["overlap_frames"].present and (
+        _OVERLAP_FRAMES.value != 1):
+      raise ValueError("--mode=tiled overlaps tiles by exactly one frame; drop --overlap_frames")
+    size = parse_size(_SIZE.value)
+    start = time.perf_counter()
+    model, source = load_model(workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value,
+                               official=_OFFICIAL.value, weights=_WEIGHTS.value,
+                               official_config=_OFFICIAL_CONFIG.value)
+    load_seconds = time.perf_counter() - start
+    summary = reconstruct_file(model, _INPUT.value, _OUTPUT.value, mode=_MODE.value,
+                               chunk_frames=_CHUNK_FRAMES.value,
+                               overlap_frames=_OVERLAP_FRAMES.value,
+                               batch_chunks=_BATCH_CHUNKS.value, max_frames=_MAX_FRAMES.value,
+                               size=size)
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")
+  print(json.dumps(dict(summary, model=source, load_seconds=round(load_seconds, 3))))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["input", "output"])
+  app.run(main)
