@@ -18,10 +18,10 @@ bounded by one chunk:
   outputs (fixtures in ../shared/fixtures).
 
 Every cross-fade chunk has the same shape, so the per-chunk function compiles once
-(`ChunkCodec`; pass one codec to several calls to reuse its compilations). Both schemes are
-lossy for models with clip-wide norms, and cheaper than the model on the whole clip only in
-memory; a truly causal model (per-frame norms) streams exactly with the causal-conv cache
-instead (DESIGN.md "Beyond the papers").
+(`ChunkCodec`; pass one codec to several calls to reuse its compilations). Neither scheme
+equals the model on the whole clip: each chunk starts afresh (its first frame is encoded like
+an image) and clip-wide norms see only the chunk. A truly causal model (per-frame norms)
+streams exactly with the causal-conv cache instead (DESIGN.md "Beyond the papers").
 """
 
 from __future__ import annotations
