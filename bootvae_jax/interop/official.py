@@ -127,12 +127,12 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
       missing.append(" or ".join(official_key_candidates(path)))
       continue
     used.add(key)  # found by name: a wrong shape is a mismatch, not also an unexpected key
-    value = torch_to_flax(tensors[key])
-    if value.shape != variable.value.shape:
+    value, expected = torch_to_flax(tensors[key]), variable.get_value()
+    if value.shape != expected.shape:
       mismatched.append(f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
-                        f" model expects {tuple(variable.value.shape)}")
+                        f" model expects {tuple(expected.shape)}")
       continue
-    variable.value = jnp.asarray(value, variable.value.dtype)
+    variable.set_value(jnp.asarray(value, expected.dtype))
   unexpected = sorted(set(tensors) - used)
   if missing or unexpected or mismatched:
     lines = ["the checkpoint does not match the model built from its config:"]
@@ -161,6 +161,8 @@ def load_official(kind: str, weights: str | os.PathLike,
     raise ValueError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
   model_config = CONFIG_BUILDERS[kind](read_official_config(config))
   model_config.conv_impl = conv_impl
-  model = VideoAutoencoder(model_config, rngs=nnx.Rngs(0))
+  # Abstract build: every parameter is then filled from the checkpoint (or we raise), so a
+  # random initialisation would only cost time.
+  model = nnx.eval_shape(lambda: VideoAutoencoder(model_config, rngs=nnx.Rngs(0)))
   convert_state_dict(model, read_state_dict(weights))
   return model

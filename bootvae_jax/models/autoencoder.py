@@ -341,8 +341,20 @@ def count_params(module: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
+def init_rngs(seed: int) -> nnx.Rngs:
+  """Rngs for parameter initialisation, from an `rbg` key.
+
+  Measured on a 2-core CPU for the 1.2M-parameter demo model: 3.4 s to initialise eagerly and
+  10 s compiled, against 18.7 s eagerly with the default threefry key (every parameter shape
+  compiles its own threefry kernel). Initial values may differ between mesh layouts; that
+  only matters before the first checkpoint.
+  """
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
 def build(config: ml_collections.ConfigDict, seed: int = 0) -> VideoAutoencoder:
-  return VideoAutoencoder(config, rngs=nnx.Rngs(seed))
+  """A randomly initialised model."""
+  return VideoAutoencoder(config, rngs=init_rngs(seed))
 
 
 def default_model_config() -> ml_collections.ConfigDict:
