@@ -1,0 +1,318 @@
+"""ProMAG: grow a trained causal tokenizer to 8x / 16x temporal compression (arXiv 2501.05442).
+
+A grown model is the base `model` config plus `model.growth` (see `default_growth_config`):
+`growth.levels` extra 2x temporal levels on top of the base (4x → 8x → 16x), each built as in
+the paper's method figure (our reading, DESIGN.md "ProMAG"):
+
+  encoder level n, input x: (B, 1+r·k·2, H, W, 3), r = the lower level's temporal factor
+    branch A  a = lower.body(x[:, ::2])                       (B, 1+k,  H/8, W/8, C)
+    branch B  b = lower.body(x)                               (B, 1+2k, H/8, W/8, C)
+              b = AdaNorm(b | a)          (mixing adanorm/both; identity at initialisation)
+              h = downsample_t(ResBlock(b))                   (B, 1+k,  H/8, W/8, C)
+              h = h + a                   (mixing add/both)
+    head      moments = conv_out(SiLU(norm_out(h)))           (B, 1+k,  H/8, W/8, 2·z), 1×1×1
+  decoder level n, latent z: (B, 1+k, H/8, W/8, z)
+              h = conv_in(z)                                  1×1×1, z → C
+              h = upsample_t(ResBlock(h))                     (B, 1+2k, H/8, W/8, C)
+              video = lower.body(h)                           (B, 1+r·2k, H, W, 3)
+
+`lower` is the stage-I `Encoder` / `Decoder` for the first growth level and the previous
+grown level for the next one (recursion), always without its head: the encoder's
+norm_out/conv_out, the base's quant convs and the decoder's conv_in are not reused. C is the
+base's deepest width (`base_channels · channel_multipliers[-1]`).
+
+Mixing modes (`growth.mixing`): `none` (plain stacking: no branch A; the direct baselines),
+`add`, `adanorm`, `both` (default, as in the paper).
+
+AdaNorm (the paper gives no formula; our reading): branch A's features, mean-pooled over
+space per frame and RMS-normalised over channels, p_i = rms(mean_hw(a_i)), give a per-channel
+scale s_i = 1 + p_i·W + c (and with `growth.adanorm='scale_shift'` a shift t_i = p_i·V + d),
+W, c, V, d zero-initialised so that AdaNorm starts as the identity. Branch-B frame j uses
+branch-A frame ⌊j/2⌋: with 1+2k branch-B frames that frame depends on input frames ≤ 4j in
+an 8x model, exactly the frames branch-B frame j itself sees, so the grown model stays causal.
+
+Parameter layout (every stage's checkpoint maps onto the next stage with one regex):
+
+  stage I  (4x)  encoder/{conv_in,down,mid,norm_out,conv_out}, quant_conv, post_quant_conv,
+                 decoder/{conv_in,mid,up,norm_out,conv_out}
+  stage II (8x)  encoder/lower/{conv_in,down,mid}, encoder/{adanorm,block,downsample},
+                 encoder/{norm_out,conv_out}, decoder/{conv_in,block,upsample},
+                 decoder/lower/{mid,up,norm_out,conv_out}
+  stage III(16x) encoder/lower/lower/..., encoder/lower/{adanorm,block,downsample}, ... ,
+                 decoder/lower/{block,upsample}, decoder/lower/lower/...
+
+`STAGE_MAPPING` rewrites `encoder/lower/X` to the previous stage's `encoder/X` (likewise for
+the decoder), `STAGE_EXCLUDE` names the previous stage's head parameters that are dropped on
+purpose, and `LOWER_LEVEL` (for `config.freeze`) selects the whole previous stage.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from bootvae_jax.models import autoencoder
+from bootvae_jax.models import blocks
+from bootvae_jax.models import layers
+
+MIXING_MODES = ("none", "add", "adanorm", "both")
+ADANORM_MODES = ("scale", "scale_shift")
+
+# `config.freeze` entry selecting everything the previous stage trained.
+LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
+# `config.init_checkpoint.mapping`: a target path `encoder/lower/X` comes from source `encoder/X`.
+STAGE_MAPPING = ((r"(encoder|decoder)/lower/(.*)", r"\1/\2"),)
+# `config.init_checkpoint.exclude`: the previous stage's head, not reused by the grown model.
+STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*",
+                 r"(post_)?quant_conv/.*")
+
+
+def default_growth_config() -> ml_collections.ConfigDict:
+  """The `model.growth` subtree; `levels=0` is the plain base model."""
+  return ml_collections.ConfigDict(dict(
+      levels=0,              # 2x temporal levels on top of the base: 1 → 8x, 2 → 16x for 4x
+      mixing="both",         # none | add | adanorm | both; shared by every growth level
+      adanorm="scale",       # scale | scale_shift (see AdaNorm)
+      num_res_blocks=1,      # new ResBlocks per level, in the encoder and in the decoder
+  ))
+
+
+def growth_levels(model_config: ml_collections.ConfigDict) -> int:
+  growth = model_config.get("growth")
+  return 0 if growth is None else int(growth.levels)
+
+
+def compression_factors(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(temporal, spatial) compression of a base or grown model config."""
+  temporal, spatial = autoencoder.compression_factors(model_config)
+  return temporal * 2 ** growth_levels(model_config), spatial
+
+
+def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
+  """`autoencoder.validate_model_config` plus the `model.growth` fields."""
+  autoencoder.validate_model_config(model_config)
+  growth = model_config.get("growth")
+  if growth is None:
+    return
+  if not isinstance(growth.levels, int) or growth.levels < 0:
+    raise ValueError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
+  if growth.mixing not in MIXING_MODES:
+    raise ValueError(f"model.growth.mixing={growth.mixing!r}; use one of {MIXING_MODES}")
+  if growth.adanorm not in ADANORM_MODES:
+    raise ValueError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
+  if not isinstance(growth.num_res_blocks, int) or growth.num_res_blocks < 1:
+    raise ValueError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
+
+
+def build_model(model_config: ml_collections.ConfigDict, *,
+                rngs: nnx.Rngs) -> autoencoder.VideoAutoencoder:
+  """The model a `model` config describes: `GrownAutoencoder` when it has growth levels."""
+  if growth_levels(model_config):
+    return GrownAutoencoder(model_config, rngs=rngs)
+  return autoencoder.VideoAutoencoder(model_config, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-level mixing.
+
+
+class AdaNorm(nnx.Module):
+  """Branch B modulated per channel by branch A's pooled features; the identity at init.
+
+  p_i = m_i / rms_c(m_i), m_i = mean over (H, W) of a_i; s_i = 1 + p_i·W + c;
+  out_j = s_⌊j/2⌋ ⊙ b_j (+ p_⌊j/2⌋·V + d with mode `scale_shift`).
+  """
+
+  def __init__(self, channels: int, mode: str = "scale", *, eps: float = 1e-6, rngs: nnx.Rngs):
+    if mode not in ADANORM_MODES:
+      raise ValueError(f"unknown AdaNorm mode {mode!r}; use one of {ADANORM_MODES}")
+    zeros = nnx.initializers.zeros
+    axes = ("conv_in", "conv_out")
+    self.scale_kernel = layers.param(zeros, rngs, (channels, channels), axes)
+    self.scale_bias = layers.param(zeros, rngs, (channels,), layers.CHANNEL_AXES)
+    if mode == "scale_shift":
+      self.shift_kernel = layers.param(zeros, rngs, (channels, channels), axes)
+      self.shift_bias = layers.param(zeros, rngs, (channels,), layers.CHANNEL_AXES)
+    else:
+      self.shift_kernel = self.shift_bias = None
+    self.eps = eps
+
+  def __call__(self, b: jax.Array, a: jax.Array) -> jax.Array:
+    """b: (B, 1+2k, h, w, C) branch B; a: (B, 1+k, h', w', C) branch A → b's shape."""
+    pooled = a.astype(jnp.float32).mean(axis=(2, 3))  # (B, 1+k, C)
+    # Unit-RMS conditioning keeps the zero-initialised map's early steps small whatever the
+    # scale of the frozen features.
+    pooled = pooled * jax.lax.rsqrt(jnp.square(pooled).mean(-1, keepdims=True) + self.eps)
+    pooled = pooled[:, jnp.arange(b.shape[1]) // 2]  # branch-B frame j ← branch-A frame j // 2
+    scale = 1.0 + pooled @ self.scale_kernel[...] + self.scale_bias[...]
+    out = b * scale[:, :, None, None, :].astype(b.dtype)
+    if self.shift_kernel is not None:
+      shift = pooled @ self.shift_kernel[...] + self.shift_bias[...]
+      out = out + shift[:, :, None, None, :].astype(b.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Grown encoder and decoder.
+
+
+def _drop_head(module: nnx.Module, *names: str) -> nnx.Module:
+  """`module` with the layers a grown level does not reuse removed (no parameters left)."""
+  for name in names:
+    setattr(module, name, None)
+  return module
+
+
+def _run(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
+  return nnx.remat(lambda m, h: m(h))(module, x) if remat else module(x)
+
+
+class GrownEncoder(nnx.Module):
+  """One growth level on top of `lower` (an `Encoder` or a `GrownEncoder`, head dropped).
+
+  body(x: (B, 1+2rk, H, W, C_in)) → (B, 1+k, H/s, W/s, C); __call__ adds the 1×1×1 head
+  giving the moments (B, 1+k, H/s, W/s, 2·latent_channels).
+  """
+
+  def __init__(self, lower: nnx.Module, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    growth = config.growth
+    width = config.base_channels * config.channel_multipliers[-1]
+    conv, norm, _ = autoencoder._settings(config, "encoder")  # pylint: disable=protected-access
+    self.lower = lower
+    self.mixing = growth.mixing
+    self.adanorm = (AdaNorm(width, growth.adanorm, eps=config.norm_eps, rngs=rngs)
+                    if growth.mixing in ("adanorm", "both") else None)
+    self.block = nnx.List([blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
+                           for _ in range(growth.num_res_blocks)])
+    self.downsample = blocks.ConvDownsample(
+        width, blocks.ResampleSpec.parse("conv3d:t", blocks.DOWNSAMPLE_KINDS, "growth"),
+        conv=conv, rngs=rngs)
+    self.norm_out = norm.make(width, rngs=rngs)
+    self.conv_out = conv.pointwise(width, 2 * config.latent_channels, rngs=rngs)
+    self.remat = bool(config.remat)
+
+  def body(self, x: jax.Array) -> jax.Array:
+    """Features of this level before its head: (B, 1+k, H/s, W/s, C)."""
+    h = self.lower.body(x)  # branch B: (B, 1+2k, ...)
+    a = None if self.mixing == "none" else self.lower.body(x[:, ::2])  # branch A: (B, 1+k, ...)
+    if self.adanorm is not None:
+      h = self.adanorm(h, a)
+    for block in self.block:
+      h = _run(block, h, self.remat)
+    h = self.downsample(h)
+    if self.mixing in ("add", "both"):
+      h = h + a
+    return h
+
+  def head(self, h: jax.Array) -> jax.Array:
+    return self.conv_out(nnx.silu(self.norm_out(h)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.body(x))
+
+
+class GrownDecoder(nnx.Module):
+  """One growth level under `lower` (a `Decoder` or a `GrownDecoder`, conv_in dropped).
+
+  z: (B, 1+k, h, w, latent_channels) → conv_in (1×1×1) → ResBlock → temporal 2x upsample
+  (B, 1+2k, h, w, C) → lower.body → (B, 1+2rk, H, W, C_out).
+  """
+
+  def __init__(self, lower: nnx.Module, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    growth = config.growth
+    width = config.base_channels * config.channel_multipliers[-1]
+    conv, norm, _ = autoencoder._settings(config, "decoder")  # pylint: disable=protected-access
+    self.conv_in = conv.pointwise(config.latent_channels, width, rngs=rngs)
+    self.block = nnx.List([blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
+                           for _ in range(growth.num_res_blocks)])
+    self.upsample = blocks.DepthToSpaceUpsample(
+        width, blocks.ResampleSpec.parse("d2s:t", blocks.UPSAMPLE_KINDS, "growth"),
+        conv=conv, rngs=rngs)
+    self.lower = lower
+    self.remat = bool(config.remat)
+
+  @property
+  def conv_out(self) -> layers.Conv3d:
+    """The last layer (the base decoder's conv_out), for the adaptive GAN weight."""
+    return self.lower.conv_out
+
+  def _grow(self, h: jax.Array) -> jax.Array:
+    for block in self.block:
+      h = _run(block, h, self.remat)
+    return self.upsample(h)
+
+  def head_input(self, h: jax.Array) -> jax.Array:
+    """h: features after conv_in (B, 1+k, h, w, C) → the input of `conv_out`."""
+    return self.lower.head_input(self._grow(h))
+
+  def body(self, h: jax.Array) -> jax.Array:
+    """Everything after conv_in: what the next growth level runs as its frozen lower level."""
+    return self.lower.body(self._grow(h))
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    return self.body(self.conv_in(z))
+
+
+class GrownAutoencoder(autoencoder.VideoAutoencoder):
+  """A base `VideoAutoencoder` config grown by `model.growth.levels` temporal 2x levels.
+
+  Same interface as `VideoAutoencoder` (encode, decode, decode_with_head_input, __call__,
+  check_input, temporal_factor = base · 2^levels, spatial_factor); the latent comes straight
+  from the top level's 1×1×1 conv_out, so there are no quant convs.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
+    validate_model_config(config)
+    levels = growth_levels(config)
+    if levels < 1:
+      raise ValueError("GrownAutoencoder needs model.growth.levels >= 1; use build_model")
+    self.config = config
+    self.temporal_factor, self.spatial_factor = compression_factors(config)
+    encoder = autoencoder.Encoder(config, rngs=rngs)
+    decoder = autoencoder.Decoder(config, rngs=rngs)
+    for _ in range(levels):  # each level wraps the previous one, without its head
+      encoder = GrownEncoder(_drop_head(encoder, "norm_out", "conv_out"), config, rngs=rngs)
+      decoder = GrownDecoder(_drop_head(decoder, "conv_in"), config, rngs=rngs)
+    self.encoder, self.decoder = encoder, decoder
+    self.quant_conv = self.post_quant_conv = None
+    self.compute_dtype = jnp.dtype(config.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage configs (used by configs/promag_*.py and configs/direct_*.py).
+
+
+def next_stage(config: ml_collections.ConfigDict, *, previous_workdir: str,
+               finetune_learning_rate_multiplier: float = 0.0) -> ml_collections.ConfigDict:
+  """Turns the training config of one stage into the next stage's, in place.
+
+  One more 2x temporal growth level; the previous stage's parameters are restored from
+  `previous_workdir` (its latest checkpoint) through `STAGE_MAPPING`, minus its head
+  (`STAGE_EXCLUDE`), and frozen — or fine-tuned at `finetune_learning_rate_multiplier` times
+  the learning rate when that is > 0.
+  """
+  if config.model.get("growth") is None:
+    config.model.growth = default_growth_config()
+  config.model.growth.levels += 1
+  config.freeze = (LOWER_LEVEL,)
+  config.optimizer.finetune_learning_rate_multiplier = finetune_learning_rate_multiplier
+  config.init_checkpoint.path = previous_workdir
+  config.init_checkpoint.step = -1
+  config.init_checkpoint.mapping = STAGE_MAPPING
+  config.init_checkpoint.exclude = STAGE_EXCLUDE
+  return config
+
+
+def direct_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A grown stage config turned into its direct baseline, in place: the same depth (the
+  same growth levels) with plain stacking (`mixing='none'`), everything trained from scratch
+  (what the ProMAG paper calls MagViTv2-8x / -16x)."""
+  config.model.growth.mixing = "none"
+  config.freeze = ()
+  config.optimizer.finetune_learning_rate_multiplier = 0.0
+  config.init_checkpoint.path = ""
+  config.init_checkpoint.mapping = ()
+  config.init_checkpoint.exclude = ()
+  return config

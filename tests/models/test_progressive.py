@@ -1,0 +1,152 @@
+"""ProMAG growth: frame rules at 8x/16x, the identity-AdaNorm composition, causality, layout."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bootvae_jax import models
+from bootvae_jax.models import architectures
+from bootvae_jax.models import autoencoder
+from bootvae_jax.models import progressive
+
+
+def tiny_model_config(levels: int, mixing: str = "both", adanorm: str = "scale"):
+  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2),
+                                     num_res_blocks=1, num_groups=4)
+  # A 3-level base (4x time, 4x space) keeps the tests fast; growth does not depend on depth.
+  config.encoder.update(blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"),
+                        mid_attention="none")
+  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"),
+                        mid_attention="none")
+  config.growth = progressive.default_growth_config()
+  config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
+  return config
+
+
+def _video(frames: int, size: int = 8, seed: int = 0) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), (1, frames, size, size, 3), minval=-1,
+                            maxval=1)
+
+
+def _randomise_adanorm(model, seed: int = 1) -> None:
+  """Moves every AdaNorm away from its identity initialisation."""
+  keys = iter(jax.random.split(jax.random.key(seed), 64))
+
+  def move(path, variable):
+    if "adanorm" not in map(str, path):
+      return variable
+    return variable.replace(0.3 * jax.random.normal(next(keys), variable.shape))
+
+  nnx.update(model, nnx.map_state(move, nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("levels,factor,frames,latent_frames", [
+    (1, 8, 17, 3), (1, 8, 9, 2), (2, 16, 17, 2), (2, 16, 33, 3)])
+def test_shapes_and_frame_rule(levels, factor, frames, latent_frames):
+  config = tiny_model_config(levels)
+  assert models.compression_factors(config) == (factor, 4)
+  model = models.build_model(config, rngs=nnx.Rngs(0))
+  assert isinstance(model, progressive.GrownAutoencoder)
+  assert (model.temporal_factor, model.spatial_factor) == (factor, 4)
+  recon, posterior = model(_video(frames))
+  assert posterior.mean.shape == (1, latent_frames, 2, 2, 4)
+  assert recon.shape == (1, frames, 8, 8, 3)
+  with pytest.raises(ValueError, match=rf"16 frames; a {factor}x causal model needs 1\+{factor}k"):
+    model.encode(_video(16))
+
+
+def test_base_config_builds_the_plain_autoencoder():
+  model = models.build_model(tiny_model_config(0), rngs=nnx.Rngs(0))
+  assert type(model) is autoencoder.VideoAutoencoder
+  assert (model.temporal_factor, model.spatial_factor) == (4, 4)
+
+
+@pytest.mark.parametrize("field,value", [("mixing", "concat"), ("adanorm", "gain"),
+                                         ("levels", -1), ("num_res_blocks", 0)])
+def test_bad_growth_config_names_the_field(field, value):
+  config = tiny_model_config(1)
+  config.growth[field] = value
+  with pytest.raises(ValueError, match=f"model.growth.{field}"):
+    models.validate_model_config(config)
+
+
+@pytest.mark.parametrize("mixing", ["both", "add", "adanorm", "none"])
+def test_identity_adanorm_equals_hand_composition(mixing):
+  """At initialisation AdaNorm is exactly 1·b: the level is the composition written out."""
+  model = models.build_model(tiny_model_config(1, mixing), rngs=nnx.Rngs(0))
+  x = _video(17)
+  enc, dec, lower = model.encoder, model.decoder, model.encoder.lower
+  branch_b = lower.body(x)
+  branch_a = lower.body(x[:, ::2])
+  assert branch_b.shape[1] == 5 and branch_a.shape[1] == 3  # 1+2k and 1+k frames (k = 2)
+  h = enc.downsample(enc.block[0](branch_b))
+  if mixing in ("add", "both"):
+    h = h + branch_a
+  moments = enc.conv_out(nnx.silu(enc.norm_out(h)))
+  np.testing.assert_array_equal(model.encoder(x), moments)
+  assert (model.encoder.adanorm is None) == (mixing in ("add", "none"))
+
+  z = moments[..., :4]
+  expected = dec.lower.body(dec.upsample(dec.block[0](dec.conv_in(z))))
+  np.testing.assert_array_equal(model.decode(z), expected)
+  recon, head_input = model.decode_with_head_input(z)
+  np.testing.assert_allclose(recon, expected, atol=1e-6)
+  assert model.decoder.conv_out is dec.lower.conv_out
+  np.testing.assert_allclose(dec.lower.conv_out(head_input), expected, atol=1e-6)
+
+
+def test_adanorm_formula():
+  norm = progressive.AdaNorm(4, "scale_shift", rngs=nnx.Rngs(0))
+  b = jax.random.normal(jax.random.key(1), (2, 5, 2, 2, 4))  # branch B: 1+2k frames
+  a = jax.random.normal(jax.random.key(2), (2, 3, 3, 3, 4))  # branch A: 1+k frames
+  np.testing.assert_array_equal(norm(b, a), b)  # identity at init
+  w, v = jnp.eye(4) * 0.5, jnp.ones((4, 4)) * 0.1
+  norm.scale_kernel.value, norm.shift_kernel.value = w, v
+  m = a.mean(axis=(2, 3))
+  p = m / jnp.sqrt(jnp.mean(m**2, -1, keepdims=True) + 1e-6)
+  for j in range(5):
+    expected = b[:, j] * (1 + p[:, j // 2] @ w)[:, None, None] + (p[:, j // 2] @ v)[:, None, None]
+    np.testing.assert_allclose(norm(b, a)[:, j], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_grown_model_is_causal(levels):
+  """Latent frame j depends only on input frames <= r·j, AdaNorm and mixing included."""
+  model = models.build_model(tiny_model_config(levels), rngs=nnx.Rngs(0))
+  _randomise_adanorm(model)
+  r = model.temporal_factor
+  x = _video(1 + 2 * r)
+  y = x.at[:, r + 1:].set(_video(r, seed=3))  # change every frame after latent frame 1's span
+  mean_x, mean_y = model.encode(x).mean, model.encode(y).mean
+  np.testing.assert_allclose(mean_x[:, :2], mean_y[:, :2], atol=1e-5)
+  assert float(jnp.abs(mean_x[:, 2] - mean_y[:, 2]).max()) > 1e-3
+  z = mean_x + 0.0
+  z2 = z.at[:, 2:].set(1.0)
+  np.testing.assert_allclose(model.decode(z)[:, :1 + r], model.decode(z2)[:, :1 + r], atol=1e-5)
+
+
+def _param_paths(model_config) -> set[str]:
+  model = nnx.eval_shape(lambda: models.build_model(model_config, rngs=nnx.Rngs(0)))
+  return {"/".join(map(str, p)) for p, _ in nnx.state(model, nnx.Param).flat_state()}
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_stage_layout_maps_onto_previous_stage(levels):
+  """Every lower-level path of stage n maps onto a stage n-1 path; what is left over on the
+  stage n-1 side is exactly its head (STAGE_EXCLUDE)."""
+  previous = _param_paths(tiny_model_config(levels - 1))
+  grown = _param_paths(tiny_model_config(levels))
+  (pattern, template), = progressive.STAGE_MAPPING
+  lower = {p for p in grown if re.match(progressive.LOWER_LEVEL, p)}
+  mapped = {re.fullmatch(pattern, p).expand(template) for p in lower}
+  assert mapped <= previous
+  leftover = previous - mapped
+  assert leftover and all(any(re.fullmatch(e, p) for e in progressive.STAGE_EXCLUDE)
+                          for p in leftover)
+  new = grown - lower
+  assert all(not p.split("/")[1] == "lower" for p in new)
+  assert "encoder/adanorm/scale_kernel" in new and "decoder/conv_in/kernel" in new
