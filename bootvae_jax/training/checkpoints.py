@@ -97,15 +97,31 @@ def load_params(path: str, step: int = -1, *, ema: bool = False) -> dict[str, np
     if chosen not in steps:
       raise FileNotFoundError(f"no step {chosen} under {path}; available: {steps}")
     state_dir = os.path.join(path, str(chosen), "state")
-  restored = ocp.StandardCheckpointer().restore(state_dir)
+  # Partial restore: only the parameter subtrees, as host numpy arrays (no optimizer state,
+  # and no dependence on the mesh the previous stage ran on).
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  wanted = {k: tree[k] for k in ("ema_params" if ema else "params", "frozen")}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
   params = _flatten(restored["ema_params" if ema else "params"])
   params.update(_flatten(restored["frozen"]))
   # nnx Variables are saved as {'value': array} nodes in some orbax versions.
   return {re.sub(r"/value$", "", k): v for k, v in params.items()}
 
 
+def mapped_source_path(target_path: str, mapping=()) -> str:
+  """The source path of `target_path` under (regex, template) `mapping` (first full match)."""
+  for pattern, template in mapping:
+    if (match := re.fullmatch(pattern, target_path)) is not None:
+      return match.expand(template)
+  return target_path
+
+
 def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
-                    mapping=(), *, require_all: bool = True) -> tuple[nnx.State, list[str]]:
+                    mapping=(), *, require_all: bool = True,
+                    mapped_only: bool = False) -> tuple[nnx.State, list[str]]:
   """Copies `source` arrays into the matching parameters of `target`.
 
   Args:
@@ -114,6 +130,8 @@ def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
     mapping: (regex, template) pairs rewriting a target path into its source path; the first
       matching pair is used; unmatched paths keep their own name.
     require_all: every source parameter must land somewhere.
+    mapped_only: fill only target paths that a `mapping` regex matches (a stage's mapping
+      lists everything it imports; the other parameters are new).
 
   Returns:
     (the filled state, the target paths that were filled). A shape mismatch raises a
@@ -123,11 +141,9 @@ def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
 
   def fill(path, variable):
     target_path = path_string(path)
-    source_path = target_path
-    for pattern, template in mapping:
-      if re.fullmatch(pattern, target_path):
-        source_path = re.sub(pattern, template, target_path)
-        break
+    if mapped_only and not any(re.fullmatch(p, target_path) for p, _ in mapping):
+      return variable
+    source_path = mapped_source_path(target_path, mapping)
     if source_path not in source:
       return variable
     value = source[source_path]

@@ -12,7 +12,9 @@ import re
 
 import ml_collections
 
+from bootvae_jax import models
 from bootvae_jax.models import autoencoder
+from bootvae_jax.models import progressive
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.progress_every_seconds = 10.0
 
   config.model = autoencoder.default_model_config()
+  config.model.growth = progressive.default_growth_config()  # ProMAG levels; 0 = base only
   config.data = data_config.default_config()
 
   config.optimizer = ml_collections.ConfigDict(dict(
@@ -53,8 +56,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.init_checkpoint = ml_collections.ConfigDict(dict(
       # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
       path="", step=-1,
-      # (source regex, target template) pairs applied to '/'-joined paths; empty = same paths.
+      # (model-path regex, checkpoint-path template) pairs over '/'-joined paths: exactly the
+      # parameters a regex fully matches are restored, from the path the template gives
+      # (re.Match.expand). Empty = every parameter from its own path.
       mapping=(),
+      # Regexes over source paths dropped on purpose (e.g. the previous stage's head); every
+      # other source parameter must land in the model.
+      exclude=(),
   ))
   config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4))
   return config
@@ -67,8 +75,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
     if int(config[field]) <= 0:
       raise ValueError(f"config.{field}={config[field]} must be a positive integer")
-  autoencoder.validate_model_config(config.model)
-  temporal, spatial = autoencoder.compression_factors(config.model)
+  models.validate_model_config(config.model)
+  temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
   for pattern in config.freeze:
     try:

@@ -1,33 +1,69 @@
 """Growth stages: seed a model from a previous stage's checkpoint.
 
 A stage config names the previous run in `config.init_checkpoint.path`; its parameters are
-copied into the new model by path (after `config.init_checkpoint.mapping` rewrites), into
-the frozen set and the trained set alike. Parameters the old model did not have (the new
-growth blocks) keep their fresh initialisation.
+copied into the new model by path, into the frozen set and the trained set alike. An empty
+`config.init_checkpoint.mapping` restores every parameter under its own path; a mapping of
+(model-path regex, checkpoint-path template) pairs restores exactly the parameters it matches
+(ProMAG: `encoder/lower/X` ← `encoder/X`). Everything else (the new growth level) keeps its
+fresh initialisation.
+
+Architecture checks, each naming the first offending parameter:
+  * a parameter present on both sides with different shapes;
+  * a source parameter that lands nowhere (unless `init_checkpoint.exclude` drops it, as
+    ProMAG drops the previous stage's head);
+  * a model parameter that `mapping` (or `config.freeze`) says comes from the checkpoint but
+    that the checkpoint lacks: it would otherwise stay random, and frozen.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 from absl import logging
 
 from bootvae_jax.training import checkpoints
-from bootvae_jax.training.train_state import TrainSetup, TrainState
+from bootvae_jax.training.train_state import TrainSetup, TrainState, path_filter, path_string
 
 
 def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> TrainState:
   """`state` with the previous stage's parameters in place (EMA reset to the new params)."""
   source = checkpoints.load_params(init_cfg.path, init_cfg.step)
   mapping = tuple(tuple(m) for m in init_cfg.mapping)
-  frozen, filled_frozen = checkpoints.transfer_params(state.frozen, source, mapping,
-                                                      require_all=False)
-  params, filled_params = checkpoints.transfer_params(state.params, source, mapping,
-                                                      require_all=False)
+  excluded = [re.compile(p) for p in init_cfg.get("exclude", ())]
+  source = {k: v for k, v in source.items() if not any(p.fullmatch(k) for p in excluded)}
+  # With a mapping, only the parameters it matches are restored: the new growth level must
+  # keep its fresh initialisation even where the previous stage has a same-named parameter.
+  transfer = lambda tree: checkpoints.transfer_params(tree, source, mapping, require_all=False,
+                                                      mapped_only=bool(mapping))
+  frozen, filled_frozen = transfer(state.frozen)
+  params, filled_params = transfer(state.params)
   filled = set(filled_frozen) | set(filled_params)
+  where = f"checkpoint {init_cfg.path} does not match the model"
+  used = {checkpoints.mapped_source_path(p, mapping) for p in filled}
+  if unused := sorted(set(source) - used):
+    raise ValueError(
+        f"{where}: checkpoint parameter {unused[0]} has no place in the model ({len(unused)}"
+        " unplaced); fix config.init_checkpoint.mapping, or list it in"
+        " config.init_checkpoint.exclude if dropping it is intended")
+  frozen_filter = path_filter(setup.config.freeze)
+  required = sorted(
+      path_string(p) for p, v in list(state.params.flat_state()) + list(state.frozen.flat_state())
+      if (any(re.fullmatch(m[0], path_string(p)) for m in mapping) or frozen_filter(p, v))
+      and path_string(p) not in filled)
+  if required:
+    first = required[0]
+    raise ValueError(
+        f"{where}: model parameter {first} (from"
+        f" {checkpoints.mapped_source_path(first, mapping)}) is missing in the checkpoint"
+        f" ({len(required)} missing); was the previous stage trained with the same base"
+        " architecture?")
   logging.info("init from %s: %d parameters restored (%d frozen), %d new", init_cfg.path,
                len(filled), len(filled_frozen), _count(state.params) + _count(state.frozen)
                - len(filled))
-  state = state.replace(frozen=frozen, params=params, ema_params=params)
+  # The EMA gets its own buffers: the train step donates params and ema_params separately.
+  state = state.replace(frozen=frozen, params=params,
+                        ema_params=jax.tree.map(lambda p: p.copy(), params))
   return jax.device_put(state, setup.state_shardings)  # back onto the mesh
 
 

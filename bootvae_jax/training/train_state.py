@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from flax import struct
 
+from bootvae_jax import models
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import discriminator as discriminator_lib
 from bootvae_jax.training import partitioning
@@ -115,7 +116,7 @@ class TrainSetup:
 
 
 def _build_model(config, seed: int):
-  model = autoencoder.VideoAutoencoder(config.model, rngs=nnx.Rngs(seed))
+  model = models.build_model(config.model, rngs=autoencoder.init_rngs(seed))  # base or grown
   frozen_filter = path_filter(config.freeze) if (
       config.freeze and config.optimizer.finetune_learning_rate_multiplier <= 0) else nnx.Not(
           nnx.Everything())
@@ -127,7 +128,7 @@ def _build_discriminator(config, seed: int):
   d = config.discriminator
   disc = discriminator_lib.PatchDiscriminator3D(
       config.model.out_channels, d.base_channels, d.num_layers,
-      num_groups=min(32, d.base_channels), rngs=nnx.Rngs(seed + 1))
+      num_groups=min(32, d.base_channels), rngs=autoencoder.init_rngs(seed + 1))
   return nnx.split(disc, nnx.Param)
 
 

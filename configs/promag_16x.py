@@ -1,0 +1,21 @@
+r"""ProMAG stage III: grow the trained 8x model (`configs/promag_8x.py`) to 16x temporal.
+
+  python -m bootvae_jax.main --config=configs/promag_16x.py --workdir=workdirs/promag_16x \
+      --config.data.path=/path/to/videos
+
+The whole stage-II model (its frozen stage-I bodies and its growth level) is restored from
+`promag_8x.WORKDIR` and frozen; a second growth level trains on top.
+"""
+
+from configs import promag_8x
+
+from bootvae_jax.models import progressive
+
+WORKDIR = "workdirs/promag_16x"
+
+
+def get_config():
+  config = progressive.next_stage(promag_8x.get_config(), previous_workdir=promag_8x.WORKDIR)
+  config.name = "promag_16x"
+  config.total_steps = 100_000
+  return config
