@@ -263,7 +263,9 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
   from the top level's 1×1×1 conv_out, so there are no quant convs.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
+  # Builds its own encoder/decoder instead of VideoAutoencoder's; the methods are inherited.
+  def __init__(self, config: ml_collections.ConfigDict, *,  # pylint: disable=super-init-not-called
+               rngs: nnx.Rngs):
     validate_model_config(config)
     levels = growth_levels(config)
     if levels < 1:
