@@ -104,8 +104,8 @@ def discriminator_update(state: TrainState, setup: TrainSetup, x, recon):
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
   new_params = optax.apply_updates(state.disc_params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-  lecam = cfg.lecam_decay * state.lecam_ema + (1 - cfg.lecam_decay) * jnp.stack(
-      [real_mean, fake_mean])
+  lecam = jnp.stack(adversarial.update_lecam_ema(
+      state.lecam_ema[0], state.lecam_ema[1], real_mean, fake_mean, decay=cfg.lecam_decay))
   state = state.replace(disc_params=keep(new_params, state.disc_params),
                         disc_opt_state=keep(new_opt, state.disc_opt_state),
                         lecam_ema=jnp.where(active, lecam, state.lecam_ema))
