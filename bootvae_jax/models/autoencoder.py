@@ -118,12 +118,22 @@ def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
         f"encoder compresses (time, space) by {factors['encoder']} but the decoder expands by"
         f" {factors['decoder']}; make model.encoder.downsample and model.decoder.upsample match"
     )
-  return factors["encoder"]
+  temporal, spatial = factors["encoder"]
+  return temporal, spatial * patch_size(config)
+
+
+def patch_size(config: ml_collections.ConfigDict) -> int:
+  """`model.patch_size` p: the encoder sees p×p pixel patches stacked on channels and the
+  decoder's last conv emits them (space-to-depth in, depth-to-space out), so no conv runs at
+  full resolution. 1 = no patchify (the released layouts)."""
+  return int(config.get("patch_size", 1))
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a config that cannot build (before any parameter is created)."""
   compression_factors(config)
+  if patch_size(config) < 1:
+    raise ValueError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
   for side in ("encoder", "decoder"):
     cfg = config[side]
     if cfg.time_padding not in ("causal", "centred"):
@@ -197,8 +207,9 @@ class Encoder(nnx.Module):
     conv, norm, attention_norm = _settings(config, "encoder")
     specs = _level_specs(config, "encoder")
     widths = [config.base_channels * m for m in config.channel_multipliers]
-    self.conv_in = conv.conv(config.in_channels, config.base_channels, _kernel(cfg.conv_in),
-                             rngs=rngs)
+    self.patch_size = patch_size(config)
+    self.conv_in = conv.conv(config.in_channels * self.patch_size**2, config.base_channels,
+                             _kernel(cfg.conv_in), rngs=rngs)
     down, width = [], config.base_channels
     for i, (out, kind, spec) in enumerate(zip(widths, cfg.blocks, specs)):
       pairs = [(width if j == 0 else out, out) for j in range(cfg.num_res_blocks)]
@@ -216,6 +227,8 @@ class Encoder(nnx.Module):
 
   def body(self, x: jax.Array) -> jax.Array:
     """Everything up to (excluding) norm_out/conv_out: the features ProMAG grows on."""
+    if self.patch_size > 1:
+      x = layers.space_to_depth(x, self.patch_size)
     h = self.conv_in(x)
     for level in self.down:
       h = level(h, self.remat)
@@ -250,7 +263,9 @@ class Decoder(nnx.Module):
       width = out
     self.up = nnx.List(up)  # indexed by level like the released models: up[0] runs last
     self.norm_out = norm.make(width, rngs=rngs)
-    self.conv_out = conv.conv(width, config.out_channels, (3, 3, 3), rngs=rngs)
+    self.patch_size = patch_size(config)
+    self.conv_out = conv.conv(width, config.out_channels * self.patch_size**2, (3, 3, 3),
+                              rngs=rngs)
     self.remat = bool(config.remat)
 
   def head_input(self, h: jax.Array) -> jax.Array:
@@ -263,9 +278,13 @@ class Decoder(nnx.Module):
       h = level(h, self.remat)
     return nnx.silu(self.norm_out(h))
 
+  def output(self, y: jax.Array) -> jax.Array:
+    """`conv_out`'s output → video: depth-to-space of the pixel patches (see `patch_size`)."""
+    return y if self.patch_size == 1 else layers.depth_to_space(y, self.patch_size)
+
   def body(self, h: jax.Array) -> jax.Array:
     """Everything after `conv_in`: what ProMAG's frozen lower-level decoder runs."""
-    return self.conv_out(self.head_input(h))
+    return self.output(self.conv_out(self.head_input(h)))
 
   def __call__(self, z: jax.Array) -> jax.Array:
     return self.body(self.conv_in(z))
@@ -327,7 +346,7 @@ class VideoAutoencoder(nnx.Module):
     """(reconstruction, input of decoder.conv_out): the adaptive GAN weight differentiates
     losses w.r.t. the last layer's kernel through `decoder.conv_out.apply`."""
     h = self.decoder.head_input(self.decoder.conv_in(self.decoder_input(z)))
-    return self.decoder.conv_out(h).astype(jnp.float32), h
+    return self.decoder.output(self.decoder.conv_out(h)).astype(jnp.float32), h
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None
                ) -> tuple[jax.Array, DiagonalGaussian]:
@@ -378,6 +397,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       latent_channels=8,
       use_quant_conv=True,
       scaling_factor=1.0,
+      patch_size=1,
       conv_impl="auto",
       dtype="float32",
       remat=False,

@@ -379,6 +379,16 @@ def depth_to_time(x: jax.Array, factor: int) -> jax.Array:
   return jnp.moveaxis(x, 4, 2).reshape(b, t * factor, h, w, c)
 
 
+def space_to_depth(x: jax.Array, factor: int) -> jax.Array:
+  """(B, T, f·H, f·W, C) → (B, T, H, W, f²·C), channels ordered (fy, fx, C): the inverse of
+  `depth_to_space` (a patchified input, as the Cosmos / WF-VAE / LTX-Video tokenizers use)."""
+  b, t, fh, fw, c = x.shape
+  h, w = fh // factor, fw // factor
+  x = x.reshape(b, t, h, factor, w, factor, c)
+  x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+  return x.reshape(b, t, h, w, factor * factor * c)
+
+
 def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
   """(B, T, H, W, f²·C) → (B, T, f·H, f·W, C), channels ordered (fy, fx, C)."""
   b, t, h, w, ffc = x.shape

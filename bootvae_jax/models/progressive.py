@@ -238,6 +238,10 @@ class GrownDecoder(nnx.Module):
     """The last layer (the base decoder's conv_out), for the adaptive GAN weight."""
     return self.lower.conv_out
 
+  def output(self, y: jax.Array) -> jax.Array:
+    """`conv_out`'s output → video (the base decoder's depth-to-space of pixel patches)."""
+    return self.lower.output(y)
+
   def _grow(self, h: jax.Array) -> jax.Array:
     for block in self.block:
       h = _run(block, h, self.remat)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
+from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
 FRAMES, SIZE = 9, 32
@@ -449,3 +450,51 @@ def test_validate_rejects_other_bad_fields():
       config.use_quant_conv = False
     (config if side is None else config[side])[field] = value
     _expect_config_error(config, pattern)
+
+
+# ----------------------------------------------------------------------------------------------
+# Patchified input / output (`model.patch_size`).
+
+
+def tiny_patchified(patch_size: int = 2):
+  """The tiny base with 2x2 patches replacing its first spatial downsample (still 8x)."""
+  return tiny_promag(patch_size=patch_size, encoder=dict(
+      tiny_promag().encoder, downsample=("", "conv3d:st", "conv3d:st", "")), decoder=dict(
+          tiny_promag().decoder, upsample=("", "", "d2s:st", "d2s:st")))
+
+
+def test_space_to_depth_inverts_depth_to_space():
+  x = np.random.default_rng(0).standard_normal((2, 3, 8, 12, 5)).astype(np.float32)
+  patches = layers.space_to_depth(x, 2)
+  assert patches.shape == (2, 3, 4, 6, 20)
+  # Channel block (fy, fx) of patch (i, j) holds pixel (2i + fy, 2j + fx).
+  np.testing.assert_array_equal(patches[0, 1, 2, 3, 5 * 3:5 * 4], x[0, 1, 5, 7])
+  np.testing.assert_array_equal(layers.depth_to_space(patches, 2), x)
+
+
+def test_patchified_model_shapes_factors_and_no_full_resolution_conv():
+  config = tiny_patchified()
+  assert autoencoder.compression_factors(config) == (4, 8)
+  model = abstract_model(config)
+  recon, posterior = abstract_outputs(model, (1, FRAMES, SIZE, SIZE, 3))
+  assert recon.shape == (1, FRAMES, SIZE, SIZE, 3)
+  assert posterior.mean.shape == (1, 3, SIZE // 8, SIZE // 8, 4)
+  assert model.encoder.conv_in.kernel.shape[-2] == 3 * 4  # 2x2 RGB patches in
+  assert model.decoder.conv_out.kernel.shape[-1] == 3 * 4  # and out
+
+
+def test_patchified_model_is_causal_and_decode_with_head_input_agrees():
+  model = numpy_initialised_model(tiny_patchified())
+  x = video(1)
+  recon, posterior = model(jnp.asarray(x))
+  y = x.copy()
+  y[:, 5:] = 0.0  # changing frames >= 5 leaves latent frames 0..1 (input frames 0..4) alone
+  _, other = model(jnp.asarray(y))
+  np.testing.assert_allclose(posterior.mean[:, :2], other.mean[:, :2], atol=1e-6)
+  again, _ = model.decode_with_head_input(posterior.mean)
+  np.testing.assert_allclose(again, recon, atol=1e-6)
+
+
+def test_validate_rejects_a_patch_size_below_one():
+  with pytest.raises(ValueError, match="model.patch_size=0"):
+    autoencoder.validate_model_config(tiny_promag(patch_size=0))
