@@ -32,7 +32,7 @@ FOLDER_SOURCES = ("video_folder", "image_folder")
 PER_SOURCE_FIELDS = (
     "source", "path", "eval_path", "tfds_name", "tfds_split", "eval_tfds_split",
     "tfds_video_key", "tfds_data_dir", "frame_stride", "resize_short_side", "random_crop",
-    "random_flip", "synthetic_num_clips", "index_cache_dir",
+    "random_flip", "synthetic_num_clips", "index_cache_dir", "cache_decoded",
 )
 
 
@@ -79,6 +79,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_num_clips = 8
   # Where the video index is cached; '' = ~/.cache/bootvae_jax.
   config.index_cache_dir = ""
+  # video_folder: decode every video once (at its resized size) and keep the frames in memory,
+  # so clips are slices instead of seeks + decodes. For small data sets (each worker process
+  # holds its own copy): ~H·W·3 bytes per frame.
+  config.cache_decoded = False
   # Number of distinct clips in the synthetic source.
   config.synthetic_num_clips = 100_000
   return config

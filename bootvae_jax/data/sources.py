@@ -400,8 +400,11 @@ class VideoFolderSource(ClipSource):
 
   kind = "video_folder"
 
-  def __init__(self, index: VideoIndex, spec: transforms.ClipSpec):
+  def __init__(self, index: VideoIndex, spec: transforms.ClipSpec, *,
+               cache_decoded: bool = False):
     super().__init__(spec)
+    self._cache_decoded = cache_decoded
+    self._decoded: dict[int, np.ndarray] = {}  # index -> every frame, resized (cache_decoded)
     self._videos = []
     self._skipped = list(index.skipped)
     for video in index.videos:
@@ -442,8 +445,16 @@ class VideoFolderSource(ClipSource):
     frame_indices = transforms.sample_frame_indices(
         video.num_frames, self.spec, rng, position=position)
     size = transforms.resized_size(video.height, video.width, self.spec)
-    frames = decode_frames(video, frame_indices, size)
+    if self._cache_decoded:
+      if index not in self._decoded:  # once per process; a failure is not cached
+        self._decoded[index] = decode_frames(video, np.arange(video.num_frames), size)
+      frames = self._decoded[index][frame_indices]
+    else:
+      frames = decode_frames(video, frame_indices, size)
     return transforms.crop_and_flip(frames, self.spec, rng)
+
+  def __getstate__(self):  # worker processes fill their own cache
+    return {**self.__dict__, "_decoded": {}}
 
 
 class ImageFolderSource(ClipSource):
@@ -700,7 +711,8 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
     if kind == "image_folder":
       return ImageFolderSource(folder, spec)
     index = index_video_folder(folder, cache_dir=source_config["index_cache_dir"])
-    return VideoFolderSource(index, spec)
+    return VideoFolderSource(index, spec,
+                             cache_decoded=bool(source_config.get("cache_decoded", False)))
   if kind == "tfds":
     tfds_split = (evaluating and source_config["eval_tfds_split"]) or source_config["tfds_split"]
     return TfdsSource(source_config["tfds_name"], tfds_split,

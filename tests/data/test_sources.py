@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import pickle
 import time
 
 import numpy as np
@@ -80,6 +81,22 @@ def test_video_clip_shape_and_determinism(video_dir, tmp_path):
     np.testing.assert_array_equal(clip, source.read_clip(item, np.random.default_rng(3)))
   assert not np.array_equal(source.read_clip(0, np.random.default_rng(3)),
                             source.read_clip(0, np.random.default_rng(4)))
+
+
+def test_cached_decoding_gives_the_same_clips_and_decodes_each_video_once(
+    video_dir, tmp_path, monkeypatch):
+  index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
+  plain = sources.VideoFolderSource(index, clip_spec())
+  cached = sources.VideoFolderSource(index, clip_spec(), cache_decoded=True)
+  calls = []
+  decode = sources.decode_frames
+  monkeypatch.setattr(sources, "decode_frames", lambda *a: calls.append(a) or decode(*a))
+  for seed in range(3):
+    for item in range(len(plain)):
+      np.testing.assert_array_equal(cached.read_clip(item, np.random.default_rng(seed)),
+                                    plain.read_clip(item, np.random.default_rng(seed)))
+  assert len(calls) == 3 * len(plain) + len(plain)  # plain: every clip; cached: once a video
+  assert pickle.loads(pickle.dumps(cached))._decoded == {}  # pylint: disable=protected-access
 
 
 def test_deterministic_video_clip_is_the_centred_resized_crop(video_dir, tmp_path,
