@@ -64,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
       # other source parameter must land in the model.
       exclude=(),
   ))
-  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4))
+  # crop_size: () evaluates centre crops of data.crop_size; (H, W) another size.
+  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=()))
   return config
 
 
@@ -78,6 +79,10 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   models.validate_model_config(config.model)
   temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
+  for size in tuple(config.eval.get("crop_size", ())):
+    if int(size) % spatial:
+      raise ValueError(f"config.eval.crop_size={tuple(config.eval.crop_size)}: each side must"
+                       f" be divisible by the model's spatial factor {spatial}")
   for pattern in config.freeze:
     try:
       re.compile(pattern)

@@ -88,7 +88,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
   step_fn = train_step_lib.jit_train_step(setup, lpips)
   eval_fn = train_step_lib.jit_eval_step(setup, ema=False)
-  eval_clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
+  eval_data = config.data
+  if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
+    eval_data = ml_collections.ConfigDict(config.data.to_dict())
+    eval_data.crop_size = tuple(config.eval.crop_size)
+  eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
 
   writer = metric_writers.create_default_writer(workdir,
                                                 just_logging=jax.process_index() > 0)
