@@ -4,10 +4,12 @@ Finishes in a few minutes on a 2-core CPU:
 
   python -m bootvae_jax.main --config=configs/demo.py --workdir=/tmp/bootvae_demo
 
-Why it looks like this (measured, see issue 9): with ProMAG's mean-free RMS norm and full-
-resolution convs the tiny model's loss stalled after ~15 steps and reconstructions stayed
-uniform grey; per-frame GroupNorm (still causal) and 2x2 pixel patches in and out
-(`model.patch_size`) learn several times faster per second on a CPU.
+Architecture: 2x2 pixel patches in and out (`model.patch_size`, no full-resolution conv) and
+per-frame GroupNorm (causal), the layout of the ProMAG experiment's CPU preset. Measured on
+the 2-core CPU (issue 9): eval PSNR stays near 14 dB after 300 steps (a flat, mean-colour
+reconstruction) with this layout and with the earlier RMS-norm layout, at learning rates
+5e-4, 1e-3 and 2e-3, and with the posterior noise removed: the synthetic clips' random stripe
+textures are beyond a 96x-compressing model this small in 300 steps.
 """
 
 from bootvae_jax.models import architectures
