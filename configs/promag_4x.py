@@ -10,7 +10,6 @@ from the repository root (they import each other as `configs.<name>`).
 """
 
 from bootvae_jax.models import architectures
-from bootvae_jax.models import progressive
 from bootvae_jax.training.config import default_config
 
 WORKDIR = "workdirs/promag_4x"  # where the next stage looks for this stage's checkpoint
@@ -25,7 +24,6 @@ def get_config():
   config.checkpoint_every = 5_000
   config.model = architectures.promag_base(z_dim=8, base_channels=128,
                                            channel_multipliers=(1, 2, 2, 4), num_res_blocks=2)
-  config.model.growth = progressive.default_growth_config()
   config.data.source = "video_folder"
   config.data.num_frames = 17
   config.data.resize_short_side = 288

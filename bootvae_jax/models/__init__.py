@@ -1,9 +1,10 @@
-"""The model library. `build_model(config.model, rngs=...)` builds what a `model` config
-describes: a `VideoAutoencoder`, or a ProMAG `GrownAutoencoder` when `model.growth.levels > 0`.
+"""The model library. `build_model(config.model)` builds what a `model` config describes: a
+`VideoAutoencoder`, or a ProMAG `GrownAutoencoder` when `model.growth.levels > 0`.
+`compression_factors` and `validate_model_config` answer for base and grown configs alike.
 """
 
+from bootvae_jax.models.autoencoder import compression_factors
+from bootvae_jax.models.autoencoder import validate_model_config
 from bootvae_jax.models.progressive import build_model
-from bootvae_jax.models.progressive import compression_factors
-from bootvae_jax.models.progressive import validate_model_config
 
 __all__ = ["build_model", "compression_factors", "validate_model_config"]

@@ -1,10 +1,16 @@
 """Encoder, Decoder, DiagonalGaussian and the config-built `VideoAutoencoder`.
 
-An architecture is a `model` config (see `configs/arch/*.py` and `default_model_config`):
-per-level widths, block kind per level, resampler per level, time padding, norms, mid
-attention, latent channels. The module tree mirrors the released CV-VAE / OD-VAE layouts
-(`encoder.down[i].block[j]`, `encoder.mid.block_1`, ...), which keeps checkpoint conversion a
-key-mapping table (`interop/official.py`).
+An architecture is a `model` config (every field: `default_model_config`; the shipped ones:
+`models/architectures.py`): per-level widths, block kind per level, resampler per level, time
+padding, norms, mid attention, latent channels, ProMAG growth levels. The module tree mirrors
+the released CV-VAE / OD-VAE layouts (`encoder.down[i].block[j]`, `encoder.mid.block_1`, ...),
+which keeps checkpoint conversion a key-mapping table (`interop/official.py`).
+
+The rules every other module asks about live here, once: the causal frame rule
+(`frame_rule_error`), the spatial rule (`frame_size_error`), a config's compression
+(`compression_factors`, growth included) and its validation (`validate_model_config`).
+Build models with `bootvae_jax.build_model` (`models/progressive.py`), which also builds grown
+models.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from flax import struct
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
 
+# `model.growth` choices (ProMAG, `models/progressive.py`).
+MIXING_MODES = ("none", "add", "adanorm", "both")
+ADANORM_MODES = ("scale", "scale_shift")
+
 # ----------------------------------------------------------------------------------------------
 # The causal frame rule (written once).
 
@@ -31,18 +41,45 @@ def valid_frame_counts(temporal_factor: int, near: int, count: int = 2) -> list[
   return sorted(sorted(candidates, key=lambda n: (abs(n - near), n))[:count])
 
 
+def frame_rule(num_frames: int, temporal_factor: int) -> str:
+  """The rule, with the valid lengths nearest `num_frames`: "a 4x causal model needs 1+4k
+  frames (e.g. 13 or 17)"."""
+  examples = " or ".join(str(n) for n in valid_frame_counts(temporal_factor, num_frames))
+  return f"a {temporal_factor}x causal model needs 1+{temporal_factor}k frames (e.g. {examples})"
+
+
 def frame_rule_error(num_frames: int, temporal_factor: int, what: str = "clip") -> str | None:
   """An actionable message if `num_frames` breaks the causal rule `1 + r·k`, else None."""
   if num_frames >= 1 and (num_frames - 1) % temporal_factor == 0:
     return None
-  examples = " or ".join(str(n) for n in valid_frame_counts(temporal_factor, num_frames))
-  return (f"{what} has {num_frames} frames; a {temporal_factor}x causal model needs"
-          f" 1+{temporal_factor}k frames (e.g. {examples})")
+  return f"{what} has {num_frames} frames; {frame_rule(num_frames, temporal_factor)}"
 
 
 def check_frames(num_frames: int, temporal_factor: int, what: str = "clip") -> None:
   if (message := frame_rule_error(num_frames, temporal_factor, what)) is not None:
     raise ValueError(message)
+
+
+# The spatial rule (written once): frame sides are multiples of the spatial factor.
+
+
+def frame_size_error(height: int, width: int, spatial_factor: int, *, what: str = "frame size ",
+                     size: str = "{}x{}") -> str | None:
+  """An actionable message if a `height`x`width` frame does not fit the spatial factor, else None.
+
+  `what` names the offending value and `size` formats it and its nearest fits the way the
+  caller's user wrote them: e.g. what="", size="--size={},{}" gives "--size=270,480 is not
+  divisible by the spatial factor 8; sides must be divisible by 8 (e.g. --size=264,480 or
+  --size=272,480)".
+  """
+  s = spatial_factor
+  if height >= s and width >= s and not height % s and not width % s:
+    return None
+  below = size.format(max(s, height // s * s), max(s, width // s * s))
+  above = size.format(-(-height // s) * s, -(-width // s) * s)
+  examples = below if below == above else f"{below} or {above}"
+  return (f"{what}{size.format(height, width)} is not divisible by the spatial factor {s}; sides"
+          f" must be divisible by {s} (e.g. {examples})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,8 +142,19 @@ def _level_specs(config: ml_collections.ConfigDict, side: str) -> list:
           for i, s in enumerate(specs)]
 
 
+def growth_levels(config: ml_collections.ConfigDict) -> int:
+  """ProMAG growth levels of a model config (`model.growth.levels`; 0: the base model)."""
+  growth = config.get("growth")
+  return 0 if growth is None else int(growth.levels)
+
+
 def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(temporal, spatial) compression of a model config; checks encoder and decoder agree."""
+  """(temporal, spatial) compression of a model config, base or grown.
+
+  The base levels' resamplers give (r, s) (encoder and decoder must agree); each ProMAG growth
+  level (`model.growth.levels`, `models/progressive.py`) doubles r, and `model.patch_size` p
+  multiplies s by p.
+  """
   enc = [s for s in _level_specs(config, "encoder") if s]
   dec = [s for s in _level_specs(config, "decoder") if s]
   factors = {}
@@ -119,7 +167,7 @@ def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
         f" {factors['decoder']}; make model.encoder.downsample and model.decoder.upsample match"
     )
   temporal, spatial = factors["encoder"]
-  return temporal, spatial * patch_size(config)
+  return temporal * 2 ** growth_levels(config), spatial * patch_size(config)
 
 
 def patch_size(config: ml_collections.ConfigDict) -> int:
@@ -130,7 +178,8 @@ def patch_size(config: ml_collections.ConfigDict) -> int:
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for a config that cannot build (before any parameter is created)."""
+  """Raises ValueError for a model config (base or grown) that cannot build, naming the field;
+  runs before any parameter is created."""
   compression_factors(config)
   if patch_size(config) < 1:
     raise ValueError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
@@ -158,9 +207,24 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   if not config.use_quant_conv and config.latent_channels != config.z_channels:
     raise ValueError("without quant convs model.latent_channels must equal model.z_channels")
   layers.resolve_conv_impl(config.conv_impl)
+  if (growth := config.get("growth")) is not None:
+    _validate_growth(growth)
 
 
-def _settings(config, side: str):
+def _validate_growth(growth: ml_collections.ConfigDict) -> None:
+  if not isinstance(growth.levels, int) or growth.levels < 0:
+    raise ValueError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
+  if growth.mixing not in MIXING_MODES:
+    raise ValueError(f"model.growth.mixing={growth.mixing!r}; use one of {MIXING_MODES}")
+  if growth.adanorm not in ADANORM_MODES:
+    raise ValueError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
+  if not isinstance(growth.num_res_blocks, int) or growth.num_res_blocks < 1:
+    raise ValueError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
+
+
+def layer_settings(config: ml_collections.ConfigDict, side: str
+                   ) -> tuple[blocks.ConvSettings, blocks.NormSettings, blocks.NormSettings]:
+  """(conv, norm, attention norm) settings every layer of the `side` ('encoder'/'decoder') uses."""
   cfg = config[side]
   dtype = jnp.dtype(config.dtype) if config.dtype != "float32" else None
   conv = blocks.ConvSettings(time_padding=cfg.time_padding, conv_impl=config.conv_impl,
@@ -176,12 +240,6 @@ def _kernel(kind: str) -> tuple[int, int, int]:
   return (3, 3, 3) if kind == "3d" else (1, 3, 3)
 
 
-def _maybe_remat(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
-  if not remat:
-    return module(x)
-  return nnx.remat(lambda m, h: m(h))(module, x)
-
-
 class Level(nnx.Module):
   """The res blocks of one resolution level plus its resampler (`down[i]` / `up[i]`)."""
 
@@ -194,7 +252,7 @@ class Level(nnx.Module):
 
   def __call__(self, x: jax.Array, remat: bool = False) -> jax.Array:
     for block in self.block:
-      x = _maybe_remat(block, x, remat)
+      x = blocks.call(block, x, remat)
     resampler = getattr(self, self.resampler_attr)
     return x if resampler is None else resampler(x)
 
@@ -204,7 +262,7 @@ class Encoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     cfg = config.encoder
-    conv, norm, attention_norm = _settings(config, "encoder")
+    conv, norm, attention_norm = layer_settings(config, "encoder")
     specs = _level_specs(config, "encoder")
     widths = [config.base_channels * m for m in config.channel_multipliers]
     self.patch_size = patch_size(config)
@@ -246,7 +304,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     cfg = config.decoder
-    conv, norm, attention_norm = _settings(config, "decoder")
+    conv, norm, attention_norm = layer_settings(config, "decoder")
     specs = _level_specs(config, "decoder")
     widths = [config.base_channels * m for m in config.channel_multipliers]
     width = widths[-1]
@@ -299,18 +357,31 @@ class VideoAutoencoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     validate_model_config(config)
+    if growth_levels(config) and type(self) is VideoAutoencoder:  # pylint: disable=unidiomatic-typecheck
+      raise ValueError(f"model.growth.levels={config.growth.levels} describes a grown ProMAG"
+                       " model; build it with bootvae_jax.build_model(config.model)")
     self.config = config
     self.temporal_factor, self.spatial_factor = compression_factors(config)
-    self.encoder = Encoder(config, rngs=rngs)
-    self.decoder = Decoder(config, rngs=rngs)
-    conv, _, _ = _settings(config, "encoder")
-    if config.use_quant_conv:
-      moments = 2 * config.z_channels if config.double_z else config.z_channels
-      self.quant_conv = conv.pointwise(moments, 2 * config.latent_channels, rngs=rngs)
-      self.post_quant_conv = conv.pointwise(config.latent_channels, config.z_channels, rngs=rngs)
-    else:
-      self.quant_conv = self.post_quant_conv = None
+    self.encoder, self.decoder = self.make_encoder_decoder(config, rngs=rngs)
+    self.quant_conv, self.post_quant_conv = self.make_latent_convs(config, rngs=rngs)
     self.compute_dtype = jnp.dtype(config.dtype)
+
+  # The seam a grown model (`progressive.GrownAutoencoder`) extends: everything else is shared.
+
+  def make_encoder_decoder(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
+                           ) -> tuple[nnx.Module, nnx.Module]:
+    """The encoder (body → head giving the moments) and decoder (conv_in → body)."""
+    return Encoder(config, rngs=rngs), Decoder(config, rngs=rngs)
+
+  def make_latent_convs(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """(quant_conv, post_quant_conv): 1×1×1 convs between the encoder head and the latent and
+    between the latent and the decoder; (None, None) without `model.use_quant_conv`."""
+    if not config.use_quant_conv:
+      return None, None
+    conv, _, _ = layer_settings(config, "encoder")
+    moments = 2 * config.z_channels if config.double_z else config.z_channels
+    return (conv.pointwise(moments, 2 * config.latent_channels, rngs=rngs),
+            conv.pointwise(config.latent_channels, config.z_channels, rngs=rngs))
 
   @property
   def latent_channels(self) -> int:
@@ -320,10 +391,8 @@ class VideoAutoencoder(nnx.Module):
     if x.ndim != 5:
       raise ValueError(f"expected video (B, T, H, W, C), got shape {x.shape}")
     check_frames(x.shape[1], self.temporal_factor)
-    h, w = x.shape[2:4]
-    if h % self.spatial_factor or w % self.spatial_factor:
-      raise ValueError(f"frame size {h}x{w} is not divisible by the spatial factor"
-                       f" {self.spatial_factor}")
+    if (message := frame_size_error(*x.shape[2:4], self.spatial_factor)) is not None:
+      raise ValueError(message)
 
   def moments(self, x: jax.Array) -> jax.Array:
     self.check_input(x)
@@ -371,11 +440,6 @@ def init_rngs(seed: int) -> nnx.Rngs:
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 
-def build(config: ml_collections.ConfigDict, seed: int = 0) -> VideoAutoencoder:
-  """A randomly initialised model."""
-  return VideoAutoencoder(config, rngs=init_rngs(seed))
-
-
 def default_model_config() -> ml_collections.ConfigDict:
   """Every field a `model` config has, with the small ProMAG base as default values."""
 
@@ -404,4 +468,12 @@ def default_model_config() -> ml_collections.ConfigDict:
       encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),
       decoder=side(num_res_blocks=3, blocks=("3d",) * 4,
                    upsample=("", "d2s:s", "d2s:st", "d2s:st")),
+      # ProMAG growth (`models/progressive.py`): `levels` 2x temporal levels on top of this base
+      # (1: 4x → 8x, 2: → 16x); 0 is the base model itself.
+      growth=dict(
+          levels=0,
+          mixing="both",         # none | add | adanorm | both (MIXING_MODES); every level
+          adanorm="scale",       # scale | scale_shift (ADANORM_MODES; see progressive.AdaNorm)
+          num_res_blocks=1,      # new ResBlocks per level, in the encoder and in the decoder
+      ),
   ))

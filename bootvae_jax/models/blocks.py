@@ -193,6 +193,14 @@ UPSAMPLERS = {
 }
 
 
+def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
+  """`block(x)`; with `remat` its activations are recomputed in the backward pass instead of
+  stored (`model.remat`: less memory for more compute)."""
+  if not remat:
+    return block(x)
+  return nnx.remat(lambda m, h: m(h))(block, x)
+
+
 def make_downsample(channels, spec: ResampleSpec | None, *, conv, rngs):
   return None if spec is None else DOWNSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
 

@@ -21,21 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-KERNEL_AXES = ('conv_t', 'conv_h', 'conv_w', 'conv_in', 'conv_out')
-CHANNEL_AXES = ('conv_out',)
+from bootvae_jax.models import layers
 
 _KERNEL_SIZE = 4
 _PADDING = 2  # ceil((4 - 1) / 2), as in TATS / CV-VAE
 _MAX_CHANNEL_MULT = 8
-
-
-def _annotated(init, axes: tuple[str | None, ...]):
-  """`init` whose parameter carries logical axis names as metadata only.
-
-  No eager sharding (the convention of `models/layers.py`): the model builds without a
-  mesh, and `training/partitioning.py` maps the names to mesh axes for the whole state.
-  """
-  return nnx.with_partitioning(init, axes, eager_sharding=False)
 
 
 class _ConvNormAct(nnx.Module):
@@ -57,7 +47,7 @@ class _ConvNormAct(nnx.Module):
       rngs: nnx.Rngs,
   ):
     # Logical names of the kernel's channel axes (None: never sharded).
-    kernel_axes = KERNEL_AXES[:3] + (in_axis, out_axis)
+    kernel_axes = layers.CONV_KERNEL_AXES[:3] + (in_axis, out_axis)
     self.conv = nnx.Conv(
         in_channels,
         out_channels,
@@ -69,8 +59,8 @@ class _ConvNormAct(nnx.Module):
         dtype=dtype,
         param_dtype=param_dtype,
         # taming's weights_init: N(0, 0.02) conv kernels.
-        kernel_init=_annotated(nnx.initializers.normal(0.02), kernel_axes),
-        bias_init=_annotated(nnx.initializers.zeros_init(), (out_axis,)),
+        kernel_init=layers.logical(nnx.initializers.normal(0.02), kernel_axes),
+        bias_init=layers.logical(nnx.initializers.zeros_init(), (out_axis,)),
         rngs=rngs,
     )
     if use_norm:
@@ -80,8 +70,8 @@ class _ConvNormAct(nnx.Module):
           epsilon=1e-5,
           dtype=dtype,
           param_dtype=param_dtype,
-          scale_init=_annotated(nnx.initializers.ones_init(), CHANNEL_AXES),
-          bias_init=_annotated(nnx.initializers.zeros_init(), CHANNEL_AXES),
+          scale_init=layers.logical(nnx.initializers.ones_init(), layers.CHANNEL_AXES),
+          bias_init=layers.logical(nnx.initializers.zeros_init(), layers.CHANNEL_AXES),
           rngs=rngs,
       )
     else:

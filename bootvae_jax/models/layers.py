@@ -138,13 +138,21 @@ def conv3d_valid_time(
   return y.reshape((b, t_out) + y.shape[1:])
 
 
-def param(init, rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
-  """A parameter annotated with logical axis names.
+def logical(init, axes: tuple[str | None, ...]):
+  """`init` whose parameters carry logical axis names: the one way parameters are annotated
+  (also for flax layers, as `kernel_init=logical(...)`).
 
-  The names are only metadata here (no eager sharding): `training/partitioning.py` maps them
-  to mesh axes with the config's rules and places the whole state at once.
+  The names are only metadata here (no eager sharding, so models build without a mesh):
+  `training/partitioning.py` maps them to mesh axes with the config's rules and places the
+  whole state at once.
   """
-  return nnx.Param(init(rngs.params(), shape), out_sharding=axes, eager_sharding=False)
+  return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def param(init, rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...]
+          ) -> nnx.Param:
+  """A parameter of `shape` drawn by `init`, annotated with logical axis names (`logical`)."""
+  return nnx.Param(logical(init, axes)(rngs.params(), shape))
 
 
 def _torch_like_kernel_init(fan_in: int):

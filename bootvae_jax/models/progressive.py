@@ -1,6 +1,7 @@
 """ProMAG: grow a trained causal tokenizer to 8x / 16x temporal compression (arXiv 2501.05442).
 
-A grown model is the base `model` config plus `model.growth` (see `default_growth_config`):
+A grown model is a base `model` config with `model.growth.levels > 0` (the fields:
+`autoencoder.default_model_config`; build it with `build_model`):
 `growth.levels` extra 2x temporal levels on top of the base (4x → 8x → 16x), each built as in
 the paper's method figure (our reading, DESIGN.md "ProMAG"):
 
@@ -57,9 +58,6 @@ from bootvae_jax.models import autoencoder
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
 
-MIXING_MODES = ("none", "add", "adanorm", "both")
-ADANORM_MODES = ("scale", "scale_shift")
-
 # `config.freeze` entry selecting everything the previous stage trained.
 LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
 # `config.init_checkpoint.mapping`: a target path `encoder/lower/X` comes from source `encoder/X`.
@@ -69,47 +67,22 @@ STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*",
                  r"(post_)?quant_conv/.*")
 
 
-def default_growth_config() -> ml_collections.ConfigDict:
-  """The `model.growth` subtree; `levels=0` is the plain base model."""
-  return ml_collections.ConfigDict(dict(
-      levels=0,              # 2x temporal levels on top of the base: 1 → 8x, 2 → 16x for 4x
-      mixing="both",         # none | add | adanorm | both; shared by every growth level
-      adanorm="scale",       # scale | scale_shift (see AdaNorm)
-      num_res_blocks=1,      # new ResBlocks per level, in the encoder and in the decoder
-  ))
+def build_model(model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs | None = None,
+                seed: int = 0) -> autoencoder.VideoAutoencoder:
+  """The one model builder: what a `model` config describes, randomly initialised.
 
+  A `VideoAutoencoder`, or a `GrownAutoencoder` when `model.growth.levels > 0`. The config is
+  validated first (`autoencoder.validate_model_config`). For the structure alone (no random
+  numbers drawn, e.g. before loading weights) wrap the call: `nnx.eval_shape(lambda:
+  build_model(config))`.
 
-def growth_levels(model_config: ml_collections.ConfigDict) -> int:
-  growth = model_config.get("growth")
-  return 0 if growth is None else int(growth.levels)
-
-
-def compression_factors(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(temporal, spatial) compression of a base or grown model config."""
-  temporal, spatial = autoencoder.compression_factors(model_config)
-  return temporal * 2 ** growth_levels(model_config), spatial
-
-
-def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
-  """`autoencoder.validate_model_config` plus the `model.growth` fields."""
-  autoencoder.validate_model_config(model_config)
-  growth = model_config.get("growth")
-  if growth is None:
-    return
-  if not isinstance(growth.levels, int) or growth.levels < 0:
-    raise ValueError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
-  if growth.mixing not in MIXING_MODES:
-    raise ValueError(f"model.growth.mixing={growth.mixing!r}; use one of {MIXING_MODES}")
-  if growth.adanorm not in ADANORM_MODES:
-    raise ValueError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
-  if not isinstance(growth.num_res_blocks, int) or growth.num_res_blocks < 1:
-    raise ValueError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
-
-
-def build_model(model_config: ml_collections.ConfigDict, *,
-                rngs: nnx.Rngs) -> autoencoder.VideoAutoencoder:
-  """The model a `model` config describes: `GrownAutoencoder` when it has growth levels."""
-  if growth_levels(model_config):
+  Args:
+    model_config: a `model` config (`config.model` of a training config).
+    rngs: parameter rngs; default `autoencoder.init_rngs(seed)` (a fast `rbg` key).
+    seed: the seed of the default rngs.
+  """
+  rngs = autoencoder.init_rngs(seed) if rngs is None else rngs
+  if autoencoder.growth_levels(model_config):
     return GrownAutoencoder(model_config, rngs=rngs)
   return autoencoder.VideoAutoencoder(model_config, rngs=rngs)
 
@@ -126,8 +99,8 @@ class AdaNorm(nnx.Module):
   """
 
   def __init__(self, channels: int, mode: str = "scale", *, eps: float = 1e-6, rngs: nnx.Rngs):
-    if mode not in ADANORM_MODES:
-      raise ValueError(f"unknown AdaNorm mode {mode!r}; use one of {ADANORM_MODES}")
+    if mode not in autoencoder.ADANORM_MODES:
+      raise ValueError(f"unknown AdaNorm mode {mode!r}; use one of {autoencoder.ADANORM_MODES}")
     zeros = nnx.initializers.zeros
     axes = ("conv_in", "conv_out")
     self.scale_kernel = layers.param(zeros, rngs, (channels, channels), axes)
@@ -165,10 +138,6 @@ def _drop_head(module: nnx.Module, *names: str) -> nnx.Module:
   return module
 
 
-def _run(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
-  return nnx.remat(lambda m, h: m(h))(module, x) if remat else module(x)
-
-
 class GrownEncoder(nnx.Module):
   """One growth level on top of `lower` (an `Encoder` or a `GrownEncoder`, head dropped).
 
@@ -179,7 +148,7 @@ class GrownEncoder(nnx.Module):
   def __init__(self, lower: nnx.Module, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     growth = config.growth
     width = config.base_channels * config.channel_multipliers[-1]
-    conv, norm, _ = autoencoder._settings(config, "encoder")  # pylint: disable=protected-access
+    conv, norm, _ = autoencoder.layer_settings(config, "encoder")
     self.lower = lower
     self.mixing = growth.mixing
     self.adanorm = (AdaNorm(width, growth.adanorm, eps=config.norm_eps, rngs=rngs)
@@ -200,7 +169,7 @@ class GrownEncoder(nnx.Module):
     if self.adanorm is not None:
       h = self.adanorm(h, a)
     for block in self.block:
-      h = _run(block, h, self.remat)
+      h = blocks.call(block, h, self.remat)
     h = self.downsample(h)
     if self.mixing in ("add", "both"):
       h = h + a
@@ -223,7 +192,7 @@ class GrownDecoder(nnx.Module):
   def __init__(self, lower: nnx.Module, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     growth = config.growth
     width = config.base_channels * config.channel_multipliers[-1]
-    conv, norm, _ = autoencoder._settings(config, "decoder")  # pylint: disable=protected-access
+    conv, norm, _ = autoencoder.layer_settings(config, "decoder")
     self.conv_in = conv.pointwise(config.latent_channels, width, rngs=rngs)
     self.block = nnx.List([blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
                            for _ in range(growth.num_res_blocks)])
@@ -244,7 +213,7 @@ class GrownDecoder(nnx.Module):
 
   def _grow(self, h: jax.Array) -> jax.Array:
     for block in self.block:
-      h = _run(block, h, self.remat)
+      h = blocks.call(block, h, self.remat)
     return self.upsample(h)
 
   def head_input(self, h: jax.Array) -> jax.Array:
@@ -267,23 +236,23 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
   from the top level's 1×1×1 conv_out, so there are no quant convs.
   """
 
-  # Builds its own encoder/decoder instead of VideoAutoencoder's; the methods are inherited.
-  def __init__(self, config: ml_collections.ConfigDict, *,  # pylint: disable=super-init-not-called
-               rngs: nnx.Rngs):
-    validate_model_config(config)
-    levels = growth_levels(config)
-    if levels < 1:
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    if autoencoder.growth_levels(config) < 1:
       raise ValueError("GrownAutoencoder needs model.growth.levels >= 1; use build_model")
-    self.config = config
-    self.temporal_factor, self.spatial_factor = compression_factors(config)
-    encoder = autoencoder.Encoder(config, rngs=rngs)
-    decoder = autoencoder.Decoder(config, rngs=rngs)
-    for _ in range(levels):  # each level wraps the previous one, without its head
+    super().__init__(config, rngs=rngs)
+
+  def make_encoder_decoder(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """The base encoder/decoder, wrapped by one growth level per `model.growth.levels`."""
+    encoder, decoder = super().make_encoder_decoder(config, rngs=rngs)
+    for _ in range(config.growth.levels):  # each level wraps the previous one, without its head
       encoder = GrownEncoder(_drop_head(encoder, "norm_out", "conv_out"), config, rngs=rngs)
       decoder = GrownDecoder(_drop_head(decoder, "conv_in"), config, rngs=rngs)
-    self.encoder, self.decoder = encoder, decoder
-    self.quant_conv = self.post_quant_conv = None
-    self.compute_dtype = jnp.dtype(config.dtype)
+    return encoder, decoder
+
+  def make_latent_convs(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """None: the top level's 1×1×1 conv_out / conv_in already map to and from the latent."""
+    del config, rngs
+    return None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,8 +268,6 @@ def next_stage(config: ml_collections.ConfigDict, *, previous_workdir: str,
   (`STAGE_EXCLUDE`), and frozen — or fine-tuned at `finetune_learning_rate_multiplier` times
   the learning rate when that is > 0.
   """
-  if config.model.get("growth") is None:
-    config.model.growth = default_growth_config()
   config.model.growth.levels += 1
   config.freeze = (LOWER_LEVEL,)
   config.optimizer.finetune_learning_rate_multiplier = finetune_learning_rate_multiplier

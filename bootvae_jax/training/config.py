@@ -14,7 +14,6 @@ import ml_collections
 
 from bootvae_jax import models
 from bootvae_jax.models import autoencoder
-from bootvae_jax.models import progressive
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -31,7 +30,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.progress_every_seconds = 10.0
 
   config.model = autoencoder.default_model_config()
-  config.model.growth = progressive.default_growth_config()  # ProMAG levels; 0 = base only
   config.data = data_config.default_config()
 
   config.optimizer = ml_collections.ConfigDict(dict(

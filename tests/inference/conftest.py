@@ -2,8 +2,8 @@
 
 import pytest
 
+from bootvae_jax import models
 from bootvae_jax.models import architectures
-from bootvae_jax.models import autoencoder
 
 
 def _tiny_model_config():
@@ -22,4 +22,4 @@ def tiny_model_config():
 
 @pytest.fixture(scope="session")
 def tiny_model():
-  return autoencoder.build(_tiny_model_config(), seed=0)
+  return models.build_model(_tiny_model_config(), seed=0)

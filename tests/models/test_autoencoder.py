@@ -214,6 +214,16 @@ def test_8x_config_frame_rule():
     abstract_outputs(model, (1, 13, SIZE, SIZE, 3))
 
 
+def test_frame_size_error():
+  assert autoencoder.frame_size_error(32, 48, 8) is None
+  assert autoencoder.frame_size_error(30, 32, 8) == (
+      "frame size 30x32 is not divisible by the spatial factor 8; sides must be divisible by 8"
+      " (e.g. 24x32 or 32x32)")
+  assert autoencoder.frame_size_error(4, 16, 8, what="", size="--size={},{}") == (
+      "--size=4,16 is not divisible by the spatial factor 8; sides must be divisible by 8"
+      " (e.g. --size=8,16)")
+
+
 def test_frame_size_and_rank_errors():
   model = abstract_model(tiny_promag())
   with pytest.raises(ValueError, match=r"frame size 30x32 is not divisible by the spatial"

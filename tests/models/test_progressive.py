@@ -22,7 +22,6 @@ def tiny_model_config(levels: int, mixing: str = "both", adanorm: str = "scale")
                         mid_attention="none")
   config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"),
                         mid_attention="none")
-  config.growth = progressive.default_growth_config()
   config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
   return config
 
@@ -63,6 +62,38 @@ def test_base_config_builds_the_plain_autoencoder():
   model = models.build_model(tiny_model_config(0), rngs=nnx.Rngs(0))
   assert type(model) is autoencoder.VideoAutoencoder
   assert (model.temporal_factor, model.spatial_factor) == (4, 4)
+
+
+def test_one_builder_and_one_compression_rule_for_grown_configs():
+  """build_model is the builder; the base class refuses a grown config instead of silently
+  building the base, and there is one (growth-aware) compression_factors."""
+  config = tiny_model_config(2)
+  assert models.compression_factors is autoencoder.compression_factors
+  assert autoencoder.compression_factors(config) == (16, 4)
+  with pytest.raises(ValueError, match=r"model.growth.levels=2 .*bootvae_jax.build_model"):
+    autoencoder.VideoAutoencoder(config, rngs=nnx.Rngs(0))
+  assert not hasattr(progressive, "compression_factors")
+  assert not hasattr(progressive, "validate_model_config")
+  # The default seed draws the same parameters every time (rbg key from autoencoder.init_rngs).
+  a = nnx.state(models.build_model(tiny_model_config(1)), nnx.Param)
+  b = nnx.state(models.build_model(tiny_model_config(1), seed=0), nnx.Param)
+  for (path, x), (_, y) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b)):
+    np.testing.assert_array_equal(x[...], y[...], err_msg=str(path))
+
+
+def test_grown_model_extends_the_base_through_its_constructor():
+  """GrownAutoencoder runs VideoAutoencoder.__init__ (validation, factors, dtype) and only
+  replaces the encoder/decoder and latent-conv seam: the lower level is a full base body."""
+  config = tiny_model_config(1)
+  config.dtype = "bfloat16"
+  model = nnx.eval_shape(lambda: models.build_model(config))
+  assert model.compute_dtype == jnp.bfloat16 and model.config is config
+  assert model.quant_conv is None and model.post_quant_conv is None
+  assert isinstance(model.encoder.lower, autoencoder.Encoder)
+  assert model.encoder.lower.conv_out is None and model.decoder.lower.conv_in is None
+  config.growth.mixing = "concat"
+  with pytest.raises(ValueError, match="model.growth.mixing='concat'"):
+    models.build_model(config)
 
 
 @pytest.mark.parametrize("field,value", [("mixing", "concat"), ("adanorm", "gain"),
