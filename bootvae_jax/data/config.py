@@ -133,24 +133,23 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
   if source not in SOURCES:
     problems.append(f"data.source={source!r} is unknown; use one of {', '.join(SOURCES)}")
 
+  # The model's rules, written once in models/autoencoder.py (imported here, not at the top:
+  # grain workers import this module and need no model code).
+  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
+
   num_frames = config["num_frames"]
   if not isinstance(num_frames, int) or num_frames < 1:
     problems.append(f"data.num_frames={num_frames!r} must be a positive int")
-  elif (num_frames - 1) % temporal_factor:
-    low = 1 + (num_frames - 1) // temporal_factor * temporal_factor
-    high = low + temporal_factor
-    problems.append(
-        f"data.num_frames={num_frames}; a {temporal_factor}x causal model needs "
-        f"1+{temporal_factor}k frames (e.g. {low} or {high})")
+  elif autoencoder.frame_rule_error(num_frames, temporal_factor) is not None:
+    problems.append(f"data.num_frames={num_frames}; "
+                    + autoencoder.frame_rule(num_frames, temporal_factor))
 
   crop = tuple(config["crop_size"])
   if len(crop) != 2 or any(not isinstance(side, int) or side < 1 for side in crop):
     problems.append(f"data.crop_size={crop!r} must be (height, width), positive ints")
-  elif any(side % spatial_factor for side in crop):
-    fixed = tuple(max(spatial_factor, side // spatial_factor * spatial_factor) for side in crop)
-    problems.append(
-        f"data.crop_size={crop}; a {spatial_factor}x spatial model needs sides divisible "
-        f"by {spatial_factor} (e.g. {fixed})")
+  elif (message := autoencoder.frame_size_error(*crop, spatial_factor, what="data.crop_size=",
+                                                size="({}, {})")) is not None:
+    problems.append(message)
 
   batch_size = config["batch_size"]
   if not isinstance(batch_size, int) or batch_size < 1:

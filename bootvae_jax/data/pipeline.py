@@ -33,6 +33,7 @@ import numpy as np
 from bootvae_jax.data import config as data_config_lib
 from bootvae_jax.data import sources as sources_lib
 from bootvae_jax.data import transforms
+from bootvae_jax.training import partitioning
 
 # A source whose next this-many items all fail is broken beyond skipping: stop with an error.
 MAX_READ_ATTEMPTS = 16
@@ -160,13 +161,6 @@ def build_train_dataset(
   return iter_dataset
 
 
-def data_sharding(
-    mesh: jax.sharding.Mesh, data_axes: Sequence[str]) -> jax.sharding.NamedSharding:
-  """Batch dimension split over the mesh's data axes (absent axes are ignored)."""
-  axes = tuple(axis for axis in data_axes if axis in mesh.axis_names)
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes or None))
-
-
 class TrainBatches:
   """Iterator of global training batches, checkpointable with orbax.
 
@@ -264,7 +258,7 @@ def make_train_batches(
       without any readable file.
   """
   data_config_lib.validate(data_config, temporal_factor=1, spatial_factor=1)
-  sharding = data_sharding(mesh, data_axes)
+  sharding = partitioning.batch_sharding(mesh, data_axes)
   shards = int(np.prod([mesh.shape[axis] for axis in sharding.spec[0] or ()]))
   if data_config.batch_size % shards:
     raise ValueError(

@@ -7,10 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats → uint8."""
-  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from bootvae_jax.data.transforms import to_uint8
 
 
 def frames_grid(truth: np.ndarray, recon: np.ndarray, num_frames: int = 4, *,

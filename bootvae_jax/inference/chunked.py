@@ -37,6 +37,7 @@ from flax import nnx
 
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
+from bootvae_jax.models.autoencoder import frame_size_error
 from bootvae_jax.models.autoencoder import valid_frame_counts
 
 
@@ -175,11 +176,8 @@ def _as_batched_video(video) -> tuple[np.ndarray, bool]:
 
 
 def _check_frame_size(shape, spatial_factor: int) -> None:
-  h, w = shape[-3:-1]
-  if h % spatial_factor or w % spatial_factor:
-    fit = lambda n: max(spatial_factor, n - n % spatial_factor)
-    raise ValueError(f"frame size {h}x{w} is not divisible by the model's spatial factor"
-                     f" {spatial_factor}; resize or crop to e.g. {fit(h)}x{fit(w)}")
+  if (message := frame_size_error(*shape[-3:-1], spatial_factor)) is not None:
+    raise ValueError(message)
 
 
 def _iter_chunks(blocks: Iterable[np.ndarray], chunk_frames: int, overlap_frames: int

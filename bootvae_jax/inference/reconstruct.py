@@ -157,14 +157,13 @@ def fit_frame_size(height: int, width: int, spatial_factor: int,
     ValueError: a requested size not divisible by s (naming a size that is), or frames
       smaller than s.
   """
+  from bootvae_jax.models.autoencoder import frame_size_error
+
   s = spatial_factor
   if size is not None:
-    h, w = size
-    if h < s or w < s or h % s or w % s:
-      near = lambda n: max(s, int(round(n / s)) * s)
-      raise ValueError(f"--size={h},{w} is not divisible by the model's spatial factor {s};"
-                       f" use e.g. --size={near(h)},{near(w)}")
-    return (h, w), None
+    if (message := frame_size_error(*size, s, what="", size="--size={},{}")) is not None:
+      raise ValueError(message)
+    return tuple(size), None
   if height < s or width < s:
     raise ValueError(f"frames of {height}x{width} are smaller than the model's spatial factor"
                      f" {s}; pass --size")
@@ -176,15 +175,6 @@ def fit_frame_size(height: int, width: int, spatial_factor: int,
 
 # ----------------------------------------------------------------------------------------------
 # Reconstructing a file.
-
-
-def _per_frame_psnr(reference: np.ndarray, recon: np.ndarray) -> np.ndarray:
-  """(T,) PSNR in dB of uint8 frames (T, H, W, C) (the convention of evaluation/metrics.py:
-  per frame, then averaged)."""
-  diff = reference.astype(np.float64) - recon.astype(np.float64)
-  mse = np.mean(np.square(diff / 255.0), axis=(1, 2, 3))
-  with np.errstate(divide="ignore"):
-    return 10.0 * np.log10(1.0 / mse)
 
 
 def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "crossfade",
@@ -206,6 +196,7 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "c
     A JSON-able summary (frames, size, psnr, seconds, settings).
   """
   from bootvae_jax.data import transforms
+  from bootvae_jax.evaluation import metrics
   from bootvae_jax.inference import chunked
   from bootvae_jax.inference import video_io
 
@@ -244,7 +235,9 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "c
     for piece in pieces:
       frames = transforms.to_uint8(piece[0])
       reference = np.stack([inputs.popleft() for _ in range(len(frames))])
-      psnrs.append(_per_frame_psnr(reference, frames))
+      # Of the written uint8 frames against the input's (metrics' per-frame convention).
+      psnrs.append(np.asarray(metrics.per_frame_psnr(
+          transforms.to_unit_range(frames)[None], transforms.to_unit_range(reference)[None])[0]))
       writer.write(frames)
   psnr = float(np.mean(np.concatenate(psnrs)))
   seconds = time.perf_counter() - start

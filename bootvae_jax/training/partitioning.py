@@ -39,9 +39,10 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every mesh axis."""
-  return NamedSharding(mesh, P(MESH_AXES))
+def batch_sharding(mesh: Mesh, axes: Sequence[str] = MESH_AXES) -> NamedSharding:
+  """Leading (batch) axis split over the mesh axes `axes` (default all; absent axes ignored)."""
+  axes = tuple(axis for axis in axes if axis in mesh.axis_names)
+  return NamedSharding(mesh, P(axes or None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from bootvae_jax.data import transforms
+from bootvae_jax.evaluation import metrics
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import reconstruct
 from bootvae_jax.inference import video_io
@@ -32,7 +33,9 @@ def carphone() -> str:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-  return float(np.mean(reconstruct._per_frame_psnr(a, b)))
+  """Mean per-frame PSNR of two uint8 videos (T, H, W, C)."""
+  unit = lambda v: transforms.to_unit_range(v)[None]
+  return float(metrics.psnr(unit(a), unit(b))[0])
 
 
 # ----------------------------------------------------------------------------------------------
