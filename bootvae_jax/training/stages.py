@@ -17,21 +17,23 @@ Architecture checks, each naming the first offending parameter:
 
 from __future__ import annotations
 
-import re
-
 import jax
 from absl import logging
 
 from bootvae_jax.training import checkpoints
-from bootvae_jax.training.train_state import TrainSetup, TrainState, path_filter, path_string
+from bootvae_jax.training.train_state import TrainSetup
+from bootvae_jax.training.train_state import TrainState
+from bootvae_jax.training.train_state import path_filter
+from bootvae_jax.training.train_state import path_matches
+from bootvae_jax.training.train_state import path_string
 
 
 def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> TrainState:
   """`state` with the previous stage's parameters in place (EMA reset to the new params)."""
   source = checkpoints.load_params(init_cfg.path, init_cfg.step)
   mapping = tuple(tuple(m) for m in init_cfg.mapping)
-  excluded = [re.compile(p) for p in init_cfg.get("exclude", ())]
-  source = {k: v for k, v in source.items() if not any(p.fullmatch(k) for p in excluded)}
+  excluded = tuple(init_cfg.get("exclude", ()))
+  source = {k: v for k, v in source.items() if not path_matches(excluded, k)}
   # With a mapping, only the parameters it matches are restored: the new growth level must
   # keep its fresh initialisation even where the previous stage has a same-named parameter.
   transfer = lambda tree: checkpoints.transfer_params(tree, source, mapping, require_all=False,
@@ -49,7 +51,7 @@ def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> Trai
   frozen_filter = path_filter(setup.config.freeze)
   required = sorted(
       path_string(p) for p, v in list(state.params.flat_state()) + list(state.frozen.flat_state())
-      if (any(re.fullmatch(m[0], path_string(p)) for m in mapping) or frozen_filter(p, v))
+      if (path_matches([m[0] for m in mapping], path_string(p)) or frozen_filter(p, v))
       and path_string(p) not in filled)
   if required:
     first = required[0]

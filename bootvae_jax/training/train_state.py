@@ -30,12 +30,22 @@ def path_string(path: tuple) -> str:
   return "/".join(str(p) for p in path)
 
 
+def path_matches(patterns, path: str) -> bool:
+  """Whether a regex of `patterns` matches the whole '/'-joined `path` (re.fullmatch).
+
+  The one matching rule of `config.freeze`, `config.init_checkpoint.mapping` and
+  `config.init_checkpoint.exclude`: "encoder/down/0/.*" selects everything under
+  encoder/down/0; "encoder/down/0" alone selects nothing (no parameter has that path).
+  """
+  return any(re.fullmatch(p, path) for p in patterns)
+
+
 def path_filter(patterns) -> Callable[[tuple, Any], bool]:
-  """An nnx filter true for Params whose path matches (re.match) any of `patterns`."""
-  compiled = [re.compile(p) for p in patterns]
+  """An nnx filter true for Params whose whole path matches one of `patterns`."""
+  patterns = tuple(patterns)
 
   def matches(path, value) -> bool:
-    return isinstance(value, nnx.Param) and any(c.match(path_string(path)) for c in compiled)
+    return isinstance(value, nnx.Param) and path_matches(patterns, path_string(path))
 
   return matches
 
@@ -63,7 +73,9 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int, sca
 def _adamw(opt, schedule, *, b1=None, b2=None, weight_decay=None):
   return optax.chain(
       optax.clip_by_global_norm(opt.grad_clip_norm),
-      optax.adamw(schedule, b1=b1 or opt.b1, b2=b2 or opt.b2, eps=opt.eps,
+      # `is None`, not `or`: 0.0 is a common GAN choice of b1.
+      optax.adamw(schedule, b1=opt.b1 if b1 is None else b1, b2=opt.b2 if b2 is None else b2,
+                  eps=opt.eps,
                   weight_decay=opt.weight_decay if weight_decay is None else weight_decay))
 
 
@@ -116,12 +128,22 @@ class TrainSetup:
 
 
 def _build_model(config, seed: int):
-  model = models.build_model(config.model, rngs=autoencoder.init_rngs(seed))  # base or grown
+  model = models.build_model(config.model, seed=seed)  # base or grown
   frozen_filter = path_filter(config.freeze) if (
       config.freeze and config.optimizer.finetune_learning_rate_multiplier <= 0) else nnx.Not(
           nnx.Everything())
   graphdef, frozen, params = nnx.split(model, frozen_filter, nnx.Param)
   return graphdef, params, frozen
+
+
+def _check_freeze_patterns(config, params: nnx.State, frozen: nnx.State) -> None:
+  paths = [path_string(p) for p, _ in list(params.flat_state()) + list(frozen.flat_state())]
+  for pattern in config.freeze:
+    if not any(path_matches((pattern,), p) for p in paths):
+      raise ValueError(
+          f"config.freeze entry {pattern!r} matches no parameter; a pattern must match a whole"
+          f" '/'-joined path (e.g. {pattern.rstrip('/')}/.* for everything under it); paths"
+          f" look like {paths[0]}")
 
 
 def _build_discriminator(config, seed: int):
@@ -138,7 +160,9 @@ def create_train_state(config: ml_collections.ConfigDict,
   shardings derived from logical axis names, and the init jitted with those out_shardings
   (no full replica ever exists on one device)."""
   use_gan = config.loss.gan_weight > 0
-  graphdef, abstract_params, _ = jax.eval_shape(lambda: _build_model(config, config.seed))
+  graphdef, abstract_params, abstract_frozen = jax.eval_shape(
+      lambda: _build_model(config, config.seed))
+  _check_freeze_patterns(config, abstract_params, abstract_frozen)
   tx, schedule = make_optimizer(config, abstract_params)
   disc_graphdef, disc_tx = None, None
   if use_gan:
