@@ -3,6 +3,12 @@
 One step: encode → sample → decode, the weighted loss terms of `config.loss`, gradients of
 the trainable parameters only, an `apply_if_finite` AdamW update, the EMA, and — when a GAN
 loss is on — the discriminator's hinge update in the same jitted call.
+
+The GAN is on for the step that starts with `state.step >= loss.gan_start_step` (0-based: with
+gan_start_step=2 the first two updates have no GAN), for the generator and the discriminator
+alike. Before that the discriminator's forward passes, the adaptive weight's two gradients and
+the discriminator update are skipped at run time (`lax.cond`), not computed and multiplied by
+0; their metrics (`g`, `gan_weight`, `d_*`) are 0.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ def weighted_nll(loss_cfg, terms) -> jax.Array:
   return sum(weights[k] * v for k, v in terms.items())
 
 
+def gan_active(state: TrainState, setup: TrainSetup) -> jax.Array:
+  """Whether the step starting from `state` trains with the GAN: step >= loss.gan_start_step."""
+  return state.step >= setup.config.loss.gan_start_step
+
+
 def generator_loss(params, state: TrainState, setup: TrainSetup, x, rng, lpips):
   """Total generator loss and its terms. x: (B, T, H, W, C) in [-1, 1]."""
   cfg = setup.config.loss
@@ -70,22 +81,36 @@ def generator_loss(params, state: TrainState, setup: TrainSetup, x, rng, lpips):
     def g_of(kernel):
       return adversarial.hinge_g_loss(disc(from_last_kernel(kernel)))
 
-    terms["g"] = adversarial.hinge_g_loss(disc(recon))
-    if cfg.adaptive_gan_weight:
-      kernel = conv_out.kernel[...]
-      weight = adversarial.adaptive_generator_weight(
-          jax.grad(nll_of)(kernel), jax.grad(g_of)(kernel), max_weight=cfg.max_adaptive_weight)
-    else:
-      weight = jnp.float32(1.0)
-    active = (state.step >= cfg.gan_start_step).astype(jnp.float32)
-    terms["gan_weight"] = weight * cfg.gan_weight * active
+    def gan_terms(recon):
+      g = adversarial.hinge_g_loss(disc(recon))
+      if cfg.adaptive_gan_weight:
+        kernel = conv_out.kernel[...]
+        weight = adversarial.adaptive_generator_weight(
+            jax.grad(nll_of)(kernel), jax.grad(g_of)(kernel), max_weight=cfg.max_adaptive_weight)
+      else:
+        weight = jnp.float32(1.0)
+      return g.astype(jnp.float32), weight.astype(jnp.float32) * cfg.gan_weight
+
+    def before_start(recon):
+      del recon
+      return jnp.float32(0.0), jnp.float32(0.0)
+
+    terms["g"], terms["gan_weight"] = jax.lax.cond(gan_active(state, setup), gan_terms,
+                                                   before_start, recon)
     total = total + terms["gan_weight"] * terms["g"]
   terms["loss"] = total
   return total, (terms, recon)
 
 
-def discriminator_update(state: TrainState, setup: TrainSetup, x, recon):
-  """Hinge loss (+ LeCam) on real clips vs stop-gradient reconstructions."""
+def discriminator_update(state: TrainState, setup: TrainSetup, x, recon, active):
+  """Hinge loss (+ LeCam) on real clips vs stop-gradient reconstructions, when `active`;
+  otherwise `state` unchanged (nothing computed) and zero metrics."""
+  zeros = {k: jnp.float32(0.0) for k in ("d_loss", "d_real", "d_fake")}
+  return jax.lax.cond(active, lambda s: _discriminator_step(s, setup, x, recon),
+                      lambda s: (s, zeros), state)
+
+
+def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   cfg = setup.config.loss
   recon = jax.lax.stop_gradient(recon)
 
@@ -100,20 +125,18 @@ def discriminator_update(state: TrainState, setup: TrainSetup, x, recon):
 
   (d_loss, (real_mean, fake_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.disc_params)
-  active = state.step >= cfg.gan_start_step
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
-  new_params = optax.apply_updates(state.disc_params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
   lecam = jnp.stack(adversarial.update_lecam_ema(
       state.lecam_ema[0], state.lecam_ema[1], real_mean, fake_mean, decay=cfg.lecam_decay))
-  state = state.replace(disc_params=keep(new_params, state.disc_params),
-                        disc_opt_state=keep(new_opt, state.disc_opt_state),
-                        lecam_ema=jnp.where(active, lecam, state.lecam_ema))
-  return state, {"d_loss": d_loss, "d_real": real_mean, "d_fake": fake_mean}
+  state = state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
+                        disc_opt_state=new_opt, lecam_ema=lecam.astype(state.lecam_ema.dtype))
+  metrics = {"d_loss": d_loss, "d_real": real_mean, "d_fake": fake_mean}
+  return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
 def train_step(state: TrainState, batch: dict, lpips, *, setup: TrainSetup, base_rng):
   x = batch["video"]
+  active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(generator_loss, has_aux=True)
   (_, (terms, recon)), grads = grad_fn(state.params, state, setup, x, rng, lpips)
@@ -126,14 +149,15 @@ def train_step(state: TrainState, batch: dict, lpips, *, setup: TrainSetup, base
                  skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
   if setup.use_gan:
-    state, d_metrics = discriminator_update(state, setup, x, recon)
+    state, d_metrics = discriminator_update(state, setup, x, recon, active)
     metrics.update(d_metrics)
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def eval_step(state: TrainState, video, *, setup: TrainSetup, ema: bool):
-  """Reconstruction from the posterior mean; per-clip PSNR and SSIM."""
-  model = setup.model(state, ema=ema)
+def eval_step(params, frozen, video, *, setup: TrainSetup):
+  """Reconstruction from the posterior mean; per-clip PSNR and SSIM. `params`: the trained
+  parameters or their EMA (same shapes and shardings, so one compilation serves both)."""
+  model = nnx.merge(setup.graphdef, params, frozen)
   recon = jnp.clip(model(video)[0], -1.0, 1.0)
   return recon, {"psnr": metrics_lib.psnr(recon, video), "ssim": metrics_lib.ssim(recon, video)}
 
@@ -152,11 +176,13 @@ def jit_train_step(setup: TrainSetup, lpips: Any):
   )
 
 
-def jit_eval_step(setup: TrainSetup, ema: bool):
+def jit_eval_step(setup: TrainSetup):
+  """`eval_step(params, frozen, video)` under `jax.jit`."""
   mesh = setup.mesh
+  shardings = setup.state_shardings
   return jax.jit(
-      functools.partial(eval_step, setup=setup, ema=ema),
+      functools.partial(eval_step, setup=setup),
       # Held-out clips are few and need not divide the device count: replicate them.
-      in_shardings=(setup.state_shardings, partitioning.replicated(mesh)),
+      in_shardings=(shardings.params, shardings.frozen, partitioning.replicated(mesh)),
       out_shardings=(partitioning.replicated(mesh), partitioning.replicated(mesh)),
   )
