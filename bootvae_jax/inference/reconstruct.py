@@ -36,8 +36,8 @@ import numpy as np
 
 _INPUT = flags.DEFINE_string("input", None, "Video file to reconstruct.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the reconstructed video.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
-_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step in --workdir (-1: latest).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
 _EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
 _OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
                               "Load released weights of this kind instead of a workdir.")
@@ -57,68 +57,21 @@ _SIZE = flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256)."
 # Loading a model.
 
 
-def _build_abstract(model_config):
-  """The model's structure with abstract parameters (no random init: they are loaded next)."""
-  from flax import nnx
-
-  try:  # ProMAG's grown models, where the factory exists.
-    from bootvae_jax.models import build_model
-  except ImportError:
-    build_model = None
-  if build_model is None:
-    from bootvae_jax.models.autoencoder import VideoAutoencoder
-    build_model = VideoAutoencoder
-  return nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  directory = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-      directory) else []
-
-
-def load_workdir_model(workdir: str, step: int = -1, *, ema: bool = False):
-  """The autoencoder of a training run: `workdir/config.json` + a checkpoint's parameters.
-
-  Returns:
-    (model, the step loaded).
-  """
-  import ml_collections
-  from flax import nnx
-
-  from bootvae_jax.training import checkpoints
-  from bootvae_jax.training.train_state import path_string
-
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"no config.json in --workdir={workdir}; is it a training workdir?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-  step = steps[-1] if step < 0 else step
-  model = _build_abstract(config.model)
-  params, filled = checkpoints.transfer_params(
-      nnx.state(model, nnx.Param), checkpoints.load_params(workdir, step, ema=ema))
-  missing = sorted(set(path_string(p) for p, _ in params.flat_state()) - set(filled))
-  if missing:
-    raise ValueError(f"the checkpoint in {workdir} lacks {len(missing)} parameters of the model"
-                     f" its config.json builds, e.g. {missing[:5]}")
-  nnx.update(model, params)
-  return model, step
-
-
-def load_model(*, workdir: str | None = None, step: int = -1, ema: bool = False,
-               official: str | None = None, weights: str | None = None,
-               official_config: str | None = None) -> tuple[Any, dict[str, Any]]:
-  """A model from a training workdir or from released weights; and a JSON-able description."""
+def load_workdir_or_official(*, workdir: str | None = None, step: int | None = None,
+                             ema: bool = False, official: str | None = None,
+                             weights: str | None = None, official_config: str | None = None
+                             ) -> tuple[Any, dict[str, Any]]:
+  """The CLI's model: a training run's (`bootvae_jax.load_model`) or released weights
+  (`interop.official.load_official`); and a JSON-able description of where it came from."""
   if bool(workdir) == bool(official):
     raise ValueError("give either --workdir (a training run) or --official with --weights and"
                      " --official_config (released weights)")
   if workdir:
-    model, step = load_workdir_model(workdir, step, ema=ema)
-    return model, dict(workdir=os.path.abspath(workdir), step=step, ema=ema)
+    from bootvae_jax.training import checkpoints
+
+    step = checkpoints.resolve_step(workdir, step)
+    model, _ = checkpoints.load_model(workdir, step, ema=ema)
+    return model, dict(workdir=workdir, step=step, ema=ema)
   if not weights or not official_config:
     raise ValueError(f"--official={official} needs --weights and --official_config")
   from bootvae_jax.interop.official import load_official
@@ -261,9 +214,9 @@ def main(argv) -> None:
       raise ValueError("--mode=tiled overlaps tiles by exactly one frame; drop --overlap_frames")
     size = parse_size(_SIZE.value)
     start = time.perf_counter()
-    model, source = load_model(workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value,
-                               official=_OFFICIAL.value, weights=_WEIGHTS.value,
-                               official_config=_OFFICIAL_CONFIG.value)
+    model, source = load_workdir_or_official(
+        workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value, official=_OFFICIAL.value,
+        weights=_WEIGHTS.value, official_config=_OFFICIAL_CONFIG.value)
     load_seconds = time.perf_counter() - start
     summary = reconstruct_file(model, _INPUT.value, _OUTPUT.value, mode=_MODE.value,
                                chunk_frames=_CHUNK_FRAMES.value,

@@ -1,46 +1,106 @@
-"""Orbax checkpoints: train state + grain iterator + metadata, and parameter transfer.
+"""Orbax checkpoints: train state + grain iterator + the run's config; loading a trained model.
 
 A step directory holds three items: `state` (the whole `TrainState`), `data` (the grain
 iterator position, so a resumed run sees exactly the batches an uninterrupted one would)
-and `meta` (config, step, stage). Orbax writes each step into a temporary directory and
-renames it when complete, so a killed run never leaves a half-written checkpoint behind.
+and `meta` (the run's full config, step, name). Orbax writes each step into a temporary
+directory and renames it when complete, so a killed run never leaves a half-written
+checkpoint behind.
 
-`load_params` / `transfer_params` read another run's parameters without knowing its model:
-ProMAG stages use them to carry the lower level into a bigger model.
+One function per job:
+  * `checkpoint_steps(workdir)`: the complete steps of a run (`resolve_step` picks one);
+  * `read_config(workdir, step)`: the config a checkpoint was trained with;
+  * `load_model(workdir, step=None, ema=False)` → (model, config): the trained model, built
+    abstractly from that config and filled from the checkpoint (`bootvae_jax.load_model`);
+  * `check_resume(workdir, step, config, state)`: refuses to resume with a config whose
+    parameters do not fit the checkpoint;
+  * `load_params` / `transfer_params`: another run's parameters by path, without knowing its
+    model (ProMAG stages carry the lower level into a bigger model with them).
+Workdirs may be local paths or URLs such as gs:// (etils.epath, as orbax uses).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 from flax import nnx
 
+from bootvae_jax.training.train_state import path_matches
 from bootvae_jax.training.train_state import path_string
+
+
+def _absolute(path: str | os.PathLike) -> str:
+  """Local paths made absolute (orbax needs that); URLs (gs://...) as they are."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> str:
+  return os.path.join(_absolute(workdir), "checkpoints")
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The complete checkpoint steps of a training workdir, ascending ([] if none).
+
+  Orbax's own rule decides what is complete (an interrupted save is not listed).
+  """
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
+
+
+def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
+  """`step` if the workdir has it; None (or a negative step) means the latest one."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}; is {workdir} a"
+                            " training workdir that reached its first checkpoint_every?")
+  if step is None or step < 0:
+    return steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} under {checkpoint_dir(workdir)};"
+                            f" available: {steps}")
+  return step
+
+
+def _step_dir(workdir: str | os.PathLike, step: int) -> str:
+  return os.path.join(checkpoint_dir(workdir), str(step))
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config` as JSON data (tuples become lists), the form checkpoints store it in."""
+  return json.loads(config.to_json_best_effort())
 
 
 class Checkpoints:
   """`CheckpointManager` for one workdir (`<workdir>/checkpoints/<step>/{state,data,meta}`)."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  def save(self, step: int, state, *, batches=None, meta: Mapping[str, Any] | None = None,
-           force: bool = False) -> None:
-    items = dict(state=ocp.args.StandardSave(state),
-                 meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
+  def save(self, step: int, state, *, batches=None,
+           config: ml_collections.ConfigDict | None = None,
+           meta: Mapping[str, Any] | None = None, force: bool = False) -> None:
+    """Saves `state` (+ the iterator position of `batches`) with `config` in its metadata,
+    which `read_config` / `load_model` read back."""
+    meta = dict(meta or {}, step=int(step))
+    if config is not None:
+      meta["config"] = config_json(config)
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if batches is not None:
       items["data"] = batches.checkpoint_args_save()
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -63,6 +123,132 @@ class Checkpoints:
 
 
 # ----------------------------------------------------------------------------------------------
+# The run's config and its trained model.
+
+
+def read_config(workdir: str | os.PathLike, step: int | None = None
+                ) -> ml_collections.ConfigDict:
+  """The full training config the checkpoint at `step` (None: latest) was saved with.
+
+  Checkpoints written before configs were stored in them fall back to the run's
+  `config.json` (which the trainer used to write), with a warning.
+  """
+  step = resolve_step(workdir, step)
+  meta_dir = os.path.join(_step_dir(workdir, step), "meta")
+  meta = {}
+  if epath.Path(meta_dir).is_dir():
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
+  if "config" in meta:
+    return ml_collections.ConfigDict(meta["config"])
+  legacy = epath.Path(_absolute(workdir)) / "config.json"
+  if legacy.is_file():
+    logging.warning("checkpoint %d of %s stores no config; using the legacy %s", step, workdir,
+                    legacy)
+    return ml_collections.ConfigDict(json.loads(legacy.read_text()))
+  raise FileNotFoundError(f"the checkpoint of step {step} in {workdir} stores no config (it was"
+                          " saved without Checkpoints.save(config=...)) and there is no"
+                          " config.json beside it")
+
+
+def load_model(workdir: str | os.PathLike, step: int | None = None, ema: bool = False
+               ) -> tuple[Any, ml_collections.ConfigDict]:
+  """The trained model of a training run, and the config it was trained with.
+
+  The model is built abstractly from the checkpoint's config (`nnx.eval_shape`: no random
+  initialisation) and every parameter is filled from the checkpoint, or this raises.
+
+  Args:
+    workdir: the training workdir (local path or URL).
+    step: checkpoint step; None for the latest.
+    ema: the EMA of the trained parameters instead of the raw ones (frozen parameters are
+      the same either way).
+
+  Returns:
+    (a `VideoAutoencoder` / `GrownAutoencoder`, the full training config).
+  """
+  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+
+  step = resolve_step(workdir, step)
+  config = read_config(workdir, step)
+  model = nnx.eval_shape(lambda: models.build_model(config.model))
+  params, filled = transfer_params(nnx.state(model, nnx.Param),
+                                   load_params(workdir, step, ema=ema))
+  missing = sorted({path_string(p) for p, _ in params.flat_state()} - set(filled))
+  if missing:
+    raise ValueError(f"the checkpoint of step {step} in {workdir} lacks {len(missing)}"
+                     f" parameters of the model its config builds, e.g. {missing[:5]}")
+  nnx.update(model, params)
+  return model, config
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming.
+
+
+_RESUMED_TREES = ("params", "frozen", "disc_params")
+
+
+def _shapes(tree, prefix: str) -> dict[str, tuple[int, ...]]:
+  if tree is None:
+    return {}
+  if isinstance(tree, nnx.State):
+    return {f"{prefix}/{path_string(p)}": tuple(v.shape) for p, v in tree.flat_state()}
+  out = {}
+  for k, v in (tree.items() if isinstance(tree, Mapping) else ()):
+    out.update(_shapes(v, f"{prefix}/{k}"))
+  if not isinstance(tree, Mapping) and hasattr(tree, "shape"):
+    out[prefix] = tuple(tree.shape)
+  return out
+
+
+def _config_differences(saved: Mapping[str, Any], new: Mapping[str, Any],
+                        prefix: str = "") -> list[str]:
+  out = []
+  for key in sorted(set(saved) | set(new)):
+    a, b = saved.get(key), new.get(key)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      out.extend(_config_differences(a, b, f"{prefix}{key}."))
+    elif a != b:
+      out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+  return out
+
+
+def check_resume(workdir: str | os.PathLike, step: int, config: ml_collections.ConfigDict,
+                 state) -> None:
+  """Raises ValueError unless the checkpoint at `step` can be resumed by `config`'s state.
+
+  Compared: every trained, frozen and discriminator parameter's path and shape (what
+  `config.model`, `config.freeze`, the fine-tuning switch and the GAN decide). Anything else
+  (steps, learning rates, data, logging) may change on resume. The error names the first
+  mismatched parameter and the config fields that differ from the checkpoint's.
+  """
+  tree = ocp.PyTreeCheckpointer().metadata(
+      os.path.join(_step_dir(workdir, step), "state")).item_metadata.tree
+  stored = {re.sub(r"/value$", "", k): v for name in _RESUMED_TREES
+            for k, v in _shapes(tree.get(name), name).items()}
+  expected = {k: v for name in _RESUMED_TREES
+              for k, v in _shapes(getattr(state, name), name).items()}
+  problems = [f"{k} is in the checkpoint but not in this config's model"
+              for k in sorted(set(stored) - set(expected))]
+  problems += [f"{k} is not in the checkpoint" for k in sorted(set(expected) - set(stored))]
+  problems += [f"{k} has shape {stored[k]} in the checkpoint but {expected[k]} here"
+               for k in sorted(set(stored) & set(expected)) if stored[k] != expected[k]]
+  if not problems:
+    return
+  try:
+    differences = _config_differences(config_json(read_config(workdir, step)),
+                                      config_json(config))
+  except FileNotFoundError:
+    differences = []
+  hint = (f"; the config differs from the checkpoint's in {len(differences)} fields: "
+          + "; ".join(differences[:12])) if differences else ""
+  raise ValueError(
+      f"--workdir={workdir} holds a checkpoint (step {step}) this config cannot resume:"
+      f" {problems[0]} ({len(problems)} parameter differences){hint}. Resume with the"
+      " checkpoint's model, freeze and GAN settings, or use a new --workdir.")
+
+
+# ----------------------------------------------------------------------------------------------
 # Parameters of another run (stage transfer).
 
 
@@ -76,27 +262,20 @@ def _flatten(tree: Any, prefix: tuple = ()) -> dict[str, np.ndarray]:
   return out
 
 
-def load_params(path: str, step: int = -1, *, ema: bool = False) -> dict[str, np.ndarray]:
+def load_params(path: str | os.PathLike, step: int | None = None, *,
+                ema: bool = False) -> dict[str, np.ndarray]:
   """All autoencoder parameters (trained and frozen) of a run, keyed by '/'-joined path.
 
   Args:
-    path: a workdir, its `checkpoints` directory, or one step directory.
-    step: which step (-1: the latest).
+    path: a workdir, or one checkpoint step directory (`<workdir>/checkpoints/<step>`).
+    step: which step of a workdir (None or -1: the latest).
     ema: take the EMA of the trained parameters instead of the raw ones.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if os.path.isdir(os.path.join(path, "state")):
+  path = _absolute(path)
+  if epath.Path(os.path.join(path, "state")).is_dir():
     state_dir = os.path.join(path, "state")
   else:
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint under {path}; train the previous stage first")
-    chosen = steps[-1] if step < 0 else step
-    if chosen not in steps:
-      raise FileNotFoundError(f"no step {chosen} under {path}; available: {steps}")
-    state_dir = os.path.join(path, str(chosen), "state")
+    state_dir = os.path.join(_step_dir(path, resolve_step(path, step)), "state")
   # Partial restore: only the parameter subtrees, as host numpy arrays (no optimizer state,
   # and no dependence on the mesh the previous stage ran on).
   checkpointer = ocp.PyTreeCheckpointer()
@@ -112,7 +291,8 @@ def load_params(path: str, step: int = -1, *, ema: bool = False) -> dict[str, np
 
 
 def mapped_source_path(target_path: str, mapping=()) -> str:
-  """The source path of `target_path` under (regex, template) `mapping` (first full match)."""
+  """The source path of `target_path` under (regex, template) `mapping`: the template of the
+  first regex matching the whole path (`train_state.path_matches`'s rule)."""
   for pattern, template in mapping:
     if (match := re.fullmatch(pattern, target_path)) is not None:
       return match.expand(template)
@@ -141,7 +321,7 @@ def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
 
   def fill(path, variable):
     target_path = path_string(path)
-    if mapped_only and not any(re.fullmatch(p, target_path) for p, _ in mapping):
+    if mapped_only and not path_matches([p for p, _ in mapping], target_path):
       return variable
     source_path = mapped_source_path(target_path, mapping)
     if source_path not in source:

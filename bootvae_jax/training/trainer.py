@@ -2,9 +2,11 @@
 
     train_and_evaluate(config, workdir)
 
-writes into `workdir`: `checkpoints/` (orbax), TensorBoard events (clu metric writers),
-`metrics.jsonl` (one JSON object per logged step), `eval/step_<N>.png` (ground-truth frames
-above reconstructed frames) and `config.json`. Rerunning resumes from the latest checkpoint.
+writes into `workdir`: `checkpoints/` (orbax; each checkpoint stores the run's config, read
+back by `bootvae_jax.load_model`), TensorBoard events (clu metric writers), `metrics.jsonl`
+(one JSON object per logged step) and `eval/step_<N>.png` (ground-truth frames above
+reconstructed frames). Rerunning resumes from the latest checkpoint; a config whose
+parameters do not fit that checkpoint is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -48,16 +50,15 @@ class MetricsLog:
 
 
 def evaluate(eval_fn, state, clips: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-  """Mean PSNR/SSIM of the held-out clips and their reconstructions."""
-  recon, m = eval_fn(state, jnp.asarray(clips))
-  return ({f"eval/{k}": float(np.mean(v)) for k, v in jax.device_get(m).items()},
-          np.asarray(jax.device_get(recon)))
-
-
-def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  """Mean PSNR/SSIM of the held-out clips with the trained parameters (`eval/psnr`, ...) and
+  with their EMA (`eval_ema/psnr`, ...); and the reconstructions of the trained parameters."""
+  clips = jnp.asarray(clips)
+  scores, recon = {}, None
+  for prefix, params in (("eval", state.params), ("eval_ema", state.ema_params)):
+    out, m = eval_fn(params, state.frozen, clips)  # one compilation serves both
+    scores.update({f"{prefix}/{k}": float(np.mean(v)) for k, v in jax.device_get(m).items()})
+    recon = np.asarray(jax.device_get(out)) if recon is None else recon
+  return scores, recon
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -67,17 +68,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after_step` ends the run early (as a preemption would) after that step's work.
   """
   config_lib.validate(config, workdir)  # before any compute
-  os.makedirs(workdir, exist_ok=True)
-  _save_config(workdir, config)
   mesh = partitioning.make_mesh(config.mesh)
   logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size,
                jax.default_backend())
 
   setup, state = train_state_lib.create_train_state(config, mesh)
+  steps = checkpoints_lib.checkpoint_steps(workdir)
+  if steps:  # before anything in the workdir is written
+    checkpoints_lib.check_resume(workdir, steps[-1], config, state)
+  os.makedirs(workdir, exist_ok=True)
   batches = data_lib.make_train_batches(config.data, mesh=mesh, seed=config.seed)
   ckpts = checkpoints_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
-  start = ckpts.latest_step()
-  if start is not None:
+  if steps:
+    start = steps[-1]
     logging.info("resuming from %s step %d", ckpts.directory, start)
     state = ckpts.restore(start, state, setup.state_shardings, batches=batches)
   else:
@@ -87,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
   step_fn = train_step_lib.jit_train_step(setup, lpips)
-  eval_fn = train_step_lib.jit_eval_step(setup, ema=False)
+  eval_fn = train_step_lib.jit_eval_step(setup)
   eval_data = config.data
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())
@@ -136,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info("eval step %d: %s", step, scores)
 
     if step % config.checkpoint_every == 0 or step == config.total_steps:
-      ckpts.save(step, state, batches=batches, meta=dict(meta, total_steps=config.total_steps))
+      ckpts.save(step, state, batches=batches, config=config,
+                 meta=dict(meta, total_steps=config.total_steps))
 
     if stop_after_step is not None and step >= stop_after_step:
       break

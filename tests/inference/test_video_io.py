@@ -91,9 +91,9 @@ def test_fit_frame_size():
   with pytest.raises(ValueError, match="expected H,W"):
     reconstruct.parse_size("256x256")
   with pytest.raises(ValueError, match="either --workdir .* or --official"):
-    reconstruct.load_model()
+    reconstruct.load_workdir_or_official()
   with pytest.raises(ValueError, match="needs --weights and --official_config"):
-    reconstruct.load_model(official="odvae")
+    reconstruct.load_workdir_or_official(official="odvae")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,15 +102,14 @@ def test_fit_frame_size():
 
 @pytest.fixture(scope="module")
 def workdir(tiny_model, tiny_model_config, tmp_path_factory):
-  """A training workdir (config.json + an orbax checkpoint at step 3) holding `tiny_model`."""
+  """A training workdir (an orbax checkpoint at step 3 with its config) holding `tiny_model`."""
   path = tmp_path_factory.mktemp("run")
   config = default_config()
   config.model = tiny_model_config
-  with open(path / "config.json", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   params = nnx.state(tiny_model, nnx.Param)
   ckpts = checkpoints.Checkpoints(str(path))
-  ckpts.save(3, dict(step=np.int32(3), params=params, frozen={}, ema_params=params))
+  ckpts.save(3, dict(step=np.int32(3), params=params, frozen={}, ema_params=params),
+             config=config)
   ckpts.wait()
   ckpts.close()
   return str(path)

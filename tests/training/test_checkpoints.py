@@ -6,8 +6,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+import bootvae_jax
 from bootvae_jax import data as data_lib
+from bootvae_jax import models
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.training import partitioning
 from bootvae_jax.training import train_state as train_state_lib
@@ -67,6 +70,79 @@ def test_stopped_run_resumes_from_last_checkpoint(config, tmp_path):
   _assert_same_params(resumed.ema_params, straight.ema_params)
   steps = [json.loads(l)["step"] for l in open(os.path.join(interrupted, "metrics.jsonl"))]
   assert steps[-1] == 6 and 4 in steps  # steps 4-5 were redone after the resume
+
+
+def _files(directory) -> dict[str, float]:
+  return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
+          for r, _, fs in os.walk(directory) for f in fs}
+
+
+def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
+  """load_model rebuilds the model from the checkpoint's own config (no config.json), at any
+  step, raw or EMA; both are evaluated during training; an incompatible resume is refused
+  before anything in the workdir changes."""
+  config.total_steps = 2
+  config.checkpoint_every = 1
+  config.eval_every = 2
+  config.optimizer.ema_decay = 0.5
+  workdir = str(tmp_path / "run")
+  state = trainer.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+  assert checkpoints_lib.checkpoint_steps(workdir) == [1, 2]
+
+  assert bootvae_jax.load_model is checkpoints_lib.load_model
+  model, saved = bootvae_jax.load_model(workdir)
+  assert saved.to_dict() == json.loads(config.to_json_best_effort())
+  assert (model.temporal_factor, model.spatial_factor) == (4, 8)
+  loaded = {train_state_lib.path_string(p): np.asarray(v[...])
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  expected = {**_flat(state.params), **_flat(state.frozen)}
+  assert loaded.keys() == expected.keys()
+  for k in expected:
+    np.testing.assert_array_equal(loaded[k], expected[k], err_msg=k)
+  ema_model, _ = bootvae_jax.load_model(workdir, ema=True)
+  kernel = lambda m: np.asarray(m.decoder.conv_out.kernel[...])
+  np.testing.assert_array_equal(kernel(ema_model),
+                                _flat(state.ema_params)["decoder/conv_out/kernel"])
+  assert not np.array_equal(kernel(ema_model), kernel(model))
+  step1, _ = bootvae_jax.load_model(workdir, step=1)
+  assert not np.array_equal(kernel(step1), kernel(model))
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*available: \[1, 2\]"):
+    bootvae_jax.load_model(workdir, step=7)
+
+  # EMA weights are evaluated and logged beside the raw ones, the same way.
+  record = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+            if "eval/psnr" in l][-1]
+  setup, _ = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
+  clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
+  eval_fn = train_step_lib.jit_eval_step(setup)
+  ema_psnr = float(np.mean(eval_fn(state.ema_params, state.frozen, clips)[1]["psnr"]))
+  assert record["eval_ema/psnr"] == pytest.approx(ema_psnr, abs=1e-4)
+  assert record["eval_ema/psnr"] != record["eval/psnr"] and "eval_ema/ssim" in record
+
+  # A resume whose model does not fit the checkpoint: refused, nothing written.
+  before = _files(workdir)
+  config.model.base_channels = 16  # the same run with a wider model
+  config.total_steps = 4
+  with pytest.raises(ValueError, match=r"step 2\) this config cannot resume: .*shape .*"
+                                       r"model.base_channels: 8 there, 16 here"):
+    trainer.train_and_evaluate(config, workdir)
+  assert _files(workdir) == before
+
+
+def test_checkpoints_without_a_config_fall_back_to_config_json(config, tmp_path):
+  """Runs written before configs lived in checkpoints keep loading (their config.json)."""
+  model = nnx.eval_shape(lambda: models.build_model(config.model))
+  params = jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), nnx.state(model, nnx.Param))
+  ckpts = checkpoints_lib.Checkpoints(str(tmp_path), async_save=False)
+  ckpts.save(5, dict(step=np.int32(5), params=params, frozen={}, ema_params=params))
+  ckpts.close()
+  with pytest.raises(FileNotFoundError, match="stores no config"):
+    checkpoints_lib.read_config(str(tmp_path))
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  loaded, saved = bootvae_jax.load_model(str(tmp_path))
+  assert saved.model.base_channels == config.model.base_channels
+  assert float(np.abs(loaded.decoder.conv_out.kernel[...]).max()) == 0.0
 
 
 @pytest.mark.parametrize("field, value, message", [
