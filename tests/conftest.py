@@ -16,6 +16,24 @@ SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
 
 
+def _jaxpr_equations(jaxpr):
+  """Every equation of a (closed) jaxpr, nested ones (jit, cond, remat, ...) included."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+          yield from _jaxpr_equations(sub)
+
+
+@pytest.fixture(scope="session")
+def jaxpr_equations():
+  """`jaxpr_equations(jax.make_jaxpr(f)(*args))`: all its equations, to assert that a feature
+  (a remat, a dtype) is really in the traced program rather than only in its numbers."""
+  return lambda jaxpr: list(_jaxpr_equations(jaxpr))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():

@@ -354,6 +354,23 @@ def test_jit_and_grad_give_finite_nonzero_gradients(tiny, tiny_loss_and_grads):
   assert abs(np.mean(np.abs(recon - x)) + 1e-3 * kl - loss) <= 1e-5 * max(1.0, loss)
 
 
+def _traced_loss(model, jaxpr_equations):
+  graphdef, state = nnx.split(model)
+  x = jax.ShapeDtypeStruct((1, FRAMES, SIZE, SIZE, 3), jnp.float32)
+  return jaxpr_equations(jax.make_jaxpr(
+      lambda s, x: loss_fn(nnx.merge(graphdef, s), x))(state, x))
+
+
+def test_remat_wraps_every_level_block(tiny, jaxpr_equations):
+  """model.remat puts each res block of the levels (4 encoder + 8 decoder here) under
+  jax.checkpoint, and nothing without it."""
+  remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name
+  count = lambda model: sum(e.primitive.name == remat_name
+                            for e in _traced_loss(model, jaxpr_equations))
+  assert count(abstract_model(tiny_promag(remat=True))) == 12
+  assert count(tiny) == 0
+
+
 def test_remat_gives_the_same_loss_and_gradients(tiny, tiny_loss_and_grads):
   """Loss (a function of the outputs) and every parameter's gradient agree."""
   remat = numpy_initialised_model(tiny_promag(remat=True))
@@ -377,8 +394,13 @@ def test_conv_impls_give_the_same_model_outputs(tiny):
   assert _max_err(logvar_x, logvar) <= 1e-5
 
 
-def test_bfloat16_runs_and_stays_close_to_float32(tiny):
+def test_bfloat16_runs_and_stays_close_to_float32(tiny, jaxpr_equations):
   bf16 = numpy_initialised_model(tiny_promag(dtype="bfloat16"))
+  # The convolutions really compute in bfloat16 (and in float32 without the option).
+  conv_dtypes = lambda model: {v.aval.dtype for e in _traced_loss(model, jaxpr_equations)
+                               if e.primitive.name == "conv_general_dilated" for v in e.invars}
+  assert conv_dtypes(bf16) == {jnp.dtype(jnp.bfloat16)}
+  assert conv_dtypes(tiny) == {jnp.dtype(jnp.float32)}
   x = video(5)
   recon, mean, _ = forward(tiny, x)
   recon16, mean16, _ = forward(bf16, x)
@@ -389,6 +411,7 @@ def test_bfloat16_runs_and_stays_close_to_float32(tiny):
                            / np.sqrt(np.mean(np.asarray(b)**2)))
   assert rel(recon16, recon) < 0.05
   assert rel(mean16, mean) < 0.05
+  assert rel(recon16, recon) > 1e-4  # and they are not float32 results
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The jitted train step on a (data=2, fsdp=2) mesh of 4 fake CPU devices."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,17 +91,55 @@ def test_gan_step_updates_generator_and_discriminator(config):
 
 
 def test_gan_waits_for_its_start_step(config):
+  """gan_start_step=2: updates 0 and 1 train without the GAN, for the generator and the
+  discriminator alike (no discriminator pass runs: its metrics are 0), update 2 with it."""
   config.loss.gan_weight = 0.5
-  config.loss.gan_start_step = 100
+  config.loss.gan_start_step = 2
+  config.loss.lecam_weight = 0.001
   config.discriminator.base_channels = 8
   config.discriminator.num_layers = 2
   setup, state, batches, step_fn = _setup(config)
   disc0 = _flat(state.disc_params)
+  disc_opt0 = jax.tree.leaves(jax.device_get(state.disc_opt_state))
   for _ in range(2):
     state, metrics = step_fn(state, next(batches), None)
-  assert float(metrics["gan_weight"]) == 0.0
+    assert float(metrics["gan_weight"]) == 0.0
+    assert float(metrics["g"]) == float(metrics["d_loss"]) == float(metrics["d_real"]) == 0.0
   disc1 = _flat(state.disc_params)
   assert all(np.array_equal(disc0[k], disc1[k]) for k in disc0)
+  for a, b in zip(disc_opt0, jax.tree.leaves(jax.device_get(state.disc_opt_state))):
+    np.testing.assert_array_equal(a, b)  # the discriminator's optimizer never stepped
+  np.testing.assert_array_equal(np.asarray(state.lecam_ema), 0.0)
+  state, metrics = step_fn(state, next(batches), None)  # update 2: the GAN is on
+  assert float(metrics["gan_weight"]) > 0 and float(metrics["d_loss"]) > 0
+  assert np.all(np.asarray(state.lecam_ema) != 0.0)
+  # The discriminator took its first step (its warmup starts with a zero learning rate, so
+  # its optimizer state moves first, its parameters from the next update on).
+  mu = optax.tree_utils.tree_get(jax.device_get(state.disc_opt_state), "mu")
+  assert all(np.abs(m).max() > 0 for m in jax.tree.leaves(mu))
+
+
+def test_optimizer_betas_of_zero_are_kept(config):
+  """b1=0.0 (a common GAN choice) is not replaced by the default: after one update Adam's
+  first moment is the gradient itself."""
+  config.discriminator.b1 = 0.0
+  params = {"w": jnp.ones((3,))}
+  grads = {"w": jnp.asarray([0.1, -0.2, 0.3])}  # norm < grad_clip_norm: not clipped
+  tx = train_state_lib.make_disc_optimizer(config)
+  _, opt_state = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(optax.tree_utils.tree_get(opt_state, "mu")["w"], grads["w"])
+
+
+def test_freeze_patterns_match_whole_paths(config):
+  """One rule for config.freeze, init_checkpoint.mapping and exclude: re.fullmatch. A prefix
+  that names no parameter is refused instead of silently freezing a subtree."""
+  config.freeze = ("encoder/down/0",)
+  mesh = partitioning.make_mesh(config.mesh)
+  with pytest.raises(ValueError, match=r"config.freeze entry 'encoder/down/0' matches no"
+                                       r" parameter; .*encoder/down/0/\.\*"):
+    train_state_lib.create_train_state(config, mesh)
+  assert train_state_lib.path_matches(("encoder/down/0/.*",), "encoder/down/0/block/0/kernel")
+  assert not train_state_lib.path_matches(("encoder/down/0",), "encoder/down/0/block/0/kernel")
 
 
 def test_non_finite_update_is_skipped_and_counted(config):
@@ -118,11 +158,20 @@ def test_non_finite_update_is_skipped_and_counted(config):
   assert np.isfinite(float(metrics["loss"]))
 
 
-def test_bf16_and_remat_options_train(config):
+def test_bf16_and_remat_options_train(config, jaxpr_equations):
   config.model.dtype = "bfloat16"
   config.model.remat = True
   setup, state, batches, step_fn = _setup(config)
-  state, metrics = step_fn(state, next(batches), None)
+  batch = next(batches)
+  # The traced step really rematerialises and convolves in bfloat16.
+  step = functools.partial(train_step_lib.train_step, setup=setup, base_rng=jax.random.key(0))
+  equations = jaxpr_equations(jax.make_jaxpr(step)(state, batch, None))
+  remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name
+  assert any(e.primitive.name == remat_name for e in equations)
+  conv_dtypes = {v.aval.dtype for e in equations if e.primitive.name == "conv_general_dilated"
+                 for v in e.invars}
+  assert jnp.dtype(jnp.bfloat16) in conv_dtypes
+  state, metrics = step_fn(state, batch, None)
   assert np.isfinite(float(metrics["loss"]))
   leaf = state.params["decoder"]["conv_in"]["kernel"][...]
   assert leaf.dtype == jnp.float32  # float32 parameters, bf16 compute
