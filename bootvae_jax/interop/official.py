@@ -70,6 +70,12 @@ def read_official_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[
   return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
+def _strip_prefix(key: str, prefix: str) -> str:
+  while key.startswith(prefix):
+    key = key[len(prefix):]
+  return key
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Official tensors as float32 numpy arrays.
 
@@ -92,7 +98,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if "gen_model" in obj and isinstance(obj["gen_model"], Mapping):
         obj = obj["gen_model"]
     tensors = {k: v.float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
-  tensors = {k.replace("module.", ""): np.asarray(v, np.float32) for k, v in tensors.items()}
+  # DataParallel / DDP prefix keys with "module." (once per wrapping); names inside a key
+  # (e.g. "submodule.") are left alone.
+  tensors = {_strip_prefix(k, "module."): np.asarray(v, np.float32) for k, v in tensors.items()}
   # Training checkpoints carry the loss (LPIPS, discriminator); the official loader skips them.
   return {k: v for k, v in tensors.items() if not k.startswith("loss.")}
 

@@ -139,6 +139,16 @@ def test_odvae_torch_checkpoints_load_identically(fixture, loaded, tmp_path):
   _assert_same_params(model, loaded["odvae"])
 
 
+def test_only_a_leading_module_prefix_is_stripped(tmp_path):
+  """DataParallel's "module." is a key prefix; "submodule." inside a key is a name."""
+  one = torch.ones(2)
+  torch.save({"state_dict": {"module.encoder.submodule.weight": one,
+                             "module.module.decoder.bias": one, "decoder.module.bias": one}},
+             tmp_path / "wrapped.ckpt")
+  assert sorted(official.read_state_dict(tmp_path / "wrapped.ckpt")) == [
+      "decoder.bias", "decoder.module.bias", "encoder.submodule.weight"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_as_a_dict_of_kwargs(kind, fixture, loaded):
   directory, config, _ = fixture[kind]
