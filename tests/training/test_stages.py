@@ -52,7 +52,7 @@ def tiny(config, steps: int = 4):
 
 
 def stage_config(name: str, steps: int = 4, previous_workdir: str = ""):
-  config = tiny(importlib.import_module(f"configs.{name}").get_config(), steps)
+  config = tiny(importlib.import_module(f"bootvae_jax.configs.{name}").get_config(), steps)
   if config.init_checkpoint.path:
     config.init_checkpoint.path = previous_workdir
   return config

@@ -5,8 +5,9 @@ r"""ProMAG stage I: the base causal tokenizer, 4x temporal and 8x spatial, z_dim
 
 Then `configs/promag_8x.py` grows it to 8x and `configs/promag_16x.py` to 16x; each stage
 reads the previous stage's workdir. The paper trains stage I with L1 + KL + GAN on 17-frame
-clips; it publishes no steps, batch or learning rate, so those below are ours. Run the configs
-from the repository root (they import each other as `configs.<name>`).
+clips; it publishes no steps, batch or learning rate, so those below are ours. The default
+workdirs (`WORKDIR`) are relative: run every stage from the same directory, or point the next
+stage at this one with `--config.init_checkpoint.path`.
 """
 
 from bootvae_jax.models import architectures

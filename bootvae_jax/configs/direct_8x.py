@@ -6,9 +6,8 @@ as stages I and II together (equal total training steps).
       --config.data.path=/path/to/videos
 """
 
-from configs import promag_4x
-from configs import promag_8x
-
+from bootvae_jax.configs import promag_4x
+from bootvae_jax.configs import promag_8x
 from bootvae_jax.models import progressive
 
 

@@ -9,8 +9,7 @@ down/upsample, the 1×1×1 latent convs) trains, with L1 + KL as in the paper. S
 `--config.optimizer.finetune_learning_rate_multiplier=0.1` to fine-tune the lower level too.
 """
 
-from configs import promag_4x
-
+from bootvae_jax.configs import promag_4x
 from bootvae_jax.models import progressive
 
 WORKDIR = "workdirs/promag_8x"

@@ -7,8 +7,7 @@ The whole stage-II model (its frozen stage-I bodies and its growth level) is res
 `promag_8x.WORKDIR` and frozen; a second growth level trains on top.
 """
 
-from configs import promag_8x
-
+from bootvae_jax.configs import promag_8x
 from bootvae_jax.models import progressive
 
 WORKDIR = "workdirs/promag_16x"
