@@ -26,6 +26,7 @@ def test_demo_command_writes_everything_and_resumes(tmp_path):
               "skipped_updates"):
     assert key in train[-1], key
   assert any("eval/psnr" in r for r in records)
+  assert any("eval_ema/psnr" in r for r in records)  # the EMA weights are evaluated too
   assert (workdir / "eval" / "step_0000004.png").is_file()
   assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

@@ -144,8 +144,23 @@ def test_stream_reads_lazily_and_matches_the_whole_video(codec):
   first = next(stream)
   assert pulled[-1] <= 9 and first.shape[1] == CHUNK - 2  # only one chunk's frames were read
   out = np.concatenate([first] + list(stream), axis=1)
-  whole = chunked.reconstruct_long_video(codec, video, chunk_frames=CHUNK, overlap_frames=2)
-  np.testing.assert_allclose(out, whole, atol=TOL)
+  # The whole video written out independently of the stream: chunks at 0, 3, 6, 9 (the last
+  # padded with a copy of frame 12), each decoded on its own, linear cross-fades between.
+  starts = chunked.chunk_starts(13, CHUNK, 2)
+  assert starts == [0, 3, 6, 9]
+  padded = np.concatenate([video[0], video[0, -1:]])
+  w = chunked.crossfade_weights(2)[:, None, None, None]
+  whole = np.zeros_like(video[0])
+  for i, start in enumerate(starts):
+    weight = np.ones((CHUNK, 1, 1, 1), np.float32)
+    if i > 0:
+      weight[:2] = w  # fading in over the first 2 frames
+    if i < len(starts) - 1:
+      weight[-2:] = 1 - w  # fading out over the last 2
+    real = min(CHUNK, 13 - start)
+    chunk = codec.reconstruct(padded[None, start:start + CHUNK])[0]
+    whole[start:start + real] += (weight * chunk)[:real]
+  np.testing.assert_allclose(out[0], whole, atol=TOL)
 
 
 def test_latent_api_round_trips_to_the_same_reconstruction(codec):
