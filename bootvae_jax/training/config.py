@@ -1,6 +1,7 @@
-"""The full training config: every field a `configs/*.py` file may set, and its validation.
+"""The full training config: every field a `bootvae_jax/configs/*.py` file may set, and its
+validation.
 
-`configs/*.py` start from `default_config()` and change what their experiment needs; any
+`bootvae_jax/configs/*.py` start from `default_config()` and change what their experiment needs; any
 field can then be overridden on the command line (`--config.total_steps=20`). `validate`
 runs before any compute and names the offending field in every error.
 """
@@ -46,8 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.discriminator = ml_collections.ConfigDict(dict(
       base_channels=64, num_layers=3, learning_rate=1e-4, b1=0.5, b2=0.9, weight_decay=0.0,
   ))
-  # Regexes over '/'-joined parameter paths (e.g. "encoder/down/0/.*"): no gradients, no
-  # optimizer state. ProMAG stages put the lower level here.
+  # Regexes over '/'-joined parameter paths, each matching a whole path (e.g.
+  # "encoder/down/0/.*"; the rule of `train_state.path_matches`, shared with
+  # init_checkpoint.mapping and exclude): no gradients, no optimizer state. ProMAG stages put
+  # the lower level here.
   config.freeze = ()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.sharding_rules = (("conv_out", "fsdp"),)
