@@ -1,5 +1,5 @@
 """Executes every notebook in colabs/ on tiny settings (code cells in order, one namespace),
-with released weights (the OD-VAE fixture) and with a training workdir (`bootvae_jax.load_model`)."""
+with released weights (the OD-VAE fixture) and with a training workdir (`load_model`)."""
 
 import json
 import pathlib

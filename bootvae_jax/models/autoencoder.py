@@ -357,7 +357,8 @@ class VideoAutoencoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     validate_model_config(config)
-    if growth_levels(config) and type(self) is VideoAutoencoder:  # pylint: disable=unidiomatic-typecheck
+    # The exact class: a subclass (GrownAutoencoder) builds the growth itself.
+    if growth_levels(config) and self.__class__ is VideoAutoencoder:
       raise ValueError(f"model.growth.levels={config.growth.levels} describes a grown ProMAG"
                        " model; build it with bootvae_jax.build_model(config.model)")
     self.config = config

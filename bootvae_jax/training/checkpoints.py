@@ -86,11 +86,17 @@ class Checkpoints:
   """`CheckpointManager` for one workdir (`<workdir>/checkpoints/<step>/{state,data,meta}`)."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    """The latest complete step (`checkpoint_steps`), None before the first save."""
+    steps = checkpoint_steps(self.workdir)
+    return steps[-1] if steps else None
 
   def save(self, step: int, state, *, batches=None,
            config: ml_collections.ConfigDict | None = None,

@@ -80,10 +80,13 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   models.validate_model_config(config.model)
   temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
-  for size in tuple(config.eval.get("crop_size", ())):
-    if int(size) % spatial:
-      raise ValueError(f"config.eval.crop_size={tuple(config.eval.crop_size)}: each side must"
-                       f" be divisible by the model's spatial factor {spatial}")
+  if eval_crop := tuple(config.eval.get("crop_size", ())):
+    if len(eval_crop) != 2:
+      raise ValueError(f"config.eval.crop_size={eval_crop} must be (height, width) or ()")
+    message = autoencoder.frame_size_error(*eval_crop, spatial, what="config.eval.crop_size=",
+                                           size="({}, {})")
+    if message is not None:
+      raise ValueError(message)
   for pattern in config.freeze:
     try:
       re.compile(pattern)

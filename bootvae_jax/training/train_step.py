@@ -72,7 +72,7 @@ def generator_loss(params, state: TrainState, setup: TrainSetup, x, rng, lpips):
     bias = conv_out.bias[...]
 
     def from_last_kernel(kernel):  # the reconstruction as a function of the last kernel only
-      return conv_out.apply(head_input, kernel, bias).astype(jnp.float32)
+      return model.decoder.output(conv_out.apply(head_input, kernel, bias)).astype(jnp.float32)
 
     def nll_of(kernel):
       return weighted_nll(cfg, reconstruction_terms(cfg, x, from_last_kernel(kernel), lpips,

@@ -96,6 +96,7 @@ def test_gan_waits_for_its_start_step(config):
   config.loss.gan_weight = 0.5
   config.loss.gan_start_step = 2
   config.loss.lecam_weight = 0.001
+  config.model.patch_size = 2  # the adaptive weight's last layer emits pixel patches
   config.discriminator.base_channels = 8
   config.discriminator.num_layers = 2
   setup, state, batches, step_fn = _setup(config)
