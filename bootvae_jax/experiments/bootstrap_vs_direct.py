@@ -50,6 +50,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import bootvae_jax
+
 _OUT = flags.DEFINE_string("out", "results", "Where the .json, .md and .png results go.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bootstrap_vs_direct",
                                "Training runs, data splits and index caches.")
@@ -176,11 +178,8 @@ def prepare_splits(workdir: str, short_side: int) -> tuple[str, str, list[dict[s
 
 
 def load_stage_config(name: str):
-  """`configs/<name>.py`'s config (the repository root must be importable)."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  return importlib.import_module(f"configs.{name}").get_config()
+  """`bootvae_jax/configs/<name>.py`'s config."""
+  return importlib.import_module(f"bootvae_jax.configs.{name}").get_config()
 
 
 def apply_variant(model, variant: str) -> None:
@@ -297,24 +296,6 @@ def train(config, run_dir: str) -> dict[str, Any]:
   with open(timing_path, "w") as f:
     json.dump(timing, f)
   return timing
-
-
-def load_model(config, run_dir: str, step: int = -1):
-  """The trained model of `run_dir` (every parameter must come from its checkpoint)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-
-  model = models.build_model(config.model, rngs=autoencoder.init_rngs(0))
-  params = nnx.state(model, nnx.Param)
-  filled_state, filled = checkpoints.transfer_params(
-      params, checkpoints.load_params(run_dir, step), require_all=True)
-  if len(filled) != len(list(params.flat_state())):
-    raise ValueError(f"{run_dir}: the checkpoint lacks some of the model's parameters")
-  nnx.update(model, filled_state)
-  return model
 
 
 def reconstruction_scores(model, clips, batch: int = 3) -> dict[str, float]:
@@ -632,7 +613,7 @@ def main(argv):
 
     def get_model():
       nonlocal model
-      model = model or load_model(config, run_dir)
+      model = model or bootvae_jax.load_model(run_dir)[0]
       return model
 
     scores = cached_scores(run_dir, f"heldout_{preset.eval_crop}",
