@@ -5,3 +5,5 @@ OD-VAE architecture variants over one config-driven model library (`bootvae_jax.
 """
 
 __version__ = "0.1.0"
+
+from bootvae_jax.interop.exported import export  # noqa: E402  (python -m bootvae_jax.export: CLI)
