@@ -95,6 +95,10 @@ def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  
       f" {list(dec.upsample)}, {dec.time_padding} time padding, norm {dec.norm},"
       f" mid attention {dec.mid_attention} |",
   ]
+  if model_config.get("patch_size", 1) > 1:
+    p = model_config.patch_size
+    lines.append(f"| patchify | {p}×{p} pixel patches on channels before the encoder, back to"
+                 " pixels after the decoder |")
   if levels:
     lines.append(f"| ProMAG growth | {levels} level(s) of 2x time on a"
                  f" {r // 2**levels}x base, mixing `{growth.mixing}`, AdaNorm"

@@ -161,6 +161,13 @@ def _depth_to_time(x: torch.Tensor, factor: int) -> torch.Tensor:
   return x.reshape(b, fc // factor, t * factor, h, w)
 
 
+def _space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+  """(B, C, T, f·H, f·W) → (B, f²·C, T, H, W); channels ordered (fy, fx, C)."""
+  b, c, t, fh, fw = x.shape
+  x = x.reshape(b, c, t, fh // factor, factor, fw // factor, factor).permute(0, 4, 6, 1, 2, 3, 5)
+  return x.reshape(b, factor * factor * c, t, fh // factor, fw // factor)
+
+
 def _depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
   """(B, f²·C, T, H, W) → (B, C, T, f·H, f·W); channels ordered (fy, fx, C)."""
   b, ffc, t, h, w = x.shape
@@ -335,7 +342,9 @@ class Encoder(nn.Module):
     tp = cfg["time_padding"]
     norm, attention_norm = _norms(config, "encoder")
     widths = [config["base_channels"] * m for m in config["channel_multipliers"]]
-    self.conv_in = Conv3d(config["in_channels"], config["base_channels"],
+    # model.patch_size: p×p pixel patches stacked on channels before conv_in.
+    self.patch_size = int(config.get("patch_size", 1))
+    self.conv_in = Conv3d(config["in_channels"] * self.patch_size**2, config["base_channels"],
                           _kernel(cfg["conv_in"]), time_padding=tp)
     down, width = [], config["base_channels"]
     for out, kind, spec in zip(widths, cfg["blocks"], cfg["downsample"]):
@@ -352,6 +361,8 @@ class Encoder(nn.Module):
     self.conv_out = Conv3d(width, out_channels, (3, 3, 3), time_padding=tp)
 
   def body(self, x: torch.Tensor) -> torch.Tensor:
+    if self.patch_size > 1:
+      x = _space_to_depth(x, self.patch_size)
     h = self.conv_in(x)
     for level in self.down:
       h = level(h)
@@ -389,13 +400,16 @@ class Decoder(nn.Module):
       width = out
     self.up = nn.ModuleList(up)
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
-    self.conv_out = Conv3d(width, config["out_channels"], (3, 3, 3), time_padding=tp)
+    self.patch_size = int(config.get("patch_size", 1))
+    self.conv_out = Conv3d(width, config["out_channels"] * self.patch_size**2, (3, 3, 3),
+                           time_padding=tp)
 
   def body(self, h: torch.Tensor) -> torch.Tensor:
     h = self.mid(h)
     for level in reversed(self.up):
       h = level(h)
-    return self.conv_out(F.silu(self.norm_out(h)))
+    y = self.conv_out(F.silu(self.norm_out(h)))
+    return y if self.patch_size == 1 else _depth_to_space(y, self.patch_size)
 
   def forward(self, z: torch.Tensor) -> torch.Tensor:
     return self.body(self.conv_in(z))
@@ -510,8 +524,8 @@ class VideoAutoencoder(nn.Module):
       self.quant_conv = self.post_quant_conv = None
     time = math.prod(_parse_resample(s)[1] for s in config["encoder"]["downsample"] if s)
     self.temporal_factor = time * 2**levels
-    self.spatial_factor = math.prod(_parse_resample(s)[2] for s in config["encoder"]["downsample"]
-                                    if s)
+    self.spatial_factor = int(config.get("patch_size", 1)) * math.prod(
+        _parse_resample(s)[2] for s in config["encoder"]["downsample"] if s)
     self.latent_channels = config["latent_channels"]
     self.scaling_factor = config.get("scaling_factor", 1.0)
 

@@ -66,8 +66,9 @@ def tiny_promag_base():
                                    num_res_blocks=1, num_groups=4)
 
 
-def tiny_grown(levels: int, mixing: str, adanorm: str = "scale"):
-  """8x (levels=1) / 16x (levels=2) on a 3-level 4x-time, 4x-space base without attention."""
+def tiny_grown(levels: int, mixing: str, adanorm: str = "scale", patch_size: int = 1):
+  """8x (levels=1) / 16x (levels=2) on a 3-level 4x-time, 4x-space base without attention
+  (times `patch_size` in space)."""
   config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2),
                                      num_res_blocks=1, num_groups=4)
   config.encoder.update(blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"),
@@ -76,6 +77,7 @@ def tiny_grown(levels: int, mixing: str, adanorm: str = "scale"):
                         mid_attention="none")
   config.growth = progressive.default_growth_config()
   config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
+  config.patch_size = patch_size
   return config
 
 
@@ -101,6 +103,7 @@ for _levels, _factor in ((1, 8), (2, 16)):
         lambda l=_levels, m=_mixing: tiny_grown(l, m), (17, 8))
   MODELS[f"grown{_factor}x_both_scale_shift"] = (
       lambda l=_levels: tiny_grown(l, "both", "scale_shift"), (17, 8))
+MODELS["grown8x_patch2"] = (lambda: tiny_grown(1, "both", patch_size=2), (9, 16))
 MODELS["cvvae"] = (tiny_cvvae, (5, 16))
 for _variant in (1, 2, 3, 4):
   MODELS[f"odvae_v{_variant}"] = (lambda v=_variant: tiny_odvae(v), (5, 16))
