@@ -18,6 +18,8 @@ import numpy as np
 from flax import nnx
 
 from bootvae_jax.models import architectures
+from bootvae_jax.models import blocks
+from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import VideoAutoencoder
 
 CONFIG_BUILDERS = {"cvvae": architectures.cvvae, "odvae": architectures.odvae}
@@ -151,6 +153,46 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
                      + (" ..." if len(items) > 20 else ""))
     raise ValueError("\n".join(lines))
   nnx.update(model, params)
+
+
+def _official_conv_rank(kind: str, parent: nnx.Module, name: str, conv: layers.Conv3d) -> int:
+  """Rank of the official weight of `conv` (attribute `name` of `parent`): 5 for the official
+  3D convs, 4 for their `nn.Conv2d`s (both READMEs in ../shared/fixtures list which is which)."""
+  if conv.kernel_size[0] > 1:
+    return 5
+  if isinstance(parent, layers.SpatialAttention):  # CV-VAE: Conv2d 1x1; OD-VAE: CausalConv3d
+    return 4 if kind == "cvvae" else 5
+  if isinstance(parent, blocks.ResBlock):
+    if parent.conv1.kernel_size[0] == 1:  # OD-VAE ResnetBlock2D: every conv is a Conv2d
+      return 4
+    return 5 if name == "nin_shortcut" else 4  # CV-VAE half_3d conv2: Conv2dWithExtraDim
+  if name == "conv_in" or isinstance(parent, blocks.ConvDownsample):  # OD-VAE Conv2d, Downsample
+    return 4
+  return 5  # 1x1x1 quant convs, OD-VAE SpatialUpsample2x's (1, 3, 3) CausalConv3d
+
+
+def official_state_dict(model: VideoAutoencoder, kind: str) -> dict[str, np.ndarray]:
+  """The inverse of `convert_state_dict`: `model`'s parameters under the official names and
+  tensor layouts of `kind` ("cvvae" or "odvae"), float32."""
+  if kind not in CONFIG_BUILDERS:
+    raise ValueError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
+  out = {}
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    parent = model
+    for part in path[:-2]:
+      parent = parent[part] if isinstance(part, int) else getattr(parent, part)
+    name = path[-2]
+    module = parent[name] if isinstance(name, int) else getattr(parent, name)
+    value = np.asarray(variable.get_value(), np.float32)
+    plain, wrapped = official_key_candidates(path)
+    if isinstance(module, layers.Conv3d):
+      rank = _official_conv_rank(kind, parent, name, module)
+      # OD-VAE's CausalConv3d holds its nn.Conv3d as `.conv`.
+      key = wrapped if kind == "odvae" and rank == 5 else plain
+      out[key] = flax_to_torch(value, rank) if path[-1] == "kernel" else value
+    else:
+      out[plain] = flax_to_torch(value, value.ndim)
+  return out
 
 
 def load_official(kind: str, weights: str | os.PathLike,

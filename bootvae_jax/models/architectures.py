@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import ml_collections
@@ -209,3 +210,76 @@ def odvae_variant(variant: int, **overrides) -> ml_collections.ConfigDict:
   config = odvae(k)
   config.name = f"odvae_v{variant}"
   return config
+
+
+# ----------------------------------------------------------------------------------------------
+# The inverse: which released layout a model config is, with its official constructor kwargs.
+
+# Fields that do not change the architecture (how it runs, what it is called).
+_NON_ARCHITECTURE = ("name", "conv_impl", "dtype", "remat")
+
+
+def _architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  fields = json.loads(config.to_json())
+  if not (fields.get("growth") or {}).get("levels", 0):
+    fields.pop("growth", None)
+  return {k: v for k, v in fields.items() if k not in _NON_ARCHITECTURE}
+
+
+def _invert(table: Mapping[str, str], value: str) -> str:
+  return {v: k for k, v in table.items()}[value]
+
+
+def _cvvae_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {**cvvae_released_kwargs(),
+          "in_channels": config.in_channels, "out_ch": config.out_channels,
+          "ch": config.base_channels, "ch_mult": list(config.channel_multipliers),
+          "num_res_blocks": config.encoder.num_res_blocks, "z_channels": config.z_channels,
+          "double_z": config.double_z, "half_3d": config.encoder.blocks[0] == "half3d",
+          "causal_decoder": config.decoder.time_padding == "causal",
+          "scaling_factor": config.scaling_factor}
+
+
+def _odvae_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  enc, dec = config.encoder, config.decoder
+  return {**odvae_released_kwargs(),
+          "hidden_size": config.base_channels,
+          "hidden_size_mult": list(config.channel_multipliers),
+          "z_channels": config.z_channels, "double_z": config.double_z,
+          "embed_dim": config.latent_channels, "num_res_blocks": enc.num_res_blocks,
+          "use_quant_layer": config.use_quant_conv,
+          "encoder_conv_in": _invert(_ODVAE_CONV, enc.conv_in),
+          "encoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in enc.blocks],
+          "encoder_spatial_downsample": [_invert(_ODVAE_DOWN, d) for d in enc.downsample],
+          "decoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in dec.blocks],
+          "decoder_spatial_upsample": [_invert(_ODVAE_UP, u) for u in dec.upsample]}
+
+
+OFFICIAL_CLASSES = {"cvvae": "CVVAEModel", "odvae": "CausalVAEModel"}
+
+
+def official_layout(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """(kind, official constructor kwargs) of a model config that is a released layout.
+
+  The inverse of `cvvae` / `odvae`: `CONFIG[kind](kwargs)` rebuilds the same architecture.
+  Raises ValueError when the config is neither a CV-VAE nor an OD-VAE layout (e.g. the ProMAG
+  base or a grown model), naming the first field that differs from the nearest layout.
+  """
+  target = _architecture(config)
+  differences = {}
+  for kind, (invert, build) in {"cvvae": (_cvvae_kwargs, cvvae),
+                                "odvae": (_odvae_kwargs, odvae)}.items():
+    try:
+      kwargs = invert(config)
+      rebuilt = _architecture(build(kwargs))
+    except (KeyError, IndexError, ValueError) as e:  # a value the layout has no name for
+      differences[kind] = [f"{type(e).__name__}: {e}"]
+      continue
+    differences[kind] = sorted(k for k in set(target) | set(rebuilt)
+                               if target.get(k) != rebuilt.get(k))
+    if not differences[kind]:
+      return kind, kwargs
+  raise ValueError(
+      f"model config {config.get('name')!r} is neither the CV-VAE nor the OD-VAE layout"
+      f" (differs from CV-VAE in {differences['cvvae'][:3]}, from OD-VAE in"
+      f" {differences['odvae'][:3]}); export it in the bootvae_jax format instead")

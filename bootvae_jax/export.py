@@ -1,0 +1,72 @@
+"""Export a trained model for PyTorch (command line; from Python use `bootvae_jax.export`).
+
+    python -m bootvae_jax.export --workdir=workdirs/promag_8x [--step=N] [--ema] --out=OUT
+    python -m bootvae_jax.export --workdir=DIR --out=OUT --format=official   # CV-VAE / OD-VAE
+
+writes OUT/config.json, OUT/model.safetensors and OUT/README.md (a model card); see
+`bootvae_jax/interop/exported.py` for the formats and `bootvae_jax/interop/torch_model.py` for
+the PyTorch side. Prints one JSON line describing what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from bootvae_jax.interop.exported import FORMATS
+from bootvae_jax.interop.exported import export
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_EMA = flags.DEFINE_bool("ema", False, "Export the EMA parameters.")
+_OUT = flags.DEFINE_string("out", None, "Output folder.")
+_FORMAT = flags.DEFINE_enum("format", "bootvae_jax", FORMATS,
+                            "bootvae_jax: for interop/torch_model.py; official: the CV-VAE /"
+                            " OD-VAE names, layouts and constructor kwargs.")
+
+
+def load_workdir(workdir: str, step: int | None, ema: bool):
+  """(model, model config, step) of a training run."""
+  # TODO(issue-8): bootvae_jax.load_model(workdir, step, ema) once it is on main.
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from bootvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"no config.json in --workdir={workdir}; is it a training workdir?")
+  with open(config_path) as f:
+    model_config = ml_collections.ConfigDict(json.load(f)).model
+  directory = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  step = steps[-1] if step is None else step
+  model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
+  params, _ = checkpoints.transfer_params(nnx.state(model, nnx.Param),
+                                          checkpoints.load_params(workdir, step, ema=ema))
+  nnx.update(model, params)
+  return model, model_config, step
+
+
+def main(argv) -> None:
+  del argv
+  try:
+    model, model_config, step = load_workdir(_WORKDIR.value, _STEP.value, _EMA.value)
+    source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
+    out = export(model, model_config, _OUT.value, format=_FORMAT.value, source=source)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(json.dumps(dict(out=str(out), format=_FORMAT.value, files=sorted(os.listdir(out)),
+                        **source)))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

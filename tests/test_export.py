@@ -1,0 +1,86 @@
+"""`python -m bootvae_jax.export`: a training workdir to a PyTorch folder, in a fresh process."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from bootvae_jax.interop import torch_model
+from bootvae_jax.models import architectures
+from bootvae_jax.models import autoencoder
+from bootvae_jax.training import checkpoints
+from bootvae_jax.training.config import default_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(workdir holding a tiny model at step 3 with different EMA weights, the model, its EMA)."""
+  model_config = architectures.promag_base(z_dim=4, base_channels=8,
+                                           channel_multipliers=(1, 1, 1, 1), num_res_blocks=1,
+                                           num_groups=4)
+  model = autoencoder.build(model_config, seed=0)
+  ema = autoencoder.build(model_config, seed=1)
+  path = tmp_path_factory.mktemp("run")
+  config = default_config()
+  config.model = model_config
+  with open(path / "config.json", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  ckpts = checkpoints.Checkpoints(str(path))
+  ckpts.save(3, dict(step=np.int32(3), params=nnx.state(model, nnx.Param), frozen={},
+                     ema_params=nnx.state(ema, nnx.Param)))
+  ckpts.wait()
+  ckpts.close()
+  return str(path), model, ema
+
+
+def _cli(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = str(REPO)
+  return subprocess.run([sys.executable, "-m", "bootvae_jax.export", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _decode_first_latent(vae) -> np.ndarray:
+  z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 2, 2, 2)).astype(
+      np.float32))
+  with torch.no_grad():
+    return vae.decode(z).numpy()
+
+
+def test_cli_exports_the_ema_weights_of_a_run(run, tmp_path):
+  workdir, model, ema = run
+  result = _cli(f"--workdir={workdir}", f"--out={tmp_path}", "--ema")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["files"] == ["README.md", "config.json", "model.safetensors"]
+  assert (summary["step"], summary["ema"], summary["format"]) == (3, True, "bootvae_jax")
+  assert "in sys.modules" not in result.stderr  # no runpy double-import warning
+  card = (tmp_path / "README.md").read_text()
+  assert "4x temporal, 8x spatial" in card and '"step": 3' in card and '"ema": true' in card
+  # The EMA weights, not the raw ones: the exported decoder equals the EMA model's.
+  vae = torch_model.load_exported(tmp_path)
+  z = np.transpose(np.random.default_rng(0).standard_normal((1, 4, 2, 2, 2)), (0, 2, 3, 4, 1))
+  expected = np.transpose(np.asarray(ema.decode(z.astype(np.float32))), (0, 4, 1, 2, 3))
+  raw = np.transpose(np.asarray(model.decode(z.astype(np.float32))), (0, 4, 1, 2, 3))
+  got = _decode_first_latent(vae)
+  assert np.max(np.abs(got - expected)) <= 1e-4
+  assert np.max(np.abs(got - raw)) > 1e-2
+
+
+def test_cli_errors_are_one_line(run, tmp_path):
+  workdir, _, _ = run
+  result = _cli(f"--workdir={workdir}", f"--out={tmp_path}", "--format=official")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: model config 'promag_base_z4' is neither the CV-VAE nor the OD-VAE layout")
+  result = _cli(f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: no config.json")
