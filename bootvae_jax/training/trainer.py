@@ -24,6 +24,7 @@ from clu import periodic_actions
 
 from bootvae_jax import data as data_lib
 from bootvae_jax.evaluation import visualize
+from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.training import config as config_lib
@@ -47,9 +48,10 @@ class MetricsLog:
                 + "\n")
 
 
-def evaluate(eval_fn, state, clips: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(eval_fn, state, clips: np.ndarray,
+             nets: train_step_lib.LossNets | None = None) -> tuple[dict[str, float], np.ndarray]:
   """Mean PSNR/SSIM of the held-out clips and their reconstructions."""
-  recon, m = eval_fn(state, jnp.asarray(clips))
+  recon, m = eval_fn(state, jnp.asarray(clips), nets)
   return ({f"eval/{k}": float(np.mean(v)) for k, v in jax.device_get(m).items()},
           np.asarray(jax.device_get(recon)))
 
@@ -60,6 +62,25 @@ def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       f.write(config.to_json_best_effort(indent=2))
 
 
+def load_compat_image_vae(config: ml_collections.ConfigDict):
+  """The frozen image VAE of `config.compat`, checked against the model. The video model
+  inherits its latent scaling (`model.scaling_factor`, `model.shift_factor`): a compatible
+  latent is meant to be scaled for diffusion exactly like the image latent."""
+  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
+
+  image_vae = image_vae_lib.load_image_vae(config.compat.image_vae,
+                                           conv_impl=config.model.conv_impl)
+  _, spatial = models.compression_factors(config.model)
+  compat.check_image_vae(image_vae, config.model, spatial)
+  for name in ("scaling_factor", "shift_factor"):
+    value = float(image_vae.config.get(name, 0.0))
+    if float(config.model.get(name, 0.0)) != value:
+      logging.info("model.%s = %g, from the image VAE %s", name, value, config.compat.image_vae)
+    config.model[name] = value
+  return image_vae
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after_step: int | None = None) -> train_state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
@@ -68,6 +89,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_lib.validate(config, workdir)  # before any compute
   os.makedirs(workdir, exist_ok=True)
+  image_vae = None
+  if compat.enabled(config.compat):
+    image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
   _save_config(workdir, config)
   mesh = partitioning.make_mesh(config.mesh)
   logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size,
@@ -86,8 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
 
   lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
-  step_fn = train_step_lib.jit_train_step(setup, lpips)
-  eval_fn = train_step_lib.jit_eval_step(setup, ema=False)
+  nets = train_step_lib.LossNets(lpips=lpips, image_vae=image_vae)
+  step_fn = train_step_lib.jit_train_step(setup, nets)
+  eval_fn = train_step_lib.jit_eval_step(setup, ema=False, nets=nets)
   eval_data = config.data
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())
@@ -101,12 +126,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                              every_secs=config.progress_every_seconds)
   pending: list[dict[str, Any]] = []
   interval_start, interval_steps = time.perf_counter(), 0
-  meta = dict(name=config.name, model=config.model.name)
+  # The latent scaling travels with every checkpoint (CV-VAE: the image VAE's).
+  meta = dict(name=config.name, model=config.model.name,
+              scaling_factor=float(config.model.scaling_factor),
+              shift_factor=float(config.model.get("shift_factor", 0.0)))
 
   step = start
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, next(batches), lpips)
+      state, metrics = step_fn(state, next(batches), nets)
     step += 1
     interval_steps += 1
     pending.append(metrics)
@@ -127,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending, interval_start, interval_steps = [], time.perf_counter(), 0
 
     if step % config.eval_every == 0 or step == config.total_steps:
-      scores, recon = evaluate(eval_fn, state, eval_clips)
+      scores, recon = evaluate(eval_fn, state, eval_clips, nets)
       writer.write_scalars(step, scores)
       log.write(step, scores)
       grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
