@@ -72,7 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
   # CV-VAE latent-compatibility regularisers (losses/compat.py); off by default.
   config.compat = compat.default_config()
   # crop_size: () evaluates centre crops of data.crop_size; (H, W) another size.
-  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=()))
+  # at_start: also evaluate before the first step (what an initialisation alone gives).
+  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=(),
+                                               at_start=False))
   return config
 
 

@@ -182,14 +182,14 @@ def train_step(state: TrainState, batch: dict, nets: LossNets | None, *, setup: 
 
 def eval_step(state: TrainState, video, nets: LossNets | None, *, setup: TrainSetup,
               ema: bool):
-  """Reconstruction from the posterior mean; per-clip PSNR and SSIM (and, with the CV-VAE
-  regulariser on, the compatibility PSNR: the image decoder on the video latent)."""
+  """Reconstruction from the posterior mean; per-clip PSNR and SSIM (and, with a CV-VAE image
+  VAE in `nets`, the compatibility PSNR: the image decoder on the video latent)."""
   model = setup.model(state, ema=ema)
   recon, posterior = model(video)
   recon = jnp.clip(recon, -1.0, 1.0)
   scores = {"psnr": metrics_lib.psnr(recon, video), "ssim": metrics_lib.ssim(recon, video)}
   compat_cfg = setup.config.get("compat")
-  if compat.enabled(compat_cfg):
+  if nets is not None and nets.image_vae is not None:
     scores["compat_psnr"] = compat.compatibility_psnr(
         nets.image_vae, posterior.mean, video, temporal_factor=model.temporal_factor,
         mapping=compat_cfg.mapping)

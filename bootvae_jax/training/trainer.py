@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, workdir)  # before any compute
   os.makedirs(workdir, exist_ok=True)
   image_vae = None
-  if compat.enabled(config.compat):
+  if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
   _save_config(workdir, config)
   mesh = partitioning.make_mesh(config.mesh)
@@ -131,7 +131,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               scaling_factor=float(config.model.scaling_factor),
               shift_factor=float(config.model.get("shift_factor", 0.0)))
 
+  def run_eval(step):
+    scores, recon = evaluate(eval_fn, state, eval_clips, nets)
+    writer.write_scalars(step, scores)
+    log.write(step, scores)
+    grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
+    visualize.save_png(grid, os.path.join(workdir, "eval", f"step_{step:07d}.png"))
+    writer.write_images(step, {"eval/reconstruction": grid[None]})
+    logging.info("eval step %d: %s", step, scores)
+
   step = start
+  if step == 0 and config.eval.get("at_start", False):
+    run_eval(0)  # the initialisation's scores (e.g. an inflated image VAE before training)
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, next(batches), nets)
@@ -155,13 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending, interval_start, interval_steps = [], time.perf_counter(), 0
 
     if step % config.eval_every == 0 or step == config.total_steps:
-      scores, recon = evaluate(eval_fn, state, eval_clips, nets)
-      writer.write_scalars(step, scores)
-      log.write(step, scores)
-      grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
-      visualize.save_png(grid, os.path.join(workdir, "eval", f"step_{step:07d}.png"))
-      writer.write_images(step, {"eval/reconstruction": grid[None]})
-      logging.info("eval step %d: %s", step, scores)
+      run_eval(step)
 
     if step % config.checkpoint_every == 0 or step == config.total_steps:
       ckpts.save(step, state, batches=batches, meta=dict(meta, total_steps=config.total_steps))
