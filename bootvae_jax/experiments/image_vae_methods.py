@@ -66,12 +66,13 @@ def _data(config, train_dir: str, eval_dir: str, workdir: str, *, num_frames: in
                      index_cache_dir=os.path.join(workdir, "index_cache"))
 
 
-def _schedule(config, steps: int, evals: int = 5):
+def _schedule(config, steps: int, evals: int = 4):
   config.total_steps = steps
-  config.optimizer.update(learning_rate=LEARNING_RATE, warmup_steps=max(10, steps // 20),
+  config.optimizer.update(learning_rate=LEARNING_RATE, warmup_steps=max(5, steps // 20),
                           ema_decay=0.99)
   config.log_every = max(1, steps // 20)
-  config.eval_every = config.checkpoint_every = max(1, steps // evals)
+  config.eval_every = max(1, steps // evals)
+  config.checkpoint_every = steps  # only the final checkpoint is used
   config.keep_checkpoints = 1
   config.progress_every_seconds = 60.0
   config.eval.update(num_clips=EVAL_CLIPS, at_start=True)
