@@ -31,11 +31,11 @@ def _tiny(config, steps, num_frames=9):
   config.eval_every = config.checkpoint_every = steps
   config.progress_every_seconds = 1000.0
   config.data.update(source="synthetic", num_frames=num_frames, crop_size=(16, 16),
-                     batch_size=2, synthetic_num_clips=4, resize_short_side=0, frame_stride=1,
+                     batch_size=4, synthetic_num_clips=4, resize_short_side=0, frame_stride=1,
                      num_workers=0)
   config.loss.update(perceptual_weight=0.0, gan_weight=0.0)
   config.eval.num_clips = 1
-  config.mesh.update(data=-1, fsdp=1)
+  config.mesh.update(data=2, fsdp=2)  # the 4 fake CPU devices of tests/conftest.py
   return config
 
 
