@@ -39,10 +39,10 @@ from absl import logging
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 
 # --out and --workdir are bootstrap_vs_direct's flags (its data splits and training helpers are
-# reused from there); this experiment keeps its runs in its own default workdir.
+# reused from there); without --workdir this experiment keeps its runs in DEFAULT_WORKDIR.
 _OUT = bvd._OUT  # pylint: disable=protected-access
 _WORKDIR = bvd._WORKDIR  # pylint: disable=protected-access
-flags.FLAGS.set_default("workdir", "/tmp/image_vae_methods")
+DEFAULT_WORKDIR = "/tmp/image_vae_methods"
 _IMAGE_STEPS = flags.DEFINE_integer("image_steps", 1000, "Image-VAE training steps.")
 _VIDEO_STEPS = flags.DEFINE_integer("video_steps", 300, "Steps of every video run.")
 _EXPERIMENTS = flags.DEFINE_list("experiments", ["image_vae", "inflation", "compat", "variants"],
@@ -200,7 +200,8 @@ def main(argv):
   from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
-  workdir = os.path.abspath(_WORKDIR.value)
+  workdir = os.path.abspath(_WORKDIR.value if flags.FLAGS["workdir"].present
+                            else DEFAULT_WORKDIR)
   # Runs of one architecture compile the same programs: reuse them across runs.
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
