@@ -7,11 +7,17 @@ Recipe (released SD 1.x/2.x-latent model; see DESIGN.md "Published training reci
 17-frame clips, 256² random crops after resizing to 512, frame stride 1–8; L1 + LPIPS 0.5;
 4-layer 3D patch GAN (64 filters) with adaptive weight 0.5 from step 1; KL 1.0 on the
 per-sample sum; AdamW β (0.9, 0.98), eps 1e-4, wd 0.01; LR 2e-5 → generator 4e-5, 1k warmup.
-The image-VAE compatibility regulariser is not part of this config yet.
+Latent compatibility (losses/compat.py): the frozen SD image VAE decodes every video latent
+frame and is compared with a random frame of the group it stands for, weighted 1.0 through the
+released learnable log-variance. `IMAGE_VAE` is a diffusers folder (e.g. `vae/` of
+`stabilityai/stable-diffusion-2-1`, or `stabilityai/sd-vae-ft-mse`), or an image-VAE workdir
+(`configs/image_vae.py`); the model takes over its scaling factor.
 """
 
 from bootvae_jax.models import architectures
 from bootvae_jax.training.config import default_config
+
+IMAGE_VAE = "pretrained/sd-vae-ft-mse"  # download it there, or --config.compat.image_vae=DIR
 
 
 def get_config():
@@ -32,5 +38,7 @@ def get_config():
   config.loss.update(l1_weight=1.0, perceptual_weight=0.5, perceptual_frames=4, kl_weight=1.0,
                      gan_weight=0.5, gan_start_step=1, adaptive_gan_weight=True)
   config.discriminator.update(base_channels=64, num_layers=4, learning_rate=2e-5)
+  config.compat.update(image_vae=IMAGE_VAE, decoder_weight=1.0, mapping="random",
+                       learned_logvar=True)
   config.mesh.update(data=-1, fsdp=1)
   return config

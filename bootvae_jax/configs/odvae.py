@@ -6,12 +6,16 @@
 Variants (our reading, `models/architectures.odvae_variant`): V1 all 3D-causal; V2 2D blocks at
 the two highest-resolution levels of encoder and decoder; V3 2D at the highest-resolution
 encoder level; V4 the released Open-Sora-Plan v1.2 layout.
-Recipe (Open-Sora-Plan v1.2): 25×256² clips; L1 + LPIPS 1.0; 3D GAN from step 2000 (weight
-0.5); KL 1e-6; LR 1e-5; EMA 0.999. (Tail initialisation from an image VAE is not wired here yet.)
+Recipe (Open-Sora-Plan v1.2): tail-initialised from the SD 2.1 image VAE (`sd-vae-ft-mse`,
+models/init.py); 25×256² clips; L1 + LPIPS 1.0; 3D GAN from step 2000 (weight 0.5); KL 1e-6;
+LR 1e-5; EMA 0.999. `IMAGE_VAE` is a diffusers folder or an image-VAE workdir; override with
+`--config.init_checkpoint.path=DIR` (random init: set both `path` and `inflate` to '').
 """
 
 from bootvae_jax.models import architectures
 from bootvae_jax.training.config import default_config
+
+IMAGE_VAE = "pretrained/sd-vae-ft-mse"
 
 
 def get_config(variant: str = "4"):
@@ -30,4 +34,5 @@ def get_config(variant: str = "4"):
   config.loss.update(l1_weight=1.0, perceptual_weight=1.0, perceptual_frames=4, kl_weight=1e-6,
                      gan_weight=0.5, gan_start_step=2_000, adaptive_gan_weight=True)
   config.discriminator.update(base_channels=64, num_layers=3, learning_rate=1e-5)
+  config.init_checkpoint.update(path=IMAGE_VAE, inflate="tail")
   return config

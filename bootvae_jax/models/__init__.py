@@ -5,6 +5,7 @@
 
 from bootvae_jax.models.autoencoder import compression_factors
 from bootvae_jax.models.autoencoder import validate_model_config
+from bootvae_jax.models.init import inflate
 from bootvae_jax.models.progressive import build_model
 
-__all__ = ["build_model", "compression_factors", "validate_model_config"]
+__all__ = ["build_model", "inflate", "compression_factors", "validate_model_config"]

@@ -190,8 +190,9 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     if cfg.mid_block not in blocks.RES_BLOCK_KINDS:
       raise ValueError(f"model.{side}.mid_block={cfg.mid_block!r} is not a block kind; known:"
                        f" {blocks.RES_BLOCK_KINDS}")
-    if cfg.conv_in not in ("3d", "2d"):
-      raise ValueError(f"model.{side}.conv_in={cfg.conv_in!r}; use '3d' or '2d'")
+    for name in ("conv_in", "conv_out"):
+      if cfg.get(name, "3d") not in ("3d", "2d"):
+        raise ValueError(f"model.{side}.{name}={cfg[name]!r}; use '3d' or '2d'")
     if cfg.mid_attention not in blocks.ATTENTION_KINDS:
       raise ValueError(f"model.{side}.mid_attention={cfg.mid_attention!r}; known:"
                        f" {blocks.ATTENTION_KINDS}")
@@ -280,7 +281,7 @@ class Encoder(nnx.Module):
                                attention_norm=attention_norm, rngs=rngs)
     self.norm_out = norm.make(width, rngs=rngs)
     out_channels = 2 * config.z_channels if config.double_z else config.z_channels
-    self.conv_out = conv.conv(width, out_channels, (3, 3, 3), rngs=rngs)
+    self.conv_out = conv.conv(width, out_channels, _kernel(cfg.get("conv_out", "3d")), rngs=rngs)
     self.remat = bool(config.remat)
 
   def body(self, x: jax.Array) -> jax.Array:
@@ -322,7 +323,8 @@ class Decoder(nnx.Module):
     self.up = nnx.List(up)  # indexed by level like the released models: up[0] runs last
     self.norm_out = norm.make(width, rngs=rngs)
     self.patch_size = patch_size(config)
-    self.conv_out = conv.conv(width, config.out_channels * self.patch_size**2, (3, 3, 3),
+    self.conv_out = conv.conv(width, config.out_channels * self.patch_size**2,
+                              _kernel(cfg.get("conv_out", "3d")),
                               rngs=rngs)
     self.remat = bool(config.remat)
 
@@ -445,7 +447,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   """Every field a `model` config has, with the small ProMAG base as default values."""
 
   def side(**kw: Any) -> ml_collections.ConfigDict:
-    fields = dict(conv_in="3d", num_res_blocks=2, time_padding="causal", norm="rmsnorm_frame",
+    fields = dict(conv_in="3d", conv_out="3d", num_res_blocks=2, time_padding="causal", norm="rmsnorm_frame",
                   mid_block="3d", mid_attention="spatial", attention_norm="rmsnorm_frame")
     return ml_collections.ConfigDict({**fields, **kw})
 
@@ -461,7 +463,9 @@ def default_model_config() -> ml_collections.ConfigDict:
       double_z=True,
       latent_channels=8,
       use_quant_conv=True,
+      # Diffusion models see (z - shift_factor) * scaling_factor (the diffusers convention).
       scaling_factor=1.0,
+      shift_factor=0.0,
       patch_size=1,
       conv_impl="auto",
       dtype="float32",

@@ -273,6 +273,8 @@ def next_stage(config: ml_collections.ConfigDict, *, previous_workdir: str,
   config.optimizer.finetune_learning_rate_multiplier = finetune_learning_rate_multiplier
   config.init_checkpoint.path = previous_workdir
   config.init_checkpoint.step = -1
+  if "inflate" in config.init_checkpoint:  # the previous stage may have been inflated
+    config.init_checkpoint.inflate = ""
   config.init_checkpoint.mapping = STAGE_MAPPING
   config.init_checkpoint.exclude = STAGE_EXCLUDE
   return config

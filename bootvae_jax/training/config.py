@@ -14,7 +14,9 @@ import re
 import ml_collections
 
 from bootvae_jax import models
+from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
+from bootvae_jax.models import init as init_lib
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -64,9 +66,16 @@ def default_config() -> ml_collections.ConfigDict:
       # Regexes over source paths dropped on purpose (e.g. the previous stage's head); every
       # other source parameter must land in the model.
       exclude=(),
+      # "tail" | "centre" | "average": `path` is an image VAE (diffusers folder or image-VAE
+      # workdir) inflated onto the model's base (models/init.py); "" = `path` is a workdir.
+      inflate="",
   ))
+  # CV-VAE latent-compatibility regularisers (losses/compat.py); off by default.
+  config.compat = compat.default_config()
   # crop_size: () evaluates centre crops of data.crop_size; (H, W) another size.
-  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=()))
+  # at_start: also evaluate before the first step (what an initialisation alone gives).
+  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=(),
+                                               at_start=False))
   return config
 
 
@@ -94,10 +103,35 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
       raise ValueError(f"config.freeze entry {pattern!r} is not a valid regex: {e}") from e
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16")
+  _validate_compat(config)
+  inflate = config.init_checkpoint.get("inflate", "")
+  if inflate and inflate not in init_lib.INFLATION_MODES:
+    raise ValueError(f"config.init_checkpoint.inflate={inflate!r}; use '' or one of"
+                     f" {init_lib.INFLATION_MODES}")
+  if inflate and not config.init_checkpoint.path:
+    raise ValueError("config.init_checkpoint.inflate needs config.init_checkpoint.path (the"
+                     " image VAE: a diffusers folder or an image-VAE workdir)")
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
     raise ValueError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:
     _check_workdir(workdir)
+
+
+def _validate_compat(config: ml_collections.ConfigDict) -> None:
+  cfg = config.get("compat")
+  if cfg is None:
+    return
+  for name in ("decoder_weight", "encoder_weight"):
+    if cfg[name] < 0:
+      raise ValueError(f"config.compat.{name}={cfg[name]} must be >= 0")
+  if cfg.mapping not in compat.MAPPINGS:
+    raise ValueError(f"config.compat.mapping={cfg.mapping!r}; use one of {compat.MAPPINGS}")
+  if compat.enabled(cfg) and not cfg.image_vae:
+    raise ValueError("config.compat.decoder_weight / encoder_weight need config.compat.image_vae"
+                     " (a diffusers VAE folder or an image-VAE workdir)")
+  if cfg.learned_logvar and not cfg.decoder_weight > 0:
+    raise ValueError("config.compat.learned_logvar weighs the decoder-side term; set"
+                     " config.compat.decoder_weight > 0")
 
 
 def _check_workdir(workdir: str) -> None:

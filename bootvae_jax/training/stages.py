@@ -1,7 +1,8 @@
 """Growth stages: seed a model from a previous stage's checkpoint.
 
-A stage config names the previous run in `config.init_checkpoint.path`; its parameters are
-copied into the new model by path, into the frozen set and the trained set alike. An empty
+A stage config names the previous run in `config.init_checkpoint.path` (or, with
+`config.init_checkpoint.inflate`, an image VAE inflated onto the model: `models/init.py`); its
+parameters are copied into the new model by path, into the frozen set and the trained set alike. An empty
 `config.init_checkpoint.mapping` restores every parameter under its own path; a mapping of
 (model-path regex, checkpoint-path template) pairs restores exactly the parameters it matches
 (ProMAG: `encoder/lower/X` ← `encoder/X`). Everything else (the new growth level) keeps its
@@ -28,9 +29,26 @@ from bootvae_jax.training.train_state import path_matches
 from bootvae_jax.training.train_state import path_string
 
 
+def source_params(init_cfg, model_config) -> dict:
+  """'/'-joined path → array: a previous run's parameters, or with `init_cfg.inflate` an image
+  VAE's inflated onto the model's base (growth levels stripped: restore it through
+  `progressive.STAGE_MAPPING` like a previous stage)."""
+  mode = init_cfg.get("inflate", "")
+  if not mode:
+    return checkpoints.load_params(init_cfg.path, init_cfg.step)
+  from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.models import init as init_lib  # pylint: disable=g-import-not-at-top
+
+  base = model_config.copy_and_resolve_references()
+  if base.get("growth") is not None:
+    base.growth.levels = 0
+  image_vae = image_vae_lib.load_image_vae(init_cfg.path)
+  return init_lib.flat_params(init_lib.inflate(image_vae, base, mode))
+
+
 def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> TrainState:
   """`state` with the previous stage's parameters in place (EMA reset to the new params)."""
-  source = checkpoints.load_params(init_cfg.path, init_cfg.step)
+  source = source_params(init_cfg, setup.config.model)
   mapping = tuple(tuple(m) for m in init_cfg.mapping)
   excluded = tuple(init_cfg.get("exclude", ()))
   source = {k: v for k, v in source.items() if not path_matches(excluded, k)}

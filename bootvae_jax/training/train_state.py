@@ -60,6 +60,9 @@ class TrainState:
   disc_params: Any  # nnx.State, or None without a GAN loss
   disc_opt_state: Any
   lecam_ema: jax.Array  # (2,): EMAs of real / fake discriminator logits
+  # Trainable parameters of the losses ({'compat_logvar': ()} for CV-VAE's weighting), or None.
+  loss_params: Any = None
+  loss_opt_state: Any = None
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int, scale: float = 1.0):
@@ -118,6 +121,7 @@ class TrainSetup:
   schedule: Callable
   state_shardings: Any
   use_gan: bool
+  loss_tx: optax.GradientTransformation | None = None
 
   def model(self, state: TrainState, ema: bool = False) -> autoencoder.VideoAutoencoder:
     """The autoencoder holding `state`'s parameters (or their EMA)."""
@@ -154,6 +158,14 @@ def _build_discriminator(config, seed: int):
   return nnx.split(disc, nnx.Param)
 
 
+def initial_loss_params(config: ml_collections.ConfigDict) -> dict[str, jax.Array] | None:
+  """The losses' own trainable parameters: CV-VAE's log-variance when configured, else None."""
+  compat = config.get("compat")
+  if compat is None or not (compat.learned_logvar and compat.decoder_weight > 0):
+    return None
+  return {"compat_logvar": jnp.asarray(compat.logvar_init, jnp.float32)}
+
+
 def create_train_state(config: ml_collections.ConfigDict,
                        mesh: jax.sharding.Mesh) -> tuple[TrainSetup, TrainState]:
   """Builds the state directly in its shardings: shapes are traced with `jax.eval_shape`,
@@ -168,6 +180,9 @@ def create_train_state(config: ml_collections.ConfigDict,
   if use_gan:
     disc_graphdef, _ = jax.eval_shape(lambda: _build_discriminator(config, config.seed))
     disc_tx = make_disc_optimizer(config)
+  # The losses' parameters follow the generator's schedule, without weight decay.
+  loss_tx = (optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
+             if initial_loss_params(config) is not None else None)
 
   def init() -> TrainState:
     _, params, frozen = _build_model(config, config.seed)
@@ -177,14 +192,16 @@ def create_train_state(config: ml_collections.ConfigDict,
       disc_opt = disc_tx.init(disc_params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
                       opt_state=tx.init(params), ema_params=params, disc_params=disc_params,
-                      disc_opt_state=disc_opt, lecam_ema=jnp.zeros((2,), jnp.float32))
+                      disc_opt_state=disc_opt, lecam_ema=jnp.zeros((2,), jnp.float32),
+                      loss_params=(loss_params := initial_loss_params(config)),
+                      loss_opt_state=None if loss_tx is None else loss_tx.init(loss_params))
 
   abstract_state = jax.eval_shape(init)
   shardings = partitioning.tree_shardings(abstract_state, mesh, config.sharding_rules)
   state = jax.jit(init, out_shardings=shardings)()
   setup = TrainSetup(config=config, mesh=mesh, graphdef=graphdef, disc_graphdef=disc_graphdef,
                      tx=tx, disc_tx=disc_tx, schedule=schedule, state_shardings=shardings,
-                     use_gan=use_gan)
+                     use_gan=use_gan, loss_tx=loss_tx)
   return setup, state
 
 

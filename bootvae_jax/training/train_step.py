@@ -20,13 +20,27 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax import struct
 
 from bootvae_jax.evaluation import metrics as metrics_lib
 from bootvae_jax.losses import adversarial
+from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.losses import reconstruction
 from bootvae_jax.training import partitioning
 from bootvae_jax.training.train_state import TrainSetup, TrainState, skipped_updates
+
+
+@struct.dataclass
+class LossNets:
+  """Frozen networks the losses run: LPIPS, and CV-VAE's image VAE (`losses/compat.py`).
+
+  Passed to the jitted steps as an argument (a pytree), never closed over, so their weights
+  are not baked into the compiled program; nothing differentiates them.
+  """
+
+  lpips: Any = None
+  image_vae: Any = None
 
 
 def reconstruction_terms(loss_cfg, x, recon, lpips, rng) -> dict[str, jax.Array]:
@@ -53,17 +67,46 @@ def gan_active(state: TrainState, setup: TrainSetup) -> jax.Array:
   return state.step >= setup.config.loss.gan_start_step
 
 
-def generator_loss(params, state: TrainState, setup: TrainSetup, x, rng, lpips):
+def compat_terms(compat_cfg, model, image_vae, x, z, loss_params, rng):
+  """CV-VAE's regularisers (losses/compat.py): (weighted sum, terms)."""
+  r = model.temporal_factor
+  map_rng, encoder_rng = jax.random.split(rng)
+  terms, total = {}, jnp.float32(0.0)
+  if compat_cfg.decoder_weight:
+    terms["compat_decoder"], _ = compat.decoder_side(image_vae, z, x, temporal_factor=r,
+                                                     mapping=compat_cfg.mapping, rng=map_rng)
+    term = terms["compat_decoder"]
+    if loss_params is not None:  # the released learnable log-variance weighting
+      terms["compat_logvar"] = loss_params["compat_logvar"]
+      term = compat.log_variance_weighted(term, loss_params["compat_logvar"])
+    total = total + compat_cfg.decoder_weight * term
+  if compat_cfg.encoder_weight:
+    terms["compat_encoder"] = compat.encoder_side(image_vae, model, x, temporal_factor=r,
+                                                  rng=encoder_rng)
+    total = total + compat_cfg.encoder_weight * terms["compat_encoder"]
+  return total, terms
+
+
+def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x, rng,
+                   nets: LossNets | None):
   """Total generator loss and its terms. x: (B, T, H, W, C) in [-1, 1]."""
   cfg = setup.config.loss
+  nets = nets or LossNets()
   model = nnx.merge(setup.graphdef, params, state.frozen)
   sample_rng, lpips_rng = jax.random.split(rng)
   posterior = model.encode(x)
-  recon, head_input = model.decode_with_head_input(posterior.sample(sample_rng))
+  z = posterior.sample(sample_rng)
+  recon, head_input = model.decode_with_head_input(z)
+  lpips = nets.lpips
   terms = reconstruction_terms(cfg, x, recon, lpips, lpips_rng)
   nll = weighted_nll(cfg, terms)
   terms["kl"] = jnp.mean(posterior.kl())
   total = nll + cfg.kl_weight * terms["kl"]
+  if compat.enabled(setup.config.get("compat")):
+    compat_total, compat_metrics = compat_terms(setup.config.compat, model, nets.image_vae, x,
+                                                z, loss_params, jax.random.fold_in(rng, 1))
+    terms.update(compat_metrics)
+    total = total + compat_total
 
   if setup.use_gan:
     disc = setup.discriminator(state)
@@ -134,12 +177,18 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def train_step(state: TrainState, batch: dict, lpips, *, setup: TrainSetup, base_rng):
+def train_step(state: TrainState, batch: dict, nets: LossNets | None, *, setup: TrainSetup,
+               base_rng):
   x = batch["video"]
   active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
-  grad_fn = jax.value_and_grad(generator_loss, has_aux=True)
-  (_, (terms, recon)), grads = grad_fn(state.params, state, setup, x, rng, lpips)
+  grad_fn = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)
+  (_, (terms, recon)), (grads, loss_grads) = grad_fn(state.params, state.loss_params, state,
+                                                     setup, x, rng, nets)
+  if state.loss_params is not None:
+    loss_updates, loss_opt = setup.loss_tx.update(loss_grads, state.loss_opt_state)
+    state = state.replace(loss_params=optax.apply_updates(state.loss_params, loss_updates),
+                          loss_opt_state=loss_opt)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = setup.config.optimizer.ema_decay
@@ -154,35 +203,48 @@ def train_step(state: TrainState, batch: dict, lpips, *, setup: TrainSetup, base
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def eval_step(params, frozen, video, *, setup: TrainSetup):
-  """Reconstruction from the posterior mean; per-clip PSNR and SSIM. `params`: the trained
-  parameters or their EMA (same shapes and shardings, so one compilation serves both)."""
+def eval_step(params, frozen, video, nets: LossNets | None, *, setup: TrainSetup):
+  """Reconstruction from the posterior mean; per-clip PSNR and SSIM (and, with a CV-VAE image
+  VAE in `nets`, the compatibility PSNR: the image decoder on the video latent). `params`: the
+  trained parameters or their EMA (same shapes and shardings, so one compilation serves both)."""
   model = nnx.merge(setup.graphdef, params, frozen)
-  recon = jnp.clip(model(video)[0], -1.0, 1.0)
-  return recon, {"psnr": metrics_lib.psnr(recon, video), "ssim": metrics_lib.ssim(recon, video)}
+  recon, posterior = model(video)
+  recon = jnp.clip(recon, -1.0, 1.0)
+  scores = {"psnr": metrics_lib.psnr(recon, video), "ssim": metrics_lib.ssim(recon, video)}
+  compat_cfg = setup.config.get("compat")
+  if nets is not None and nets.image_vae is not None:
+    scores["compat_psnr"] = compat.compatibility_psnr(
+        nets.image_vae, posterior.mean, video, temporal_factor=model.temporal_factor,
+        mapping=compat_cfg.mapping)
+  return recon, scores
 
 
-def jit_train_step(setup: TrainSetup, lpips: Any):
+def _replicated(mesh, tree):
+  return jax.tree.map(lambda _: partitioning.replicated(mesh), tree)
+
+
+def jit_train_step(setup: TrainSetup, nets: LossNets | None):
   """`train_step` under `jax.jit` with explicit shardings; the state is donated."""
   mesh = setup.mesh
-  lpips_sharding = jax.tree.map(lambda _: partitioning.replicated(mesh), lpips)
   batch_sharding = {"video": partitioning.batch_sharding(mesh)}
   step = functools.partial(train_step, setup=setup, base_rng=jax.random.key(setup.config.seed))
   return jax.jit(
       step,
-      in_shardings=(setup.state_shardings, batch_sharding, lpips_sharding),
+      in_shardings=(setup.state_shardings, batch_sharding, _replicated(mesh, nets)),
       out_shardings=(setup.state_shardings, partitioning.replicated(mesh)),
       donate_argnums=(0,),
   )
 
 
-def jit_eval_step(setup: TrainSetup):
-  """`eval_step(params, frozen, video)` under `jax.jit`."""
+def jit_eval_step(setup: TrainSetup, nets: LossNets | None = None):
+  """`eval_fn(params, frozen, clips, nets)` under `jax.jit`; `nets` only fixes the argument's
+  shardings."""
   mesh = setup.mesh
   shardings = setup.state_shardings
   return jax.jit(
       functools.partial(eval_step, setup=setup),
       # Held-out clips are few and need not divide the device count: replicate them.
-      in_shardings=(shardings.params, shardings.frozen, partitioning.replicated(mesh)),
+      in_shardings=(shardings.params, shardings.frozen, partitioning.replicated(mesh),
+                    _replicated(mesh, nets)),
       out_shardings=(partitioning.replicated(mesh), partitioning.replicated(mesh)),
   )

@@ -26,6 +26,7 @@ from clu import periodic_actions
 
 from bootvae_jax import data as data_lib
 from bootvae_jax.evaluation import visualize
+from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.training import config as config_lib
@@ -49,16 +50,37 @@ class MetricsLog:
                 + "\n")
 
 
-def evaluate(eval_fn, state, clips: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-  """Mean PSNR/SSIM of the held-out clips with the trained parameters (`eval/psnr`, ...) and
-  with their EMA (`eval_ema/psnr`, ...); and the reconstructions of the trained parameters."""
+def evaluate(eval_fn, state, clips: np.ndarray, nets: train_step_lib.LossNets | None = None
+             ) -> tuple[dict[str, float], np.ndarray]:
+  """Mean PSNR/SSIM (and compatibility PSNR with a CV-VAE image VAE) of the held-out clips with
+  the trained parameters (`eval/psnr`, ...) and with their EMA (`eval_ema/psnr`, ...); and the
+  reconstructions of the trained parameters."""
   clips = jnp.asarray(clips)
   scores, recon = {}, None
   for prefix, params in (("eval", state.params), ("eval_ema", state.ema_params)):
-    out, m = eval_fn(params, state.frozen, clips)  # one compilation serves both
+    out, m = eval_fn(params, state.frozen, clips, nets)  # one compilation serves both
     scores.update({f"{prefix}/{k}": float(np.mean(v)) for k, v in jax.device_get(m).items()})
     recon = np.asarray(jax.device_get(out)) if recon is None else recon
   return scores, recon
+
+
+def load_compat_image_vae(config: ml_collections.ConfigDict):
+  """The frozen image VAE of `config.compat`, checked against the model. The video model
+  inherits its latent scaling (`model.scaling_factor`, `model.shift_factor`): a compatible
+  latent is meant to be scaled for diffusion exactly like the image latent."""
+  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
+
+  image_vae = image_vae_lib.load_image_vae(config.compat.image_vae,
+                                           conv_impl=config.model.conv_impl)
+  _, spatial = models.compression_factors(config.model)
+  compat.check_image_vae(image_vae, config.model, spatial)
+  for name in ("scaling_factor", "shift_factor"):
+    value = float(image_vae.config.get(name, 0.0))
+    if float(config.model.get(name, 0.0)) != value:
+      logging.info("model.%s = %g, from the image VAE %s", name, value, config.compat.image_vae)
+    config.model[name] = value
+  return image_vae
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -68,6 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after_step` ends the run early (as a preemption would) after that step's work.
   """
   config_lib.validate(config, workdir)  # before any compute
+  image_vae = None
+  if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
+    image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
   mesh = partitioning.make_mesh(config.mesh)
   logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size,
                jax.default_backend())
@@ -89,8 +114,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
 
   lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
-  step_fn = train_step_lib.jit_train_step(setup, lpips)
-  eval_fn = train_step_lib.jit_eval_step(setup)
+  nets = train_step_lib.LossNets(lpips=lpips, image_vae=image_vae)
+  step_fn = train_step_lib.jit_train_step(setup, nets)
+  eval_fn = train_step_lib.jit_eval_step(setup, nets=nets)
   eval_data = config.data
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())
@@ -104,12 +130,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                              every_secs=config.progress_every_seconds)
   pending: list[dict[str, Any]] = []
   interval_start, interval_steps = time.perf_counter(), 0
-  meta = dict(name=config.name, model=config.model.name)
+  # The latent scaling travels with every checkpoint (CV-VAE: the image VAE's).
+  meta = dict(name=config.name, model=config.model.name,
+              scaling_factor=float(config.model.scaling_factor),
+              shift_factor=float(config.model.get("shift_factor", 0.0)))
+
+  def run_eval(step):
+    scores, recon = evaluate(eval_fn, state, eval_clips, nets)
+    writer.write_scalars(step, scores)
+    log.write(step, scores)
+    grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
+    visualize.save_png(grid, os.path.join(workdir, "eval", f"step_{step:07d}.png"))
+    writer.write_images(step, {"eval/reconstruction": grid[None]})
+    logging.info("eval step %d: %s", step, scores)
 
   step = start
+  if step == 0 and config.eval.get("at_start", False):
+    run_eval(0)  # the initialisation's scores (e.g. an inflated image VAE before training)
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, next(batches), lpips)
+      state, metrics = step_fn(state, next(batches), nets)
     step += 1
     interval_steps += 1
     pending.append(metrics)
@@ -130,13 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending, interval_start, interval_steps = [], time.perf_counter(), 0
 
     if step % config.eval_every == 0 or step == config.total_steps:
-      scores, recon = evaluate(eval_fn, state, eval_clips)
-      writer.write_scalars(step, scores)
-      log.write(step, scores)
-      grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
-      visualize.save_png(grid, os.path.join(workdir, "eval", f"step_{step:07d}.png"))
-      writer.write_images(step, {"eval/reconstruction": grid[None]})
-      logging.info("eval step %d: %s", step, scores)
+      run_eval(step)
 
     if step % config.checkpoint_every == 0 or step == config.total_steps:
       ckpts.save(step, state, batches=batches, config=config,

@@ -1,0 +1,32 @@
+"""The image-VAE-methods experiment's configs validate and describe what it states (no
+training here: the experiment itself is run by hand, see results/inflation.md)."""
+
+import pytest
+
+from bootvae_jax.experiments import image_vae_methods as ivm
+from bootvae_jax.models import image_vae
+from bootvae_jax.training import config as config_lib
+
+DIRS = ("/data/train", "/data/eval", "/tmp/work")
+
+
+def test_image_vae_config_is_an_sd_layout_image_vae():
+  config = ivm.image_vae_config(100, DIRS)
+  config_lib.validate(config)
+  assert image_vae.image_config_problems(config.model) == []
+  assert config.total_steps == 100 and config.data.num_frames == ivm.NUM_FRAMES
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3, 4])
+@pytest.mark.parametrize("init", ivm.INIT_MODES)
+def test_video_configs(variant, init):
+  config = ivm.video_config(variant, init, variant == 4 and init == "tail", 24, DIRS, "/img")
+  config_lib.validate(config)
+  assert config.total_steps == 24 and config.eval.at_start
+  assert config.compat.image_vae == "/img"  # compatibility is evaluated in every run
+  assert (config.compat.decoder_weight > 0) == (variant == 4 and init == "tail")
+  assert config.init_checkpoint.inflate == ("" if init == "random" else init)
+  widths = [config.model.base_channels * m for m in config.model.channel_multipliers]
+  assert tuple(widths) == ivm.WIDTHS == tuple(
+      ivm.image_vae_config(1, DIRS).model.base_channels * m
+      for m in ivm.image_vae_config(1, DIRS).model.channel_multipliers)
