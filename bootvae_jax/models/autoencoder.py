@@ -177,7 +177,8 @@ def _kernel(kind: str) -> tuple[int, int, int]:
 
 
 def _maybe_remat(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
-  if not remat:
+  # A stream's states would leak out of the remat trace; streaming never differentiates.
+  if not remat or layers.active_stream() is not None:
     return module(x)
   return nnx.remat(lambda m, h: m(h))(module, x)
 
@@ -319,7 +320,14 @@ class VideoAutoencoder(nnx.Module):
   def check_input(self, x: jax.Array) -> None:
     if x.ndim != 5:
       raise ValueError(f"expected video (B, T, H, W, C), got shape {x.shape}")
-    check_frames(x.shape[1], self.temporal_factor)
+    stream = layers.active_stream()
+    if stream is None or stream.first:
+      check_frames(x.shape[1], self.temporal_factor)
+    elif x.shape[1] % self.temporal_factor:
+      raise ValueError(f"a chunk after the first has {x.shape[1]} frames; a"
+                       f" {self.temporal_factor}x causal model streams in chunks of a multiple"
+                       f" of {self.temporal_factor} frames after a first chunk of"
+                       f" 1+{self.temporal_factor}k")
     h, w = x.shape[2:4]
     if h % self.spatial_factor or w % self.spatial_factor:
       raise ValueError(f"frame size {h}x{w} is not divisible by the spatial factor"
