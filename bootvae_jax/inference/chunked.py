@@ -83,6 +83,7 @@ class ChunkCodec:
     self._reconstruct = jax.jit(self._reconstruct_fn)
     self._encode_step = jax.jit(self._encode_step_fn, static_argnames="last")
     self._decode_step = jax.jit(self._decode_step_fn, static_argnames="last")
+    self._reconstruct_step = jax.jit(self._reconstruct_step_fn)
 
   def _encode_fn(self, state, x):
     self.traces["encode"] += 1
@@ -108,6 +109,13 @@ class ChunkCodec:
     self.traces["decode_step"] += 1
     with layers.streaming(states, last=last) as stream:
       video = nnx.merge(self.graphdef, state).decode(z)
+    return video, stream.states
+
+  def _reconstruct_step_fn(self, state, states, x):
+    self.traces["reconstruct_step"] += 1
+    with layers.streaming(states) as stream:
+      model = nnx.merge(self.graphdef, state)
+      video = model.decode(model.encode(x).mean)
     return video, stream.states
 
   def _context(self):
@@ -155,6 +163,13 @@ class ChunkCodec:
     """One chunk of a stream: z (B, k, h, w, C_z) → (numpy frames, states for the next step)."""
     with self._context():
       video, states = self._decode_step(self.state, states, self._put(z), last=last)
+    return np.asarray(video), states
+
+  def reconstruct_step(self, x: np.ndarray, states: Any) -> tuple[np.ndarray, Any]:
+    """decode(encode(x).mean) for one chunk of a stream of a model that never looks ahead
+    (each chunk's frames come out with it), fused in one compiled function."""
+    with self._context():
+      video, states = self._reconstruct_step(self.state, states, self._put(x))
     return np.asarray(video), states
 
 

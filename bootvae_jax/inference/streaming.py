@@ -201,7 +201,19 @@ def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames:
   """
   codec = chunked._as_codec(model)  # pylint: disable=protected-access
   check_streamable(codec)
-  _check_chunk_frames(codec.temporal_factor, chunk_frames)
+  r = codec.temporal_factor
+  _check_chunk_frames(r, chunk_frames)
+  if not (codec.encoder_looks_ahead or codec.decoder_looks_ahead):
+    # Chunk i's frames come back with chunk i: encode and decode fused in one step, the last
+    # chunk padded to the full size and trimmed (two compilations in all).
+    states = None
+    full = lambda m, first: chunk_frames if first else chunk_frames - 1
+    for chunk, num_real, _ in _cut(blocks, chunk_frames, chunk_frames - 1, full,
+                                   flag_last=False):
+      chunked.check_frame_size(chunk.shape, codec.spatial_factor)
+      frames, states = codec.reconstruct_step(chunk, states)
+      yield frames[:, :num_real]
+    return
   read = {"frames": 0, "done": False}
 
   def counted():
@@ -212,7 +224,7 @@ def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames:
 
   means = (p.mean for p in stream_encode_blocks(codec, counted(), chunk_frames))
   emitted = 0
-  for frames in stream_decode_blocks(codec, means, 1 + (chunk_frames - 1) // codec.temporal_factor):
+  for frames in stream_decode_blocks(codec, means, 1 + (chunk_frames - 1) // r):
     if read["done"]:  # padding frames only exist once the input has ended
       frames = frames[:, :max(read["frames"] - emitted, 0)]
     emitted += frames.shape[1]
