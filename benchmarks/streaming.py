@@ -137,7 +137,6 @@ def _child(args: list[str]) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: str) -> None:
-  import numpy as np
   from bootvae_jax.evaluation import visualize
 
   panels = []
@@ -147,10 +146,9 @@ def _plot(rows: list[dict], path: str) -> None:
       points = sorted((r["frames"], r[key]) for r in rows if r.get("method") == method)
       if points:
         series.append((method, [p[0] for p in points], [p[1] for p in points]))
-    panels.append(visualize.line_plot(
-        series, title=f"{label}, {_SIZE.value}x{_SIZE.value}, encode + decode",
-        xlabel="frames", ylabel=label, log_x=True))
-  visualize.save_png(np.concatenate(panels, axis=1), path)
+    panels.append(dict(series=series, title=f"{label}, {_SIZE.value}² encode + decode",
+                       xlabel="frames", ylabel=label, log_x=True))
+  visualize.save_line_plots(path, panels)
 
 
 def main(argv) -> None:

@@ -140,7 +140,7 @@ def evaluate_folder(model, data_dir: str, out_dir: str, *, num_frames: int = 17,
     The summary written to metrics.json.
   """
   start = time.perf_counter()
-  codec = model if isinstance(model, chunked.ChunkCodec) else chunked.ChunkCodec(model)
+  codec = chunked.as_codec(model)
   mode = reconstruct.resolve_mode(codec, mode)
   index = sources.index_video_folder(data_dir, cache_dir=index_cache_dir)
   videos = index.videos[:max_videos] if max_videos else index.videos
@@ -238,9 +238,9 @@ def _write_report(out_dir: str, summary: dict, scores: list[VideoScore], worst: 
   with np.errstate(all="ignore"):
     mean = np.nanmean(np.where(np.isfinite(padded), padded, np.nan), axis=0)
   series.append(("mean", np.arange(longest), mean, 3))
-  visualize.save_png(visualize.line_plot(series, title="PSNR per frame", xlabel="frame",
-                                         ylabel="dB", size=(800, 440)),
-                     os.path.join(out_dir, "per_frame_psnr.png"))
+  visualize.save_line_plots(os.path.join(out_dir, "per_frame_psnr.png"), [dict(
+      title=f"PSNR per frame ({len(scores)} videos)", xlabel="frame", ylabel="PSNR (dB)",
+      series=series)], panel_size=(8, 4.4))
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:

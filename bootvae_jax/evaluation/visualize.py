@@ -37,71 +37,40 @@ def save_png(image: np.ndarray, path: str) -> str:
   return path
 
 
-# Line colours, cycled (matplotlib's default palette).
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
-
-def _ticks(low: float, high: float, count: int = 5) -> np.ndarray:
-  if high <= low:
-    high = low + 1.0
-  return np.linspace(low, high, count)
-
-
-def line_plot(series, *, title: str, xlabel: str, ylabel: str, size=(640, 400),
-              log_x: bool = False) -> np.ndarray:
-  """A line chart as an RGB uint8 image (no plotting library needed).
+def save_line_plots(path: str, panels: list[dict], *, panel_size=(6.4, 4.0)) -> str:
+  """Line charts side by side, written as a PNG (matplotlib, Agg backend).
 
   Args:
-    series: [(label, xs, ys, width)] (width optional, default 2); non-finite points are
-      skipped; at most ~10 labelled series stay legible.
-    title, xlabel, ylabel: text.
-    size: (width, height) in pixels.
-    log_x: logarithmic x axis.
+    path: the PNG to write (atomically).
+    panels: one dict per chart: `title`, `xlabel`, `ylabel`, `series` = [(label, xs, ys) or
+      (label, xs, ys, linewidth)] (label '' keeps a line out of the legend; NaNs are gaps),
+      optional `log_x`.
+    panel_size: inches per chart.
 
   Returns:
-    (height, width, 3) uint8.
+    path.
   """
-  from PIL import ImageDraw  # pylint: disable=import-outside-toplevel
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  width, height = size
-  left, right, top, bottom = 64, 16, 28, 44
-  image = Image.new("RGB", size, "white")
-  draw = ImageDraw.Draw(image)
-  points = [(np.asarray(s[1], np.float64), np.asarray(s[2], np.float64)) for s in series]
-  finite = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in points]
-  xs = np.concatenate([x for x, _ in finite] or [np.zeros(1)])
-  ys = np.concatenate([y for _, y in finite] or [np.zeros(1)])
-  fx = np.log10 if log_x else (lambda v: v)
-  x0, x1 = fx(xs.min()), fx(xs.max())
-  y0, y1 = ys.min(), ys.max()
-  if x1 <= x0:
-    x1 = x0 + 1.0
-  pad = 0.05 * (y1 - y0 or 1.0)
-  y0, y1 = y0 - pad, y1 + pad
-  px = lambda v: left + (fx(v) - x0) / (x1 - x0) * (width - left - right)
-  py = lambda v: height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
-  draw.rectangle([left, top, width - right, height - bottom], outline="black")
-  for v in _ticks(y0, y1):
-    draw.line([left - 4, py(v), left, py(v)], fill="black")
-    draw.text((4, py(v) - 6), f"{v:.4g}", fill="black")
-  xticks = 10 ** _ticks(x0, x1) if log_x else _ticks(x0, x1)
-  for v in xticks:
-    draw.line([px(v), height - bottom, px(v), height - bottom + 4], fill="black")
-    draw.text((px(v) - 12, height - bottom + 6), f"{v:.4g}", fill="black")
-  draw.text((left, 8), title, fill="black")
-  draw.text(((width - len(xlabel) * 6) // 2, height - 18), xlabel, fill="black")
-  draw.text((4, top - 22 if top > 22 else 0), ylabel, fill="black")
-  for i, ((x, y), spec) in enumerate(zip(finite, series)):
-    colour = PALETTE[i % len(PALETTE)]
-    line_width = spec[3] if len(spec) > 3 else 2
-    coords = [(px(a), py(b)) for a, b in zip(x, y)]
-    if len(coords) > 1:
-      draw.line(coords, fill=colour, width=line_width)
-    for cx, cy in coords if len(coords) < 40 else coords[:1]:
-      draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
-    if spec[0]:
-      ly = top + 6 + 14 * i
-      draw.line([width - right - 150, ly + 6, width - right - 130, ly + 6], fill=colour, width=3)
-      draw.text((width - right - 126, ly), str(spec[0])[:20], fill="black")
-  return np.asarray(image)
+  fig, axes = plt.subplots(1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]),
+                           squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    for label, xs, ys, *width in panel["series"]:
+      ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3,
+              linewidth=width[0] if width else 1.5, label=label or None)
+    if panel.get("log_x"):
+      ax.set_xscale("log")
+    ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+    ax.grid(alpha=0.3)
+    if any(series[0] for series in panel["series"]):
+      ax.legend(fontsize="small")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

@@ -173,7 +173,8 @@ class ChunkCodec:
     return np.asarray(video), states
 
 
-def _as_codec(model) -> ChunkCodec:
+def as_codec(model) -> ChunkCodec:
+  """`model` itself if it is a `ChunkCodec` (keeping its compilations), else a new one."""
   return model if isinstance(model, ChunkCodec) else ChunkCodec(model)
 
 
@@ -326,7 +327,7 @@ def reconstruct_stream(model, blocks: Iterable[np.ndarray], *, chunk_frames: int
   Yields:
     (B, t', H, W, C) reconstructed frames in order; in all as many frames as came in.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
   fade = _CrossFade(overlap_frames)
 
@@ -396,7 +397,7 @@ def encode_chunks(model, video: np.ndarray, *, chunk_frames: int = 17,
 
   video: (B, T, H, W, C) or (T, H, W, C) float32 in [-1, 1] (then latents have B = 1).
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
   video, _ = _as_batched_video(video)
   check_frame_size(video.shape, codec.spatial_factor)
@@ -407,7 +408,7 @@ def encode_chunks(model, video: np.ndarray, *, chunk_frames: int = 17,
 
 def decode_chunks(model, chunked: ChunkedLatents, *, batch_chunks: int = 1) -> np.ndarray:
   """Decodes `encode_chunks`' latents and cross-fades the chunks: (B, T, H, W, C)."""
-  codec = _as_codec(model)
+  codec = as_codec(model)
   starts = chunk_starts(chunked.num_frames, chunked.chunk_frames, chunked.overlap_frames)
   if len(starts) != chunked.latents.shape[1]:
     raise ValueError(f"{chunked.latents.shape[1]} latent chunks, but {chunked.num_frames}"
@@ -464,7 +465,7 @@ def tiled_encode(model, video: np.ndarray, chunk_frames: int) -> DiagonalGaussia
   Returns:
     The posterior over (B, 1+k, H/s, W/s, C_z), numpy arrays.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   _check_tile(codec.temporal_factor, chunk_frames)
   video = np.asarray(video, np.float32)
   if video.ndim != 5:
@@ -495,7 +496,7 @@ def tiled_decode(model, latent: np.ndarray, chunk_latents: int) -> np.ndarray:
   Returns:
     (B, 1+r·k, H, W, C) float32.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   latent = np.asarray(latent, np.float32)
   if latent.ndim != 5:
     raise ValueError(f"expected latent (B, T, H, W, C), got shape {latent.shape}")
@@ -512,7 +513,7 @@ def reconstruct_tiled(model, video: np.ndarray, *, chunk_frames: int = 17) -> np
   with `chunk_frames`-frame tiles, `tiled_decode`s with the matching 1 + (chunk_frames-1)/r
   latent tiles, and trims. video: (T, H, W, C) or (B, T, H, W, C) in [-1, 1]; same shape out.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   _check_tile(codec.temporal_factor, chunk_frames)
   video, squeeze = _as_batched_video(video)
   t, r = video.shape[1], codec.temporal_factor

@@ -260,7 +260,7 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "a
   from bootvae_jax.inference import video_io
 
   start = time.perf_counter()
-  codec = chunked.ChunkCodec(model) if not isinstance(model, chunked.ChunkCodec) else model
+  codec = chunked.as_codec(model)
   mode = resolve_mode(codec, mode)
   if mode == "crossfade":
     chunked.check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)

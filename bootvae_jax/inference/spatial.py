@@ -121,7 +121,7 @@ def encode_in_tiles(model, video: np.ndarray, *, tile: int = 256, overlap: int =
   Returns:
     The posterior (numpy) over (B, T', H/s, W/s, C_z), mean and logvar blended.
   """
-  codec = chunked._as_codec(model)  # pylint: disable=protected-access
+  codec = chunked.as_codec(model)
   video = np.asarray(video, np.float32)
   chunked.check_frame_size(video.shape, codec.spatial_factor)
 
@@ -142,7 +142,7 @@ def decode_in_tiles(model, z: np.ndarray, *, tile: int = 32, overlap: int = 8,
 
   z: (B, T', h, w, C_z) → (B, T, h·s, w·s, C) float32. `chunk_latents` streams each tile.
   """
-  codec = chunked._as_codec(model)  # pylint: disable=protected-access
+  codec = chunked.as_codec(model)
 
   def decode(x):
     return (streaming.stream_decode(codec, x, chunk_latents) if chunk_latents

@@ -126,7 +126,7 @@ def stream_encode_blocks(model, blocks: Iterable[np.ndarray], chunk_frames: int 
     frames in all, equal to `model.encode` of the video padded to that many (last frame
     repeated).
   """
-  codec = chunked._as_codec(model)  # pylint: disable=protected-access
+  codec = chunked.as_codec(model)
   check_streamable(codec)
   r = codec.temporal_factor
   _check_chunk_frames(r, chunk_frames)
@@ -165,7 +165,7 @@ def stream_decode_blocks(model, latent_blocks: Iterable[np.ndarray], chunk_laten
     `model.decode` of all latents. A decoder that looks ahead (trilinear time upsampling)
     yields some frames one chunk late.
   """
-  codec = chunked._as_codec(model)  # pylint: disable=protected-access
+  codec = chunked.as_codec(model)
   check_streamable(codec)
   r = codec.temporal_factor
   if chunk_latents < 2:
@@ -199,7 +199,7 @@ def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames:
   Yields:
     (B, t', H, W, C_out) reconstructed frames in order.
   """
-  codec = chunked._as_codec(model)  # pylint: disable=protected-access
+  codec = chunked.as_codec(model)
   check_streamable(codec)
   r = codec.temporal_factor
   _check_chunk_frames(r, chunk_frames)
