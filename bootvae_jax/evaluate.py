@@ -1,8 +1,9 @@
 r"""Scores a model's reconstructions of a folder of videos: PSNR, SSIM, LPIPS, rFVD.
 
   python -m bootvae_jax.evaluate --workdir=workdirs/promag_8x --data=/data/val --out=/tmp/eval
-  python -m bootvae_jax.evaluate --official=odvae --weights=vae/diffusion_pytorch_model.safetensors \
-      --model_config=vae/config.json --data=/data/val --out=/tmp/eval --num_frames=33 --size=256,256
+  python -m bootvae_jax.evaluate --official=odvae \
+      --weights=vae/diffusion_pytorch_model.safetensors --model_config=vae/config.json \
+      --data=/data/val --out=/tmp/eval --num_frames=33 --size=256,256
 
 Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png and side-by-side mp4s (input
 above reconstruction) of the worst clips; prints one JSON line (the means, rFVD, where the

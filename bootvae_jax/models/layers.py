@@ -214,9 +214,9 @@ def _stream_time_window(stream: Stream, x: jax.Array, front: int, back: int, mod
   """The frames a valid-in-time conv (kernel kt, stride st) runs on in this chunk.
 
   The first frames to arrive are padded in front as the whole clip is; later ones are
-  prefixed with the padded input frames the previous chunk's windows had not finished with. Only the last chunk
-  is padded at the back, so a conv that looks ahead holds its last outputs until the next
-  chunk brings the frames they need.
+  prefixed with the padded input frames the previous chunk's windows had not finished with.
+  Only the last chunk is padded at the back, so a conv that looks ahead holds its last
+  outputs until the next chunk brings the frames they need.
   """
   if kt < st:
     raise ValueError(f"streaming needs temporal kernel >= stride, got kt={kt}, st={st}")

