@@ -32,3 +32,42 @@ def save_png(image: np.ndarray, path: str) -> str:
   Image.fromarray(image).save(tmp)
   os.replace(tmp, path)  # never leave a half-written image behind
   return path
+
+
+
+def save_line_plots(path: str, panels: list[dict], *, panel_size=(6.4, 4.0)) -> str:
+  """Line charts side by side, written as a PNG (matplotlib, Agg backend).
+
+  Args:
+    path: the PNG to write (atomically).
+    panels: one dict per chart: `title`, `xlabel`, `ylabel`, `series` = [(label, xs, ys) or
+      (label, xs, ys, linewidth)] (label '' keeps a line out of the legend; NaNs are gaps),
+      optional `log_x`.
+    panel_size: inches per chart.
+
+  Returns:
+    path.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]),
+                           squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    for label, xs, ys, *width in panel["series"]:
+      ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3,
+              linewidth=width[0] if width else 1.5, label=label or None)
+    if panel.get("log_x"):
+      ax.set_xscale("log")
+    ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+    ax.grid(alpha=0.3)
+    if any(series[0] for series in panel["series"]):
+      ax.legend(fontsize="small")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

@@ -27,14 +27,17 @@ streams exactly with the causal-conv cache instead (DESIGN.md "Beyond the papers
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
 from bootvae_jax.models.autoencoder import frame_size_error
@@ -50,21 +53,38 @@ class ChunkCodec:
 
   The parameters are taken when the codec is built (later changes to the model are not seen).
   `traces[name]` counts how often each function was traced: once per distinct chunk shape.
+  The `*_step` methods run one chunk of a stream (`inference/streaming.py`).
 
   Args:
     model: a `VideoAutoencoder` (or any nnx module with `encode(x) -> DiagonalGaussian`,
       `decode(z)`, `temporal_factor` and `spatial_factor`).
+    mesh: a mesh with a `spatial` axis (e.g. `spatial.spatial_mesh()`): inputs and every conv
+      output are split along height over it (and batch over `data`, if it has that axis);
+      parameters are replicated. None: the default device.
   """
 
-  def __init__(self, model: nnx.Module):
+  def __init__(self, model: nnx.Module, mesh: Mesh | None = None):
+    if mesh is not None and "spatial" not in mesh.axis_names:
+      raise ValueError(f"mesh axes {mesh.axis_names} have no 'spatial' axis to split height"
+                       " over; build one with inference.spatial.spatial_mesh()")
     self.temporal_factor = int(model.temporal_factor)
     self.spatial_factor = int(model.spatial_factor)
+    self.mesh = mesh
+    # Stream properties are read from the model once (`inference/streaming.py`).
+    self.stream_blocker = layers.stream_blocker(model)
+    self.encoder_looks_ahead = layers.looks_ahead(getattr(model, "encoder", model))
+    self.decoder_looks_ahead = layers.looks_ahead(getattr(model, "decoder", model))
     self.graphdef, self.state = nnx.split(model)
+    if mesh is not None:
+      self.state = jax.device_put(self.state, NamedSharding(mesh, P()))
     self.traces: collections.Counter = collections.Counter()
     # The state is an argument, not a closed-over constant: weights are not baked into the HLO.
     self._encode = jax.jit(self._encode_fn)
     self._decode = jax.jit(self._decode_fn)
     self._reconstruct = jax.jit(self._reconstruct_fn)
+    self._encode_step = jax.jit(self._encode_step_fn, static_argnames="last")
+    self._decode_step = jax.jit(self._decode_step_fn, static_argnames="last")
+    self._reconstruct_step = jax.jit(self._reconstruct_step_fn)
 
   def _encode_fn(self, state, x):
     self.traces["encode"] += 1
@@ -80,22 +100,82 @@ class ChunkCodec:
     model = nnx.merge(self.graphdef, state)
     return model.decode(model.encode(x).mean)
 
+  def _encode_step_fn(self, state, states, x, last):
+    self.traces["encode_step"] += 1
+    with layers.streaming(states, last=last) as stream:
+      posterior = nnx.merge(self.graphdef, state).encode(x)
+    return posterior.mean, posterior.logvar, stream.states
+
+  def _decode_step_fn(self, state, states, z, last):
+    self.traces["decode_step"] += 1
+    with layers.streaming(states, last=last) as stream:
+      video = nnx.merge(self.graphdef, state).decode(z)
+    return video, stream.states
+
+  def _reconstruct_step_fn(self, state, states, x):
+    self.traces["reconstruct_step"] += 1
+    with layers.streaming(states) as stream:
+      model = nnx.merge(self.graphdef, state)
+      video = model.decode(model.encode(x).mean)
+    return video, stream.states
+
+  def _context(self):
+    """Tracing and running inside the mesh lets `layers.shard_height` see its axes."""
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  def _put(self, x) -> jax.Array | np.ndarray:
+    """x: (B, T, H, W, C) as float32, split along H (and B) over the mesh when there is one."""
+    x = np.asarray(x, np.float32)
+    if self.mesh is None:
+      return x
+    shape = dict(self.mesh.shape)
+    data = "data" if x.shape[0] % shape.get("data", 1) == 0 and "data" in shape else None
+    spatial = "spatial" if x.shape[2] % shape["spatial"] == 0 else None
+    return jax.device_put(x, NamedSharding(self.mesh, P(data, None, spatial)))
+
   # Results come back to the host at once, so device memory holds one chunk at a time.
   def encode(self, x: np.ndarray) -> DiagonalGaussian:
     """x: (B, 1+r·k, H, W, C) → posterior with numpy (B, 1+k, H/s, W/s, C_z) mean/logvar."""
-    mean, logvar = self._encode(self.state, np.asarray(x, np.float32))
+    with self._context():
+      mean, logvar = self._encode(self.state, self._put(x))
     return DiagonalGaussian(np.asarray(mean), np.asarray(logvar))
 
   def decode(self, z: np.ndarray) -> np.ndarray:
     """z: (B, 1+k, H/s, W/s, C_z) → (B, 1+r·k, H, W, C)."""
-    return np.asarray(self._decode(self.state, np.asarray(z, np.float32)))
+    with self._context():
+      return np.asarray(self._decode(self.state, self._put(z)))
 
   def reconstruct(self, x: np.ndarray) -> np.ndarray:
     """decode(encode(x).mean), fused in one compiled function: (B, 1+r·k, H, W, C)."""
-    return np.asarray(self._reconstruct(self.state, np.asarray(x, np.float32)))
+    with self._context():
+      return np.asarray(self._reconstruct(self.state, self._put(x)))
+
+  def encode_step(self, x: np.ndarray, states: Any, *, last: bool = False
+                  ) -> tuple[DiagonalGaussian, Any]:
+    """One chunk of a stream: x (B, t, H, W, C), `states` the previous step's (None for the
+    first chunk) → (numpy posterior of this chunk's latent frames, states for the next step,
+    left on the device). `last` flushes frames held by ops that look ahead."""
+    with self._context():
+      mean, logvar, states = self._encode_step(self.state, states, self._put(x), last=last)
+    return DiagonalGaussian(np.asarray(mean), np.asarray(logvar)), states
+
+  def decode_step(self, z: np.ndarray, states: Any, *, last: bool = False
+                  ) -> tuple[np.ndarray, Any]:
+    """One chunk of a stream: z (B, k, h, w, C_z) → (numpy frames, states for the next step)."""
+    with self._context():
+      video, states = self._decode_step(self.state, states, self._put(z), last=last)
+    return np.asarray(video), states
+
+  def reconstruct_step(self, x: np.ndarray, states: Any) -> tuple[np.ndarray, Any]:
+    """decode(encode(x).mean) for one chunk of a stream of a model that never looks ahead
+    (each chunk's frames come out with it), fused in one compiled function."""
+    with self._context():
+      video, states = self._reconstruct_step(self.state, states, self._put(x))
+    return np.asarray(video), states
 
 
-def _as_codec(model) -> ChunkCodec:
+def as_codec(model) -> ChunkCodec:
+  """`model` itself if it is a `ChunkCodec` (keeping its compilations), else a new one."""
   return model if isinstance(model, ChunkCodec) else ChunkCodec(model)
 
 
@@ -175,7 +255,8 @@ def _as_batched_video(video) -> tuple[np.ndarray, bool]:
   return video, False
 
 
-def _check_frame_size(shape, spatial_factor: int) -> None:
+def check_frame_size(shape, spatial_factor: int) -> None:
+  """Raises an actionable ValueError unless frames (shape[-3:-1]) are divisible by s."""
   if (message := frame_size_error(*shape[-3:-1], spatial_factor)) is not None:
     raise ValueError(message)
 
@@ -244,13 +325,13 @@ def reconstruct_stream(model, blocks: Iterable[np.ndarray], *, chunk_frames: int
   Yields:
     (B, t', H, W, C) reconstructed frames in order; in all as many frames as came in.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
   fade = _CrossFade(overlap_frames)
 
   def checked(blocks):
     for block in blocks:
-      _check_frame_size(np.shape(block), codec.spatial_factor)
+      check_frame_size(np.shape(block), codec.spatial_factor)
       yield block
 
   chunks = _iter_chunks(checked(blocks), chunk_frames, overlap_frames)
@@ -314,10 +395,10 @@ def encode_chunks(model, video: np.ndarray, *, chunk_frames: int = 17,
 
   video: (B, T, H, W, C) or (T, H, W, C) float32 in [-1, 1] (then latents have B = 1).
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
   video, _ = _as_batched_video(video)
-  _check_frame_size(video.shape, codec.spatial_factor)
+  check_frame_size(video.shape, codec.spatial_factor)
   chunks = _iter_chunks([video], chunk_frames, overlap_frames)
   means = [z for z, _ in _run_batched(lambda x: codec.encode(x).mean, chunks, batch_chunks)]
   return ChunkedLatents(np.stack(means, axis=1), video.shape[1], chunk_frames, overlap_frames)
@@ -325,7 +406,7 @@ def encode_chunks(model, video: np.ndarray, *, chunk_frames: int = 17,
 
 def decode_chunks(model, chunked: ChunkedLatents, *, batch_chunks: int = 1) -> np.ndarray:
   """Decodes `encode_chunks`' latents and cross-fades the chunks: (B, T, H, W, C)."""
-  codec = _as_codec(model)
+  codec = as_codec(model)
   starts = chunk_starts(chunked.num_frames, chunked.chunk_frames, chunked.overlap_frames)
   if len(starts) != chunked.latents.shape[1]:
     raise ValueError(f"{chunked.latents.shape[1]} latent chunks, but {chunked.num_frames}"
@@ -382,14 +463,14 @@ def tiled_encode(model, video: np.ndarray, chunk_frames: int) -> DiagonalGaussia
   Returns:
     The posterior over (B, 1+k, H/s, W/s, C_z), numpy arrays.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   _check_tile(codec.temporal_factor, chunk_frames)
   video = np.asarray(video, np.float32)
   if video.ndim != 5:
     raise ValueError(f"expected video (B, T, H, W, C), got shape {video.shape}")
   if (message := frame_rule_error(video.shape[1], codec.temporal_factor, "the video")):
     raise ValueError(message + "; reconstruct_tiled pads any length")
-  _check_frame_size(video.shape, codec.spatial_factor)
+  check_frame_size(video.shape, codec.spatial_factor)
   means, logvars = [], []
   for i, (a, b) in enumerate(tile_spans(video.shape[1], chunk_frames)):
     posterior = codec.encode(video[:, a:b])
@@ -413,7 +494,7 @@ def tiled_decode(model, latent: np.ndarray, chunk_latents: int) -> np.ndarray:
   Returns:
     (B, 1+r·k, H, W, C) float32.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   latent = np.asarray(latent, np.float32)
   if latent.ndim != 5:
     raise ValueError(f"expected latent (B, T, H, W, C), got shape {latent.shape}")
@@ -430,7 +511,7 @@ def reconstruct_tiled(model, video: np.ndarray, *, chunk_frames: int = 17) -> np
   with `chunk_frames`-frame tiles, `tiled_decode`s with the matching 1 + (chunk_frames-1)/r
   latent tiles, and trims. video: (T, H, W, C) or (B, T, H, W, C) in [-1, 1]; same shape out.
   """
-  codec = _as_codec(model)
+  codec = as_codec(model)
   _check_tile(codec.temporal_factor, chunk_frames)
   video, squeeze = _as_batched_video(video)
   t, r = video.shape[1], codec.temporal_factor

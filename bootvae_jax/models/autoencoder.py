@@ -393,7 +393,14 @@ class VideoAutoencoder(nnx.Module):
   def check_input(self, x: jax.Array) -> None:
     if x.ndim != 5:
       raise ValueError(f"expected video (B, T, H, W, C), got shape {x.shape}")
-    check_frames(x.shape[1], self.temporal_factor)
+    stream = layers.active_stream()
+    if stream is None or stream.first:
+      check_frames(x.shape[1], self.temporal_factor)
+    elif x.shape[1] % self.temporal_factor:
+      raise ValueError(f"a chunk after the first has {x.shape[1]} frames; a"
+                       f" {self.temporal_factor}x causal model streams in chunks of a multiple"
+                       f" of {self.temporal_factor} frames after a first chunk of"
+                       f" 1+{self.temporal_factor}k")
     if (message := frame_size_error(*x.shape[2:4], self.spatial_factor)) is not None:
       raise ValueError(message)
 

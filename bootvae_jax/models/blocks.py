@@ -100,10 +100,16 @@ class ResBlock(nnx.Module):
     else:
       self.nin_shortcut = None
 
+  @property
+  def time_lookahead(self) -> int:
+    return self.conv1.time_lookahead + self.conv2.time_lookahead
+
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.conv1(nnx.silu(self.norm1(x)))
     h = self.conv2(nnx.silu(self.norm2(h)))
     shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+    if self.time_lookahead:  # streaming, h holds back frames that the shortcut must wait for
+      shortcut = layers.align_held(shortcut, h)
     return shortcut + h
 
 
@@ -127,6 +133,52 @@ class ConvDownsample(nnx.Module):
     return self.conv(x)
 
 
+def _drop_leading_frames(y: jax.Array, count: int) -> jax.Array:
+  """Drops the `count` frames a depth-to-time upsampler makes in front of the first frame
+  (they stand for frames before the video); a stream drops them from the first chunk that
+  brings frames here (state: None before, an empty marker after)."""
+  stream = layers.active_stream()
+  if stream is None:
+    return y[:, count:]
+  started = stream.previous() is not None
+  if not started and y.shape[1] == 0:
+    stream.keep(None)
+    return y
+  stream.keep(jnp.zeros((0,), y.dtype))
+  return y if started else y[:, count:]
+
+
+def _upsample_time_after_first(x: jax.Array) -> jax.Array:
+  """Frame 0 kept, frames 1.. linearly 2x in time (`1 + k` → `1 + 2k` frames).
+
+  Output 2i+1 blends input frames i and i+1 (a look-ahead of one frame). Streaming, each chunk
+  holds back the odd output of its last frame (and keeps that frame) until the next chunk
+  brings frame i+1; the last chunk clamps at the end as the whole clip does.
+  """
+  stream = layers.active_stream()
+  if stream is None:
+    if x.shape[1] == 1:
+      return x
+    return jnp.concatenate([x[:, :1], layers.linear_upsample_2x(x[:, 1:], 1)], axis=1)
+  held = stream.previous()  # the last upsampled frame of the previous chunk (0 or 1 frames)
+  if held is None:  # no frame has reached here yet: frame 0 passes through
+    if x.shape[1] == 0:
+      stream.keep(None)
+      return x
+    head, frames = x[:, :1], x[:, 1:]
+    held = frames[:, :0]
+  else:
+    head, frames = x[:, :0], x
+  w = jnp.concatenate([held, frames], axis=1)
+  stream.keep(w[:, -1:])
+  if w.shape[1] == 0:
+    return head
+  up = layers.linear_upsample_2x(w, 1)
+  # The held frame's even output went out with the previous chunk; its odd one goes now.
+  up = up[:, held.shape[1]:up.shape[1] if stream.last else up.shape[1] - 1]
+  return jnp.concatenate([head, up], axis=1)
+
+
 class NearestUpsample(nnx.Module):
   """Nearest 2x in space, conv to `f·C` channels, depth-to-time, drop the first `f - 1` frames.
 
@@ -147,7 +199,7 @@ class NearestUpsample(nnx.Module):
       x = layers.nearest_upsample_space(x)
     f = self.spec.time_factor
     y = layers.depth_to_time(self.conv(x), f)
-    return y[:, f - 1 :]
+    return _drop_leading_frames(y, f - 1)
 
 
 class TrilinearUpsample(nnx.Module):
@@ -159,11 +211,16 @@ class TrilinearUpsample(nnx.Module):
     self.spec = spec
     self.conv = conv.conv(channels, channels, (3, 3, 3), rngs=rngs)
 
+  @property
+  def time_lookahead(self) -> int:
+    """Output frame 2i+1 blends input frames i and i+1."""
+    return 1 if self.spec.time_factor == 2 else 0
+
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.spec.space_factor == 2:
       x = layers.linear_upsample_2x(layers.linear_upsample_2x(x, 2), 3)
-    if self.spec.time_factor == 2 and x.shape[1] > 1:
-      x = jnp.concatenate([x[:, :1], layers.linear_upsample_2x(x[:, 1:], 1)], axis=1)
+    if self.spec.time_factor == 2:
+      x = _upsample_time_after_first(x)
     return self.conv(x)
 
 
@@ -181,7 +238,7 @@ class DepthToSpaceUpsample(nnx.Module):
     y = layers.depth_to_time(self.conv(x), ft)
     if fs > 1:
       y = layers.depth_to_space(y, fs)
-    return y[:, ft - 1 :]
+    return _drop_leading_frames(y, ft - 1)
 
 
 DOWNSAMPLERS = {"conv3d": ConvDownsample, "conv2d": ConvDownsample}
@@ -196,7 +253,8 @@ UPSAMPLERS = {
 def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
   """`block(x)`; with `remat` its activations are recomputed in the backward pass instead of
   stored (`model.remat`: less memory for more compute)."""
-  if not remat:
+  # A stream's cached states would leak out of the remat trace; streaming never differentiates.
+  if not remat or layers.active_stream() is not None:
     return block(x)
   return nnx.remat(lambda m, h: m(h))(block, x)
 

@@ -10,16 +10,26 @@ flavours of DESIGN.md ("Tensors and conventions"):
 
 Kernels are `[kt, kh, kw, in, out]`; logical axis names on every parameter let the trainer map
 them onto a device mesh (`training/partitioning.py`).
+
+Streaming (DESIGN.md "Beyond the papers"): inside `with streaming(states, last=...)` every op
+that looks at other frames than its own keeps what the next chunk needs of this one (a causal
+conv: its last `kt - st` padded input frames), so a causal model run chunk by chunk equals the
+model on the whole clip. `inference/streaming.py` drives it. Inside a mesh with a `spatial`
+axis (`jax.set_mesh`), every conv output is constrained to be split along height
+(`shard_height`): activations are sharded, XLA exchanges the conv halos between devices.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
@@ -77,6 +87,155 @@ def spatial_padding_amounts(kind: SpatialPadding, kh: int, kw: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# Streaming state (written once; used by convs, resamplers and ProMAG's cross-level mixing).
+
+
+class Stream:
+  """What one chunk of a video leaves for the next while a model runs chunk by chunk.
+
+  Ops that see other frames than their own `previous()` / `keep()` a small state: what they
+  need of the previous chunk. States are matched between chunks by call order, which is the
+  same in every chunk, so a module that runs twice per step (ProMAG's lower levels, on branch
+  A and on branch B) keeps one state per call.
+
+  Chunks after the first must continue the first one in steps of the frame rule: a later chunk
+  of a model (or level) with temporal factor r has a multiple of r frames and starts at a frame
+  index ≡ 1 (mod r) (`inference/streaming.py` cuts them so).
+
+  Attributes:
+    first: this chunk starts the video (causal front padding; upsamplers drop their leading
+      frames).
+    last: this chunk ends the video (ops that look ahead pad the end and flush what they held).
+    states: the states left for the next chunk, in call order (a pytree of arrays).
+  """
+
+  def __init__(self, states: Sequence[Any] | None = None, *, last: bool = False):
+    self.first = states is None
+    self.last = last
+    self._previous = list(states or ())
+    self.states: list[Any] = []
+    self._waiting = False
+
+  def previous(self) -> Any:
+    """The state this op left in the previous chunk (None in the first); `keep` comes next."""
+    if self._waiting:
+      raise RuntimeError("Stream.previous() called twice without keep() in between")
+    self._waiting = True
+    if self.first:
+      return None
+    if len(self.states) >= len(self._previous):
+      raise ValueError("this chunk runs more stateful ops than the previous one; stream"
+                       " states must come from the same model")
+    return self._previous[len(self.states)]
+
+  def keep(self, state: Any) -> None:
+    """Leaves `state` for this op's call in the next chunk."""
+    if not self._waiting:
+      raise RuntimeError("Stream.keep() without Stream.previous()")
+    self._waiting = False
+    self.states.append(state)
+
+
+_STREAM: contextvars.ContextVar[Stream | None] = contextvars.ContextVar("stream", default=None)
+
+
+@contextlib.contextmanager
+def streaming(states: Sequence[Any] | None = None, *, last: bool = False) -> Iterator[Stream]:
+  """Runs the model calls inside on one chunk of a stream (see `Stream`).
+
+      with layers.streaming(states, last=False) as stream:   # states=None: the first chunk
+        posterior = model.encode(chunk)
+      states = stream.states                                 # for the next chunk
+  """
+  stream = Stream(states, last=last)
+  token = _STREAM.set(stream)
+  try:
+    yield stream
+  finally:
+    _STREAM.reset(token)
+
+
+def active_stream() -> Stream | None:
+  """The stream of the chunk being traced, or None for whole-clip calls."""
+  return _STREAM.get()
+
+
+STREAM_REFUSAL = ("{what} makes every frame depend on the whole clip, so it cannot run"
+                  " chunk by chunk exactly; use the official temporal tiling"
+                  " (bootvae_jax.inference.chunked.tiled_encode / tiled_decode, or"
+                  " reconstruct --mode=tiled) or cross-faded chunks (--mode=crossfade)")
+
+
+def stream_blocker(model: nnx.Module) -> str | None:
+  """Why `model` cannot stream exactly (naming the first offending layer), or None."""
+  for path, node in nnx.iter_graph(model):
+    where = "/".join(str(p) for p in path)
+    if isinstance(node, Norm) and node.kind == "groupnorm_clip":
+      return STREAM_REFUSAL.format(what=f"a clip-wide GroupNorm ({where})")
+    if isinstance(node, SpatioTemporalAttention):
+      return STREAM_REFUSAL.format(what=f"attention over all frames ({where})")
+  return None
+
+
+def looks_ahead(module: nnx.Module) -> bool:
+  """Whether some output frame of `module` depends on later input frames (a centred conv, a
+  trilinear time upsampler). Streaming such a model holds those frames back until the next
+  chunk, and the last chunk must be flagged `last` (it cannot be padded and trimmed)."""
+  return any(isinstance(node, nnx.Module) and getattr(node, "time_lookahead", 0) > 0
+             for _, node in nnx.iter_graph(module))
+
+
+def align_held(x: jax.Array, like: jax.Array) -> jax.Array:
+  """x's frames, delayed to line up with `like`, a same-rate output that holds frames back
+  (a residual branch through convs that look ahead). The identity outside a stream."""
+  stream = active_stream()
+  if stream is None:
+    return x
+  held = stream.previous()
+  x = x if held is None else jnp.concatenate([held, x], axis=1)
+  stream.keep(x[:, like.shape[1]:])
+  return x[:, :like.shape[1]]
+
+
+def shard_height(x: jax.Array) -> jax.Array:
+  """Constrains `x: (B, T, H, W, C)` to be split along H over the current mesh's `spatial` axis
+  (and B over `data`), when such a mesh is set (`jax.set_mesh`) and divides the sizes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "spatial" not in mesh.axis_names or x.ndim != 5:
+    return x
+  if x.shape[2] % mesh.shape["spatial"]:
+    return x
+  data = "data" if "data" in mesh.axis_names and x.shape[0] % mesh.shape["data"] == 0 else None
+  return jax.lax.with_sharding_constraint(x, P(data, None, "spatial"))
+
+
+def _stream_time_window(stream: Stream, x: jax.Array, front: int, back: int, mode: str,
+                        kt: int, st: int) -> jax.Array:
+  """The frames a valid-in-time conv (kernel kt, stride st) runs on in this chunk.
+
+  The first frames to arrive are padded in front as the whole clip is; later ones are
+  prefixed with the padded input frames the previous chunk's windows had not finished with.
+  Only the last chunk is padded at the back, so a conv that looks ahead holds its last
+  outputs until the next chunk brings the frames they need.
+  """
+  if kt < st:
+    raise ValueError(f"streaming needs temporal kernel >= stride, got kt={kt}, st={st}")
+  held = stream.previous()
+  if held is None:  # no frame has reached this conv yet
+    if x.shape[1] == 0:  # (all held back upstream): still none
+      stream.keep(None)
+      return x
+    x = pad_time(x, front, 0, mode)
+  else:
+    x = jnp.concatenate([held, x], axis=1)
+  if stream.last:
+    x = pad_time(x, 0, back, mode)
+  num_out = max((x.shape[1] - kt) // st + 1, 0)  # 0: all held until the next chunk
+  stream.keep(x[:, st * num_out:])
+  return x
+
+
+# ----------------------------------------------------------------------------------------------
 # Convolution kernels: two formulations of the same valid-in-time 3D convolution.
 
 
@@ -113,6 +272,11 @@ def conv3d_valid_time(
   """
   kt, kh, kw, cin, cout = kernel.shape
   st, sh, sw = stride
+  if x.shape[1] < kt:  # a stream chunk whose frames are all held for the next one
+    (top, bottom), (left, right) = spatial_padding
+    h_out = (x.shape[2] + top + bottom - kh) // sh + 1
+    w_out = (x.shape[3] + left + right - kw) // sw + 1
+    return jnp.zeros((x.shape[0], 0, h_out, w_out, cout), x.dtype)
   if impl == "xla":
     return jax.lax.conv_general_dilated(
         x,
@@ -196,6 +360,11 @@ class Conv3d(nnx.Module):
     self.conv_impl = conv_impl
     self.dtype = dtype
 
+  @property
+  def time_lookahead(self) -> int:
+    """Later input frames each output frame sees (the back padding): 0 for a causal conv."""
+    return time_padding_amounts(self.time_padding, self.kernel_size[0])[1]
+
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.apply(x, self.kernel[...], self.bias[...])
 
@@ -203,7 +372,11 @@ class Conv3d(nnx.Module):
     """This conv with other weights (e.g. to differentiate a loss w.r.t. the kernel alone)."""
     kt, kh, kw = self.kernel_size
     front, back, mode = time_padding_amounts(self.time_padding, kt)
-    x = pad_time(x, front, back, mode)
+    stream = active_stream()
+    if stream is None or (kt == 1 and self.stride[0] == 1):  # per-frame convs keep no state
+      x = pad_time(x, front, back, mode)
+    else:
+      x = _stream_time_window(stream, x, front, back, mode, kt, self.stride[0])
     if self.dtype is not None:
       x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     y = conv3d_valid_time(
@@ -213,7 +386,7 @@ class Conv3d(nnx.Module):
         spatial_padding=spatial_padding_amounts(self.spatial_padding, kh, kw),
         impl=resolve_conv_impl(self.conv_impl),
     )
-    return y + bias
+    return shard_height(y + bias)
 
 
 def pointwise_conv(in_channels: int, out_channels: int, *, rngs: nnx.Rngs, **kw) -> Conv3d:
@@ -272,6 +445,8 @@ class Norm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kind == "groupnorm_clip" and active_stream() is not None:
+      raise ValueError(STREAM_REFUSAL.format(what="a clip-wide GroupNorm"))
     dtype = x.dtype
     x32 = x.astype(jnp.float32)
     if self.kind == "layernorm":
@@ -350,6 +525,8 @@ class SpatioTemporalAttention(nnx.Module):
     self.proj_out_t = Dense(channels, channels, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if active_stream() is not None:
+      raise ValueError(STREAM_REFUSAL.format(what="attention over all frames"))
     s = self.spatial(x)
     u = self.norm_t(jnp.moveaxis(s, 1, 3))  # (B, H, W, T, C): one sequence over time per pixel
     a = dot_product_attention(self.q_t(u), self.k_t(u), self.v_t(u))

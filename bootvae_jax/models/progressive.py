@@ -118,7 +118,17 @@ class AdaNorm(nnx.Module):
     # Unit-RMS conditioning keeps the zero-initialised map's early steps small whatever the
     # scale of the frozen features.
     pooled = pooled * jax.lax.rsqrt(jnp.square(pooled).mean(-1, keepdims=True) + self.eps)
-    pooled = pooled[:, jnp.arange(b.shape[1]) // 2]  # branch-B frame j ← branch-A frame j // 2
+    # Branch-B frame j ← branch-A frame j // 2. Streaming, a later chunk's branch-B frames
+    # start at an odd index 2m+1, whose branch-A frame m closed the previous chunk: keep it.
+    index = jnp.arange(b.shape[1]) // 2
+    stream = layers.active_stream()
+    if stream is not None:
+      held = stream.previous()
+      stream.keep(pooled[:, -1:])
+      if held is not None:
+        pooled = jnp.concatenate([held, pooled], axis=1)
+        index = (jnp.arange(b.shape[1]) + 1) // 2
+    pooled = pooled[:, index]
     scale = 1.0 + pooled @ self.scale_kernel[...] + self.scale_bias[...]
     out = b * scale[:, :, None, None, :].astype(b.dtype)
     if self.shift_kernel is not None:
@@ -136,6 +146,13 @@ def _drop_head(module: nnx.Module, *names: str) -> nnx.Module:
   for name in names:
     setattr(module, name, None)
   return module
+
+
+def _even_frames(x: jax.Array) -> jax.Array:
+  """Frames 0, 2, 4, ... of the video (branch A). Streaming, a chunk after the first starts at
+  an odd frame index (1 + r·k), so its even frames are its odd positions."""
+  stream = layers.active_stream()
+  return x[:, ::2] if stream is None or stream.first else x[:, 1::2]
 
 
 class GrownEncoder(nnx.Module):
@@ -165,7 +182,7 @@ class GrownEncoder(nnx.Module):
   def body(self, x: jax.Array) -> jax.Array:
     """Features of this level before its head: (B, 1+k, H/s, W/s, C)."""
     h = self.lower.body(x)  # branch B: (B, 1+2k, ...)
-    a = None if self.mixing == "none" else self.lower.body(x[:, ::2])  # branch A: (B, 1+k, ...)
+    a = None if self.mixing == "none" else self.lower.body(_even_frames(x))  # branch A (1+k)
     if self.adanorm is not None:
       h = self.adanorm(h, a)
     for block in self.block:

