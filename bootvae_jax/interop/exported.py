@@ -28,6 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from bootvae_jax.interop import official
+from bootvae_jax import models
 from bootvae_jax.models import architectures
 from bootvae_jax.models import progressive
 
@@ -71,7 +72,7 @@ def _check_config_builds_model(model: nnx.Module, model_config) -> None:
 def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  # pylint: disable=redefined-builtin
                num_parameters: int, official_kind: str | None = None) -> str:
   """OUT/README.md: architecture, compression, frame rule, latent, scaling, provenance."""
-  r, s = progressive.compression_factors(model_config)
+  r, s = models.compression_factors(model_config)
   growth = model_config.get("growth")
   levels = progressive.growth_levels(model_config)
   enc, dec = model_config.encoder, model_config.decoder
@@ -151,7 +152,7 @@ def export(model: nnx.Module, model_config: ml_collections.ConfigDict,
   if format not in FORMATS:
     raise ValueError(f"format={format!r}; use one of {FORMATS}")
   model_config = ml_collections.ConfigDict(json.loads(model_config.to_json()))
-  progressive.validate_model_config(model_config)
+  models.validate_model_config(model_config)
   _check_config_builds_model(model, model_config)
   num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model,
                                                                                 nnx.Param)))
@@ -164,7 +165,7 @@ def export(model: nnx.Module, model_config: ml_collections.ConfigDict,
               "_bootvae_jax": {"kind": official_kind, "source": source}}
   else:
     tensors = torch_state_dict(model)
-    r, s = progressive.compression_factors(model_config)
+    r, s = models.compression_factors(model_config)
     config = {"format": EXPORT_FORMAT, "format_version": 1,
               "temporal_compression": r, "spatial_compression": s,
               "latent_channels": model_config.latent_channels,

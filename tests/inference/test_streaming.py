@@ -42,7 +42,7 @@ def _small_config(levels: int = 0, *, lookahead: bool = False, conv_impl: str = 
   up = ("trilinear:st", "trilinear:t") if lookahead else ("d2s:st", "d2s:t")
   config.decoder.update(blocks=("3d",) * 2, upsample=up, mid_attention="none",
                         num_res_blocks=1, time_padding="centred" if lookahead else "causal")
-  config.growth = progressive.default_growth_config()
+  config.growth = autoencoder.default_model_config().growth
   config.growth.levels = levels
   return config
 

@@ -27,6 +27,7 @@ from bootvae_jax.interop import exported
 from bootvae_jax.interop import official
 from bootvae_jax.interop import torch_model
 from bootvae_jax.models import architectures
+from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def tiny_grown(levels: int, mixing: str, adanorm: str = "scale", patch_size: int
                         mid_attention="none")
   config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"),
                         mid_attention="none")
-  config.growth = progressive.default_growth_config()
+  config.growth = autoencoder.default_model_config().growth
   config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
   config.patch_size = patch_size
   return config
@@ -98,7 +99,7 @@ def tiny_odvae(variant: int):
 # name -> (config, input (frames, size)).
 MODELS = {"promag_base": (tiny_promag_base, (5, 16))}
 for _levels, _factor in ((1, 8), (2, 16)):
-  for _mixing in progressive.MIXING_MODES:
+  for _mixing in autoencoder.MIXING_MODES:
     MODELS[f"grown{_factor}x_{_mixing}"] = (
         lambda l=_levels, m=_mixing: tiny_grown(l, m), (17, 8))
   MODELS[f"grown{_factor}x_both_scale_shift"] = (
@@ -141,7 +142,7 @@ def test_exported_model_matches_jax(name, tmp_path):
 
   bootvae_jax.export(model, config, tmp_path)
   torch_vae = torch_model.load_exported(tmp_path)
-  r, s = progressive.compression_factors(config)
+  r, s = autoencoder.compression_factors(config)
   assert (torch_vae.temporal_factor, torch_vae.spatial_factor) == (r, s)
   with torch.no_grad():
     t_mean, t_logvar = torch_vae.encode(to_torch(x))

@@ -163,7 +163,7 @@ def test_mismatched_layout_names_parameters(image_model):
 
 def test_grown_config_is_refused(image_model):
   config = per_frame_layout(temporal=True)
-  config.growth = models.progressive.default_growth_config()
+  config.growth = models.autoencoder.default_model_config().growth
   config.growth.levels = 1
   with pytest.raises(ValueError, match="inflate the base model"):
     models.inflate(image_model, config)

@@ -125,7 +125,7 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
 
   grown = _config("compose_8x", 2)
   grown.model = _odvae_tiny()
-  grown.model.growth = models.progressive.default_growth_config()
+  grown.model.growth = models.autoencoder.default_model_config().growth
   grown.model.growth.update(levels=1, mixing="both")  # as compose_8x.py grows compose_4x.py
   grown.init_checkpoint.path = base_dir
   grown.compat.image_vae = image_workdir
