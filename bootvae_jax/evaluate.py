@@ -21,7 +21,7 @@ from absl import flags
 # JAX is imported after flag parsing (as main.py does): --help is instant.
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
-_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step in --workdir (-1: latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
 _EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
 _OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
                               "Score released weights of this kind instead of a workdir.")

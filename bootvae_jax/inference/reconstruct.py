@@ -44,28 +44,33 @@ import numpy as np
 # JAX-dependent modules are imported inside the functions, after flag parsing (as main.py
 # does), so that --help is instant and XLA_FLAGS set by a launcher take effect.
 
-_INPUT = flags.DEFINE_string("input", None, "Video file to reconstruct.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the reconstructed video.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
-_EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
-_OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
-                              "Load released weights of this kind instead of a workdir.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
-_OFFICIAL_CONFIG = flags.DEFINE_string("official_config", None, "Official config.json.")
 MODES = ("auto", "stream", "crossfade", "tiled")
-_MODE = flags.DEFINE_enum("mode", "auto", MODES,
-                          "stream: exact, with the causal-conv cache; crossfade: ProMAG's "
-                          "overlapping chunks blended in pixel space; tiled: OD-VAE/CV-VAE "
-                          "tiles sharing one frame; auto: stream if the model allows, else "
-                          "crossfade.")
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
-_OVERLAP_FRAMES = flags.DEFINE_integer("overlap_frames", 4,
-                                       "Frames shared by consecutive chunks (crossfade mode).")
-_BATCH_CHUNKS = flags.DEFINE_integer("batch_chunks", 1, "Chunks run together (crossfade mode).")
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
-_SIZE = flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when this module runs as the program: its library part is
+  imported by other CLIs (`bootvae_jax.evaluate`) whose flags share names (--workdir, ...)."""
+  flags.DEFINE_string("input", None, "Video file to reconstruct.")
+  flags.DEFINE_string("output", None, "Where to write the reconstructed video.")
+  flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
+  flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
+  flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
+                    "Load released weights of this kind instead of a workdir.")
+  flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
+  flags.DEFINE_string("official_config", None, "Official config.json.")
+  flags.DEFINE_enum("mode", "auto", MODES,
+                    "stream: exact, with the causal-conv cache; crossfade: ProMAG's overlapping"
+                    " chunks blended in pixel space; tiled: OD-VAE/CV-VAE tiles sharing one"
+                    " frame; auto: stream if the model allows, else crossfade.")
+  flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
+  flags.DEFINE_integer("overlap_frames", 4,
+                       "Frames shared by consecutive chunks (crossfade mode).")
+  flags.DEFINE_integer("batch_chunks", 1, "Chunks run together (crossfade mode).")
+  flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
+  flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
+  flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading a model.
@@ -266,30 +271,31 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "a
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   try:
-    size = parse_size(_SIZE.value)
+    size = parse_size(args.size)
     start = time.perf_counter()
     model, source = load_workdir_or_official(
-        workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value, official=_OFFICIAL.value,
-        weights=_WEIGHTS.value, official_config=_OFFICIAL_CONFIG.value)
+        workdir=args.workdir, step=args.step, ema=args.ema, official=args.official,
+        weights=args.weights, official_config=args.official_config)
     load_seconds = time.perf_counter() - start
     from bootvae_jax.inference import chunked
     codec = chunked.ChunkCodec(model)
-    mode = resolve_mode(codec, _MODE.value)
+    mode = resolve_mode(codec, args.mode)
     for name in ("overlap_frames", "batch_chunks"):
-      if mode != "crossfade" and flags.FLAGS[name].present:
+      if mode != "crossfade" and args[name].present:
         raise ValueError(f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
                          f" (tiles share exactly one frame, streams none); drop --{name}")
-    summary = reconstruct_file(codec, _INPUT.value, _OUTPUT.value, mode=mode,
-                               chunk_frames=_CHUNK_FRAMES.value,
-                               overlap_frames=_OVERLAP_FRAMES.value,
-                               batch_chunks=_BATCH_CHUNKS.value, max_frames=_MAX_FRAMES.value,
-                               size=size, progress=_PROGRESS.value)
+    summary = reconstruct_file(codec, args.input, args.output, mode=mode,
+                               chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
+                               batch_chunks=args.batch_chunks, max_frames=args.max_frames,
+                               size=size, progress=args.progress)
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(dict(summary, model=source, load_seconds=round(load_seconds, 3))))
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["input", "output"])
   app.run(main)
