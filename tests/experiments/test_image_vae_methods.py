@@ -7,11 +7,16 @@ from bootvae_jax.experiments import image_vae_methods as ivm
 from bootvae_jax.models import image_vae
 from bootvae_jax.training import config as config_lib
 
-DIRS = ("/data/train", "/data/eval", "/tmp/work")
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ivm")
+  for name in ("train", "eval"):
+    (root / name).mkdir()
+  return str(root / "train"), str(root / "eval"), str(root)
 
 
-def test_image_vae_config_is_an_sd_layout_image_vae():
-  config = ivm.image_vae_config(100, DIRS)
+def test_image_vae_config_is_an_sd_layout_image_vae(dirs):
+  config = ivm.image_vae_config(100, dirs)
   config_lib.validate(config)
   assert image_vae.image_config_problems(config.model) == []
   assert config.total_steps == 100 and config.data.num_frames == ivm.NUM_FRAMES
@@ -19,8 +24,8 @@ def test_image_vae_config_is_an_sd_layout_image_vae():
 
 @pytest.mark.parametrize("variant", [1, 2, 3, 4])
 @pytest.mark.parametrize("init", ivm.INIT_MODES)
-def test_video_configs(variant, init):
-  config = ivm.video_config(variant, init, variant == 4 and init == "tail", 24, DIRS, "/img")
+def test_video_configs(dirs, variant, init):
+  config = ivm.video_config(variant, init, variant == 4 and init == "tail", 24, dirs, "/img")
   config_lib.validate(config)
   assert config.total_steps == 24 and config.eval.at_start
   assert config.compat.image_vae == "/img"  # compatibility is evaluated in every run
@@ -28,5 +33,5 @@ def test_video_configs(variant, init):
   assert config.init_checkpoint.inflate == ("" if init == "random" else init)
   widths = [config.model.base_channels * m for m in config.model.channel_multipliers]
   assert tuple(widths) == ivm.WIDTHS == tuple(
-      ivm.image_vae_config(1, DIRS).model.base_channels * m
-      for m in ivm.image_vae_config(1, DIRS).model.channel_multipliers)
+      ivm.image_vae_config(1, dirs).model.base_channels * m
+      for m in ivm.image_vae_config(1, dirs).model.channel_multipliers)
