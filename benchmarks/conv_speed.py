@@ -42,8 +42,9 @@ _LAYER_CHANNELS = flags.DEFINE_integer("layer_channels", 64, "Channels of the si
 _SKIP_LAYER = flags.DEFINE_bool("skip_layer", False, "Only measure the model.")
 
 IMPLS = ("xla", "stacked")
-MODEL_KWARGS = dict(base_channels=16, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
-                    num_groups=8)
+MODEL_KWARGS = dict(
+    base_channels=16, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=8
+)
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, list[float], object]:
@@ -64,15 +65,23 @@ def _report(what: str, shape, results: dict, extra: dict) -> None:
   line.update(extra)
   for impl in IMPLS:
     line[f"{impl}_median_s"] = round(statistics.median(results[impl]["times"]), 5)
-  line["speedup_stacked_over_xla"] = round(
-      line["xla_median_s"] / line["stacked_median_s"], 3)
+  line["speedup_stacked_over_xla"] = round(line["xla_median_s"] / line["stacked_median_s"], 3)
   line["compile_s"] = {impl: round(results[impl]["compile_s"], 2) for impl in IMPLS}
-  line["max_abs_diff"] = float(np.max(np.abs(
-      np.asarray(results["xla"]["out"], np.float32)
-      - np.asarray(results["stacked"]["out"], np.float32))))
-  line.update(repeats=_REPEATS.value, backend=jax.default_backend(),
-              device=str(jax.devices()[0].device_kind), cpu_count=os.cpu_count(),
-              load_avg_1m=round(os.getloadavg()[0], 2))
+  line["max_abs_diff"] = float(
+      np.max(
+          np.abs(
+              np.asarray(results["xla"]["out"], np.float32)
+              - np.asarray(results["stacked"]["out"], np.float32)
+          )
+      )
+  )
+  line.update(
+      repeats=_REPEATS.value,
+      backend=jax.default_backend(),
+      device=str(jax.devices()[0].device_kind),
+      cpu_count=os.cpu_count(),
+      load_avg_1m=round(os.getloadavg()[0], 2),
+  )
   print(json.dumps(line), flush=True)
 
 
@@ -86,8 +95,7 @@ def bench_model() -> None:
     if not models:
       models[impl] = autoencoder.VideoAutoencoder(config, rngs=nnx.Rngs(0))
     else:  # same parameters, other formulation
-      abstract = nnx.eval_shape(lambda c=config: autoencoder.VideoAutoencoder(c,
-                                                                              rngs=nnx.Rngs(0)))
+      abstract = nnx.eval_shape(lambda c=config: autoencoder.VideoAutoencoder(c, rngs=nnx.Rngs(0)))
       graphdef, _ = nnx.split(abstract)
       models[impl] = nnx.merge(graphdef, nnx.state(next(iter(models.values()))))
   num_params = autoencoder.count_params(models["xla"])
@@ -104,14 +112,19 @@ def bench_model() -> None:
 
     c, t, out = _time(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
     forward[impl] = dict(compile_s=c, times=t, out=out)
-    c, t, (value, _) = _time(jax.jit(jax.value_and_grad(loss)), params, x,
-                             repeats=_REPEATS.value)
+    c, t, (value, _) = _time(jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value)
     backward[impl] = dict(compile_s=c, times=t, out=value)
-  extra = {"model": "promag_base(" + ", ".join(f"{k}={v}" for k, v in MODEL_KWARGS.items())
-                    + ")", "num_params": num_params}
+  extra = {
+      "model": "promag_base(" + ", ".join(f"{k}={v}" for k, v in MODEL_KWARGS.items()) + ")",
+      "num_params": num_params,
+  }
   _report("model_forward", shape, forward, dict(extra, compared="reconstruction"))
-  _report("model_forward_backward", shape, backward,
-          dict(extra, grad="L1 recon loss, d/dparams", compared="loss"))
+  _report(
+      "model_forward_backward",
+      shape,
+      backward,
+      dict(extra, grad="L1 recon loss, d/dparams", compared="loss"),
+  )
 
 
 def bench_layer() -> None:
@@ -121,8 +134,7 @@ def bench_layer() -> None:
   forward, backward = {}, {}
   for impl in IMPLS:
     # Same seed, same parameters; only the formulation differs.
-    conv = layers.Conv3d(c, c, (3, 3, 3), time_padding="causal", conv_impl=impl,
-                         rngs=nnx.Rngs(0))
+    conv = layers.Conv3d(c, c, (3, 3, 3), time_padding="causal", conv_impl=impl, rngs=nnx.Rngs(0))
     kernel, bias = conv.kernel[...], conv.bias[...]
 
     def apply(kernel, x, conv=conv, bias=bias):
@@ -138,11 +150,17 @@ def bench_layer() -> None:
     c_s, t, (dkernel, _) = _time(grad, kernel, x, repeats=_REPEATS.value)
     backward[impl] = dict(compile_s=c_s, times=t, out=dkernel)
   flops = 2 * _FRAMES.value * _SIZE.value**2 * 27 * c * c
-  extra = {"layer": f"Conv3d({c}, {c}, (3, 3, 3), time_padding='causal')",
-           "forward_gflop": round(flops / 1e9, 2)}
+  extra = {
+      "layer": f"Conv3d({c}, {c}, (3, 3, 3), time_padding='causal')",
+      "forward_gflop": round(flops / 1e9, 2),
+  }
   _report("layer_forward", shape, forward, dict(extra, compared="output"))
-  _report("layer_forward_backward", shape, backward,
-          dict(extra, grad="mean |y|, d/dkernel and d/dx", compared="d/dkernel"))
+  _report(
+      "layer_forward_backward",
+      shape,
+      backward,
+      dict(extra, grad="mean |y|, d/dkernel and d/dx", compared="d/dkernel"),
+  )
 
 
 def main(argv):

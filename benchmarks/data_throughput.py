@@ -44,10 +44,17 @@ def main(argv):
     for num_workers in (int(count) for count in _WORKERS.value):
       config = data_config_lib.default_config()
       config.update(
-          source="video_folder", path=folder, index_cache_dir=cache_dir,
-          num_frames=_NUM_FRAMES.value, frame_stride=(1, 2), resize_short_side=_CROP.value,
-          crop_size=(_CROP.value, _CROP.value), random_flip=True,
-          batch_size=_BATCH_SIZE.value, num_workers=num_workers)
+          source="video_folder",
+          path=folder,
+          index_cache_dir=cache_dir,
+          num_frames=_NUM_FRAMES.value,
+          frame_stride=(1, 2),
+          resize_short_side=_CROP.value,
+          crop_size=(_CROP.value, _CROP.value),
+          random_flip=True,
+          batch_size=_BATCH_SIZE.value,
+          num_workers=num_workers,
+      )
       start = time.perf_counter()
       iterator = iter(pipeline.build_train_dataset(config, seed=0))
       next(iterator)
@@ -58,14 +65,23 @@ def main(argv):
       elapsed = time.perf_counter() - start
       iterator.close()
       clips = _NUM_BATCHES.value * _BATCH_SIZE.value
-      print(json.dumps({
-          "benchmark": "data_throughput", "num_workers": num_workers,
-          "clips_per_s": round(clips / elapsed, 2),
-          "clip": [_NUM_FRAMES.value, _CROP.value, _CROP.value, 3],
-          "clips": clips, "seconds": round(elapsed, 3), "startup_s": round(startup, 3),
-          "read_threads": config.read_threads, "cpus": os.cpu_count(),
-          "files": sorted(os.listdir(folder)),
-      }), flush=True)
+      print(
+          json.dumps(
+              {
+                  "benchmark": "data_throughput",
+                  "num_workers": num_workers,
+                  "clips_per_s": round(clips / elapsed, 2),
+                  "clip": [_NUM_FRAMES.value, _CROP.value, _CROP.value, 3],
+                  "clips": clips,
+                  "seconds": round(elapsed, 3),
+                  "startup_s": round(startup, 3),
+                  "read_threads": config.read_threads,
+                  "cpus": os.cpu_count(),
+                  "files": sorted(os.listdir(folder)),
+              }
+          ),
+          flush=True,
+      )
 
 
 if __name__ == "__main__":

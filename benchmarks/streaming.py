@@ -37,8 +37,7 @@ _FRAMES = flags.DEFINE_list("frames", ["17", "65", "257", "1025"], "Video length
 _SIZE = flags.DEFINE_integer("size", 256, "Frame height and width.")
 _BASE_CHANNELS = flags.DEFINE_integer("base_channels", 8, "Width of the ProMAG base model.")
 _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Chunk length (1 + 4k).")
-_WHOLE_MAX_FRAMES = flags.DEFINE_integer("whole_max_frames", 65,
-                                         "Longest video run as one clip.")
+_WHOLE_MAX_FRAMES = flags.DEFINE_integer("whole_max_frames", 65, "Longest video run as one clip.")
 _QUALITY_FRAMES = flags.DEFINE_integer("quality_frames", 65, "Length of the quality check.")
 _METHODS = flags.DEFINE_list("methods", ["stream", "crossfade", "whole"], "Methods to run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/streaming.png", "Where to write the plot.")
@@ -53,8 +52,9 @@ def _model():
   from bootvae_jax.models import architectures
   from bootvae_jax.models import autoencoder
 
-  config = architectures.promag_base(z_dim=8, base_channels=_BASE_CHANNELS.value,
-                                     num_groups=min(8, _BASE_CHANNELS.value))
+  config = architectures.promag_base(
+      z_dim=8, base_channels=_BASE_CHANNELS.value, num_groups=min(8, _BASE_CHANNELS.value)
+  )
   return chunked.ChunkCodec(models.build_model(config, rngs=autoencoder.init_rngs(0)))
 
 
@@ -62,8 +62,9 @@ def _blocks(frames: int, size: int):
   """(1, t, size, size, 3) in [-1, 1]: gratings drifting with the frame index."""
   import numpy as np
 
-  y, x = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32),
-                     indexing="ij")
+  y, x = np.meshgrid(
+      np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij"
+  )
   for start in range(0, frames, BLOCK):
     t = np.arange(start, min(start + BLOCK, frames), dtype=np.float32)[:, None, None, None]
     phase = np.float32([0.0, 2.1, 4.2])
@@ -87,8 +88,9 @@ def _reconstruct(codec, method: str, blocks):
   if method == "stream":
     return streaming.stream_reconstruct_blocks(codec, blocks, _CHUNK_FRAMES.value)
   if method == "crossfade":
-    return chunked.reconstruct_stream(codec, blocks, chunk_frames=_CHUNK_FRAMES.value,
-                                      overlap_frames=4)
+    return chunked.reconstruct_stream(
+        codec, blocks, chunk_frames=_CHUNK_FRAMES.value, overlap_frames=4
+    )
   video = np.concatenate(list(blocks), axis=1)
   return [codec.reconstruct(video)]
 
@@ -105,10 +107,17 @@ def run_point(method: str, frames: int) -> dict:
     energy += float(np.sum(np.square(piece)))  # consume the frames, keep nothing
   seconds = time.perf_counter() - start
   assert count == frames, (count, frames)
-  return dict(method=method, frames=frames, size=_SIZE.value, seconds=round(seconds, 3),
-              first_chunk_s=round(first, 3), frames_per_s=round(frames / seconds, 3),
-              peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              device_peak_bytes=_device_peak(), checksum=energy / count)
+  return dict(
+      method=method,
+      frames=frames,
+      size=_SIZE.value,
+      seconds=round(seconds, 3),
+      first_chunk_s=round(first, 3),
+      frames_per_s=round(frames / seconds, 3),
+      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      device_peak_bytes=_device_peak(),
+      checksum=energy / count,
+  )
 
 
 def run_quality(frames: int) -> list[dict]:
@@ -121,16 +130,23 @@ def run_quality(frames: int) -> list[dict]:
   rows = []
   for method in ("stream", "crossfade"):
     out = np.concatenate(list(_reconstruct(codec, method, [video])), axis=1)
-    rows.append(dict(quality=method, frames=frames, size=_SIZE.value,
-                     psnr_vs_whole_db=float(np.mean(metrics.psnr(out, whole))),
-                     max_abs_diff=float(np.max(np.abs(out - whole)))))
+    rows.append(
+        dict(
+            quality=method,
+            frames=frames,
+            size=_SIZE.value,
+            psnr_vs_whole_db=float(np.mean(metrics.psnr(out, whole))),
+            max_abs_diff=float(np.max(np.abs(out - whole))),
+        )
+    )
   return rows
 
 
 def _child(args: list[str]) -> list[dict]:
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-  result = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
-                          text=True, check=False)
+  result = subprocess.run(
+      [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False
+  )
   if result.returncode:
     return [dict(args=args, error=result.stderr.strip().splitlines()[-1:])]
   return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -146,8 +162,15 @@ def _plot(rows: list[dict], path: str) -> None:
       points = sorted((r["frames"], r[key]) for r in rows if r.get("method") == method)
       if points:
         series.append((method, [p[0] for p in points], [p[1] for p in points]))
-    panels.append(dict(series=series, title=f"{label}, {_SIZE.value}² encode + decode",
-                       xlabel="frames", ylabel=label, log_x=True))
+    panels.append(
+        dict(
+            series=series,
+            title=f"{label}, {_SIZE.value}² encode + decode",
+            xlabel="frames",
+            ylabel=label,
+            log_x=True,
+        )
+    )
   visualize.save_line_plots(path, panels)
 
 
@@ -159,8 +182,11 @@ def main(argv) -> None:
     for row in rows:
       print(json.dumps(row), flush=True)
     return
-  passthrough = [f"--size={_SIZE.value}", f"--base_channels={_BASE_CHANNELS.value}",
-                 f"--chunk_frames={_CHUNK_FRAMES.value}"]
+  passthrough = [
+      f"--size={_SIZE.value}",
+      f"--base_channels={_BASE_CHANNELS.value}",
+      f"--chunk_frames={_CHUNK_FRAMES.value}",
+  ]
   rows = []
   for frames in map(int, _FRAMES.value):
     for method in _METHODS.value:

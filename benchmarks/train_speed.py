@@ -24,10 +24,14 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_VARIANTS = flags.DEFINE_list("variants", ["previous", "patch2", "patch2_wide", "patch4"],
-                              "Architectures to time (see VARIANTS).")
-_MODELS = flags.DEFINE_list("models", ["promag_4x", "promag_8x", "direct_8x"],
-                            "Stage configs to time.")
+_VARIANTS = flags.DEFINE_list(
+    "variants",
+    ["previous", "patch2", "patch2_wide", "patch4"],
+    "Architectures to time (see VARIANTS).",
+)
+_MODELS = flags.DEFINE_list(
+    "models", ["promag_4x", "promag_8x", "direct_8x"], "Stage configs to time."
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step.")
 
 
@@ -51,9 +55,12 @@ def main(argv):
       b, t = config.data.batch_size, config.data.num_frames
       h, w = config.data.crop_size
       rng = np.random.default_rng(0)
-      batch = {"video": jax.device_put(
-          rng.uniform(-1, 1, (b, t, h, w, 3)).astype(np.float32),
-          partitioning.batch_sharding(mesh))}
+      batch = {
+          "video": jax.device_put(
+              rng.uniform(-1, 1, (b, t, h, w, 3)).astype(np.float32),
+              partitioning.batch_sharding(mesh),
+          )
+      }
       started = time.perf_counter()
       compiled = step.lower(state, batch, None).compile()
       compile_s = time.perf_counter() - started
@@ -69,18 +76,29 @@ def main(argv):
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - started
       steps_per_s = _STEPS.value / elapsed
-      print(json.dumps(dict(
-          benchmark="train_speed", variant=variant, model=name,
-          params=int(sum(x.size for x in jax.tree.leaves(state.params))),
-          frozen_params=int(sum(x.size for x in jax.tree.leaves(state.frozen))),
-          clip=[b, t, h, w], steps_per_s=round(steps_per_s, 3),
-          clips_per_s=round(steps_per_s * b, 2), gflop_per_step=round(flops / 1e9, 2),
-          achieved_gflop_per_s=round(flops * steps_per_s / 1e9, 1),
-          compile_s=round(compile_s, 1),
-          xla_temp_mib=round(getattr(memory, "temp_size_in_bytes", 0) / 2**20, 1),
-          peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-          load_avg=round(os.getloadavg()[0], 2), backend=jax.default_backend(),
-          devices=jax.device_count())), flush=True)
+      print(
+          json.dumps(
+              dict(
+                  benchmark="train_speed",
+                  variant=variant,
+                  model=name,
+                  params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+                  frozen_params=int(sum(x.size for x in jax.tree.leaves(state.frozen))),
+                  clip=[b, t, h, w],
+                  steps_per_s=round(steps_per_s, 3),
+                  clips_per_s=round(steps_per_s * b, 2),
+                  gflop_per_step=round(flops / 1e9, 2),
+                  achieved_gflop_per_s=round(flops * steps_per_s / 1e9, 1),
+                  compile_s=round(compile_s, 1),
+                  xla_temp_mib=round(getattr(memory, "temp_size_in_bytes", 0) / 2**20, 1),
+                  peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  load_avg=round(os.getloadavg()[0], 2),
+                  backend=jax.default_backend(),
+                  devices=jax.device_count(),
+              )
+          ),
+          flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -23,18 +23,30 @@ from absl import flags
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
 _EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
-_OFFICIAL = flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
-                              "Score released weights of this kind instead of a workdir.")
+_OFFICIAL = flags.DEFINE_enum(
+    "official",
+    None,
+    ["odvae", "cvvae"],
+    "Score released weights of this kind instead of a workdir.",
+)
 _WEIGHTS = flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Official config.json.")
 _DATA = flags.DEFINE_string("data", None, "Folder of videos (searched recursively).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the report.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 17, "Frames from the start of each video.")
-_SIZE = flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256); default: the"
-                            " file's size, centre-cropped to a multiple of the spatial factor.")
+_SIZE = flags.DEFINE_string(
+    "size",
+    None,
+    "Resize frames to H,W (e.g. 256,256); default: the"
+    " file's size, centre-cropped to a multiple of the spatial factor.",
+)
 _MAX_VIDEOS = flags.DEFINE_integer("max_videos", None, "Score at most this many videos.")
-_MODE = flags.DEFINE_enum("mode", "auto", ["auto", "stream", "crossfade", "tiled"],
-                          "How to reconstruct (as the reconstruct CLI; auto: stream if exact).")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "auto",
+    ["auto", "stream", "crossfade", "tiled"],
+    "How to reconstruct (as the reconstruct CLI; auto: stream if exact).",
+)
 _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
 _WORST = flags.DEFINE_integer("worst", 2, "Side-by-side mp4s of this many lowest-PSNR videos.")
 _RFVD = flags.DEFINE_bool("rfvd", True, "Compute rFVD (I3D; the slow part on a CPU).")
@@ -49,27 +61,48 @@ def main(argv) -> None:
 
   try:
     if bool(_WORKDIR.value) == bool(_OFFICIAL.value):
-      raise ValueError("give either --workdir (a training run) or --official with --weights"
-                       " and --model_config (released weights)")
+      raise ValueError(
+          "give either --workdir (a training run) or --official with --weights"
+          " and --model_config (released weights)"
+      )
     if _WORKDIR.value:
       model, source = reconstruct.load_workdir_or_official(
-          workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value)
+          workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value
+      )
     else:
       if not _WEIGHTS.value or not _MODEL_CONFIG.value:
         raise ValueError(f"--official={_OFFICIAL.value} needs --weights and --model_config")
       from bootvae_jax.interop.official import load_official
+
       model = load_official(_OFFICIAL.value, _WEIGHTS.value, _MODEL_CONFIG.value)
       source = dict(official=_OFFICIAL.value, weights=_WEIGHTS.value)
     summary = folder.evaluate_folder(
-        model, _DATA.value, _OUT.value, num_frames=_NUM_FRAMES.value,
-        size=reconstruct.parse_size(_SIZE.value), max_videos=_MAX_VIDEOS.value,
-        mode=_MODE.value, chunk_frames=_CHUNK_FRAMES.value, worst=_WORST.value,
-        rfvd=_RFVD.value, progress=_PROGRESS.value, description=source)
+        model,
+        _DATA.value,
+        _OUT.value,
+        num_frames=_NUM_FRAMES.value,
+        size=reconstruct.parse_size(_SIZE.value),
+        max_videos=_MAX_VIDEOS.value,
+        mode=_MODE.value,
+        chunk_frames=_CHUNK_FRAMES.value,
+        worst=_WORST.value,
+        rfvd=_RFVD.value,
+        progress=_PROGRESS.value,
+        description=source,
+    )
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"error: {error}")
   keys = ("videos", "frames", "psnr", "ssim", "lpips", "rfvd", "rfvd_clips", "mode", "seconds")
-  print(json.dumps(dict({k: summary[k] for k in keys}, skipped=len(summary["skipped"]),
-                        out=_OUT.value, model=source)))
+  print(
+      json.dumps(
+          dict(
+              {k: summary[k] for k in keys},
+              skipped=len(summary["skipped"]),
+              out=_OUT.value,
+              model=source,
+          )
+      )
+  )
 
 
 if __name__ == "__main__":

@@ -20,14 +20,17 @@ from absl import flags
 from bootvae_jax.interop.exported import FORMATS
 from bootvae_jax.interop.exported import export
 
-
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _EMA = flags.DEFINE_bool("ema", False, "Export the EMA parameters.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
-_FORMAT = flags.DEFINE_enum("format", "bootvae_jax", FORMATS,
-                            "bootvae_jax: for interop/torch_model.py; official: the CV-VAE /"
-                            " OD-VAE names, layouts and constructor kwargs.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "bootvae_jax",
+    FORMATS,
+    "bootvae_jax: for interop/torch_model.py; official: the CV-VAE /"
+    " OD-VAE names, layouts and constructor kwargs.",
+)
 
 
 def load_workdir(workdir: str, step: int | None, ema: bool):
@@ -48,8 +51,9 @@ def load_workdir(workdir: str, step: int | None, ema: bool):
   steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
   step = steps[-1] if step is None else step
   model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
-  params, _ = checkpoints.transfer_params(nnx.state(model, nnx.Param),
-                                          checkpoints.load_params(workdir, step, ema=ema))
+  params, _ = checkpoints.transfer_params(
+      nnx.state(model, nnx.Param), checkpoints.load_params(workdir, step, ema=ema)
+  )
   nnx.update(model, params)
   return model, model_config, step
 
@@ -63,8 +67,9 @@ def main(argv) -> None:
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(json.dumps(dict(out=str(out), format=_FORMAT.value, files=sorted(os.listdir(out)),
-                        **source)))
+  print(
+      json.dumps(dict(out=str(out), format=_FORMAT.value, files=sorted(os.listdir(out)), **source))
+  )
 
 
 if __name__ == "__main__":

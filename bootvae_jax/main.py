@@ -12,13 +12,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and PNGs go.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
+    "distributed",
+    False,
     "Call jax.distributed.initialize() (multi-process runs). On TPU pods and SLURM the"
-    " cluster is detected; elsewhere pass --coordinator, --num_processes and --process_id.")
+    " cluster is detected; elsewhere pass --coordinator, --num_processes and --process_id.",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -35,15 +36,22 @@ class _QuietLibraries:
 def main(argv):
   del argv
   import logging as py_logging
+
   py_logging.getLogger("absl").addFilter(_QuietLibraries())
   import jax  # after flag parsing, so XLA_FLAGS set by launchers take effect
 
   if _DISTRIBUTED.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  logging.info("JAX process %d/%d, %d local devices", jax.process_index(), jax.process_count(),
-               jax.local_device_count())
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+  logging.info(
+      "JAX process %d/%d, %d local devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+  )
   from bootvae_jax.training import trainer
 
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -45,14 +45,13 @@ def test_notebook_runs(path, fixtures_dir, monkeypatch, tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_loads_a_training_workdir(path, monkeypatch, tmp_path):
   config = default_config()
-  config.model = architectures.promag_base(z_dim=4, base_channels=8,
-                                           channel_multipliers=(1, 1, 1, 1), num_res_blocks=1,
-                                           num_groups=4)
+  config.model = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
+  )
   config.model.encoder.mid_attention = config.model.decoder.mid_attention = "none"
   params = nnx.state(models.build_model(config.model, seed=3), nnx.Param)
   ckpts = checkpoints.Checkpoints(str(tmp_path / "run"), async_save=False)
-  ckpts.save(7, dict(step=np.int32(7), params=params, frozen={}, ema_params=params),
-             config=config)
+  ckpts.save(7, dict(step=np.int32(7), params=params, frozen={}, ema_params=params), config=config)
   ckpts.close()
   monkeypatch.setenv("BOOTVAE_WORKDIR", str(tmp_path / "run"))
   namespace = _run(path, monkeypatch, tmp_path)

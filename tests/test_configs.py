@@ -46,8 +46,9 @@ def test_config_validates_and_builds_abstractly(name, arg, tmp_path):
   assert (config.data.num_frames - 1) % temporal == 0
   expected_temporal = {"promag_8x": 8, "direct_8x": 8, "promag_16x": 16, "direct_16x": 16}
   assert temporal == expected_temporal.get(name, 4)
-  assert type(model).__name__ == ("GrownAutoencoder" if name in expected_temporal
-                                  else "VideoAutoencoder")
+  assert type(model).__name__ == (
+      "GrownAutoencoder" if name in expected_temporal else "VideoAutoencoder"
+  )
 
 
 def test_root_config_paths_load_from_any_directory(tmp_path):
@@ -57,14 +58,24 @@ def test_root_config_paths_load_from_any_directory(tmp_path):
   site = tmp_path / "site"
   site.mkdir()
   (site / "bootvae_jax").symlink_to(ROOT / "bootvae_jax")
-  code = ("import sys; from ml_collections import config_flags; from absl import flags;"
-          " f = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv);"
-          " print(f.value.name, f.value.model.growth.levels)")
+  code = (
+      "import sys; from ml_collections import config_flags; from absl import flags;"
+      " f = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv);"
+      " print(f.value.name, f.value.model.growth.levels)"
+  )
   env = dict(os.environ, PYTHONPATH=str(site), JAX_PLATFORMS="cpu")
-  for config_path, cwd in ((ROOT / "configs" / "direct_16x.py", tmp_path),
-                           (site / "bootvae_jax" / "configs" / "direct_16x.py", tmp_path),
-                           ("configs/direct_16x.py", ROOT)):
-    out = subprocess.run([sys.executable, "-c", code, f"--config={config_path}"], cwd=cwd,
-                         env=env, capture_output=True, text=True, timeout=300)
+  for config_path, cwd in (
+      (ROOT / "configs" / "direct_16x.py", tmp_path),
+      (site / "bootvae_jax" / "configs" / "direct_16x.py", tmp_path),
+      ("configs/direct_16x.py", ROOT),
+  ):
+    out = subprocess.run(
+        [sys.executable, "-c", code, f"--config={config_path}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["direct_16x", "2"]

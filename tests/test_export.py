@@ -23,9 +23,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """(workdir holding a tiny model at step 3 with different EMA weights, the model, its EMA)."""
-  model_config = architectures.promag_base(z_dim=4, base_channels=8,
-                                           channel_multipliers=(1, 1, 1, 1), num_res_blocks=1,
-                                           num_groups=4)
+  model_config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
+  )
   model = autoencoder.build(model_config, seed=0)
   ema = autoencoder.build(model_config, seed=1)
   path = tmp_path_factory.mktemp("run")
@@ -34,8 +34,15 @@ def run(tmp_path_factory):
   with open(path / "config.json", "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   ckpts = checkpoints.Checkpoints(str(path))
-  ckpts.save(3, dict(step=np.int32(3), params=nnx.state(model, nnx.Param), frozen={},
-                     ema_params=nnx.state(ema, nnx.Param)))
+  ckpts.save(
+      3,
+      dict(
+          step=np.int32(3),
+          params=nnx.state(model, nnx.Param),
+          frozen={},
+          ema_params=nnx.state(ema, nnx.Param),
+      ),
+  )
   ckpts.wait()
   ckpts.close()
   return str(path), model, ema
@@ -44,13 +51,18 @@ def run(tmp_path_factory):
 def _cli(*args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = str(REPO)
-  return subprocess.run([sys.executable, "-m", "bootvae_jax.export", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, "-m", "bootvae_jax.export", *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def _decode_first_latent(vae) -> np.ndarray:
-  z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 2, 2, 2)).astype(
-      np.float32))
+  z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 2, 2, 2)).astype(np.float32))
   with torch.no_grad():
     return vae.decode(z).numpy()
 
@@ -79,8 +91,13 @@ def test_cli_errors_are_one_line(run, tmp_path):
   workdir, _, _ = run
   result = _cli(f"--workdir={workdir}", f"--out={tmp_path}", "--format=official")
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: model config 'promag_base_z4' is neither the CV-VAE nor the OD-VAE layout")
+  assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith(
+          "error: model config 'promag_base_z4' is neither the CV-VAE nor the OD-VAE layout"
+      )
+  )
   result = _cli(f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path}")
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith("error: no config.json")

@@ -17,8 +17,7 @@ WORKDIR = "workdirs/compose_8x"
 
 
 def get_config():
-  config = progressive.next_stage(compose_4x.get_config(),
-                                  previous_workdir=compose_4x.WORKDIR)
+  config = progressive.next_stage(compose_4x.get_config(), previous_workdir=compose_4x.WORKDIR)
   config.name = "compose_8x"
   config.total_steps = 100_000
   config.loss.gan_weight = 0.0  # ProMAG stage II: L_rec + λ_KL·KL (+ the regulariser)

@@ -33,12 +33,27 @@ def get_config():
   config.data.crop_size = (256, 256)
   config.data.frame_stride = (1, 8)
   config.data.batch_size = 8
-  config.optimizer.update(learning_rate=4e-5, warmup_steps=1_000, b1=0.9, b2=0.98, eps=1e-4,
-                          weight_decay=0.01, ema_decay=0.999)
-  config.loss.update(l1_weight=1.0, perceptual_weight=0.5, perceptual_frames=4, kl_weight=1.0,
-                     gan_weight=0.5, gan_start_step=1, adaptive_gan_weight=True)
+  config.optimizer.update(
+      learning_rate=4e-5,
+      warmup_steps=1_000,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-4,
+      weight_decay=0.01,
+      ema_decay=0.999,
+  )
+  config.loss.update(
+      l1_weight=1.0,
+      perceptual_weight=0.5,
+      perceptual_frames=4,
+      kl_weight=1.0,
+      gan_weight=0.5,
+      gan_start_step=1,
+      adaptive_gan_weight=True,
+  )
   config.discriminator.update(base_channels=64, num_layers=4, learning_rate=2e-5)
-  config.compat.update(image_vae=IMAGE_VAE, decoder_weight=1.0, mapping="random",
-                       learned_logvar=True)
+  config.compat.update(
+      image_vae=IMAGE_VAE, decoder_weight=1.0, mapping="random", learned_logvar=True
+  )
   config.mesh.update(data=-1, fsdp=1)
   return config

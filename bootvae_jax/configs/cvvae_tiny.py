@@ -22,9 +22,15 @@ def get_config():
   config.eval_every = 100
   config.checkpoint_every = 100
   widths = image_vae_tiny.WIDTHS
-  config.model = architectures.cvvae(dict(
-      architectures.cvvae_released_kwargs(), ch=widths[0], num_res_blocks=1,
-      ch_mult=[w // widths[0] for w in widths], z_channels=image_vae_tiny.LATENT_CHANNELS))
+  config.model = architectures.cvvae(
+      dict(
+          architectures.cvvae_released_kwargs(),
+          ch=widths[0],
+          num_res_blocks=1,
+          ch_mult=[w // widths[0] for w in widths],
+          z_channels=image_vae_tiny.LATENT_CHANNELS,
+      )
+  )
   config.model.num_groups = image_vae_tiny.NUM_GROUPS
   config.data.source = "synthetic"
   config.data.num_frames = 9

@@ -23,9 +23,9 @@ def get_config():
   config.log_every = 10
   config.eval_every = 100
   config.checkpoint_every = 100
-  config.model = architectures.promag_base(z_dim=8, base_channels=16,
-                                           channel_multipliers=(1, 1, 2, 4), num_res_blocks=1,
-                                           num_groups=8)
+  config.model = architectures.promag_base(
+      z_dim=8, base_channels=16, channel_multipliers=(1, 1, 2, 4), num_res_blocks=1, num_groups=8
+  )
   config.model.patch_size = 2  # 2x2 patches replace the first spatial downsample (still 8x)
   config.model.encoder.downsample = ("", "conv3d:st", "conv3d:st", "")
   config.model.decoder.upsample = ("", "", "d2s:st", "d2s:st")

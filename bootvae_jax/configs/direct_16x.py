@@ -16,8 +16,7 @@ def get_config():
   config = progressive.direct_baseline(promag_16x.get_config())
   config.name = "direct_16x"
   base = promag_4x.get_config()
-  config.total_steps = (base.total_steps + promag_8x.get_config().total_steps
-                        + config.total_steps)
+  config.total_steps = base.total_steps + promag_8x.get_config().total_steps + config.total_steps
   config.optimizer.warmup_steps = base.optimizer.warmup_steps
   config.loss.gan_weight = base.loss.gan_weight
   config.loss.gan_start_step = base.loss.gan_start_step

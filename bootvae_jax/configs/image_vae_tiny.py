@@ -21,9 +21,12 @@ def get_config():
   config.log_every = 20
   config.eval_every = 250
   config.checkpoint_every = 250
-  config.model = image_vae.image_vae_config(block_out_channels=WIDTHS, layers_per_block=1,
-                                            latent_channels=LATENT_CHANNELS,
-                                            norm_num_groups=NUM_GROUPS)
+  config.model = image_vae.image_vae_config(
+      block_out_channels=WIDTHS,
+      layers_per_block=1,
+      latent_channels=LATENT_CHANNELS,
+      norm_num_groups=NUM_GROUPS,
+  )
   config.data.source = "synthetic"
   config.data.num_frames = 1
   config.data.crop_size = (32, 32)

@@ -31,8 +31,15 @@ def get_config(variant: str = "4"):
   config.data.crop_size = (256, 256)
   config.data.batch_size = 8
   config.optimizer.update(learning_rate=1e-5, warmup_steps=1_000, ema_decay=0.999)
-  config.loss.update(l1_weight=1.0, perceptual_weight=1.0, perceptual_frames=4, kl_weight=1e-6,
-                     gan_weight=0.5, gan_start_step=2_000, adaptive_gan_weight=True)
+  config.loss.update(
+      l1_weight=1.0,
+      perceptual_weight=1.0,
+      perceptual_frames=4,
+      kl_weight=1e-6,
+      gan_weight=0.5,
+      gan_start_step=2_000,
+      adaptive_gan_weight=True,
+  )
   config.discriminator.update(base_channels=64, num_layers=3, learning_rate=1e-5)
   config.init_checkpoint.update(path=IMAGE_VAE, inflate="tail")
   return config

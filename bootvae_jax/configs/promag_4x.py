@@ -23,8 +23,9 @@ def get_config():
   config.log_every = 100
   config.eval_every = 5_000
   config.checkpoint_every = 5_000
-  config.model = architectures.promag_base(z_dim=8, base_channels=128,
-                                           channel_multipliers=(1, 2, 2, 4), num_res_blocks=2)
+  config.model = architectures.promag_base(
+      z_dim=8, base_channels=128, channel_multipliers=(1, 2, 2, 4), num_res_blocks=2
+  )
   config.data.source = "video_folder"
   config.data.num_frames = 17
   config.data.resize_short_side = 288

@@ -16,6 +16,10 @@ from bootvae_jax.data.pipeline import make_train_batches
 from bootvae_jax.data.pipeline import TrainBatches
 
 __all__ = [
-    "TrainBatches", "build_train_dataset", "default_config", "make_eval_clips",
-    "make_train_batches", "validate",
+    "TrainBatches",
+    "build_train_dataset",
+    "default_config",
+    "make_eval_clips",
+    "make_train_batches",
+    "validate",
 ]

@@ -30,9 +30,21 @@ FOLDER_SOURCES = ("video_folder", "image_folder")
 # Fields a mixture entry may set for its own source (plus `weight`). Everything else (clip
 # shape, batching, workers, seed) is shared by the whole mixture.
 PER_SOURCE_FIELDS = (
-    "source", "path", "eval_path", "tfds_name", "tfds_split", "eval_tfds_split",
-    "tfds_video_key", "tfds_data_dir", "frame_stride", "resize_short_side", "random_crop",
-    "random_flip", "synthetic_num_clips", "index_cache_dir", "cache_decoded",
+    "source",
+    "path",
+    "eval_path",
+    "tfds_name",
+    "tfds_split",
+    "eval_tfds_split",
+    "tfds_video_key",
+    "tfds_data_dir",
+    "frame_stride",
+    "resize_short_side",
+    "random_crop",
+    "random_flip",
+    "synthetic_num_clips",
+    "index_cache_dir",
+    "cache_decoded",
 )
 
 
@@ -141,14 +153,18 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
   if not isinstance(num_frames, int) or num_frames < 1:
     problems.append(f"data.num_frames={num_frames!r} must be a positive int")
   elif autoencoder.frame_rule_error(num_frames, temporal_factor) is not None:
-    problems.append(f"data.num_frames={num_frames}; "
-                    + autoencoder.frame_rule(num_frames, temporal_factor))
+    problems.append(
+        f"data.num_frames={num_frames}; " + autoencoder.frame_rule(num_frames, temporal_factor)
+    )
 
   crop = tuple(config["crop_size"])
   if len(crop) != 2 or any(not isinstance(side, int) or side < 1 for side in crop):
     problems.append(f"data.crop_size={crop!r} must be (height, width), positive ints")
-  elif (message := autoencoder.frame_size_error(*crop, spatial_factor, what="data.crop_size=",
-                                                size="({}, {})")) is not None:
+  elif (
+      message := autoencoder.frame_size_error(
+          *crop, spatial_factor, what="data.crop_size=", size="({}, {})"
+      )
+  ) is not None:
     problems.append(message)
 
   batch_size = config["batch_size"]
@@ -156,11 +172,13 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
     problems.append(f"data.batch_size={batch_size!r} must be a positive int")
   else:
     import jax  # pylint: disable=g-import-not-at-top  (keeps this module light for workers)
+
     process_count = jax.process_count()
     if batch_size % process_count:
       problems.append(
           f"data.batch_size={batch_size} is the global batch; it must be divisible by the "
-          f"{process_count} JAX processes")
+          f"{process_count} JAX processes"
+      )
   for name in ("num_workers", "read_threads", "prefetch_buffer_size"):
     if not isinstance(config[name], int) or config[name] < 0:
       problems.append(f"data.{name}={config[name]!r} must be an int >= 0")
@@ -181,21 +199,27 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
 def _mixture_problems(data_config: Any) -> list[str]:
   entries = list(data_config.mixture)
   if not entries:
-    return ["data.source='mixture' needs a non-empty data.mixture list of "
-            "dict(source=..., path=..., weight=...)"]
+    return [
+        "data.source='mixture' needs a non-empty data.mixture list of "
+        "dict(source=..., path=..., weight=...)"
+    ]
   problems = []
   for index, entry in enumerate(entries):
     entry = _as_dict(entry)
     unknown = sorted(set(entry) - set(PER_SOURCE_FIELDS) - {"weight"})
     if unknown:
       shared = [key for key in unknown if key in ("num_frames", "crop_size")]
-      hint = (" (the clip shape is shared: set data.num_frames / data.crop_size once)"
-              if shared else f"; allowed: weight, {', '.join(PER_SOURCE_FIELDS)}")
+      hint = (
+          " (the clip shape is shared: set data.num_frames / data.crop_size once)"
+          if shared
+          else f"; allowed: weight, {', '.join(PER_SOURCE_FIELDS)}"
+      )
       problems.append(f"data.mixture[{index}] sets {', '.join(unknown)}{hint}")
     if entry.get("source") not in LEAF_SOURCES:
       problems.append(
           f"data.mixture[{index}].source={entry.get('source')!r}; use one of "
-          f"{', '.join(LEAF_SOURCES)}")
+          f"{', '.join(LEAF_SOURCES)}"
+      )
     weight = entry.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or weight <= 0:
       problems.append(f"data.mixture[{index}].weight={weight!r} must be > 0")
@@ -210,10 +234,15 @@ def _source_problems(config: dict[str, Any], where: str, num_frames: Any) -> lis
   if isinstance(stride, int):
     if stride < 1:
       problems.append(f"{where}frame_stride={stride} must be >= 1")
-  elif (not isinstance(stride, (tuple, list)) or len(stride) != 2
-        or not all(isinstance(s, int) for s in stride) or not 1 <= stride[0] <= stride[1]):
-    problems.append(f"{where}frame_stride={stride!r} must be an int >= 1 or (min, max) with "
-                    "1 <= min <= max")
+  elif (
+      not isinstance(stride, (tuple, list))
+      or len(stride) != 2
+      or not all(isinstance(s, int) for s in stride)
+      or not 1 <= stride[0] <= stride[1]
+  ):
+    problems.append(
+        f"{where}frame_stride={stride!r} must be an int >= 1 or (min, max) with " "1 <= min <= max"
+    )
 
   short_side = config["resize_short_side"]
   crop = tuple(config["crop_size"])
@@ -222,7 +251,8 @@ def _source_problems(config: dict[str, Any], where: str, num_frames: Any) -> lis
   elif 0 < short_side < max(crop):
     problems.append(
         f"{where}resize_short_side={short_side} is smaller than data.crop_size={crop}; "
-        f"use at least {max(crop)} (or 0 to keep the decoded size)")
+        f"use at least {max(crop)} (or 0 to keep the decoded size)"
+    )
 
   if source in FOLDER_SOURCES:
     problems.extend(_folder_problems(config["path"], f"{where}path", source))
@@ -234,14 +264,17 @@ def _source_problems(config: dict[str, Any], where: str, num_frames: Any) -> lis
     problems.append(
         f"{where}source='image_folder' gives 1-frame clips but data.num_frames={num_frames}; "
         "a batch has one clip shape and images are not repeated into fake videos, so train "
-        "images with a num_frames=1 config (or drop the image source)")
+        "images with a num_frames=1 config (or drop the image source)"
+    )
   return problems
 
 
 def _folder_problems(path: str, name: str, source: str) -> list[str]:
   if not path:
-    return [f"{name} is empty; source={source!r} needs a folder "
-            f"(--config.data.path=/path/to/folder)"]
+    return [
+        f"{name} is empty; source={source!r} needs a folder "
+        f"(--config.data.path=/path/to/folder)"
+    ]
   if not os.path.isdir(path):
     return [f"{name}={path!r} is not an existing folder"]
   if not os.access(path, os.R_OK | os.X_OK):

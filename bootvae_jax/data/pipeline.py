@@ -54,10 +54,13 @@ class ReadClip(grain.transforms.RandomMap):
       {'video': (T, H, W, 3) uint8, 'source_id': int32, 'index': int64 (the item actually
       read), 'read_failures': int32 (items tried and failed before it)}.
     """
-    video, index, failures = read_clip_or_next(
-        self._source, int(element), rng, warned=self._warned)
-    return {"video": video, "source_id": np.int32(self._source_id),
-            "index": np.int64(index), "read_failures": np.int32(failures)}
+    video, index, failures = read_clip_or_next(self._source, int(element), rng, warned=self._warned)
+    return {
+        "video": video,
+        "source_id": np.int32(self._source_id),
+        "index": np.int64(index),
+        "read_failures": np.int32(failures),
+    }
 
 
 def read_clip_or_next(
@@ -84,23 +87,32 @@ def read_clip_or_next(
     except Exception as error:  # pylint: disable=broad-except
       # Any failure of one file (codec, I/O, too short) costs that clip, never the run.
       if warned is None or candidate not in warned:
-        logging.warning("skipping unreadable %s (using the next item): %s: %s",
-                        source.item_name(candidate), type(error).__name__, error)
+        logging.warning(
+            "skipping unreadable %s (using the next item): %s: %s",
+            source.item_name(candidate),
+            type(error).__name__,
+            error,
+        )
         if warned is not None:
           warned.add(candidate)
       last_error = error
   raise RuntimeError(
       f"{attempts} consecutive items of the {source.kind} source failed to read, from "
-      f"{source.item_name(index % len(source))}; last error: {last_error}") from last_error
+      f"{source.item_name(index % len(source))}; last error: {last_error}"
+  ) from last_error
 
 
 def make_sources(
-    data_config: Any, *, split: str = "train",
+    data_config: Any,
+    *,
+    split: str = "train",
 ) -> tuple[list[sources_lib.ClipSource], list[float]]:
   """Builds every source of `config.data` (one, or the mixture's) and their weights."""
   resolved = data_config_lib.resolve_sources(data_config)
-  return ([sources_lib.make_source(config, split=split) for config, _ in resolved],
-          [weight for _, weight in resolved])
+  return (
+      [sources_lib.make_source(config, split=split) for config, _ in resolved],
+      [weight for _, weight in resolved],
+  )
 
 
 def build_train_dataset(
@@ -130,10 +142,13 @@ def build_train_dataset(
   if sources is None:
     sources, weights = make_sources(data_config)
   if data_config.batch_size % process_count:
-    raise ValueError(f"data.batch_size={data_config.batch_size} (global) is not divisible by "
-                     f"the {process_count} JAX processes")
+    raise ValueError(
+        f"data.batch_size={data_config.batch_size} (global) is not divisible by "
+        f"the {process_count} JAX processes"
+    )
   seeds = np.random.SeedSequence([int(seed), int(data_config.seed)]).generate_state(
-      2 * len(sources))
+      2 * len(sources)
+  )
   per_source = []
   for source_id, source in enumerate(sources):
     dataset = grain.MapDataset.range(len(source))
@@ -148,16 +163,20 @@ def build_train_dataset(
     dataset = grain.MapDataset.mix(per_source, weights=list(weights))
   dataset = dataset[process_index::process_count]
   dataset = dataset.batch(data_config.batch_size // process_count, drop_remainder=True)
-  iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=data_config.read_threads,
-      prefetch_buffer_size=data_config.prefetch_buffer_size))
+  iter_dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=data_config.read_threads,
+          prefetch_buffer_size=data_config.prefetch_buffer_size,
+      )
+  )
   if data_config.num_workers > 0:
     if not flags.FLAGS.is_parsed():
       # grain's worker processes read its absl flags; outside absl.app (tests, notebooks)
       # nothing parsed them, so take their defaults.
       flags.FLAGS.mark_as_parsed()
     iter_dataset = iter_dataset.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+        grain.MultiprocessingOptions(num_workers=data_config.num_workers)
+    )
   return iter_dataset
 
 
@@ -200,7 +219,8 @@ class TrainBatches:
     self._clips += len(local["video"])
     self._clips_per_source += np.bincount(local["source_id"], minlength=len(self.sources))
     video = jax.make_array_from_process_local_data(
-        self._sharding, local["video"], self._global_shape)
+        self._sharding, local["video"], self._global_shape
+    )
     return {"video": self._to_unit_range(video)}
 
   def checkpoint_args_save(self) -> Any:
@@ -264,11 +284,17 @@ def make_train_batches(
     raise ValueError(
         f"data.batch_size={data_config.batch_size} does not split over the {shards} "
         f"data-parallel devices of mesh axes {tuple(sharding.spec[0] or ())}; use a "
-        f"multiple of {shards}")
+        f"multiple of {shards}"
+    )
   sources, weights = make_sources(data_config)
   dataset = build_train_dataset(
-      data_config, seed=seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), sources=sources, weights=weights)
+      data_config,
+      seed=seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      sources=sources,
+      weights=weights,
+  )
   crop_height, crop_width = data_config.crop_size
   global_shape = (data_config.batch_size, data_config.num_frames, crop_height, crop_width, 3)
   return TrainBatches(dataset, sources=sources, sharding=sharding, global_shape=global_shape)

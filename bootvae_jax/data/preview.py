@@ -28,7 +28,8 @@ from bootvae_jax.data import pipeline
 from bootvae_jax.data import transforms
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file whose get_config() has a `data` subtree.")
+    "config", None, "Config file whose get_config() has a `data` subtree."
+)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 2, "Batches to draw.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the PNG grid (created if missing).")
 
@@ -50,17 +51,21 @@ def clip_grid(clips: np.ndarray) -> np.ndarray:
     MAX_FRAMES) and tiles enlarged by an integer factor to h, w >= MIN_TILE_SIDE.
   """
   num_clips, num_frames, height, width, _ = clips.shape
-  frames = np.unique(np.linspace(0, num_frames - 1, min(num_frames, MAX_FRAMES)).round()
-                     .astype(int))
+  frames = np.unique(
+      np.linspace(0, num_frames - 1, min(num_frames, MAX_FRAMES)).round().astype(int)
+  )
   scale = max(1, -(-MIN_TILE_SIDE // min(height, width)))
   tile_height, tile_width = height * scale, width * scale
-  grid = np.full((num_clips * (tile_height + GAP) - GAP,
-                  len(frames) * (tile_width + GAP) - GAP, 3), 255, np.uint8)
+  grid = np.full(
+      (num_clips * (tile_height + GAP) - GAP, len(frames) * (tile_width + GAP) - GAP, 3),
+      255,
+      np.uint8,
+  )
   tiles = transforms.to_uint8(clips[:, frames]).repeat(scale, axis=2).repeat(scale, axis=3)
   for row in range(num_clips):
     for column in range(len(frames)):
       top, left = row * (tile_height + GAP), column * (tile_width + GAP)
-      grid[top:top + tile_height, left:left + tile_width] = tiles[row, column]
+      grid[top : top + tile_height, left : left + tile_width] = tiles[row, column]
   return grid
 
 
@@ -73,7 +78,7 @@ def preview(data_config: Any, *, num_batches: int, out_dir: str, seed: int = 0) 
     for _ in range(num_batches):
       video = np.asarray(next(batches)["video"])
       low, high = min(low, float(video.min())), max(high, float(video.max()))
-      shown.extend(video[:MAX_CLIPS - len(shown)])
+      shown.extend(video[: MAX_CLIPS - len(shown)])
   finally:
     batches.close()
   os.makedirs(out_dir, exist_ok=True)
@@ -98,8 +103,9 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if "data" not in config:
     raise app.UsageError("the --config file's get_config() has no `data` subtree")
-  summary = preview(config.data, num_batches=_NUM_BATCHES.value, out_dir=_OUT.value,
-                    seed=config.get("seed", 0))
+  summary = preview(
+      config.data, num_batches=_NUM_BATCHES.value, out_dir=_OUT.value, seed=config.get("seed", 0)
+  )
   print(json.dumps(summary), flush=True)
 
 

@@ -94,9 +94,12 @@ class VideoFile:
   def to_json(self, folder: str) -> dict[str, Any]:
     record = {
         "file": os.path.relpath(self.path, folder),
-        "num_frames": self.num_frames, "fps": self.fps,
-        "height": self.height, "width": self.width,
-        "pts_start": self.pts_start, "pts_step": self.pts_step,
+        "num_frames": self.num_frames,
+        "fps": self.fps,
+        "height": self.height,
+        "width": self.width,
+        "pts_start": self.pts_start,
+        "pts_step": self.pts_step,
     }
     if self.pts_table is not None:
       record["pts_table"] = self.pts_table.tolist()
@@ -107,10 +110,14 @@ class VideoFile:
     table = record.get("pts_table")
     return cls(
         path=os.path.join(folder, record["file"]),
-        num_frames=int(record["num_frames"]), fps=float(record["fps"]),
-        height=int(record["height"]), width=int(record["width"]),
-        pts_start=record["pts_start"], pts_step=record["pts_step"],
-        pts_table=None if table is None else np.asarray(table, np.int64))
+        num_frames=int(record["num_frames"]),
+        fps=float(record["fps"]),
+        height=int(record["height"]),
+        width=int(record["width"]),
+        pts_start=record["pts_start"],
+        pts_step=record["pts_step"],
+        pts_table=None if table is None else np.asarray(table, np.int64),
+    )
 
 
 def find_files(folder: str, extensions: Sequence[str]) -> list[str]:
@@ -128,8 +135,7 @@ def find_files(folder: str, extensions: Sequence[str]) -> list[str]:
 # Video decoding and probing.
 
 
-def decode_frames(
-    video: VideoFile, frame_indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def decode_frames(video: VideoFile, frame_indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Decodes the given frames of a video, scaled to `size`.
 
   Seeks to the keyframe before the first wanted frame and decodes forward, matching frames
@@ -162,7 +168,8 @@ def decode_frames(
         missing = _decode_by_timestamp(container, stream, missing, frames, size)
       if missing:
         raise UnreadableFileError(
-            f"frames at timestamps {sorted(missing)[:4]} did not decode (truncated or corrupt)")
+            f"frames at timestamps {sorted(missing)[:4]} did not decode (truncated or corrupt)"
+        )
     else:
       wanted = {int(i): slot for slot, i in enumerate(frame_indices)}
       for frame_index, frame in enumerate(container.decode(stream)):
@@ -172,7 +179,8 @@ def decode_frames(
             break
       if wanted:
         raise UnreadableFileError(
-            f"frames {sorted(wanted)[:4]} did not decode (truncated or corrupt)")
+            f"frames {sorted(wanted)[:4]} did not decode (truncated or corrupt)"
+        )
   return frames
 
 
@@ -193,8 +201,8 @@ def _decode_by_timestamp(container, stream, slot_of_pts, frames, size) -> dict[i
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
   return frame.reformat(
-      width=width, height=height, format="rgb24",
-      interpolation=transforms.SWSCALE_INTERPOLATION).to_ndarray()
+      width=width, height=height, format="rgb24", interpolation=transforms.SWSCALE_INTERPOLATION
+  ).to_ndarray()
 
 
 def probe_video(path: str) -> VideoFile:
@@ -230,15 +238,20 @@ def probe_video(path: str) -> VideoFile:
     raise UnreadableFileError("no video frames")
   if not height or not width:
     raise UnreadableFileError("video stream has no frame size")
-  video = VideoFile(path=path, num_frames=len(timestamps),
-                    fps=float(rate) if rate else 0.0, height=height, width=width,
-                    **_timestamp_fields(timestamps if has_all_timestamps else None))
+  video = VideoFile(
+      path=path,
+      num_frames=len(timestamps),
+      fps=float(rate) if rate else 0.0,
+      height=height,
+      width=width,
+      **_timestamp_fields(timestamps if has_all_timestamps else None),
+  )
   try:
     decode_frames(video, np.array([0, video.num_frames - 1]), (height, width))
   except (av.FFmpegError, UnreadableFileError) as error:
     raise UnreadableFileError(
-        f"truncated or corrupt: first/last of {video.num_frames} frames do not decode "
-        f"({error})") from error
+        f"truncated or corrupt: first/last of {video.num_frames} frames do not decode " f"({error})"
+    ) from error
   return video
 
 
@@ -251,8 +264,7 @@ def _timestamp_fields(timestamps: list[int] | None) -> dict[str, Any]:
     return {}  # duplicate timestamps cannot identify frames: decode by counting
   steps = np.diff(ordered)
   if len(ordered) == 1 or np.all(steps == steps[0]):
-    return {"pts_start": int(ordered[0]),
-            "pts_step": int(steps[0]) if len(steps) else 1}
+    return {"pts_start": int(ordered[0]), "pts_step": int(steps[0]) if len(steps) else 1}
   return {"pts_table": ordered}
 
 
@@ -287,12 +299,15 @@ def index_video_folder(folder: str, *, cache_dir: str = "") -> VideoIndex:
     try:
       stat = os.stat(path)
     except OSError as error:  # e.g. a dangling symlink
-      records[relative] = {"size": -1, "mtime_ns": -1, "video": None,
-                           "reason": f"cannot read ({error.strerror})"}
+      records[relative] = {
+          "size": -1,
+          "mtime_ns": -1,
+          "video": None,
+          "reason": f"cannot read ({error.strerror})",
+      }
       continue
     record = cached.get(relative)
-    if (record is None or record["size"] != stat.st_size
-        or record["mtime_ns"] != stat.st_mtime_ns):
+    if record is None or record["size"] != stat.st_size or record["mtime_ns"] != stat.st_mtime_ns:
       record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **_probe_record(path, folder)}
     records[relative] = record
   if records != cached:
@@ -366,7 +381,11 @@ class ClipSource(abc.ABC):
 
   @abc.abstractmethod
   def read_clip(
-      self, index: int, rng: np.random.Generator | None, *, position: float = 0.5,
+      self,
+      index: int,
+      rng: np.random.Generator | None,
+      *,
+      position: float = 0.5,
   ) -> np.ndarray:
     """Decodes and transforms item `index` into one clip.
 
@@ -400,8 +419,7 @@ class VideoFolderSource(ClipSource):
 
   kind = "video_folder"
 
-  def __init__(self, index: VideoIndex, spec: transforms.ClipSpec, *,
-               cache_decoded: bool = False):
+  def __init__(self, index: VideoIndex, spec: transforms.ClipSpec, *, cache_decoded: bool = False):
     super().__init__(spec)
     self._cache_decoded = cache_decoded
     self._decoded: dict[int, np.ndarray] = {}  # index -> every frame, resized (cache_decoded)
@@ -409,10 +427,13 @@ class VideoFolderSource(ClipSource):
     self._skipped = list(index.skipped)
     for video in index.videos:
       if video.num_frames < spec.min_span:
-        self._skipped.append(SkippedFile(
-            video.path,
-            f"too short: {video.num_frames} frames; a clip of {spec.num_frames} frames at "
-            f"stride {spec.min_stride} needs {spec.min_span}"))
+        self._skipped.append(
+            SkippedFile(
+                video.path,
+                f"too short: {video.num_frames} frames; a clip of {spec.num_frames} frames at "
+                f"stride {spec.min_stride} needs {spec.min_span}",
+            )
+        )
       else:
         self._videos.append(video)
     for skipped in self._skipped:
@@ -421,7 +442,8 @@ class VideoFolderSource(ClipSource):
       reasons = "".join(f"\n  {s.file}: {s.reason}" for s in self._skipped[:10])
       raise ValueError(
           f"no readable video in {index.folder} (searched recursively for "
-          f"{', '.join(VIDEO_EXTENSIONS)}; {len(self._skipped)} file(s) skipped){reasons}")
+          f"{', '.join(VIDEO_EXTENSIONS)}; {len(self._skipped)} file(s) skipped){reasons}"
+      )
 
   def __len__(self) -> int:
     return len(self._videos)
@@ -443,7 +465,8 @@ class VideoFolderSource(ClipSource):
   def read_clip(self, index, rng, *, position=0.5):
     video = self._videos[index]
     frame_indices = transforms.sample_frame_indices(
-        video.num_frames, self.spec, rng, position=position)
+        video.num_frames, self.spec, rng, position=position
+    )
     size = transforms.resized_size(video.height, video.width, self.spec)
     if self._cache_decoded:
       if index not in self._decoded:  # once per process; a failure is not cached
@@ -467,7 +490,8 @@ class ImageFolderSource(ClipSource):
     if spec.num_frames != 1:
       raise ValueError(
           f"an image_folder source gives 1-frame clips, not {spec.num_frames}; use "
-          "data.num_frames=1 (see bootvae_jax/data/config.py on mixing)")
+          "data.num_frames=1 (see bootvae_jax/data/config.py on mixing)"
+      )
     self._paths, self._skipped = [], []
     for path in find_files(folder, IMAGE_EXTENSIONS):
       try:
@@ -486,7 +510,8 @@ class ImageFolderSource(ClipSource):
     if not self._paths:
       raise ValueError(
           f"no readable image in {os.path.abspath(folder)} (searched recursively for "
-          f"{', '.join(IMAGE_EXTENSIONS)}; {len(self._skipped)} file(s) skipped)")
+          f"{', '.join(IMAGE_EXTENSIONS)}; {len(self._skipped)} file(s) skipped)"
+      )
 
   def __len__(self) -> int:
     return len(self._paths)
@@ -523,8 +548,9 @@ class TfdsSource(ClipSource):
 
   kind = "tfds"
 
-  def __init__(self, name: str, split: str, *, data_dir: str, video_key: str,
-               spec: transforms.ClipSpec):
+  def __init__(
+      self, name: str, split: str, *, data_dir: str, video_key: str, spec: transforms.ClipSpec
+  ):
     super().__init__(spec)
     self._name, self._split, self._data_dir = name, split, data_dir or None
     self._video_key = video_key
@@ -536,9 +562,9 @@ class TfdsSource(ClipSource):
   def _source(self):
     if self._data_source is None:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy import)
+
       try:
-        self._data_source = tfds.data_source(
-            self._name, split=self._split, data_dir=self._data_dir)
+        self._data_source = tfds.data_source(self._name, split=self._split, data_dir=self._data_dir)
       except Exception as error:  # pylint: disable=broad-except
         raise ValueError(
             f"cannot open TFDS {self._name!r} split {self._split!r} in data_dir="
@@ -563,17 +589,22 @@ class TfdsSource(ClipSource):
   def read_clip(self, index, rng, *, position=0.5):
     example = self._source()[index]
     if self._video_key not in example:
-      raise ValueError(f"TFDS {self._name!r} has no feature {self._video_key!r} "
-                       f"(features: {sorted(example)}); set data.tfds_video_key")
+      raise ValueError(
+          f"TFDS {self._name!r} has no feature {self._video_key!r} "
+          f"(features: {sorted(example)}); set data.tfds_video_key"
+      )
     frames = np.asarray(
-        np.stack(example[self._video_key]) if isinstance(example[self._video_key], list)
-        else example[self._video_key])
+        np.stack(example[self._video_key])
+        if isinstance(example[self._video_key], list)
+        else example[self._video_key]
+    )
     if frames.ndim == 3:
       frames = frames[..., None]
     if frames.shape[-1] == 1:
       frames = np.repeat(frames, 3, axis=-1)
     frame_indices = transforms.sample_frame_indices(
-        frames.shape[0], self.spec, rng, position=position)
+        frames.shape[0], self.spec, rng, position=position
+    )
     size = transforms.resized_size(frames.shape[1], frames.shape[2], self.spec)
     clip = transforms.resize_frames(frames[frame_indices].astype(np.uint8), size)
     return transforms.crop_and_flip(clip, self.spec, rng)
@@ -588,8 +619,7 @@ class SyntheticSource(ClipSource):
 
   kind = "synthetic"
 
-  def __init__(self, num_clips: int, spec: transforms.ClipSpec, *, seed: int,
-               first_index: int = 0):
+  def __init__(self, num_clips: int, spec: transforms.ClipSpec, *, seed: int, first_index: int = 0):
     super().__init__(spec)
     self._num_clips, self._seed, self._first_index = num_clips, seed, first_index
 
@@ -602,12 +632,14 @@ class SyntheticSource(ClipSource):
   def read_clip(self, index, rng, *, position=0.5):
     del position
     clip = render_synthetic_clip(
-        self._seed, self._first_index + index, self.spec.num_frames, *self.spec.crop_size)
+        self._seed, self._first_index + index, self.spec.num_frames, *self.spec.crop_size
+    )
     return transforms.crop_and_flip(clip, self.spec, rng)
 
 
 def render_synthetic_clip(
-    seed: int, index: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    seed: int, index: int, num_frames: int, height: int, width: int
+) -> np.ndarray:
   """A procedural video: textured shapes moving over a textured background.
 
   The camera pans and zooms, shapes translate and rotate, and the brightness flickers, so
@@ -667,14 +699,16 @@ def render_synthetic_clip(
     else:
       distance = np.maximum(np.abs(along), np.abs(across))
     coverage = np.clip((radius - distance) * zoom + 0.5, 0.0, 1.0)
-    stripes = 0.5 + 0.5 * grating(across, along, uniform(2, 6) * np.float32(np.pi) / radius,
-                                  uniform(0, np.pi), 0.0)
+    stripes = 0.5 + 0.5 * grating(
+        across, along, uniform(2, 6) * np.float32(np.pi) / radius, uniform(0, np.pi), 0.0
+    )
     colour_a, colour_b = uniform(0, 255, (2, 3))
     texture = colour_b + stripes[..., None] * (colour_a - colour_b)
     image += coverage[..., None] * (texture - image)
 
   flicker = 1.0 + uniform(0.0, 0.15) * np.sin(
-      uniform(0.2, 1.5) * time[..., None] + uniform(0, 2 * np.pi))
+      uniform(0.2, 1.5) * time[..., None] + uniform(0, 2 * np.pi)
+  )
   image *= flicker
   return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -701,21 +735,29 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
   kind = source_config["source"]
   if kind == "synthetic":
     num_clips = int(source_config["synthetic_num_clips"])
-    return SyntheticSource(num_clips, spec, seed=int(source_config["seed"]),
-                           first_index=num_clips if evaluating else 0)
+    return SyntheticSource(
+        num_clips, spec, seed=int(source_config["seed"]), first_index=num_clips if evaluating else 0
+    )
   if kind in ("video_folder", "image_folder"):
     folder = (evaluating and source_config["eval_path"]) or source_config["path"]
     if not folder or not os.path.isdir(folder):
-      raise ValueError(f"data source {kind!r} needs an existing folder, got path={folder!r} "
-                       "(--config.data.path=/path/to/folder)")
+      raise ValueError(
+          f"data source {kind!r} needs an existing folder, got path={folder!r} "
+          "(--config.data.path=/path/to/folder)"
+      )
     if kind == "image_folder":
       return ImageFolderSource(folder, spec)
     index = index_video_folder(folder, cache_dir=source_config["index_cache_dir"])
-    return VideoFolderSource(index, spec,
-                             cache_decoded=bool(source_config.get("cache_decoded", False)))
+    return VideoFolderSource(
+        index, spec, cache_decoded=bool(source_config.get("cache_decoded", False))
+    )
   if kind == "tfds":
     tfds_split = (evaluating and source_config["eval_tfds_split"]) or source_config["tfds_split"]
-    return TfdsSource(source_config["tfds_name"], tfds_split,
-                      data_dir=source_config["tfds_data_dir"],
-                      video_key=source_config["tfds_video_key"], spec=spec)
+    return TfdsSource(
+        source_config["tfds_name"],
+        tfds_split,
+        data_dir=source_config["tfds_data_dir"],
+        video_key=source_config["tfds_video_key"],
+        spec=spec,
+    )
   raise ValueError(f"unknown data source {kind!r}")

@@ -27,7 +27,6 @@ from typing import Any
 import av
 import numpy as np
 
-
 # One interpolation for every source (decoded video and arrays alike). swscale's bilinear
 # widens its filter when downscaling, so it does not alias.
 SWSCALE_INTERPOLATION = "BILINEAR"
@@ -82,7 +81,8 @@ class ClipSpec:
   def for_eval(self) -> ClipSpec:
     """Deterministic variant: smallest stride, centre crop, no flip."""
     return dataclasses.replace(
-        self, max_stride=self.min_stride, random_crop=False, random_flip=False)
+        self, max_stride=self.min_stride, random_crop=False, random_flip=False
+    )
 
 
 def stride_range(frame_stride: Any) -> tuple[int, int]:
@@ -118,7 +118,8 @@ def sample_frame_indices(
   if num_available < spec.min_span:
     raise ClipTooShortError(
         f"video has {num_available} frames; a clip of {spec.num_frames} frames at stride "
-        f"{spec.min_stride} needs {spec.min_span}")
+        f"{spec.min_stride} needs {spec.min_span}"
+    )
   if rng is None:
     stride = spec.min_stride
   else:
@@ -165,7 +166,8 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   for t, frame in enumerate(frames):
     video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     resized[t] = video_frame.reformat(
-        width=width, height=height, interpolation=SWSCALE_INTERPOLATION).to_ndarray()
+        width=width, height=height, interpolation=SWSCALE_INTERPOLATION
+    ).to_ndarray()
   return resized
 
 
@@ -203,9 +205,9 @@ def crop_and_flip(
   """
   crop_height, crop_width = spec.crop_size
   top, left = crop_offsets(
-      frames.shape[1], frames.shape[2], spec.crop_size,
-      rng if spec.random_crop else None)
-  clip = frames[:, top:top + crop_height, left:left + crop_width]
+      frames.shape[1], frames.shape[2], spec.crop_size, rng if spec.random_crop else None
+  )
+  clip = frames[:, top : top + crop_height, left : left + crop_width]
   if spec.random_flip and rng is not None and rng.random() < 0.5:
     clip = clip[:, :, ::-1]
   return np.ascontiguousarray(clip)

@@ -69,7 +69,7 @@ class _Worst:
   def add(self, psnr: float, name: str, truth: np.ndarray, recon: np.ndarray, fps: float):
     self.items.append((psnr, name, truth, recon, fps))
     self.items.sort(key=lambda item: item[0])
-    del self.items[self.count:]
+    del self.items[self.count :]
 
 
 class _Scorer:
@@ -77,8 +77,13 @@ class _Scorer:
 
   def __init__(self, lpips: perceptual.LPIPS, i3d: fvd.I3D | None, i3d_batch: int):
     self.lpips, self.i3d, self.i3d_batch = lpips, i3d, i3d_batch
-    self._frames = jax.jit(lambda lp, x, y: (metrics.per_frame_psnr(x, y)[0],
-                                             metrics.per_frame_ssim(x, y)[0], lp(x[0], y[0])))
+    self._frames = jax.jit(
+        lambda lp, x, y: (
+            metrics.per_frame_psnr(x, y)[0],
+            metrics.per_frame_ssim(x, y)[0],
+            lp(x[0], y[0]),
+        )
+    )
     self.pending = []  # (input clip, reconstructed clip) waiting for a full I3D batch
     self.real, self.fake = [], []
 
@@ -97,7 +102,7 @@ class _Scorer:
     group, self.pending = self.pending[:count], self.pending[count:]
     group += [group[-1]] * (self.i3d_batch - len(group))  # one shape: one compilation
     both = np.stack([c for pair in group for c in pair])  # real, fake, real, fake, ...
-    logits = self.i3d.logits(both)[:2 * count]
+    logits = self.i3d.logits(both)[: 2 * count]
     self.real.append(logits[0::2])
     self.fake.append(logits[1::2])
 
@@ -110,13 +115,25 @@ class _Scorer:
     return fvd.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake)), clips
 
 
-def evaluate_folder(model, data_dir: str, out_dir: str, *, num_frames: int = 17,
-                    size: tuple[int, int] | None = None, max_videos: int | None = None,
-                    mode: str = "auto", chunk_frames: int = 17, worst: int = 2,
-                    lpips: perceptual.LPIPS | None = None, i3d: fvd.I3D | None = None,
-                    i3d_batch: int = 2, rfvd: bool = True, progress: bool = True,
-                    index_cache_dir: str = "", description: dict | None = None
-                    ) -> dict[str, Any]:
+def evaluate_folder(
+    model,
+    data_dir: str,
+    out_dir: str,
+    *,
+    num_frames: int = 17,
+    size: tuple[int, int] | None = None,
+    max_videos: int | None = None,
+    mode: str = "auto",
+    chunk_frames: int = 17,
+    worst: int = 2,
+    lpips: perceptual.LPIPS | None = None,
+    i3d: fvd.I3D | None = None,
+    i3d_batch: int = 2,
+    rfvd: bool = True,
+    progress: bool = True,
+    index_cache_dir: str = "",
+    description: dict | None = None,
+) -> dict[str, Any]:
   """Scores `model` on the videos under `data_dir` and writes the report to `out_dir`.
 
   Args:
@@ -145,8 +162,9 @@ def evaluate_folder(model, data_dir: str, out_dir: str, *, num_frames: int = 17,
   index = sources.index_video_folder(data_dir, cache_dir=index_cache_dir)
   videos = index.videos[:max_videos] if max_videos else index.videos
   skipped = [s.to_json() for s in index.skipped]
-  scorer = _Scorer(lpips or _default_lpips(), (i3d or fvd.default_i3d()) if rfvd else None,
-                   i3d_batch)
+  scorer = _Scorer(
+      lpips or _default_lpips(), (i3d or fvd.default_i3d()) if rfvd else None, i3d_batch
+  )
   worst_clips = _Worst(worst)
   scores: list[VideoScore] = []
   total_frames = 0
@@ -154,50 +172,84 @@ def evaluate_folder(model, data_dir: str, out_dir: str, *, num_frames: int = 17,
   for video in bar:
     name = os.path.relpath(video.path, index.folder)
     try:
-      resize, crop = reconstruct.fit_frame_size(video.height, video.width,
-                                                codec.spatial_factor, size)
+      resize, crop = reconstruct.fit_frame_size(
+          video.height, video.width, codec.spatial_factor, size
+      )
       frames, _ = video_io.read_video(video.path, max_frames=num_frames, size=resize)
       if crop is not None:
         top, left, h, w = crop
-        frames = frames[:, top:top + h, left:left + w]
+        frames = frames[:, top : top + h, left : left + w]
       if min(frames.shape[1:3]) < perceptual.MIN_FRAME_SIZE:
-        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than"
-                         f" LPIPS' {perceptual.MIN_FRAME_SIZE}x{perceptual.MIN_FRAME_SIZE}")
+        raise ValueError(
+            f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than"
+            f" LPIPS' {perceptual.MIN_FRAME_SIZE}x{perceptual.MIN_FRAME_SIZE}"
+        )
     except (ValueError, OSError) as error:  # unreadable after the probe, or unusable size
       skipped.append({"file": video.path, "reason": str(error)})
       continue
     truth = transforms.to_unit_range(frames)
-    recon = np.concatenate(list(reconstruct.reconstruct_blocks(
-        codec, [truth[None]], mode=mode, chunk_frames=chunk_frames)), axis=1)[0]
+    recon = np.concatenate(
+        list(
+            reconstruct.reconstruct_blocks(
+                codec, [truth[None]], mode=mode, chunk_frames=chunk_frames
+            )
+        ),
+        axis=1,
+    )[0]
     recon_u8 = transforms.to_uint8(recon)
     recon = transforms.to_unit_range(recon_u8)  # scored as a written video would be
     psnr, ssim, lp = scorer.frames(truth, recon)
     scorer.add_clips(truth, recon)
-    score = VideoScore(name, len(frames), _mean(psnr), float(np.mean(ssim)),
-                       float(np.mean(lp)), [_finite(v) for v in psnr])
+    score = VideoScore(
+        name,
+        len(frames),
+        _mean(psnr),
+        float(np.mean(ssim)),
+        float(np.mean(lp)),
+        [_finite(v) for v in psnr],
+    )
     scores.append(score)
     worst_clips.add(score.psnr, name, frames, recon_u8, video.fps)
     total_frames += len(frames)
-    bar.set_postfix(frames_per_s=f"{total_frames / (time.perf_counter() - start):.1f}",
-                    psnr=f"{score.psnr:.2f}")
+    bar.set_postfix(
+        frames_per_s=f"{total_frames / (time.perf_counter() - start):.1f}", psnr=f"{score.psnr:.2f}"
+    )
   bar.close()
   if not scores:
-    raise ValueError(f"no usable video under {data_dir} ({len(skipped)} skipped)"
-                     + "".join(f"\n  {s['file']}: {s['reason']}" for s in skipped[:10]))
+    raise ValueError(
+        f"no usable video under {data_dir} ({len(skipped)} skipped)"
+        + "".join(f"\n  {s['file']}: {s['reason']}" for s in skipped[:10])
+    )
   rfvd_value, fvd_clips = scorer.rfvd() if rfvd else (None, 0)
   seconds = time.perf_counter() - start
   summary = dict(
-      model=description or {}, data=os.path.abspath(data_dir), videos=len(scores),
-      frames=total_frames, num_frames=num_frames, size=list(size) if size else None, mode=mode,
-      chunk_frames=chunk_frames, temporal_factor=codec.temporal_factor,
+      model=description or {},
+      data=os.path.abspath(data_dir),
+      videos=len(scores),
+      frames=total_frames,
+      num_frames=num_frames,
+      size=list(size) if size else None,
+      mode=mode,
+      chunk_frames=chunk_frames,
+      temporal_factor=codec.temporal_factor,
       spatial_factor=codec.spatial_factor,
-      psnr=_mean([s.psnr for s in scores]), ssim=float(np.mean([s.ssim for s in scores])),
-      lpips=float(np.mean([s.lpips for s in scores])), rfvd=rfvd_value, rfvd_clips=fvd_clips,
-      rfvd_note=None if rfvd_value is not None else (
-          "rFVD needs at least two 16-frame clips in all (num_frames >= 16)" if rfvd
-          else "rFVD not computed (rfvd=False)"),
-      seconds=round(seconds, 3), frames_per_second=round(total_frames / seconds, 3),
-      per_video=[s.to_json() for s in scores], skipped=skipped)
+      psnr=_mean([s.psnr for s in scores]),
+      ssim=float(np.mean([s.ssim for s in scores])),
+      lpips=float(np.mean([s.lpips for s in scores])),
+      rfvd=rfvd_value,
+      rfvd_clips=fvd_clips,
+      rfvd_note=None
+      if rfvd_value is not None
+      else (
+          "rFVD needs at least two 16-frame clips in all (num_frames >= 16)"
+          if rfvd
+          else "rFVD not computed (rfvd=False)"
+      ),
+      seconds=round(seconds, 3),
+      frames_per_second=round(total_frames / seconds, 3),
+      per_video=[s.to_json() for s in scores],
+      skipped=skipped,
+  )
   _write_report(out_dir, summary, scores, worst_clips)
   return summary
 
@@ -225,22 +277,37 @@ def _write_report(out_dir: str, summary: dict, scores: list[VideoScore], worst: 
     path = os.path.join(out_dir, f"worst_{i}_{stem}.mp4")
     side_by_side = np.concatenate([truth, recon], axis=1)  # input above reconstruction
     h, w = side_by_side.shape[1:3]
-    video_io.write_video(path, side_by_side[:, :h - h % 2, :w - w % 2], fps or 25.0)
+    video_io.write_video(path, side_by_side[:, : h - h % 2, : w - w % 2], fps or 25.0)
     media.append(dict(file=name, psnr=psnr, path=path))
   summary["worst"] = media
-  series = [(s.file if i < 8 else "", np.arange(s.frames),
-             np.asarray([np.nan if v is None else v for v in s.per_frame_psnr]), 1)
-            for i, s in enumerate(scores)]
+  series = [
+      (
+          s.file if i < 8 else "",
+          np.arange(s.frames),
+          np.asarray([np.nan if v is None else v for v in s.per_frame_psnr]),
+          1,
+      )
+      for i, s in enumerate(scores)
+  ]
   longest = max(s.frames for s in scores)
   padded = np.full((len(scores), longest), np.nan)
   for i, s in enumerate(scores):
-    padded[i, :s.frames] = [np.nan if v is None else v for v in s.per_frame_psnr]
+    padded[i, : s.frames] = [np.nan if v is None else v for v in s.per_frame_psnr]
   with np.errstate(all="ignore"):
     mean = np.nanmean(np.where(np.isfinite(padded), padded, np.nan), axis=0)
   series.append(("mean", np.arange(longest), mean, 3))
-  visualize.save_line_plots(os.path.join(out_dir, "per_frame_psnr.png"), [dict(
-      title=f"PSNR per frame ({len(scores)} videos)", xlabel="frame", ylabel="PSNR (dB)",
-      series=series)], panel_size=(8, 4.4))
+  visualize.save_line_plots(
+      os.path.join(out_dir, "per_frame_psnr.png"),
+      [
+          dict(
+              title=f"PSNR per frame ({len(scores)} videos)",
+              xlabel="frame",
+              ylabel="PSNR (dB)",
+              series=series,
+          )
+      ],
+      panel_size=(8, 4.4),
+  )
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
@@ -253,19 +320,29 @@ def _fmt(value, digits: int) -> str:
 
 def _markdown(summary: dict) -> str:
   lines = [
-      "# Reconstruction metrics", "",
+      "# Reconstruction metrics",
+      "",
       f"Model: `{json.dumps(summary['model'])}`  ",
       f"Data: `{summary['data']}`: {summary['videos']} videos, {summary['frames']} frames"
-      f" (first {summary['num_frames']} of each), mode `{summary['mode']}`", "",
-      "| PSNR (dB) | SSIM | LPIPS | rFVD |", "|---|---|---|---|",
+      f" (first {summary['num_frames']} of each), mode `{summary['mode']}`",
+      "",
+      "| PSNR (dB) | SSIM | LPIPS | rFVD |",
+      "|---|---|---|---|",
       f"| {_fmt(summary['psnr'], 2)} | {_fmt(summary['ssim'], 4)} | {_fmt(summary['lpips'], 4)}"
-      f" | {_fmt(summary['rfvd'], 2)} |", "",
+      f" | {_fmt(summary['rfvd'], 2)} |",
+      "",
       f"rFVD over {summary['rfvd_clips']} clips of {fvd.FVD_FRAMES} frames"
-      + (f" ({summary['rfvd_note']})" if summary["rfvd_note"] else "") + ".", "",
-      "| video | frames | PSNR | SSIM | LPIPS |", "|---|---|---|---|---|"]
+      + (f" ({summary['rfvd_note']})" if summary["rfvd_note"] else "")
+      + ".",
+      "",
+      "| video | frames | PSNR | SSIM | LPIPS |",
+      "|---|---|---|---|---|",
+  ]
   for s in summary["per_video"]:
-    lines.append(f"| {s['file']} | {s['frames']} | {_fmt(s['psnr'], 2)} |"
-                 f" {_fmt(s['ssim'], 4)} | {_fmt(s['lpips'], 4)} |")
+    lines.append(
+        f"| {s['file']} | {s['frames']} | {_fmt(s['psnr'], 2)} |"
+        f" {_fmt(s['ssim'], 4)} | {_fmt(s['lpips'], 4)} |"
+    )
   if summary["skipped"]:
     lines += ["", f"Skipped {len(summary['skipped'])} file(s):", ""]
     lines += [f"- `{s['file']}`: {s['reason']}" for s in summary["skipped"]]

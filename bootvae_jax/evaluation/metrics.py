@@ -67,10 +67,12 @@ def _blur_valid(maps: jax.Array, taps: jax.Array) -> jax.Array:
   hi = jax.lax.Precision.HIGHEST
   rows = jnp.tile(taps.reshape(size, 1, 1, 1), (1, 1, 1, k))
   cols = jnp.tile(taps.reshape(1, size, 1, 1), (1, 1, 1, k))
-  maps = jax.lax.conv_general_dilated(maps, rows, (1, 1), 'VALID', dimension_numbers=dn,
-                                      feature_group_count=k, precision=hi)
-  return jax.lax.conv_general_dilated(maps, cols, (1, 1), 'VALID', dimension_numbers=dn,
-                                      feature_group_count=k, precision=hi)
+  maps = jax.lax.conv_general_dilated(
+      maps, rows, (1, 1), 'VALID', dimension_numbers=dn, feature_group_count=k, precision=hi
+  )
+  return jax.lax.conv_general_dilated(
+      maps, cols, (1, 1), 'VALID', dimension_numbers=dn, feature_group_count=k, precision=hi
+  )
 
 
 def per_frame_ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
@@ -96,8 +98,8 @@ def per_frame_ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.A
     raise ValueError(f'SSIM uses an {SSIM_WINDOW}x{SSIM_WINDOW} window; frames are {h}x{w}')
   x = x.astype(jnp.float32).reshape(b * t, h, w, c) + data_range / 2.0
   y = y.astype(jnp.float32).reshape(b * t, h, w, c) + data_range / 2.0
-  c1 = (SSIM_K1 * data_range)**2
-  c2 = (SSIM_K2 * data_range)**2
+  c1 = (SSIM_K1 * data_range) ** 2
+  c2 = (SSIM_K2 * data_range) ** 2
 
   # (Co)variances are shift-invariant: take them of frames centred on their mean, so
   # E[x^2] - E[x]^2 does not cancel catastrophically in float32 (an error of 1e-7 in the
@@ -112,8 +114,11 @@ def per_frame_ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.A
   var_y = e_yy - mu_yc * mu_yc
   cov = e_xy - mu_xc * mu_yc
   mu_x, mu_y = mu_xc + mean_x, mu_yc + mean_y
-  ssim_map = ((2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
-              / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)))
+  ssim_map = (
+      (2.0 * mu_x * mu_y + c1)
+      * (2.0 * cov + c2)
+      / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+  )
   return jnp.mean(ssim_map, axis=(1, 2, 3)).reshape(b, t)
 
 
@@ -133,6 +138,6 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
 
 def _check_clips(x: jax.Array, y: jax.Array) -> None:
   if x.shape != y.shape or x.ndim != 5:
-    raise ValueError(f'expected two (B, T, H, W, C) clips of equal shape; got {x.shape} '
-                     f'and {y.shape}')
-
+    raise ValueError(
+        f'expected two (B, T, H, W, C) clips of equal shape; got {x.shape} ' f'and {y.shape}'
+    )

@@ -10,8 +10,9 @@ from PIL import Image
 from bootvae_jax.data.transforms import to_uint8
 
 
-def frames_grid(truth: np.ndarray, recon: np.ndarray, num_frames: int = 4, *,
-                min_frame_size: int = 128) -> np.ndarray:
+def frames_grid(
+    truth: np.ndarray, recon: np.ndarray, num_frames: int = 4, *, min_frame_size: int = 128
+) -> np.ndarray:
   """A 2-row uint8 image: `num_frames` evenly spaced frames of `truth` above the same frames
   of `recon`, each frame upscaled (nearest, integer factor) to at least `min_frame_size`
   pixels so a 32² clip is visible at a glance.
@@ -34,7 +35,6 @@ def save_png(image: np.ndarray, path: str) -> str:
   return path
 
 
-
 def save_line_plots(path: str, panels: list[dict], *, panel_size=(6.4, 4.0)) -> str:
   """Line charts side by side, written as a PNG (matplotlib, Agg backend).
 
@@ -49,15 +49,23 @@ def save_line_plots(path: str, panels: list[dict], *, panel_size=(6.4, 4.0)) -> 
     path.
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  fig, axes = plt.subplots(1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+      1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]), squeeze=False
+  )
   for ax, panel in zip(axes[0], panels):
     for label, xs, ys, *width in panel["series"]:
-      ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3,
-              linewidth=width[0] if width else 1.5, label=label or None)
+      ax.plot(
+          xs,
+          ys,
+          marker="o" if len(xs) < 40 else None,
+          markersize=3,
+          linewidth=width[0] if width else 1.5,
+          label=label or None,
+      )
     if panel.get("log_x"):
       ax.set_xscale("log")
     ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])

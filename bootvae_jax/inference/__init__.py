@@ -19,5 +19,6 @@ def __getattr__(name: str):
   # JAX (the CLIs import it after flag parsing).
   if name in __all__:
     from bootvae_jax.inference import streaming  # pylint: disable=import-outside-toplevel
+
     return getattr(streaming, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,7 +43,6 @@ from bootvae_jax.models.autoencoder import frame_rule_error
 from bootvae_jax.models.autoencoder import frame_size_error
 from bootvae_jax.models.autoencoder import valid_frame_counts
 
-
 # ----------------------------------------------------------------------------------------------
 # The per-chunk functions, jitted once per chunk shape.
 
@@ -65,8 +64,10 @@ class ChunkCodec:
 
   def __init__(self, model: nnx.Module, mesh: Mesh | None = None):
     if mesh is not None and "spatial" not in mesh.axis_names:
-      raise ValueError(f"mesh axes {mesh.axis_names} have no 'spatial' axis to split height"
-                       " over; build one with inference.spatial.spatial_mesh()")
+      raise ValueError(
+          f"mesh axes {mesh.axis_names} have no 'spatial' axis to split height"
+          " over; build one with inference.spatial.spatial_mesh()"
+      )
     self.temporal_factor = int(model.temporal_factor)
     self.spatial_factor = int(model.spatial_factor)
     self.mesh = mesh
@@ -150,8 +151,9 @@ class ChunkCodec:
     with self._context():
       return np.asarray(self._reconstruct(self.state, self._put(x)))
 
-  def encode_step(self, x: np.ndarray, states: Any, *, last: bool = False
-                  ) -> tuple[DiagonalGaussian, Any]:
+  def encode_step(
+      self, x: np.ndarray, states: Any, *, last: bool = False
+  ) -> tuple[DiagonalGaussian, Any]:
     """One chunk of a stream: x (B, t, H, W, C), `states` the previous step's (None for the
     first chunk) → (numpy posterior of this chunk's latent frames, states for the next step,
     left on the device). `last` flushes frames held by ops that look ahead."""
@@ -159,8 +161,9 @@ class ChunkCodec:
       mean, logvar, states = self._encode_step(self.state, states, self._put(x), last=last)
     return DiagonalGaussian(np.asarray(mean), np.asarray(logvar)), states
 
-  def decode_step(self, z: np.ndarray, states: Any, *, last: bool = False
-                  ) -> tuple[np.ndarray, Any]:
+  def decode_step(
+      self, z: np.ndarray, states: Any, *, last: bool = False
+  ) -> tuple[np.ndarray, Any]:
     """One chunk of a stream: z (B, k, h, w, C_z) → (numpy frames, states for the next step)."""
     with self._context():
       video, states = self._decode_step(self.state, states, self._put(z), last=last)
@@ -195,7 +198,8 @@ def check_chunking(temporal_factor: int, chunk_frames: int, overlap_frames: int)
     raise ValueError(
         f"overlap_frames={overlap_frames} must be in [0, {chunk_frames // 2}] for"
         f" chunk_frames={chunk_frames} (at most half a chunk, so that every frame is blended"
-        " from at most two chunks)")
+        " from at most two chunks)"
+    )
 
 
 def chunk_starts(num_frames: int, chunk_frames: int, overlap_frames: int) -> list[int]:
@@ -216,7 +220,7 @@ def crossfade_weights(overlap_frames: int) -> np.ndarray:
   Linear in the frame index, strictly between 0 and 1; the earlier chunk gets `1 - w`, so
   the two always sum to 1 (e.g. overlap 4: 0.2, 0.4, 0.6, 0.8).
   """
-  return (np.arange(1, overlap_frames + 1, dtype=np.float32) / np.float32(overlap_frames + 1))
+  return np.arange(1, overlap_frames + 1, dtype=np.float32) / np.float32(overlap_frames + 1)
 
 
 class _CrossFade:
@@ -231,11 +235,11 @@ class _CrossFade:
     """chunk: (B, chunk_frames, H, W, C) of which the first `num_real` frames are real."""
     out = chunk[:, :num_real]
     if self.tail is not None and self.overlap:
-      head = self.tail * (1.0 - self.weights) + out[:, :self.overlap] * self.weights
-      out = np.concatenate([head, out[:, self.overlap:]], axis=1)
+      head = self.tail * (1.0 - self.weights) + out[:, : self.overlap] * self.weights
+      out = np.concatenate([head, out[:, self.overlap :]], axis=1)
     keep = min(self.overlap, out.shape[1])
-    self.tail = out[:, out.shape[1] - keep:]
-    return out[:, :out.shape[1] - keep]
+    self.tail = out[:, out.shape[1] - keep :]
+    return out[:, : out.shape[1] - keep]
 
   def finish(self) -> np.ndarray:
     tail, self.tail = self.tail, None
@@ -261,8 +265,9 @@ def check_frame_size(shape, spatial_factor: int) -> None:
     raise ValueError(message)
 
 
-def _iter_chunks(blocks: Iterable[np.ndarray], chunk_frames: int, overlap_frames: int
-                 ) -> Iterator[tuple[np.ndarray, int]]:
+def _iter_chunks(
+    blocks: Iterable[np.ndarray], chunk_frames: int, overlap_frames: int
+) -> Iterator[tuple[np.ndarray, int]]:
   """(chunk (B, chunk_frames, …), number of real frames) from time-ordered (B, t, …) blocks.
 
   Holds at most one chunk plus one block: a chunk is cut as soon as its frames are there.
@@ -285,8 +290,9 @@ def _iter_chunks(blocks: Iterable[np.ndarray], chunk_frames: int, overlap_frames
     buffer, started = buffer[:, stride:], True
 
 
-def _run_batched(fn, items: Iterable[tuple[np.ndarray, int]], batch_chunks: int
-                 ) -> Iterator[tuple[np.ndarray, int]]:
+def _run_batched(
+    fn, items: Iterable[tuple[np.ndarray, int]], batch_chunks: int
+) -> Iterator[tuple[np.ndarray, int]]:
   """Applies `fn` to `batch_chunks` chunks at a time, stacked on the batch axis.
 
   A short last group is filled with copies of its last chunk, so `fn` always sees one shape
@@ -301,16 +307,21 @@ def _run_batched(fn, items: Iterable[tuple[np.ndarray, int]], batch_chunks: int
     batch = chunks[0].shape[0]
     out = fn(np.concatenate(chunks, axis=0))
     for i, (_, num_real) in enumerate(group):
-      yield out[i * batch:(i + 1) * batch], num_real
+      yield out[i * batch : (i + 1) * batch], num_real
 
 
 # ----------------------------------------------------------------------------------------------
 # Cross-faded chunks (ProMAG).
 
 
-def reconstruct_stream(model, blocks: Iterable[np.ndarray], *, chunk_frames: int = 17,
-                       overlap_frames: int = 4, batch_chunks: int = 1
-                       ) -> Iterator[np.ndarray]:
+def reconstruct_stream(
+    model,
+    blocks: Iterable[np.ndarray],
+    *,
+    chunk_frames: int = 17,
+    overlap_frames: int = 4,
+    batch_chunks: int = 1,
+) -> Iterator[np.ndarray]:
   """Streaming `reconstruct_long_video`: time-ordered blocks in, finished frames out.
 
   Host memory holds about one chunk (times `batch_chunks`) of input and output, whatever the
@@ -344,8 +355,14 @@ def reconstruct_stream(model, blocks: Iterable[np.ndarray], *, chunk_frames: int
     yield tail
 
 
-def reconstruct_long_video(model, video: np.ndarray, *, chunk_frames: int = 17,
-                           overlap_frames: int = 4, batch_chunks: int = 1) -> np.ndarray:
+def reconstruct_long_video(
+    model,
+    video: np.ndarray,
+    *,
+    chunk_frames: int = 17,
+    overlap_frames: int = 4,
+    batch_chunks: int = 1,
+) -> np.ndarray:
   """Encodes and decodes a video of any length in cross-faded chunks (ProMAG's recipe).
 
   Args:
@@ -365,11 +382,16 @@ def reconstruct_long_video(model, video: np.ndarray, *, chunk_frames: int = 17,
   """
   video, squeeze = _as_batched_video(video)
   out, t = None, 0
-  for piece in reconstruct_stream(model, [video], chunk_frames=chunk_frames,
-                                  overlap_frames=overlap_frames, batch_chunks=batch_chunks):
+  for piece in reconstruct_stream(
+      model,
+      [video],
+      chunk_frames=chunk_frames,
+      overlap_frames=overlap_frames,
+      batch_chunks=batch_chunks,
+  ):
     if out is None:  # output channels are the model's, known from the first piece
       out = np.empty(video.shape[:4] + piece.shape[-1:], np.float32)
-    out[:, t:t + piece.shape[1]] = piece
+    out[:, t : t + piece.shape[1]] = piece
     t += piece.shape[1]
   assert t == video.shape[1], (t, video.shape)
   return out[0] if squeeze else out
@@ -389,8 +411,14 @@ class ChunkedLatents:
   overlap_frames: int
 
 
-def encode_chunks(model, video: np.ndarray, *, chunk_frames: int = 17,
-                  overlap_frames: int = 4, batch_chunks: int = 1) -> ChunkedLatents:
+def encode_chunks(
+    model,
+    video: np.ndarray,
+    *,
+    chunk_frames: int = 17,
+    overlap_frames: int = 4,
+    batch_chunks: int = 1,
+) -> ChunkedLatents:
   """The latent half of `reconstruct_long_video`: one posterior mean per chunk.
 
   video: (B, T, H, W, C) or (T, H, W, C) float32 in [-1, 1] (then latents have B = 1).
@@ -409,10 +437,14 @@ def decode_chunks(model, chunked: ChunkedLatents, *, batch_chunks: int = 1) -> n
   codec = as_codec(model)
   starts = chunk_starts(chunked.num_frames, chunked.chunk_frames, chunked.overlap_frames)
   if len(starts) != chunked.latents.shape[1]:
-    raise ValueError(f"{chunked.latents.shape[1]} latent chunks, but {chunked.num_frames}"
-                     f" frames in chunks of {chunked.chunk_frames} need {len(starts)}")
-  items = ((chunked.latents[:, i], min(chunked.chunk_frames, chunked.num_frames - start))
-           for i, start in enumerate(starts))
+    raise ValueError(
+        f"{chunked.latents.shape[1]} latent chunks, but {chunked.num_frames}"
+        f" frames in chunks of {chunked.chunk_frames} need {len(starts)}"
+    )
+  items = (
+      (chunked.latents[:, i], min(chunked.chunk_frames, chunked.num_frames - start))
+      for i, start in enumerate(starts)
+  )
   fade = _CrossFade(chunked.overlap_frames)
   pieces = [fade.add(out, n) for out, n in _run_batched(codec.decode, items, batch_chunks)]
   return np.concatenate(pieces + [fade.finish()], axis=1)
@@ -441,11 +473,15 @@ def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
 
 
 def _check_tile(temporal_factor: int, chunk_frames: int) -> None:
-  if chunk_frames < 2 or (message := frame_rule_error(chunk_frames, temporal_factor,
-                                                      "a tile")) is not None:
+  if (
+      chunk_frames < 2
+      or (message := frame_rule_error(chunk_frames, temporal_factor, "a tile")) is not None
+  ):
     valid = [n for n in valid_frame_counts(temporal_factor, chunk_frames, 3) if n > 1][:2]
-    raise ValueError(f"chunk_frames={chunk_frames}: tiles need 1+{temporal_factor}k frames"
-                     f" with k ≥ 1 (e.g. {' or '.join(map(str, valid))})")
+    raise ValueError(
+        f"chunk_frames={chunk_frames}: tiles need 1+{temporal_factor}k frames"
+        f" with k ≥ 1 (e.g. {' or '.join(map(str, valid))})"
+    )
 
 
 def tiled_encode(model, video: np.ndarray, chunk_frames: int) -> DiagonalGaussian:
@@ -468,14 +504,14 @@ def tiled_encode(model, video: np.ndarray, chunk_frames: int) -> DiagonalGaussia
   video = np.asarray(video, np.float32)
   if video.ndim != 5:
     raise ValueError(f"expected video (B, T, H, W, C), got shape {video.shape}")
-  if (message := frame_rule_error(video.shape[1], codec.temporal_factor, "the video")):
+  if message := frame_rule_error(video.shape[1], codec.temporal_factor, "the video"):
     raise ValueError(message + "; reconstruct_tiled pads any length")
   check_frame_size(video.shape, codec.spatial_factor)
   means, logvars = [], []
   for i, (a, b) in enumerate(tile_spans(video.shape[1], chunk_frames)):
     posterior = codec.encode(video[:, a:b])
-    means.append(posterior.mean[:, 1 if i else 0:])
-    logvars.append(posterior.logvar[:, 1 if i else 0:])
+    means.append(posterior.mean[:, 1 if i else 0 :])
+    logvars.append(posterior.logvar[:, 1 if i else 0 :])
   return DiagonalGaussian(np.concatenate(means, axis=1), np.concatenate(logvars, axis=1))
 
 
@@ -500,7 +536,7 @@ def tiled_decode(model, latent: np.ndarray, chunk_latents: int) -> np.ndarray:
     raise ValueError(f"expected latent (B, T, H, W, C), got shape {latent.shape}")
   pieces = []
   for i, (a, b) in enumerate(tile_spans(latent.shape[1], chunk_latents)):
-    pieces.append(codec.decode(latent[:, a:b])[:, 1 if i else 0:])
+    pieces.append(codec.decode(latent[:, a:b])[:, 1 if i else 0 :])
   return np.concatenate(pieces, axis=1)
 
 

@@ -55,17 +55,24 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/).")
   flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
   flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
-  flags.DEFINE_enum("official", None, ["odvae", "cvvae"],
-                    "Load released weights of this kind instead of a workdir.")
+  flags.DEFINE_enum(
+      "official",
+      None,
+      ["odvae", "cvvae"],
+      "Load released weights of this kind instead of a workdir.",
+  )
   flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
   flags.DEFINE_string("official_config", None, "Official config.json.")
-  flags.DEFINE_enum("mode", "auto", MODES,
-                    "stream: exact, with the causal-conv cache; crossfade: ProMAG's overlapping"
-                    " chunks blended in pixel space; tiled: OD-VAE/CV-VAE tiles sharing one"
-                    " frame; auto: stream if the model allows, else crossfade.")
+  flags.DEFINE_enum(
+      "mode",
+      "auto",
+      MODES,
+      "stream: exact, with the causal-conv cache; crossfade: ProMAG's overlapping"
+      " chunks blended in pixel space; tiled: OD-VAE/CV-VAE tiles sharing one"
+      " frame; auto: stream if the model allows, else crossfade.",
+  )
   flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
-  flags.DEFINE_integer("overlap_frames", 4,
-                       "Frames shared by consecutive chunks (crossfade mode).")
+  flags.DEFINE_integer("overlap_frames", 4, "Frames shared by consecutive chunks (crossfade mode).")
   flags.DEFINE_integer("batch_chunks", 1, "Chunks run together (crossfade mode).")
   flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
   flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
@@ -76,15 +83,22 @@ def define_flags() -> None:
 # Loading a model.
 
 
-def load_workdir_or_official(*, workdir: str | None = None, step: int | None = None,
-                             ema: bool = False, official: str | None = None,
-                             weights: str | None = None, official_config: str | None = None
-                             ) -> tuple[Any, dict[str, Any]]:
+def load_workdir_or_official(
+    *,
+    workdir: str | None = None,
+    step: int | None = None,
+    ema: bool = False,
+    official: str | None = None,
+    weights: str | None = None,
+    official_config: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
   """The CLI's model: a training run's (`bootvae_jax.load_model`) or released weights
   (`interop.official.load_official`); and a JSON-able description of where it came from."""
   if bool(workdir) == bool(official):
-    raise ValueError("give either --workdir (a training run) or --official with --weights and"
-                     " --official_config (released weights)")
+    raise ValueError(
+        "give either --workdir (a training run) or --official with --weights and"
+        " --official_config (released weights)"
+    )
   if workdir:
     from bootvae_jax.training import checkpoints
 
@@ -94,8 +108,10 @@ def load_workdir_or_official(*, workdir: str | None = None, step: int | None = N
   if not weights or not official_config:
     raise ValueError(f"--official={official} needs --weights and --official_config")
   from bootvae_jax.interop.official import load_official
+
   return load_official(official, weights, official_config), dict(
-      official=official, weights=os.path.abspath(weights))
+      official=official, weights=os.path.abspath(weights)
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,9 +128,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
   return height, width
 
 
-def fit_frame_size(height: int, width: int, spatial_factor: int,
-                   size: tuple[int, int] | None = None
-                   ) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None]:
+def fit_frame_size(
+    height: int, width: int, spatial_factor: int, size: tuple[int, int] | None = None
+) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None]:
   """How to make frames fit a model whose spatial factor is `spatial_factor`.
 
   Args:
@@ -137,8 +153,10 @@ def fit_frame_size(height: int, width: int, spatial_factor: int,
       raise ValueError(message)
     return tuple(size), None
   if height < s or width < s:
-    raise ValueError(f"frames of {height}x{width} are smaller than the model's spatial factor"
-                     f" {s}; pass --size")
+    raise ValueError(
+        f"frames of {height}x{width} are smaller than the model's spatial factor"
+        f" {s}; pass --size"
+    )
   h, w = height - height % s, width - width % s
   if (h, w) == (height, width):
     return None, None
@@ -163,8 +181,15 @@ def resolve_mode(codec, mode: str) -> str:
   return mode
 
 
-def reconstruct_blocks(codec, blocks: Iterator[np.ndarray], *, mode: str, chunk_frames: int = 17,
-                       overlap_frames: int = 4, batch_chunks: int = 1) -> Iterator[np.ndarray]:
+def reconstruct_blocks(
+    codec,
+    blocks: Iterator[np.ndarray],
+    *,
+    mode: str,
+    chunk_frames: int = 17,
+    overlap_frames: int = 4,
+    batch_chunks: int = 1,
+) -> Iterator[np.ndarray]:
   """Reconstructed frames of time-ordered blocks (B, t, H, W, C) in [-1, 1], in order; as
   many frames come out as went in.
 
@@ -181,9 +206,13 @@ def reconstruct_blocks(codec, blocks: Iterator[np.ndarray], *, mode: str, chunk_
   if mode == "stream":
     yield from streaming.stream_reconstruct_blocks(codec, blocks, chunk_frames)
   elif mode == "crossfade":
-    yield from chunked.reconstruct_stream(codec, blocks, chunk_frames=chunk_frames,
-                                          overlap_frames=overlap_frames,
-                                          batch_chunks=batch_chunks)
+    yield from chunked.reconstruct_stream(
+        codec,
+        blocks,
+        chunk_frames=chunk_frames,
+        overlap_frames=overlap_frames,
+        batch_chunks=batch_chunks,
+    )
   elif mode == "tiled":
     video = np.concatenate(list(blocks), axis=1)
     yield chunked.reconstruct_tiled(codec, video, chunk_frames=chunk_frames)
@@ -191,10 +220,19 @@ def reconstruct_blocks(codec, blocks: Iterator[np.ndarray], *, mode: str, chunk_
     raise ValueError(f"mode={mode!r}; use stream, crossfade or tiled (or resolve_mode('auto'))")
 
 
-def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "auto",
-                     chunk_frames: int = 17, overlap_frames: int = 4, batch_chunks: int = 1,
-                     max_frames: int | None = None, size: tuple[int, int] | None = None,
-                     progress: bool = False) -> dict[str, Any]:
+def reconstruct_file(
+    model,
+    input_path: str,
+    output_path: str,
+    *,
+    mode: str = "auto",
+    chunk_frames: int = 17,
+    overlap_frames: int = 4,
+    batch_chunks: int = 1,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
   """Reads `input_path`, reconstructs it with `model`, writes `output_path`.
 
   Args:
@@ -224,9 +262,12 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "a
   info = video_io.video_info(input_path)
   resize, crop = fit_frame_size(info.height, info.width, codec.spatial_factor, size)
   if crop is not None:
-    print(f"note: {info.height}x{info.width} frames are not divisible by the model's spatial"
-          f" factor {codec.spatial_factor}; using the centre {crop[2]}x{crop[3]}"
-          " (pass --size to resize instead)", file=sys.stderr)
+    print(
+        f"note: {info.height}x{info.width} frames are not divisible by the model's spatial"
+        f" factor {codec.spatial_factor}; using the centre {crop[2]}x{crop[3]}"
+        " (pass --size to resize instead)",
+        file=sys.stderr,
+    )
   inputs = collections.deque()  # input frames whose reconstruction has not come out yet
   psnrs = []
 
@@ -234,21 +275,39 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "a
     for block in video_io.iter_video(input_path, max_frames=max_frames, size=resize):
       if crop is not None:
         top, left, h, w = crop
-        block = block[:, top:top + h, left:left + w]
+        block = block[:, top : top + h, left : left + w]
       inputs.extend(block)
       yield transforms.to_unit_range(block)[None]
 
   total = min(info.num_frames, max_frames or info.num_frames) or None
-  with video_io.VideoWriter(output_path, info.fps) as writer, tqdm.tqdm(
-      total=total, unit="frame", disable=not progress, file=sys.stderr,
-      desc=f"reconstruct ({mode})") as bar:
-    for piece in reconstruct_blocks(codec, blocks(), mode=mode, chunk_frames=chunk_frames,
-                                    overlap_frames=overlap_frames, batch_chunks=batch_chunks):
+  with (
+      video_io.VideoWriter(output_path, info.fps) as writer,
+      tqdm.tqdm(
+          total=total,
+          unit="frame",
+          disable=not progress,
+          file=sys.stderr,
+          desc=f"reconstruct ({mode})",
+      ) as bar,
+  ):
+    for piece in reconstruct_blocks(
+        codec,
+        blocks(),
+        mode=mode,
+        chunk_frames=chunk_frames,
+        overlap_frames=overlap_frames,
+        batch_chunks=batch_chunks,
+    ):
       frames = transforms.to_uint8(piece[0])
       reference = np.stack([inputs.popleft() for _ in range(len(frames))])
       # Of the written uint8 frames against the input's (metrics' per-frame convention).
-      psnrs.append(np.asarray(metrics.per_frame_psnr(
-          transforms.to_unit_range(frames)[None], transforms.to_unit_range(reference)[None])[0]))
+      psnrs.append(
+          np.asarray(
+              metrics.per_frame_psnr(
+                  transforms.to_unit_range(frames)[None], transforms.to_unit_range(reference)[None]
+              )[0]
+          )
+      )
       writer.write(frames)
       bar.update(len(frames))
   if mode == "tiled":
@@ -258,14 +317,23 @@ def reconstruct_file(model, input_path: str, output_path: str, *, mode: str = "a
   psnr = float(np.mean(np.concatenate(psnrs)))
   seconds = time.perf_counter() - start
   return dict(
-      input=os.path.abspath(input_path), output=writer.path, frames=writer.num_frames,
-      height=writer.stream.height, width=writer.stream.width, fps=info.fps,
+      input=os.path.abspath(input_path),
+      output=writer.path,
+      frames=writer.num_frames,
+      height=writer.stream.height,
+      width=writer.stream.width,
+      fps=info.fps,
       source_size=[info.height, info.width],
       psnr=psnr if np.isfinite(psnr) else None,  # JSON has no infinity (identical frames)
-      seconds=round(seconds, 3), frames_per_second=round(writer.num_frames / seconds, 3),
-      mode=mode, chunk_frames=chunk_frames, overlap_frames=overlap_frames,
-      batch_chunks=batch_chunks, temporal_factor=codec.temporal_factor,
-      spatial_factor=codec.spatial_factor)
+      seconds=round(seconds, 3),
+      frames_per_second=round(writer.num_frames / seconds, 3),
+      mode=mode,
+      chunk_frames=chunk_frames,
+      overlap_frames=overlap_frames,
+      batch_chunks=batch_chunks,
+      temporal_factor=codec.temporal_factor,
+      spatial_factor=codec.spatial_factor,
+  )
 
 
 def main(argv) -> None:
@@ -276,20 +344,36 @@ def main(argv) -> None:
     size = parse_size(args.size)
     start = time.perf_counter()
     model, source = load_workdir_or_official(
-        workdir=args.workdir, step=args.step, ema=args.ema, official=args.official,
-        weights=args.weights, official_config=args.official_config)
+        workdir=args.workdir,
+        step=args.step,
+        ema=args.ema,
+        official=args.official,
+        weights=args.weights,
+        official_config=args.official_config,
+    )
     load_seconds = time.perf_counter() - start
     from bootvae_jax.inference import chunked
+
     codec = chunked.ChunkCodec(model)
     mode = resolve_mode(codec, args.mode)
     for name in ("overlap_frames", "batch_chunks"):
       if mode != "crossfade" and args[name].present:
-        raise ValueError(f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
-                         f" (tiles share exactly one frame, streams none); drop --{name}")
-    summary = reconstruct_file(codec, args.input, args.output, mode=mode,
-                               chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
-                               batch_chunks=args.batch_chunks, max_frames=args.max_frames,
-                               size=size, progress=args.progress)
+        raise ValueError(
+            f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
+            f" (tiles share exactly one frame, streams none); drop --{name}"
+        )
+    summary = reconstruct_file(
+        codec,
+        args.input,
+        args.output,
+        mode=mode,
+        chunk_frames=args.chunk_frames,
+        overlap_frames=args.overlap_frames,
+        batch_chunks=args.batch_chunks,
+        max_frames=args.max_frames,
+        size=size,
+        progress=args.progress,
+    )
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(dict(summary, model=source, load_seconds=round(load_seconds, 3))))

@@ -62,13 +62,14 @@ def tile_weights(starts: list[int], tile: int, length: int) -> list[np.ndarray]:
       w[:shared] = chunked.crossfade_weights(shared)
     if i + 1 < len(starts):
       shared = start + size - starts[i + 1]
-      w[size - shared:] = np.minimum(w[size - shared:], chunked.crossfade_weights(shared)[::-1])
+      w[size - shared :] = np.minimum(w[size - shared :], chunked.crossfade_weights(shared)[::-1])
     weights.append(w)
   return weights
 
 
-def blend_tiles(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, tile: int,
-                overlap: int, scale: float) -> np.ndarray:
+def blend_tiles(
+    fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, tile: int, overlap: int, scale: float
+) -> np.ndarray:
   """Applies `fn` tile by tile over H and W of `x` and blends the results.
 
   Args:
@@ -89,26 +90,29 @@ def blend_tiles(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, tile: 
   up = lambda n: int(round(n * scale))
   for n in (tile, overlap, height, width):
     if abs(n * scale - up(n)) > 1e-9:
-      raise ValueError(f"{n} pixels times {scale} is not a whole number of output pixels;"
-                       f" use tile and overlap divisible by {int(round(1 / scale))}")
+      raise ValueError(
+          f"{n} pixels times {scale} is not a whole number of output pixels;"
+          f" use tile and overlap divisible by {int(round(1 / scale))}"
+      )
   row_w = tile_weights([up(r) for r in rows], up(tile), up(height))
   col_w = tile_weights([up(c) for c in cols], up(tile), up(width))
   th, tw = min(tile, height), min(tile, width)
   out = total = None
   for r, wr in zip(rows, row_w):
     for c, wc in zip(cols, col_w):
-      y = np.asarray(fn(x[:, :, r:r + th, c:c + tw]), np.float32)
+      y = np.asarray(fn(x[:, :, r : r + th, c : c + tw]), np.float32)
       if out is None:
         out = np.zeros(y.shape[:2] + (up(height), up(width)) + y.shape[4:], np.float32)
         total = np.zeros((up(height), up(width), 1), np.float32)
       w = (wr[:, None] * wc[None, :])[..., None]
-      out[:, :, up(r):up(r) + y.shape[2], up(c):up(c) + y.shape[3]] += w * y
-      total[up(r):up(r) + y.shape[2], up(c):up(c) + y.shape[3]] += w
+      out[:, :, up(r) : up(r) + y.shape[2], up(c) : up(c) + y.shape[3]] += w * y
+      total[up(r) : up(r) + y.shape[2], up(c) : up(c) + y.shape[3]] += w
   return out / total
 
 
-def encode_in_tiles(model, video: np.ndarray, *, tile: int = 256, overlap: int = 64,
-                    chunk_frames: int | None = None) -> DiagonalGaussian:
+def encode_in_tiles(
+    model, video: np.ndarray, *, tile: int = 256, overlap: int = 64, chunk_frames: int | None = None
+) -> DiagonalGaussian:
   """Encodes a large video in spatial tiles, blending the latents.
 
   Args:
@@ -126,18 +130,17 @@ def encode_in_tiles(model, video: np.ndarray, *, tile: int = 256, overlap: int =
   chunked.check_frame_size(video.shape, codec.spatial_factor)
 
   def encode(x):
-    p = (streaming.stream_encode(codec, x, chunk_frames) if chunk_frames
-         else codec.encode(x))
+    p = streaming.stream_encode(codec, x, chunk_frames) if chunk_frames else codec.encode(x)
     return np.concatenate([p.mean, p.logvar], axis=-1)
 
-  moments = blend_tiles(encode, video, tile=tile, overlap=overlap,
-                        scale=1 / codec.spatial_factor)
+  moments = blend_tiles(encode, video, tile=tile, overlap=overlap, scale=1 / codec.spatial_factor)
   mean, logvar = np.split(moments, 2, axis=-1)
   return DiagonalGaussian(mean, logvar)
 
 
-def decode_in_tiles(model, z: np.ndarray, *, tile: int = 32, overlap: int = 8,
-                    chunk_latents: int | None = None) -> np.ndarray:
+def decode_in_tiles(
+    model, z: np.ndarray, *, tile: int = 32, overlap: int = 8, chunk_latents: int | None = None
+) -> np.ndarray:
   """Decodes latents in spatial tiles (`tile`, `overlap` in latent pixels), blending pixels.
 
   z: (B, T', h, w, C_z) → (B, T, h·s, w·s, C) float32. `chunk_latents` streams each tile.
@@ -145,8 +148,8 @@ def decode_in_tiles(model, z: np.ndarray, *, tile: int = 32, overlap: int = 8,
   codec = chunked.as_codec(model)
 
   def decode(x):
-    return (streaming.stream_decode(codec, x, chunk_latents) if chunk_latents
-            else codec.decode(x))
+    return streaming.stream_decode(codec, x, chunk_latents) if chunk_latents else codec.decode(x)
 
-  return blend_tiles(decode, np.asarray(z, np.float32), tile=tile, overlap=overlap,
-                     scale=codec.spatial_factor)
+  return blend_tiles(
+      decode, np.asarray(z, np.float32), tile=tile, overlap=overlap, scale=codec.spatial_factor
+  )

@@ -39,9 +39,11 @@ def check_streamable(codec: chunked.ChunkCodec) -> None:
 def _check_chunk_frames(temporal_factor: int, chunk_frames: int) -> None:
   r = temporal_factor
   if chunk_frames < 1 + r or frame_rule_error(chunk_frames, r) is not None:
-    raise ValueError(f"chunk_frames={chunk_frames}: a {r}x model streams in a first chunk of"
-                     f" 1+{r}k frames (k ≥ 1, e.g. {1 + r} or {1 + 4 * r}) and then chunks of"
-                     f" {r}k frames")
+    raise ValueError(
+        f"chunk_frames={chunk_frames}: a {r}x model streams in a first chunk of"
+        f" 1+{r}k frames (k ≥ 1, e.g. {1 + r} or {1 + 4 * r}) and then chunks of"
+        f" {r}k frames"
+    )
 
 
 def _as_blocks(video) -> tuple[Iterable[np.ndarray], bool]:
@@ -71,9 +73,14 @@ def _as_blocks(video) -> tuple[Iterable[np.ndarray], bool]:
   return batched(), unbatched
 
 
-def _cut(blocks: Iterable[np.ndarray], first_size: int, later_size: int,
-         final_size: Callable[[int, bool], int], *, flag_last: bool
-         ) -> Iterator[tuple[np.ndarray, int, bool]]:
+def _cut(
+    blocks: Iterable[np.ndarray],
+    first_size: int,
+    later_size: int,
+    final_size: Callable[[int, bool], int],
+    *,
+    flag_last: bool,
+) -> Iterator[tuple[np.ndarray, int, bool]]:
   """(chunk, real frames in it, is the last chunk) from time-ordered (B, t, ...) blocks.
 
   The first chunk has `first_size` frames, later ones `later_size`; a final partial chunk of
@@ -111,8 +118,9 @@ def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
 
 
-def stream_encode_blocks(model, blocks: Iterable[np.ndarray], chunk_frames: int = 17
-                         ) -> Iterator[DiagonalGaussian]:
+def stream_encode_blocks(
+    model, blocks: Iterable[np.ndarray], chunk_frames: int = 17
+) -> Iterator[DiagonalGaussian]:
   """Encodes time-ordered video blocks chunk by chunk; yields each chunk's posterior.
 
   Args:
@@ -141,7 +149,8 @@ def stream_encode_blocks(model, blocks: Iterable[np.ndarray], chunk_frames: int 
 
   states = None
   for step, (chunk, num_real, last) in enumerate(
-      _cut(blocks, chunk_frames, chunk_frames - 1, final_size, flag_last=not pad_full)):
+      _cut(blocks, chunk_frames, chunk_frames - 1, final_size, flag_last=not pad_full)
+  ):
     chunked.check_frame_size(chunk.shape, codec.spatial_factor)
     posterior, states = codec.encode_step(chunk, states, last=last and not pad_full)
     if pad_full and last:  # latent frames of real input frames (first: 1 + r·k ↦ 1 + k)
@@ -150,8 +159,9 @@ def stream_encode_blocks(model, blocks: Iterable[np.ndarray], chunk_frames: int 
     yield posterior
 
 
-def stream_decode_blocks(model, latent_blocks: Iterable[np.ndarray], chunk_latents: int = 5
-                         ) -> Iterator[np.ndarray]:
+def stream_decode_blocks(
+    model, latent_blocks: Iterable[np.ndarray], chunk_latents: int = 5
+) -> Iterator[np.ndarray]:
   """Decodes time-ordered latent blocks chunk by chunk; yields frames as they are final.
 
   Args:
@@ -169,22 +179,26 @@ def stream_decode_blocks(model, latent_blocks: Iterable[np.ndarray], chunk_laten
   check_streamable(codec)
   r = codec.temporal_factor
   if chunk_latents < 2:
-    raise ValueError(f"chunk_latents={chunk_latents}: stream decoding needs chunks of at least"
-                     " 2 latent frames (1 + k, k ≥ 1)")
+    raise ValueError(
+        f"chunk_latents={chunk_latents}: stream decoding needs chunks of at least"
+        " 2 latent frames (1 + k, k ≥ 1)"
+    )
   pad_full = not codec.decoder_looks_ahead  # as in stream_encode_blocks
   full = lambda m, first: (chunk_latents if first else chunk_latents - 1) if pad_full else m
   states = None
   for step, (chunk, num_real, last) in enumerate(
-      _cut(latent_blocks, chunk_latents, chunk_latents - 1, full, flag_last=not pad_full)):
+      _cut(latent_blocks, chunk_latents, chunk_latents - 1, full, flag_last=not pad_full)
+  ):
     frames, states = codec.decode_step(chunk, states, last=last and not pad_full)
     if pad_full and last:  # frames of real latents (first: 1 + k ↦ 1 + r·k)
-      frames = frames[:, :1 + r * (num_real - 1) if step == 0 else r * num_real]
+      frames = frames[:, : 1 + r * (num_real - 1) if step == 0 else r * num_real]
     if frames.shape[1]:
       yield frames
 
 
-def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames: int = 17
-                              ) -> Iterator[np.ndarray]:
+def stream_reconstruct_blocks(
+    model, blocks: Iterable[np.ndarray], chunk_frames: int = 17
+) -> Iterator[np.ndarray]:
   """decode(encode(video).mean), streamed: time-ordered blocks in, finished frames out.
 
   Any number of frames T: the end is padded by repeating the last frame to the next 1 + r·K
@@ -208,8 +222,7 @@ def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames:
     # chunk padded to the full size and trimmed (two compilations in all).
     states = None
     full = lambda m, first: chunk_frames if first else chunk_frames - 1
-    for chunk, num_real, _ in _cut(blocks, chunk_frames, chunk_frames - 1, full,
-                                   flag_last=False):
+    for chunk, num_real, _ in _cut(blocks, chunk_frames, chunk_frames - 1, full, flag_last=False):
       chunked.check_frame_size(chunk.shape, codec.spatial_factor)
       frames, states = codec.reconstruct_step(chunk, states)
       yield frames[:, :num_real]
@@ -226,7 +239,7 @@ def stream_reconstruct_blocks(model, blocks: Iterable[np.ndarray], chunk_frames:
   emitted = 0
   for frames in stream_decode_blocks(codec, means, 1 + (chunk_frames - 1) // r):
     if read["done"]:  # padding frames only exist once the input has ended
-      frames = frames[:, :max(read["frames"] - emitted, 0)]
+      frames = frames[:, : max(read["frames"] - emitted, 0)]
     emitted += frames.shape[1]
     if frames.shape[1]:
       yield frames

@@ -51,13 +51,21 @@ def video_info(path: str) -> VideoInfo:
   with _open(path) as container:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
-    return VideoInfo(fps=float(rate) if rate else 0.0, height=stream.codec_context.height,
-                     width=stream.codec_context.width, num_frames=int(stream.frames or 0))
+    return VideoInfo(
+        fps=float(rate) if rate else 0.0,
+        height=stream.codec_context.height,
+        width=stream.codec_context.width,
+        num_frames=int(stream.frames or 0),
+    )
 
 
-def iter_video(path: str, *, max_frames: int | None = None,
-               size: tuple[int, int] | None = None, block_frames: int = 16
-               ) -> Iterator[np.ndarray]:
+def iter_video(
+    path: str,
+    *,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    block_frames: int = 16,
+) -> Iterator[np.ndarray]:
   """Decodes a video in blocks of up to `block_frames` frames.
 
   Args:
@@ -78,8 +86,14 @@ def iter_video(path: str, *, max_frames: int | None = None,
     stream.thread_type = "AUTO"
     for frame in container.decode(stream):
       height, width = size or (frame.height, frame.width)
-      block.append(frame.reformat(width=width, height=height, format="rgb24",
-                                  interpolation=transforms.SWSCALE_INTERPOLATION).to_ndarray())
+      block.append(
+          frame.reformat(
+              width=width,
+              height=height,
+              format="rgb24",
+              interpolation=transforms.SWSCALE_INTERPOLATION,
+          ).to_ndarray()
+      )
       count += 1
       if len(block) == block_frames:
         yield np.stack(block)
@@ -92,8 +106,9 @@ def iter_video(path: str, *, max_frames: int | None = None,
     raise ValueError(f"{path}: no frame decoded")
 
 
-def read_video(path: str, max_frames: int | None = None,
-               size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+def read_video(
+    path: str, max_frames: int | None = None, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, float]:
   """The frames of a video file and its frame rate.
 
   Args:
@@ -161,8 +176,10 @@ class VideoWriter:
     if self.stream is None:
       self._add_stream(*frames.shape[1:3])
     elif frames.shape[1:3] != (self.stream.height, self.stream.width):
-      raise ValueError(f"frame size {frames.shape[1:3]} differs from the video's"
-                       f" {(self.stream.height, self.stream.width)}")
+      raise ValueError(
+          f"frame size {frames.shape[1:3]} differs from the video's"
+          f" {(self.stream.height, self.stream.width)}"
+      )
     for frame in frames:
       self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     self.num_frames += len(frames)
@@ -197,8 +214,9 @@ class VideoWriter:
       self.abort()
 
 
-def write_video(path: str, frames: np.ndarray, fps: float, *, codec: str | None = None,
-                crf: int = 17) -> str:
+def write_video(
+    path: str, frames: np.ndarray, fps: float, *, codec: str | None = None, crf: int = 17
+) -> str:
   """Writes (T, H, W, 3) uint8 RGB frames (H, W even) as an H.264 (or MPEG-4) video.
 
   Args:

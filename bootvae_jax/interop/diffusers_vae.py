@@ -24,11 +24,17 @@ from bootvae_jax.models import image_vae as image_vae_lib
 
 # Our attention names → diffusers' (current, legacy); the legacy ones are what older
 # checkpoints such as `sd-vae-ft-mse` store (diffusers renames them at load time too).
-_ATTENTION = {"norm": ("group_norm",), "q": ("to_q", "query"), "k": ("to_k", "key"),
-              "v": ("to_v", "value"), "proj_out": ("to_out.0", "proj_attn")}
+_ATTENTION = {
+    "norm": ("group_norm",),
+    "q": ("to_q", "query"),
+    "k": ("to_k", "key"),
+    "v": ("to_v", "value"),
+    "proj_out": ("to_out.0", "proj_attn"),
+}
 _MID = {"block_1": "resnets.0", "block_2": "resnets.1", "attn_1": "attentions.0"}
-_SUPPORTED = dict(act_fn="silu", down_block_types="DownEncoderBlock2D",
-                  up_block_types="UpDecoderBlock2D")
+_SUPPORTED = dict(
+    act_fn="silu", down_block_types="DownEncoderBlock2D", up_block_types="UpDecoderBlock2D"
+)
 
 
 def image_vae_config_from_diffusers(config: Mapping[str, Any]):
@@ -46,12 +52,17 @@ def image_vae_config_from_diffusers(config: Mapping[str, Any]):
   if len(k.get("down_block_types", channels)) != len(channels):
     raise ValueError("diffusers VAE: down_block_types and block_out_channels differ in length")
   return image_vae_lib.image_vae_config(
-      block_out_channels=channels, layers_per_block=k.get("layers_per_block", 1),
-      latent_channels=k.get("latent_channels", 4), norm_num_groups=k.get("norm_num_groups", 32),
-      in_channels=k.get("in_channels", 3), out_channels=k.get("out_channels", 3),
+      block_out_channels=channels,
+      layers_per_block=k.get("layers_per_block", 1),
+      latent_channels=k.get("latent_channels", 4),
+      norm_num_groups=k.get("norm_num_groups", 32),
+      in_channels=k.get("in_channels", 3),
+      out_channels=k.get("out_channels", 3),
       mid_attention=k.get("mid_block_add_attention", True),
       use_quant_conv=k.get("use_quant_conv", True),
-      scaling_factor=k.get("scaling_factor", 0.18215), shift_factor=k.get("shift_factor"))
+      scaling_factor=k.get("scaling_factor", 0.18215),
+      shift_factor=k.get("shift_factor"),
+  )
 
 
 def diffusers_key_candidates(path: tuple, num_levels: int) -> list[str]:
@@ -85,12 +96,17 @@ def diffusers_key_candidates(path: tuple, num_levels: int) -> list[str]:
 
 
 def _weights_file(folder: pathlib.Path) -> pathlib.Path:
-  for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-               "diffusion_pytorch_model.bin"):
+  for name in (
+      "diffusion_pytorch_model.safetensors",
+      "diffusion_pytorch_model.fp16.safetensors",
+      "diffusion_pytorch_model.bin",
+  ):
     if (folder / name).is_file():
       return folder / name
-  raise FileNotFoundError(f"{folder}: no diffusion_pytorch_model.safetensors (or .bin); is it a"
-                          " diffusers VAE folder (e.g. the `vae/` subfolder of a pipeline)?")
+  raise FileNotFoundError(
+      f"{folder}: no diffusion_pytorch_model.safetensors (or .bin); is it a"
+      " diffusers VAE folder (e.g. the `vae/` subfolder of a pipeline)?"
+  )
 
 
 def convert_state_dict(model: image_vae_lib.ImageVAE, tensors: Mapping[str, np.ndarray]) -> None:
@@ -109,24 +125,33 @@ def convert_state_dict(model: image_vae_lib.ImageVAE, tensors: Mapping[str, np.n
     if value.ndim == 2 and value.size == expected.size:  # attention Linear → 1×1×1 conv kernel
       value = value.reshape(expected.shape)
     if value.shape != expected.shape:
-      mismatched.append(f"{key}: diffusers {tuple(tensors[key].shape)} -> {value.shape}, model"
-                        f" expects {tuple(expected.shape)}")
+      mismatched.append(
+          f"{key}: diffusers {tuple(tensors[key].shape)} -> {value.shape}, model"
+          f" expects {tuple(expected.shape)}"
+      )
       continue
     variable.set_value(jnp.asarray(value, expected.dtype))
   unexpected = sorted(set(tensors) - used)
   if missing or unexpected or mismatched:
     lines = ["the diffusers checkpoint does not match the model built from its config.json:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", mismatched)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
       if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
+        lines.append(
+            f"  {title} ({len(items)}): "
+            + ", ".join(items[:20])
+            + (" ..." if len(items) > 20 else "")
+        )
     raise ValueError("\n".join(lines))
   nnx.update(model, params)
 
 
-def load_diffusers_vae(folder: str | os.PathLike, *,
-                       conv_impl: str = "auto") -> image_vae_lib.ImageVAE:
+def load_diffusers_vae(
+    folder: str | os.PathLike, *, conv_impl: str = "auto"
+) -> image_vae_lib.ImageVAE:
   """A float32 `ImageVAE` holding a diffusers `AutoencoderKL` folder's weights.
 
   Args:

@@ -38,9 +38,15 @@ FORMATS = ("bootvae_jax", "official")
 EXPORT_FORMAT = "bootvae_jax"
 
 # nnx parameter leaf → the PyTorch mirror's attribute path (interop/torch_model.py).
-TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-              "scale_kernel": "scale.weight", "scale_bias": "scale.bias",
-              "shift_kernel": "shift.weight", "shift_bias": "shift.bias"}
+TORCH_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "scale_kernel": "scale.weight",
+    "scale_bias": "scale.bias",
+    "shift_kernel": "shift.weight",
+    "shift_bias": "shift.bias",
+}
 
 
 def torch_key(path: tuple) -> str:
@@ -60,17 +66,27 @@ def torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 def _check_config_builds_model(model: nnx.Module, model_config) -> None:
   """The exported config must rebuild exactly `model`'s parameters (names and shapes)."""
   expected = nnx.eval_shape(lambda: progressive.build_model(model_config, rngs=nnx.Rngs(0)))
-  shapes = lambda m: {torch_key(p): tuple(v.get_value().shape)
-                      for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  shapes = lambda m: {
+      torch_key(p): tuple(v.get_value().shape)
+      for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+  }
   have, want = shapes(model), shapes(expected)
   if have != want:
     diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-    raise ValueError(f"model_config does not build this model: {len(diff)} parameters differ,"
-                     f" e.g. {diff[:3]}; pass the config the model was built from")
+    raise ValueError(
+        f"model_config does not build this model: {len(diff)} parameters differ,"
+        f" e.g. {diff[:3]}; pass the config the model was built from"
+    )
 
 
-def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  # pylint: disable=redefined-builtin
-               num_parameters: int, official_kind: str | None = None) -> str:
+def model_card(
+    model_config,
+    *,
+    format: str,
+    source: Mapping[str, Any] | None,  # pylint: disable=redefined-builtin
+    num_parameters: int,
+    official_kind: str | None = None,
+) -> str:
   """OUT/README.md: architecture, compression, frame rule, latent, scaling, provenance."""
   r, s = models.compression_factors(model_config)
   growth = model_config.get("growth")
@@ -78,9 +94,12 @@ def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  
   enc, dec = model_config.encoder, model_config.decoder
   widths = [model_config.base_channels * m for m in model_config.channel_multipliers]
   lines = [
-      f"# {model_config.name} (exported from bootvae_jax)", "",
-      "A causal 3D video VAE. Video is `(B, C, T, H, W)` in [-1, 1].", "",
-      "| | |", "|---|---|",
+      f"# {model_config.name} (exported from bootvae_jax)",
+      "",
+      "A causal 3D video VAE. Video is `(B, C, T, H, W)` in [-1, 1].",
+      "",
+      "| | |",
+      "|---|---|",
       f"| compression | {r}x temporal, {s}x spatial |",
       f"| frame rule | `1 + {r}k` frames → `1 + k` latent frames (e.g. {1 + r} → 2,"
       f" {1 + 4 * r} → 5); frame 0 is encoded like an image |",
@@ -98,32 +117,46 @@ def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  
   ]
   if model_config.get("patch_size", 1) > 1:
     p = model_config.patch_size
-    lines.append(f"| patchify | {p}×{p} pixel patches on channels before the encoder, back to"
-                 " pixels after the decoder |")
+    lines.append(
+        f"| patchify | {p}×{p} pixel patches on channels before the encoder, back to"
+        " pixels after the decoder |"
+    )
   if levels:
-    lines.append(f"| ProMAG growth | {levels} level(s) of 2x time on a"
-                 f" {r // 2**levels}x base, mixing `{growth.mixing}`, AdaNorm"
-                 f" `{growth.adanorm}`, {growth.num_res_blocks} res block(s) per level |")
+    lines.append(
+        f"| ProMAG growth | {levels} level(s) of 2x time on a"
+        f" {r // 2**levels}x base, mixing `{growth.mixing}`, AdaNorm"
+        f" `{growth.adanorm}`, {growth.num_res_blocks} res block(s) per level |"
+    )
   lines.append(f"| source | {json.dumps(dict(source or {}), sort_keys=True)} |")
   lines.append("")
   if format == "official":
     lines += [
         f"Official {official_kind.upper()} names and layouts (`{architectures.OFFICIAL_CLASSES[official_kind]}`;"
-        " `config.json` holds its constructor kwargs):", "", "```python",
+        " `config.json` holds its constructor kwargs):",
+        "",
+        "```python",
         "import safetensors.torch",
         f"model = {architectures.OFFICIAL_CLASSES[official_kind]}(**kwargs)  # kwargs from config.json",
-        'model.load_state_dict(safetensors.torch.load_file("model.safetensors"))', "```", "",
+        'model.load_state_dict(safetensors.torch.load_file("model.safetensors"))',
+        "```",
+        "",
         "Back into bootvae_jax: `bootvae_jax.interop.official.load_official("
-        f'"{official_kind}", "model.safetensors", "config.json")`.', ""]
+        f'"{official_kind}", "model.safetensors", "config.json")`.',
+        "",
+    ]
   else:
     lines += [
         "Load in PyTorch with `torch_model.py` (copy it from `bootvae_jax/interop/`; it needs"
-        " only torch and safetensors):", "", "```python",
+        " only torch and safetensors):",
+        "",
+        "```python",
         "from torch_model import load_exported",
         'vae = load_exported("<this folder>")           # torch.nn.Module, eval mode',
         "mean, logvar = vae.encode(video)              # video: (B, 3, T, H, W) in [-1, 1]",
         "recon = vae.decode(mean)",
-        "```", ""]
+        "```",
+        "",
+    ]
   return "\n".join(lines)
 
 
@@ -133,9 +166,14 @@ def _write_atomic(path: pathlib.Path, write) -> None:
   os.replace(tmp, path)
 
 
-def export(model: nnx.Module, model_config: ml_collections.ConfigDict,
-           out: str | os.PathLike, *, format: str = "bootvae_jax",  # pylint: disable=redefined-builtin
-           source: Mapping[str, Any] | None = None) -> pathlib.Path:
+def export(
+    model: nnx.Module,
+    model_config: ml_collections.ConfigDict,
+    out: str | os.PathLike,
+    *,
+    format: str = "bootvae_jax",  # pylint: disable=redefined-builtin
+    source: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
   """Writes `out/config.json`, `out/model.safetensors` (float32) and `out/README.md`.
 
   Args:
@@ -154,33 +192,48 @@ def export(model: nnx.Module, model_config: ml_collections.ConfigDict,
   model_config = ml_collections.ConfigDict(json.loads(model_config.to_json()))
   models.validate_model_config(model_config)
   _check_config_builds_model(model, model_config)
-  num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model,
-                                                                                nnx.Param)))
+  num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   source = dict(source or {})
   official_kind = None
   if format == "official":
     official_kind, kwargs = architectures.official_layout(model_config)
     tensors = official.official_state_dict(model, official_kind)
-    config = {"_class_name": architectures.OFFICIAL_CLASSES[official_kind], **kwargs,
-              "_bootvae_jax": {"kind": official_kind, "source": source}}
+    config = {
+        "_class_name": architectures.OFFICIAL_CLASSES[official_kind],
+        **kwargs,
+        "_bootvae_jax": {"kind": official_kind, "source": source},
+    }
   else:
     tensors = torch_state_dict(model)
     r, s = models.compression_factors(model_config)
-    config = {"format": EXPORT_FORMAT, "format_version": 1,
-              "temporal_compression": r, "spatial_compression": s,
-              "latent_channels": model_config.latent_channels,
-              "scaling_factor": model_config.scaling_factor,
-              "num_parameters": num_parameters, "source": source,
-              "model": model_config.to_dict()}
+    config = {
+        "format": EXPORT_FORMAT,
+        "format_version": 1,
+        "temporal_compression": r,
+        "spatial_compression": s,
+        "latent_channels": model_config.latent_channels,
+        "scaling_factor": model_config.scaling_factor,
+        "num_parameters": num_parameters,
+        "source": source,
+        "model": model_config.to_dict(),
+    }
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   metadata = {"format": format, "source": json.dumps(source, sort_keys=True)}
-  _write_atomic(out / "model.safetensors",
-                lambda p: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, p,
-                                    metadata=metadata))
+  _write_atomic(
+      out / "model.safetensors",
+      lambda p: save_file(
+          {k: np.ascontiguousarray(v) for k, v in tensors.items()}, p, metadata=metadata
+      ),
+  )
   text = json.dumps(config, indent=2, default=list)
   _write_atomic(out / "config.json", lambda p: pathlib.Path(p).write_text(text + "\n"))
-  card = model_card(model_config, format=format, source=source, num_parameters=num_parameters,
-                    official_kind=official_kind)
+  card = model_card(
+      model_config,
+      format=format,
+      source=source,
+      num_parameters=num_parameters,
+      official_kind=official_kind,
+  )
   _write_atomic(out / "README.md", lambda p: pathlib.Path(p).write_text(card))
   return out

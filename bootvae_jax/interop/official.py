@@ -74,7 +74,7 @@ def read_official_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[
 
 def _strip_prefix(key: str, prefix: str) -> str:
   while key.startswith(prefix):
-    key = key[len(prefix):]
+    key = key[len(prefix) :]
   return key
 
 
@@ -89,9 +89,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = pathlib.Path(path)
   if path.suffix == ".safetensors":
     from safetensors.numpy import load_file
+
     tensors = load_file(str(path))
   else:
     import torch
+
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping) and obj.get("ema_state_dict"):
       obj = obj["ema_state_dict"]
@@ -139,18 +141,26 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
     used.add(key)  # found by name: a wrong shape is a mismatch, not also an unexpected key
     value, expected = torch_to_flax(tensors[key]), variable.get_value()
     if value.shape != expected.shape:
-      mismatched.append(f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
-                        f" model expects {tuple(expected.shape)}")
+      mismatched.append(
+          f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
+          f" model expects {tuple(expected.shape)}"
+      )
       continue
     variable.set_value(jnp.asarray(value, expected.dtype))
   unexpected = sorted(set(tensors) - used)
   if missing or unexpected or mismatched:
     lines = ["the checkpoint does not match the model built from its config:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", mismatched)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
       if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
+        lines.append(
+            f"  {title} ({len(items)}): "
+            + ", ".join(items[:20])
+            + (" ..." if len(items) > 20 else "")
+        )
     raise ValueError("\n".join(lines))
   nnx.update(model, params)
 
@@ -195,9 +205,13 @@ def official_state_dict(model: VideoAutoencoder, kind: str) -> dict[str, np.ndar
   return out
 
 
-def load_official(kind: str, weights: str | os.PathLike,
-                  config: Mapping[str, Any] | str | os.PathLike, *,
-                  conv_impl: str = "auto") -> VideoAutoencoder:
+def load_official(
+    kind: str,
+    weights: str | os.PathLike,
+    config: Mapping[str, Any] | str | os.PathLike,
+    *,
+    conv_impl: str = "auto",
+) -> VideoAutoencoder:
   """A float32 `VideoAutoencoder` holding a released CV-VAE (`kind="cvvae"`) or OD-VAE
   (`kind="odvae"`) checkpoint.
 

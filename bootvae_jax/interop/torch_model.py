@@ -43,8 +43,12 @@ def _pad_time(x: torch.Tensor, front: int, back: int, mode: str) -> torch.Tensor
 
 
 def _time_padding(kind: str, kt: int) -> tuple[int, int, str]:
-  return {"causal": (kt - 1, 0, "replicate"), "centred": (kt // 2, kt // 2, "zeros"),
-          "replicate_both": (kt // 2, kt // 2, "replicate"), "none": (0, 0, "zeros")}[kind]
+  return {
+      "causal": (kt - 1, 0, "replicate"),
+      "centred": (kt // 2, kt // 2, "zeros"),
+      "replicate_both": (kt // 2, kt // 2, "replicate"),
+      "none": (0, 0, "zeros"),
+  }[kind]
 
 
 class Conv3d(nn.Module):
@@ -52,8 +56,16 @@ class Conv3d(nn.Module):
   (`same`, or `bottom_right` for the strided downsamplers), stride. Weight (out, in, kt, kh, kw);
   kt == 1 runs as a 2D conv on every frame."""
 
-  def __init__(self, cin: int, cout: int, kernel_size=(3, 3, 3), *, stride=(1, 1, 1),
-               time_padding: str = "causal", spatial_padding: str = "same"):
+  def __init__(
+      self,
+      cin: int,
+      cout: int,
+      kernel_size=(3, 3, 3),
+      *,
+      stride=(1, 1, 1),
+      time_padding: str = "causal",
+      spatial_padding: str = "same",
+  ):
     super().__init__()
     self.weight = nn.Parameter(torch.zeros(cout, cin, *kernel_size))
     self.bias = nn.Parameter(torch.zeros(cout))
@@ -118,19 +130,20 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 class SpatialAttention(nn.Module):
   """Per-frame self-attention among the H·W positions (layers.SpatialAttention)."""
 
-  def __init__(self, channels: int, *, norm: str, num_groups: int, eps: float,
-               residual: bool = True):
+  def __init__(
+      self, channels: int, *, norm: str, num_groups: int, eps: float, residual: bool = True
+  ):
     super().__init__()
     self.norm = Norm(channels, norm, num_groups=num_groups, eps=eps)
-    self.q, self.k, self.v, self.proj_out = (Conv3d(channels, channels, (1, 1, 1))
-                                             for _ in range(4))
+    self.q, self.k, self.v, self.proj_out = (
+        Conv3d(channels, channels, (1, 1, 1)) for _ in range(4)
+    )
     self.residual = residual
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     b, c, t, h, w = x.shape
     hn = self.norm(x)
-    q, k, v = (m(hn).reshape(b, c, t, h * w).permute(0, 2, 3, 1) for m in (self.q, self.k,
-                                                                          self.v))
+    q, k, v = (m(hn).reshape(b, c, t, h * w).permute(0, 2, 3, 1) for m in (self.q, self.k, self.v))
     a = _attention(q, k, v).permute(0, 3, 1, 2).reshape(b, c, t, h, w)
     out = self.proj_out(a)
     return x + out if self.residual else out
@@ -142,11 +155,13 @@ class SpatioTemporalAttention(nn.Module):
 
   def __init__(self, channels: int, *, norm: str, num_groups: int, eps: float):
     super().__init__()
-    self.spatial = SpatialAttention(channels, norm=norm, num_groups=num_groups, eps=eps,
-                                    residual=False)
+    self.spatial = SpatialAttention(
+        channels, norm=norm, num_groups=num_groups, eps=eps, residual=False
+    )
     self.norm_t = Norm(channels, "layernorm", eps=1e-5)
-    self.q_t, self.k_t, self.v_t, self.proj_out_t = (nn.Linear(channels, channels)
-                                                     for _ in range(4))
+    self.q_t, self.k_t, self.v_t, self.proj_out_t = (
+        nn.Linear(channels, channels) for _ in range(4)
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     u = self.norm_t(self.spatial(x).permute(0, 3, 4, 2, 1))  # (B, H, W, T, C)
@@ -214,9 +229,14 @@ class ConvDownsample(nn.Module):
   def __init__(self, channels: int, spec: tuple[str, int, int]):
     super().__init__()
     kind, ft, fs = spec
-    self.conv = Conv3d(channels, channels, (1 if kind == "conv2d" else 3, 3, 3),
-                       stride=(ft, fs, fs), time_padding="causal",
-                       spatial_padding="bottom_right" if fs == 2 else "same")
+    self.conv = Conv3d(
+        channels,
+        channels,
+        (1 if kind == "conv2d" else 3, 3, 3),
+        stride=(ft, fs, fs),
+        time_padding="causal",
+        spatial_padding="bottom_right" if fs == 2 else "same",
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.conv(x)
@@ -228,13 +248,17 @@ class NearestUpsample(nn.Module):
   def __init__(self, channels: int, spec: tuple[str, int, int]):
     super().__init__()
     kind, self.ft, self.fs = spec
-    self.conv = Conv3d(channels, self.ft * channels, (3 if kind == "nearest3d" else 1, 3, 3),
-                       time_padding="replicate_both")
+    self.conv = Conv3d(
+        channels,
+        self.ft * channels,
+        (3 if kind == "nearest3d" else 1, 3, 3),
+        time_padding="replicate_both",
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     if self.fs == 2:
       x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
-    return _depth_to_time(self.conv(x), self.ft)[:, :, self.ft - 1:]
+    return _depth_to_time(self.conv(x), self.ft)[:, :, self.ft - 1 :]
 
 
 class TrilinearUpsample(nn.Module):
@@ -249,9 +273,13 @@ class TrilinearUpsample(nn.Module):
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     space = (1, self.fs, self.fs)
     if self.ft == 2 and x.shape[2] > 1:
-      x = torch.cat([F.interpolate(x[:, :, :1], scale_factor=space, mode="trilinear"),
-                     F.interpolate(x[:, :, 1:], scale_factor=(2, self.fs, self.fs),
-                                   mode="trilinear")], dim=2)
+      x = torch.cat(
+          [
+              F.interpolate(x[:, :, :1], scale_factor=space, mode="trilinear"),
+              F.interpolate(x[:, :, 1:], scale_factor=(2, self.fs, self.fs), mode="trilinear"),
+          ],
+          dim=2,
+      )
     elif self.fs == 2:
       x = F.interpolate(x, scale_factor=space, mode="trilinear")
     return self.conv(x)
@@ -264,14 +292,15 @@ class DepthToSpaceUpsample(nn.Module):
   def __init__(self, channels: int, spec: tuple[str, int, int], *, time_padding="causal"):
     super().__init__()
     _, self.ft, self.fs = spec
-    self.conv = Conv3d(channels, self.ft * self.fs**2 * channels, (3, 3, 3),
-                       time_padding=time_padding)
+    self.conv = Conv3d(
+        channels, self.ft * self.fs**2 * channels, (3, 3, 3), time_padding=time_padding
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     y = _depth_to_time(self.conv(x), self.ft)
     if self.fs > 1:
       y = _depth_to_space(y, self.fs)
-    return y[:, :, self.ft - 1:]
+    return y[:, :, self.ft - 1 :]
 
 
 _UPSAMPLERS = {"trilinear": TrilinearUpsample, "d2s": DepthToSpaceUpsample}
@@ -287,8 +316,17 @@ def _make_attention(kind: str, channels: int, norm: dict) -> nn.Module | None:
 
 
 class MidBlock(nn.Module):
-  def __init__(self, channels: int, block_kind: str, attention: str, *, time_padding: str,
-               norm: dict, attention_norm: dict):
+
+  def __init__(
+      self,
+      channels: int,
+      block_kind: str,
+      attention: str,
+      *,
+      time_padding: str,
+      norm: dict,
+      attention_norm: dict,
+  ):
     super().__init__()
     self.block_1 = ResBlock(channels, channels, block_kind, time_padding=time_padding, norm=norm)
     self.attn_1 = _make_attention(attention, channels, attention_norm)
@@ -304,11 +342,23 @@ class MidBlock(nn.Module):
 class Level(nn.Module):
   """The res blocks of one resolution level plus its resampler (`down[i]` / `up[i]`)."""
 
-  def __init__(self, widths_in_out, kind: str, resampler: nn.Module | None, resampler_attr: str,
-               *, time_padding: str, norm: dict):
+  def __init__(
+      self,
+      widths_in_out,
+      kind: str,
+      resampler: nn.Module | None,
+      resampler_attr: str,
+      *,
+      time_padding: str,
+      norm: dict,
+  ):
     super().__init__()
-    self.block = nn.ModuleList([ResBlock(cin, cout, kind, time_padding=time_padding, norm=norm)
-                                for cin, cout in widths_in_out])
+    self.block = nn.ModuleList(
+        [
+            ResBlock(cin, cout, kind, time_padding=time_padding, norm=norm)
+            for cin, cout in widths_in_out
+        ]
+    )
     setattr(self, resampler_attr, resampler)
     self.resampler_attr = resampler_attr
 
@@ -325,8 +375,7 @@ class Level(nn.Module):
 
 def _norms(config: Mapping[str, Any], side: str) -> tuple[dict, dict]:
   base = dict(num_groups=config["num_groups"], eps=config["norm_eps"])
-  return (dict(base, kind=config[side]["norm"]),
-          dict(base, kind=config[side]["attention_norm"]))
+  return (dict(base, kind=config[side]["norm"]), dict(base, kind=config[side]["attention_norm"]))
 
 
 def _kernel(kind: str) -> tuple[int, int, int]:
@@ -344,8 +393,12 @@ class Encoder(nn.Module):
     widths = [config["base_channels"] * m for m in config["channel_multipliers"]]
     # model.patch_size: p×p pixel patches stacked on channels before conv_in.
     self.patch_size = int(config.get("patch_size", 1))
-    self.conv_in = Conv3d(config["in_channels"] * self.patch_size**2, config["base_channels"],
-                          _kernel(cfg["conv_in"]), time_padding=tp)
+    self.conv_in = Conv3d(
+        config["in_channels"] * self.patch_size**2,
+        config["base_channels"],
+        _kernel(cfg["conv_in"]),
+        time_padding=tp,
+    )
     down, width = [], config["base_channels"]
     for out, kind, spec in zip(widths, cfg["blocks"], cfg["downsample"]):
       pairs = [(width if j == 0 else out, out) for j in range(cfg["num_res_blocks"])]
@@ -354,8 +407,14 @@ class Encoder(nn.Module):
       down.append(Level(pairs, kind, resampler, "downsample", time_padding=tp, norm=norm))
       width = out
     self.down = nn.ModuleList(down)
-    self.mid = MidBlock(width, cfg["mid_block"], cfg["mid_attention"], time_padding=tp,
-                        norm=norm, attention_norm=attention_norm)
+    self.mid = MidBlock(
+        width,
+        cfg["mid_block"],
+        cfg["mid_attention"],
+        time_padding=tp,
+        norm=norm,
+        attention_norm=attention_norm,
+    )
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     out_channels = 2 * config["z_channels"] if config["double_z"] else config["z_channels"]
     self.conv_out = Conv3d(width, out_channels, (3, 3, 3), time_padding=tp)
@@ -383,8 +442,14 @@ class Decoder(nn.Module):
     widths = [config["base_channels"] * m for m in config["channel_multipliers"]]
     width = widths[-1]
     self.conv_in = Conv3d(config["z_channels"], width, _kernel(cfg["conv_in"]), time_padding=tp)
-    self.mid = MidBlock(width, cfg["mid_block"], cfg["mid_attention"], time_padding=tp,
-                        norm=norm, attention_norm=attention_norm)
+    self.mid = MidBlock(
+        width,
+        cfg["mid_block"],
+        cfg["mid_attention"],
+        time_padding=tp,
+        norm=norm,
+        attention_norm=attention_norm,
+    )
     up = [None] * len(widths)
     for i in reversed(range(len(widths))):
       out = widths[i]
@@ -401,8 +466,9 @@ class Decoder(nn.Module):
     self.up = nn.ModuleList(up)
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     self.patch_size = int(config.get("patch_size", 1))
-    self.conv_out = Conv3d(width, config["out_channels"] * self.patch_size**2, (3, 3, 3),
-                           time_padding=tp)
+    self.conv_out = Conv3d(
+        width, config["out_channels"] * self.patch_size**2, (3, 3, 3), time_padding=tp
+    )
 
   def body(self, h: torch.Tensor) -> torch.Tensor:
     h = self.mid(h)
@@ -454,10 +520,17 @@ class GrownEncoder(nn.Module):
     width, tp, norm = _growth_settings(config, "encoder")
     self.lower = lower
     self.mixing = growth["mixing"]
-    self.adanorm = (AdaNorm(width, growth["adanorm"], eps=config["norm_eps"])
-                    if self.mixing in ("adanorm", "both") else None)
-    self.block = nn.ModuleList([ResBlock(width, width, "3d", time_padding=tp, norm=norm)
-                                for _ in range(growth["num_res_blocks"])])
+    self.adanorm = (
+        AdaNorm(width, growth["adanorm"], eps=config["norm_eps"])
+        if self.mixing in ("adanorm", "both")
+        else None
+    )
+    self.block = nn.ModuleList(
+        [
+            ResBlock(width, width, "3d", time_padding=tp, norm=norm)
+            for _ in range(growth["num_res_blocks"])
+        ]
+    )
     self.downsample = ConvDownsample(width, ("conv3d", 2, 1))
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     self.conv_out = Conv3d(width, 2 * config["latent_channels"], (1, 1, 1))
@@ -484,8 +557,12 @@ class GrownDecoder(nn.Module):
     growth = config["growth"]
     width, tp, norm = _growth_settings(config, "decoder")
     self.conv_in = Conv3d(config["latent_channels"], width, (1, 1, 1))
-    self.block = nn.ModuleList([ResBlock(width, width, "3d", time_padding=tp, norm=norm)
-                                for _ in range(growth["num_res_blocks"])])
+    self.block = nn.ModuleList(
+        [
+            ResBlock(width, width, "3d", time_padding=tp, norm=norm)
+            for _ in range(growth["num_res_blocks"])
+        ]
+    )
     self.upsample = DepthToSpaceUpsample(width, ("d2s", 2, 1), time_padding=tp)
     self.lower = lower
 
@@ -525,7 +602,8 @@ class VideoAutoencoder(nn.Module):
     time = math.prod(_parse_resample(s)[1] for s in config["encoder"]["downsample"] if s)
     self.temporal_factor = time * 2**levels
     self.spatial_factor = int(config.get("patch_size", 1)) * math.prod(
-        _parse_resample(s)[2] for s in config["encoder"]["downsample"] if s)
+        _parse_resample(s)[2] for s in config["encoder"]["downsample"] if s
+    )
     self.latent_channels = config["latent_channels"]
     self.scaling_factor = config.get("scaling_factor", 1.0)
 
@@ -538,8 +616,10 @@ class VideoAutoencoder(nn.Module):
     r, s = self.temporal_factor, self.spatial_factor
     if (t - 1) % r:
       k = max((t - 1) // r, 0)
-      raise ValueError(f"clip has {t} frames; a {r}x causal model needs 1+{r}k frames (e.g."
-                       f" {1 + r * k} or {1 + r * (k + 1)})")
+      raise ValueError(
+          f"clip has {t} frames; a {r}x causal model needs 1+{r}k frames (e.g."
+          f" {1 + r * k} or {1 + r * (k + 1)})"
+      )
     if h % s or w % s:
       raise ValueError(f"frame size {h}x{w} is not divisible by the spatial factor {s}")
 
@@ -573,12 +653,17 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   if config.get("format") != EXPORT_FORMAT:
     raise ValueError(
         f"{directory}/config.json is not a bootvae_jax export (format={config.get('format')!r});"
-        " an `--format=official` export loads with the official CV-VAE / OD-VAE code")
+        " an `--format=official` export loads with the official CV-VAE / OD-VAE code"
+    )
   return config
 
 
-def load_exported(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
+def load_exported(
+    directory: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VideoAutoencoder:
   """The exported model in `directory` (config.json + model.safetensors), in eval mode."""
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
 

@@ -55,8 +55,9 @@ def lecam_regularizer(
   ema_fake = jax.lax.stop_gradient(jnp.asarray(ema_fake, jnp.float32))
   real = real_logits.astype(jnp.float32)
   fake = fake_logits.astype(jnp.float32)
-  return (jnp.mean(jnp.square(jax.nn.relu(real - ema_fake)))
-          + jnp.mean(jnp.square(jax.nn.relu(ema_real - fake))))
+  return jnp.mean(jnp.square(jax.nn.relu(real - ema_fake))) + jnp.mean(
+      jnp.square(jax.nn.relu(ema_real - fake))
+  )
 
 
 def update_lecam_ema(
@@ -80,6 +81,7 @@ def update_lecam_ema(
     `(new_ema_real, new_ema_fake)` float32 scalars, gradient-stopped:
     `decay * ema + (1 - decay) * mean(logits)`.
   """
+
   def step(ema, logits):
     mean = jnp.mean(jax.lax.stop_gradient(logits).astype(jnp.float32))
     return decay * jnp.asarray(ema, jnp.float32) + (1.0 - decay) * mean

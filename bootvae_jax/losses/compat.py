@@ -36,18 +36,27 @@ MAPPINGS = ("slice", "mean", "random")
 
 def default_config() -> ml_collections.ConfigDict:
   """The `config.compat` subtree: everything off."""
-  return ml_collections.ConfigDict(dict(
-      image_vae="", decoder_weight=0.0, encoder_weight=0.0, mapping="random",
-      learned_logvar=False, logvar_init=0.0))
+  return ml_collections.ConfigDict(
+      dict(
+          image_vae="",
+          decoder_weight=0.0,
+          encoder_weight=0.0,
+          mapping="random",
+          learned_logvar=False,
+          logvar_init=0.0,
+      )
+  )
 
 
 def enabled(compat_config) -> bool:
-  return compat_config is not None and (compat_config.decoder_weight > 0
-                                        or compat_config.encoder_weight > 0)
+  return compat_config is not None and (
+      compat_config.decoder_weight > 0 or compat_config.encoder_weight > 0
+  )
 
 
-def map_frames(x: jax.Array, temporal_factor: int, mapping: str,
-               rng: jax.Array | None = None) -> jax.Array:
+def map_frames(
+    x: jax.Array, temporal_factor: int, mapping: str, rng: jax.Array | None = None
+) -> jax.Array:
   """The frame each latent frame stands for.
 
   Args:
@@ -86,8 +95,15 @@ def log_variance_weighted(loss: jax.Array, logvar: jax.Array) -> jax.Array:
   return loss / jnp.exp(logvar) + logvar
 
 
-def decoder_side(image_vae, z: jax.Array, x: jax.Array, *, temporal_factor: int, mapping: str,
-                 rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def decoder_side(
+    image_vae,
+    z: jax.Array,
+    x: jax.Array,
+    *,
+    temporal_factor: int,
+    mapping: str,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """(L1 between the image decoding of every latent frame and its mapped frame, decoding).
 
   z: (B, 1+k, h, w, c) video latent; x: (B, 1+r·k, H, W, C) the clip it encodes.
@@ -97,8 +113,9 @@ def decoder_side(image_vae, z: jax.Array, x: jax.Array, *, temporal_factor: int,
   return reconstruction.l1_loss(decoded, target), decoded
 
 
-def encoder_side(image_vae, video_model, x: jax.Array, *, temporal_factor: int,
-                 rng: jax.Array | None = None) -> jax.Array:
+def encoder_side(
+    image_vae, video_model, x: jax.Array, *, temporal_factor: int, rng: jax.Array | None = None
+) -> jax.Array:
   """L1 between the clip and the video decoder's reconstruction from image latents of every
   r-th frame (sampled from the image posterior when `rng` is given, else its mean)."""
   posterior = image_vae.encode(x[:, ::temporal_factor])
@@ -106,8 +123,9 @@ def encoder_side(image_vae, video_model, x: jax.Array, *, temporal_factor: int,
   return reconstruction.l1_loss(video_model.decode(jax.lax.stop_gradient(z)), x)
 
 
-def compatibility_psnr(image_vae, z: jax.Array, x: jax.Array, *, temporal_factor: int,
-                       mapping: str) -> jax.Array:
+def compatibility_psnr(
+    image_vae, z: jax.Array, x: jax.Array, *, temporal_factor: int, mapping: str
+) -> jax.Array:
   """Per-clip PSNR of the image decoder applied to the video latent against the mapped frames
   (`random` is evaluated as `slice`, to be deterministic): (B,)."""
   mapping = "slice" if mapping == "random" else mapping
@@ -123,7 +141,10 @@ def check_image_vae(image_vae, model_config, spatial_factor: int) -> None:
     raise ValueError(
         f"compat.image_vae has {image_vae.latent_channels} latent channels but"
         f" model.latent_channels={model_config.latent_channels}; the video latent must have the"
-        " image VAE's channels (4 for SD 1.x/2.x, 16 for SD3-family)")
+        " image VAE's channels (4 for SD 1.x/2.x, 16 for SD3-family)"
+    )
   if image_vae.spatial_factor != spatial_factor:
-    raise ValueError(f"compat.image_vae compresses space {image_vae.spatial_factor}x but the"
-                     f" model {spatial_factor}x; they must agree")
+    raise ValueError(
+        f"compat.image_vae compresses space {image_vae.spatial_factor}x but the"
+        f" model {spatial_factor}x; they must agree"
+    )

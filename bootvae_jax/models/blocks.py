@@ -63,8 +63,9 @@ class ConvSettings:
 
   def conv(self, cin, cout, kernel_size, *, rngs, **kw) -> layers.Conv3d:
     kw.setdefault("time_padding", self.time_padding)
-    return layers.Conv3d(cin, cout, kernel_size, conv_impl=self.conv_impl, dtype=self.dtype,
-                         rngs=rngs, **kw)
+    return layers.Conv3d(
+        cin, cout, kernel_size, conv_impl=self.conv_impl, dtype=self.dtype, rngs=rngs, **kw
+    )
 
   def pointwise(self, cin, cout, *, rngs) -> layers.Conv3d:
     return self.conv(cin, cout, (1, 1, 1), rngs=rngs)
@@ -77,15 +78,24 @@ class NormSettings:
   eps: float = 1e-6
 
   def make(self, channels, *, rngs, kind: layers.NormKind | None = None) -> layers.Norm:
-    return layers.Norm(channels, kind or self.kind, num_groups=self.num_groups, eps=self.eps,
-                       rngs=rngs)
+    return layers.Norm(
+        channels, kind or self.kind, num_groups=self.num_groups, eps=self.eps, rngs=rngs
+    )
 
 
 class ResBlock(nnx.Module):
   """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + h."""
 
-  def __init__(self, in_channels: int, out_channels: int, kind: str, *, conv: ConvSettings,
-               norm: NormSettings, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kind: str,
+      *,
+      conv: ConvSettings,
+      norm: NormSettings,
+      rngs: nnx.Rngs,
+  ):
     if kind not in RES_BLOCK_KINDS:
       raise ValueError(f"unknown res block kind {kind!r}; known: {RES_BLOCK_KINDS}")
     k1 = (1, 3, 3) if kind == "2d" else (3, 3, 3)
@@ -122,7 +132,9 @@ class ConvDownsample(nnx.Module):
     if kt == 1 and spec.time_factor != 1:
       raise ValueError("a conv2d downsample works per frame and cannot downsample time")
     self.conv = conv.conv(
-        channels, channels, (kt, 3, 3),
+        channels,
+        channels,
+        (kt, 3, 3),
         stride=(spec.time_factor, spec.space_factor, spec.space_factor),
         time_padding="causal",
         spatial_padding="bottom_right" if spec.space_factor == 2 else "same",
@@ -175,7 +187,7 @@ def _upsample_time_after_first(x: jax.Array) -> jax.Array:
     return head
   up = layers.linear_upsample_2x(w, 1)
   # The held frame's even output went out with the previous chunk; its odd one goes now.
-  up = up[:, held.shape[1]:up.shape[1] if stream.last else up.shape[1] - 1]
+  up = up[:, held.shape[1] : up.shape[1] if stream.last else up.shape[1] - 1]
   return jnp.concatenate([head, up], axis=1)
 
 
@@ -191,8 +203,9 @@ class NearestUpsample(nnx.Module):
     if kt == 1 and spec.time_factor != 1:
       raise ValueError("a nearest2d upsample works per frame and cannot upsample time")
     self.spec = spec
-    self.conv = conv.conv(channels, spec.time_factor * channels, (kt, 3, 3),
-                          time_padding="replicate_both", rngs=rngs)
+    self.conv = conv.conv(
+        channels, spec.time_factor * channels, (kt, 3, 3), time_padding="replicate_both", rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.spec.space_factor == 2:
@@ -267,16 +280,19 @@ def make_upsample(channels, spec: ResampleSpec | None, *, conv, rngs):
   return None if spec is None else UPSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
 
 
-def make_attention(kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings,
-                   rngs: nnx.Rngs):
+def make_attention(
+    kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings, rngs: nnx.Rngs
+):
   """`spatial`: per-frame attention; `spatiotemporal`: CV-VAE's spatial→temporal chain."""
   conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype)
   if kind == "spatial":
-    return layers.SpatialAttention(channels, norm=norm.kind, num_groups=norm.num_groups,
-                                   eps=norm.eps, rngs=rngs, **conv_kw)
+    return layers.SpatialAttention(
+        channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw
+    )
   if kind == "spatiotemporal":
-    return layers.SpatioTemporalAttention(channels, norm=norm.kind, num_groups=norm.num_groups,
-                                          eps=norm.eps, rngs=rngs, **conv_kw)
+    return layers.SpatioTemporalAttention(
+        channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw
+    )
   if kind == "none":
     return None
   raise ValueError(f"unknown attention kind {kind!r}; known: {ATTENTION_KINDS}")
@@ -285,8 +301,17 @@ def make_attention(kind: str, channels: int, *, norm: NormSettings, conv: ConvSe
 class MidBlock(nnx.Module):
   """ResBlock → attention → ResBlock at the lowest resolution."""
 
-  def __init__(self, channels: int, block_kind: str, attention: str, *, conv: ConvSettings,
-               norm: NormSettings, attention_norm: NormSettings, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      channels: int,
+      block_kind: str,
+      attention: str,
+      *,
+      conv: ConvSettings,
+      norm: NormSettings,
+      attention_norm: NormSettings,
+      rngs: nnx.Rngs,
+  ):
     self.block_1 = ResBlock(channels, channels, block_kind, conv=conv, norm=norm, rngs=rngs)
     self.attn_1 = make_attention(attention, channels, norm=attention_norm, conv=conv, rngs=rngs)
     self.block_2 = ResBlock(channels, channels, block_kind, conv=conv, norm=norm, rngs=rngs)

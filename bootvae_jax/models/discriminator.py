@@ -124,8 +124,10 @@ class PatchDiscriminator3D(nnx.Module):
       rngs: NNX rngs; `rngs.params` initialises the weights.
     """
     if norm not in ('group', 'none'):
-      raise ValueError(f"norm must be 'group' or 'none', got {norm!r} (BatchNorm is not "
-                       'offered: its running statistics do not fit the functional train step)')
+      raise ValueError(
+          f"norm must be 'group' or 'none', got {norm!r} (BatchNorm is not "
+          'offered: its running statistics do not fit the functional train step)'
+      )
     if num_layers < 1:
       raise ValueError(f'num_layers must be >= 1, got {num_layers}')
     use_norm = norm == 'group'
@@ -134,15 +136,32 @@ class PatchDiscriminator3D(nnx.Module):
     widths = [base_channels * min(2**n, _MAX_CHANNEL_MULT) for n in range(num_layers + 1)]
     # The RGB input axis and the single logit axis are left unnamed (replicated): a 3- or
     # 1-wide axis cannot be split over a mesh axis by a 'conv_in'/'conv_out' rule.
-    layers = [_ConvNormAct(in_channels, widths[0], stride=2, use_norm=False, use_act=True,
-                           in_axis=None, **common)]
+    layers = [
+        _ConvNormAct(
+            in_channels, widths[0], stride=2, use_norm=False, use_act=True, in_axis=None, **common
+        )
+    ]
     for n in range(1, num_layers):
-      layers.append(_ConvNormAct(widths[n - 1], widths[n], stride=2, use_norm=use_norm,
-                                 use_act=True, **common))
-    layers.append(_ConvNormAct(widths[num_layers - 1], widths[num_layers], stride=1,
-                               use_norm=use_norm, use_act=True, **common))
-    layers.append(_ConvNormAct(widths[num_layers], 1, stride=1, use_norm=False,
-                               use_act=False, out_axis=None, **common))
+      layers.append(
+          _ConvNormAct(
+              widths[n - 1], widths[n], stride=2, use_norm=use_norm, use_act=True, **common
+          )
+      )
+    layers.append(
+        _ConvNormAct(
+            widths[num_layers - 1],
+            widths[num_layers],
+            stride=1,
+            use_norm=use_norm,
+            use_act=True,
+            **common,
+        )
+    )
+    layers.append(
+        _ConvNormAct(
+            widths[num_layers], 1, stride=1, use_norm=False, use_act=False, out_axis=None, **common
+        )
+    )
     self.layers = nnx.List(layers)
     self.num_layers = num_layers
 

@@ -36,12 +36,19 @@ from bootvae_jax.models import autoencoder
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
 
-def image_vae_config(*, block_out_channels: Sequence[int] = (128, 256, 512, 512),
-                     layers_per_block: int = 2, latent_channels: int = 4,
-                     norm_num_groups: int = 32, in_channels: int = 3, out_channels: int = 3,
-                     mid_attention: bool = True, use_quant_conv: bool = True,
-                     scaling_factor: float = 0.18215,
-                     shift_factor: float = 0.0) -> ml_collections.ConfigDict:
+def image_vae_config(
+    *,
+    block_out_channels: Sequence[int] = (128, 256, 512, 512),
+    layers_per_block: int = 2,
+    latent_channels: int = 4,
+    norm_num_groups: int = 32,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    mid_attention: bool = True,
+    use_quant_conv: bool = True,
+    scaling_factor: float = 0.18215,
+    shift_factor: float = 0.0,
+) -> ml_collections.ConfigDict:
   """The model config of an SD-layout image VAE (defaults: SD 1.x/2.x `sd-vae-ft-mse`).
 
   The arguments are diffusers `AutoencoderKL`'s; `block_out_channels` must be multiples of
@@ -49,8 +56,10 @@ def image_vae_config(*, block_out_channels: Sequence[int] = (128, 256, 512, 512)
   """
   widths = [int(c) for c in block_out_channels]
   if any(c % widths[0] for c in widths):
-    raise ValueError(f"block_out_channels={tuple(widths)}: every width must be a multiple of the"
-                     f" first ({widths[0]}) to be expressed as base_channels x multipliers")
+    raise ValueError(
+        f"block_out_channels={tuple(widths)}: every width must be a multiple of the"
+        f" first ({widths[0]}) to be expressed as base_channels x multipliers"
+    )
   levels = len(widths)
   config = autoencoder.default_model_config()
   config.name = "image_vae"
@@ -64,13 +73,27 @@ def image_vae_config(*, block_out_channels: Sequence[int] = (128, 256, 512, 512)
   config.use_quant_conv = use_quant_conv
   config.scaling_factor = float(scaling_factor)
   config.shift_factor = float(shift_factor or 0.0)
-  side = dict(conv_in="2d", conv_out="2d", time_padding="causal", norm="groupnorm_frame",
-              mid_block="2d", mid_attention="spatial" if mid_attention else "none",
-              attention_norm="groupnorm_frame")
-  config.encoder.update(num_res_blocks=layers_per_block, blocks=("2d",) * levels,
-                        downsample=("conv2d:s",) * (levels - 1) + ("",), **side)
-  config.decoder.update(num_res_blocks=layers_per_block + 1, blocks=("2d",) * levels,
-                        upsample=("",) + ("nearest2d:s",) * (levels - 1), **side)
+  side = dict(
+      conv_in="2d",
+      conv_out="2d",
+      time_padding="causal",
+      norm="groupnorm_frame",
+      mid_block="2d",
+      mid_attention="spatial" if mid_attention else "none",
+      attention_norm="groupnorm_frame",
+  )
+  config.encoder.update(
+      num_res_blocks=layers_per_block,
+      blocks=("2d",) * levels,
+      downsample=("conv2d:s",) * (levels - 1) + ("",),
+      **side,
+  )
+  config.decoder.update(
+      num_res_blocks=layers_per_block + 1,
+      blocks=("2d",) * levels,
+      upsample=("",) + ("nearest2d:s",) * (levels - 1),
+      **side,
+  )
   return config
 
 
@@ -80,8 +103,10 @@ def image_config_problems(model_config: ml_collections.ConfigDict) -> list[str]:
   growth = model_config.get("growth")
   if growth is not None and growth.levels:
     problems.append("it has ProMAG growth levels")
-  for side, resampler, allowed in (("encoder", "downsample", ("conv2d:s", "")),
-                                   ("decoder", "upsample", ("nearest2d:s", ""))):
+  for side, resampler, allowed in (
+      ("encoder", "downsample", ("conv2d:s", "")),
+      ("decoder", "upsample", ("nearest2d:s", "")),
+  ):
     cfg = model_config[side]
     for name in ("conv_in", "conv_out", "mid_block"):
       if cfg.get(name, "3d") != "2d":
@@ -108,8 +133,11 @@ class ImageVAE(autoencoder.VideoAutoencoder):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs):
     if problems := image_config_problems(config):
-      raise ValueError(f"model config {config.name!r} is not an image VAE: "
-                       + "; ".join(problems) + ". Build it with image_vae.image_vae_config")
+      raise ValueError(
+          f"model config {config.name!r} is not an image VAE: "
+          + "; ".join(problems)
+          + ". Build it with image_vae.image_vae_config"
+      )
     super().__init__(config, rngs=rngs)
 
   def encode_images(self, x: jax.Array) -> DiagonalGaussian:
@@ -133,7 +161,8 @@ def from_diffusion_latent(z: jax.Array, model_config: ml_collections.ConfigDict)
 def is_diffusers_folder(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "config.json")) and any(
       os.path.isfile(os.path.join(path, f"diffusion_pytorch_model.{ext}"))
-      for ext in ("safetensors", "bin"))
+      for ext in ("safetensors", "bin")
+  )
 
 
 def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> ImageVAE:
@@ -142,6 +171,7 @@ def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> 
   image-VAE config (e.g. `configs/image_vae_tiny.py`); `ema` picks the workdir's EMA weights."""
   if is_diffusers_folder(path):
     from bootvae_jax.interop import diffusers_vae  # pylint: disable=g-import-not-at-top
+
     return diffusers_vae.load_diffusers_vae(path, conv_impl=conv_impl)
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -151,14 +181,16 @@ def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> 
     raise FileNotFoundError(
         f"{path} is neither a diffusers VAE folder (config.json + diffusion_pytorch_model"
         ".safetensors) nor a bootvae_jax workdir (config.json + checkpoints/); train one with"
-        " configs/image_vae_tiny.py or point at a downloaded SD VAE")
+        " configs/image_vae_tiny.py or point at a downloaded SD VAE"
+    )
   with open(config_path) as f:
     model_config = ml_collections.ConfigDict(json.load(f)["model"])
   model_config.conv_impl = conv_impl
   model = nnx.eval_shape(lambda: ImageVAE(model_config, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   filled_state, filled = checkpoints.transfer_params(
-      params, checkpoints.load_params(path, -1, ema=ema), require_all=True)
+      params, checkpoints.load_params(path, -1, ema=ema), require_all=True
+  )
   if len(filled) != len(list(params.flat_state())):
     raise ValueError(f"{path}: the checkpoint lacks some of the image VAE's parameters")
   nnx.update(model, filled_state)

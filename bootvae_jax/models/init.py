@@ -87,16 +87,18 @@ def _flat_params(image_params: Any) -> dict[str, np.ndarray]:
     return {str(k): np.asarray(v) for k, v in image_params.items()}
   if isinstance(image_params, nnx.Module):
     image_params = nnx.state(image_params, nnx.Param)
-  return {"/".join(str(p) for p in path): np.asarray(v[...])
-          for path, v in image_params.flat_state()}
+  return {
+      "/".join(str(p) for p in path): np.asarray(v[...]) for path, v in image_params.flat_state()
+  }
 
 
 def _upsample_spec(config: ml_collections.ConfigDict, path: str):
   parts = path.split("/")
   if parts[:2] != ["decoder", "up"] or parts[3:5] != ["upsample", "conv"]:
     return None
-  return blocks.ResampleSpec.parse(config.decoder.upsample[int(parts[2])],
-                                   blocks.UPSAMPLE_KINDS, "model.decoder.upsample")
+  return blocks.ResampleSpec.parse(
+      config.decoder.upsample[int(parts[2])], blocks.UPSAMPLE_KINDS, "model.decoder.upsample"
+  )
 
 
 def _inflate_one(path: str, value: np.ndarray, shape: tuple[int, ...], spec, mode: str):
@@ -115,8 +117,9 @@ def _inflate_one(path: str, value: np.ndarray, shape: tuple[int, ...], spec, mod
   return None
 
 
-def inflate(image_params: Any, video_model_config: ml_collections.ConfigDict,
-            mode: str = "tail") -> nnx.State:
+def inflate(
+    image_params: Any, video_model_config: ml_collections.ConfigDict, mode: str = "tail"
+) -> nnx.State:
   """The parameters of `video_model_config`'s model inflated from an image VAE's.
 
   Args:
@@ -137,12 +140,13 @@ def inflate(image_params: Any, video_model_config: ml_collections.ConfigDict,
     raise ValueError(f"inflation mode {mode!r}; use one of {INFLATION_MODES}")
   growth = video_model_config.get("growth")
   if growth is not None and growth.levels:
-    raise ValueError("inflate the base model (model.growth.levels=0); a grown model's new"
-                     " levels have no image counterpart (config.init_checkpoint.inflate with"
-                     " progressive.STAGE_MAPPING does this in training)")
+    raise ValueError(
+        "inflate the base model (model.growth.levels=0); a grown model's new"
+        " levels have no image counterpart (config.init_checkpoint.inflate with"
+        " progressive.STAGE_MAPPING does this in training)"
+    )
   source = _flat_params(image_params)
-  model = nnx.eval_shape(lambda: autoencoder.VideoAutoencoder(video_model_config,
-                                                              rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: autoencoder.VideoAutoencoder(video_model_config, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   missing, mismatched = [], []
 
@@ -151,8 +155,9 @@ def inflate(image_params: Any, video_model_config: ml_collections.ConfigDict,
     if key not in source:
       missing.append(key)
       return variable
-    value = _inflate_one(key, source[key], tuple(variable.shape),
-                         _upsample_spec(video_model_config, key), mode)
+    value = _inflate_one(
+        key, source[key], tuple(variable.shape), _upsample_spec(video_model_config, key), mode
+    )
     if value is None:
       mismatched.append(f"{key}: image {source[key].shape}, video {tuple(variable.shape)}")
       return variable
@@ -160,12 +165,17 @@ def inflate(image_params: Any, video_model_config: ml_collections.ConfigDict,
 
   params = nnx.map_state(fill, params)
   if missing or mismatched:
-    lines = [f"the image VAE does not match the layout of {video_model_config.name!r}"
-             " (same levels, widths, res blocks per level and latent channels needed):"]
+    lines = [
+        f"the image VAE does not match the layout of {video_model_config.name!r}"
+        " (same levels, widths, res blocks per level and latent channels needed):"
+    ]
     for title, items in (("no image parameter", missing), ("cannot inflate", mismatched)):
       if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:10])
-                     + (" ..." if len(items) > 10 else ""))
+        lines.append(
+            f"  {title} ({len(items)}): "
+            + ", ".join(items[:10])
+            + (" ..." if len(items) > 10 else "")
+        )
     raise ValueError("\n".join(lines))
   return params
 

@@ -124,8 +124,10 @@ class Stream:
     if self.first:
       return None
     if len(self.states) >= len(self._previous):
-      raise ValueError("this chunk runs more stateful ops than the previous one; stream"
-                       " states must come from the same model")
+      raise ValueError(
+          "this chunk runs more stateful ops than the previous one; stream"
+          " states must come from the same model"
+      )
     return self._previous[len(self.states)]
 
   def keep(self, state: Any) -> None:
@@ -143,9 +145,9 @@ _STREAM: contextvars.ContextVar[Stream | None] = contextvars.ContextVar("stream"
 def streaming(states: Sequence[Any] | None = None, *, last: bool = False) -> Iterator[Stream]:
   """Runs the model calls inside on one chunk of a stream (see `Stream`).
 
-      with layers.streaming(states, last=False) as stream:   # states=None: the first chunk
-        posterior = model.encode(chunk)
-      states = stream.states                                 # for the next chunk
+  with layers.streaming(states, last=False) as stream:   # states=None: the first chunk
+    posterior = model.encode(chunk)
+  states = stream.states                                 # for the next chunk
   """
   stream = Stream(states, last=last)
   token = _STREAM.set(stream)
@@ -160,10 +162,12 @@ def active_stream() -> Stream | None:
   return _STREAM.get()
 
 
-STREAM_REFUSAL = ("{what} makes every frame depend on the whole clip, so it cannot run"
-                  " chunk by chunk exactly; use the official temporal tiling"
-                  " (bootvae_jax.inference.chunked.tiled_encode / tiled_decode, or"
-                  " reconstruct --mode=tiled) or cross-faded chunks (--mode=crossfade)")
+STREAM_REFUSAL = (
+    "{what} makes every frame depend on the whole clip, so it cannot run"
+    " chunk by chunk exactly; use the official temporal tiling"
+    " (bootvae_jax.inference.chunked.tiled_encode / tiled_decode, or"
+    " reconstruct --mode=tiled) or cross-faded chunks (--mode=crossfade)"
+)
 
 
 def stream_blocker(model: nnx.Module) -> str | None:
@@ -181,8 +185,10 @@ def looks_ahead(module: nnx.Module) -> bool:
   """Whether some output frame of `module` depends on later input frames (a centred conv, a
   trilinear time upsampler). Streaming such a model holds those frames back until the next
   chunk, and the last chunk must be flagged `last` (it cannot be padded and trimmed)."""
-  return any(isinstance(node, nnx.Module) and getattr(node, "time_lookahead", 0) > 0
-             for _, node in nnx.iter_graph(module))
+  return any(
+      isinstance(node, nnx.Module) and getattr(node, "time_lookahead", 0) > 0
+      for _, node in nnx.iter_graph(module)
+  )
 
 
 def align_held(x: jax.Array, like: jax.Array) -> jax.Array:
@@ -193,8 +199,8 @@ def align_held(x: jax.Array, like: jax.Array) -> jax.Array:
     return x
   held = stream.previous()
   x = x if held is None else jnp.concatenate([held, x], axis=1)
-  stream.keep(x[:, like.shape[1]:])
-  return x[:, :like.shape[1]]
+  stream.keep(x[:, like.shape[1] :])
+  return x[:, : like.shape[1]]
 
 
 def shard_height(x: jax.Array) -> jax.Array:
@@ -209,8 +215,9 @@ def shard_height(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(data, None, "spatial"))
 
 
-def _stream_time_window(stream: Stream, x: jax.Array, front: int, back: int, mode: str,
-                        kt: int, st: int) -> jax.Array:
+def _stream_time_window(
+    stream: Stream, x: jax.Array, front: int, back: int, mode: str, kt: int, st: int
+) -> jax.Array:
   """The frames a valid-in-time conv (kernel kt, stride st) runs on in this chunk.
 
   The first frames to arrive are padded in front as the whole clip is; later ones are
@@ -231,7 +238,7 @@ def _stream_time_window(stream: Stream, x: jax.Array, front: int, back: int, mod
   if stream.last:
     x = pad_time(x, 0, back, mode)
   num_out = max((x.shape[1] - kt) // st + 1, 0)  # 0: all held until the next chunk
-  stream.keep(x[:, st * num_out:])
+  stream.keep(x[:, st * num_out :])
   return x
 
 
@@ -313,8 +320,7 @@ def logical(init, axes: tuple[str | None, ...]):
   return nnx.with_partitioning(init, axes, eager_sharding=False)
 
 
-def param(init, rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...]
-          ) -> nnx.Param:
+def param(init, rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
   """A parameter of `shape` drawn by `init`, annotated with logical axis names (`logical`)."""
   return nnx.Param(logical(init, axes)(rngs.params(), shape))
 
@@ -431,8 +437,15 @@ class Norm(nnx.Module):
   Statistics are computed in float32 whatever the compute dtype.
   """
 
-  def __init__(self, channels: int, kind: NormKind, *, num_groups: int = 32, eps: float = 1e-6,
-               rngs: nnx.Rngs):
+  def __init__(
+      self,
+      channels: int,
+      kind: NormKind,
+      *,
+      num_groups: int = 32,
+      eps: float = 1e-6,
+      rngs: nnx.Rngs,
+  ):
     if kind != "layernorm" and channels % num_groups:
       raise ValueError(
           f"{kind} with {num_groups} groups needs channels divisible by {num_groups}, got"
@@ -489,8 +502,17 @@ class SpatialAttention(nnx.Module):
   reuses this path inside its own single residual.
   """
 
-  def __init__(self, channels: int, *, norm: NormKind, num_groups: int, eps: float,
-               residual: bool = True, rngs: nnx.Rngs, **conv_kw):
+  def __init__(
+      self,
+      channels: int,
+      *,
+      norm: NormKind,
+      num_groups: int,
+      eps: float,
+      residual: bool = True,
+      rngs: nnx.Rngs,
+      **conv_kw,
+  ):
     self.norm = Norm(channels, norm, num_groups=num_groups, eps=eps, rngs=rngs)
     self.q = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
     self.k = pointwise_conv(channels, channels, rngs=rngs, **conv_kw)
@@ -514,10 +536,12 @@ class SpatioTemporalAttention(nnx.Module):
   temporal attention sees all T frames of a pixel (not causal).
   """
 
-  def __init__(self, channels: int, *, norm: NormKind, num_groups: int, eps: float,
-               rngs: nnx.Rngs, **conv_kw):
-    self.spatial = SpatialAttention(channels, norm=norm, num_groups=num_groups, eps=eps,
-                                    residual=False, rngs=rngs, **conv_kw)
+  def __init__(
+      self, channels: int, *, norm: NormKind, num_groups: int, eps: float, rngs: nnx.Rngs, **conv_kw
+  ):
+    self.spatial = SpatialAttention(
+        channels, norm=norm, num_groups=num_groups, eps=eps, residual=False, rngs=rngs, **conv_kw
+    )
     self.norm_t = Norm(channels, "layernorm", eps=1e-5, rngs=rngs)
     self.q_t = Dense(channels, channels, rngs=rngs)
     self.k_t = Dense(channels, channels, rngs=rngs)
@@ -581,4 +605,3 @@ def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
   x = x.reshape(b, t, h, w, factor, factor, c)
   x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
   return x.reshape(b, t, h * factor, w * factor, c)
-

@@ -63,12 +63,12 @@ LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
 # `config.init_checkpoint.mapping`: a target path `encoder/lower/X` comes from source `encoder/X`.
 STAGE_MAPPING = ((r"(encoder|decoder)/lower/(.*)", r"\1/\2"),)
 # `config.init_checkpoint.exclude`: the previous stage's head, not reused by the grown model.
-STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*",
-                 r"(post_)?quant_conv/.*")
+STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*", r"(post_)?quant_conv/.*")
 
 
-def build_model(model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs | None = None,
-                seed: int = 0) -> autoencoder.VideoAutoencoder:
+def build_model(
+    model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs | None = None, seed: int = 0
+) -> autoencoder.VideoAutoencoder:
   """The one model builder: what a `model` config describes, randomly initialised.
 
   A `VideoAutoencoder`, or a `GrownAutoencoder` when `model.growth.levels > 0`. The config is
@@ -168,13 +168,23 @@ class GrownEncoder(nnx.Module):
     conv, norm, _ = autoencoder.layer_settings(config, "encoder")
     self.lower = lower
     self.mixing = growth.mixing
-    self.adanorm = (AdaNorm(width, growth.adanorm, eps=config.norm_eps, rngs=rngs)
-                    if growth.mixing in ("adanorm", "both") else None)
-    self.block = nnx.List([blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
-                           for _ in range(growth.num_res_blocks)])
+    self.adanorm = (
+        AdaNorm(width, growth.adanorm, eps=config.norm_eps, rngs=rngs)
+        if growth.mixing in ("adanorm", "both")
+        else None
+    )
+    self.block = nnx.List(
+        [
+            blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
+            for _ in range(growth.num_res_blocks)
+        ]
+    )
     self.downsample = blocks.ConvDownsample(
-        width, blocks.ResampleSpec.parse("conv3d:t", blocks.DOWNSAMPLE_KINDS, "growth"),
-        conv=conv, rngs=rngs)
+        width,
+        blocks.ResampleSpec.parse("conv3d:t", blocks.DOWNSAMPLE_KINDS, "growth"),
+        conv=conv,
+        rngs=rngs,
+    )
     self.norm_out = norm.make(width, rngs=rngs)
     self.conv_out = conv.pointwise(width, 2 * config.latent_channels, rngs=rngs)
     self.remat = bool(config.remat)
@@ -211,11 +221,18 @@ class GrownDecoder(nnx.Module):
     width = config.base_channels * config.channel_multipliers[-1]
     conv, norm, _ = autoencoder.layer_settings(config, "decoder")
     self.conv_in = conv.pointwise(config.latent_channels, width, rngs=rngs)
-    self.block = nnx.List([blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
-                           for _ in range(growth.num_res_blocks)])
+    self.block = nnx.List(
+        [
+            blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
+            for _ in range(growth.num_res_blocks)
+        ]
+    )
     self.upsample = blocks.DepthToSpaceUpsample(
-        width, blocks.ResampleSpec.parse("d2s:t", blocks.UPSAMPLE_KINDS, "growth"),
-        conv=conv, rngs=rngs)
+        width,
+        blocks.ResampleSpec.parse("d2s:t", blocks.UPSAMPLE_KINDS, "growth"),
+        conv=conv,
+        rngs=rngs,
+    )
     self.lower = lower
     self.remat = bool(config.remat)
 
@@ -276,8 +293,12 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
 # Stage configs (used by configs/promag_*.py and configs/direct_*.py).
 
 
-def next_stage(config: ml_collections.ConfigDict, *, previous_workdir: str,
-               finetune_learning_rate_multiplier: float = 0.0) -> ml_collections.ConfigDict:
+def next_stage(
+    config: ml_collections.ConfigDict,
+    *,
+    previous_workdir: str,
+    finetune_learning_rate_multiplier: float = 0.0,
+) -> ml_collections.ConfigDict:
   """Turns the training config of one stage into the next stage's, in place.
 
   One more 2x temporal growth level; the previous stage's parameters are restored from

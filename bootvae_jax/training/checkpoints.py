@@ -63,13 +63,16 @@ def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
   """`step` if the workdir has it; None (or a negative step) means the latest one."""
   steps = checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}; is {workdir} a"
-                            " training workdir that reached its first checkpoint_every?")
+    raise FileNotFoundError(
+        f"no checkpoint under {checkpoint_dir(workdir)}; is {workdir} a"
+        " training workdir that reached its first checkpoint_every?"
+    )
   if step is None or step < 0:
     return steps[-1]
   if step not in steps:
-    raise FileNotFoundError(f"no checkpoint of step {step} under {checkpoint_dir(workdir)};"
-                            f" available: {steps}")
+    raise FileNotFoundError(
+        f"no checkpoint of step {step} under {checkpoint_dir(workdir)};" f" available: {steps}"
+    )
   return step
 
 
@@ -90,17 +93,26 @@ class Checkpoints:
     self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        ),
+    )
 
   def latest_step(self) -> int | None:
     """The latest complete step (`checkpoint_steps`), None before the first save."""
     steps = checkpoint_steps(self.workdir)
     return steps[-1] if steps else None
 
-  def save(self, step: int, state, *, batches=None,
-           config: ml_collections.ConfigDict | None = None,
-           meta: Mapping[str, Any] | None = None, force: bool = False) -> None:
+  def save(
+      self,
+      step: int,
+      state,
+      *,
+      batches=None,
+      config: ml_collections.ConfigDict | None = None,
+      meta: Mapping[str, Any] | None = None,
+      force: bool = False,
+  ) -> None:
     """Saves `state` (+ the iterator position of `batches`) with `config` in its metadata,
     which `read_config` / `load_model` read back."""
     meta = dict(meta or {}, step=int(step))
@@ -114,8 +126,8 @@ class Checkpoints:
   def restore(self, step: int, abstract_state, shardings, *, batches=None):
     """The state at `step`, placed with `shardings`; restores `batches`' position in place."""
     target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-        shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
     items = dict(state=ocp.args.StandardRestore(target))
     if batches is not None:
       items["data"] = batches.checkpoint_args_restore()
@@ -132,8 +144,7 @@ class Checkpoints:
 # The run's config and its trained model.
 
 
-def read_config(workdir: str | os.PathLike, step: int | None = None
-                ) -> ml_collections.ConfigDict:
+def read_config(workdir: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
   """The full training config the checkpoint at `step` (None: latest) was saved with.
 
   Checkpoints written before configs were stored in them fall back to the run's
@@ -148,16 +159,20 @@ def read_config(workdir: str | os.PathLike, step: int | None = None
     return ml_collections.ConfigDict(meta["config"])
   legacy = epath.Path(_absolute(workdir)) / "config.json"
   if legacy.is_file():
-    logging.warning("checkpoint %d of %s stores no config; using the legacy %s", step, workdir,
-                    legacy)
+    logging.warning(
+        "checkpoint %d of %s stores no config; using the legacy %s", step, workdir, legacy
+    )
     return ml_collections.ConfigDict(json.loads(legacy.read_text()))
-  raise FileNotFoundError(f"the checkpoint of step {step} in {workdir} stores no config (it was"
-                          " saved without Checkpoints.save(config=...)) and there is no"
-                          " config.json beside it")
+  raise FileNotFoundError(
+      f"the checkpoint of step {step} in {workdir} stores no config (it was"
+      " saved without Checkpoints.save(config=...)) and there is no"
+      " config.json beside it"
+  )
 
 
-def load_model(workdir: str | os.PathLike, step: int | None = None, ema: bool = False
-               ) -> tuple[Any, ml_collections.ConfigDict]:
+def load_model(
+    workdir: str | os.PathLike, step: int | None = None, ema: bool = False
+) -> tuple[Any, ml_collections.ConfigDict]:
   """The trained model of a training run, and the config it was trained with.
 
   The model is built abstractly from the checkpoint's config (`nnx.eval_shape`: no random
@@ -177,12 +192,13 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, ema: bool = 
   step = resolve_step(workdir, step)
   config = read_config(workdir, step)
   model = nnx.eval_shape(lambda: models.build_model(config.model))
-  params, filled = transfer_params(nnx.state(model, nnx.Param),
-                                   load_params(workdir, step, ema=ema))
+  params, filled = transfer_params(nnx.state(model, nnx.Param), load_params(workdir, step, ema=ema))
   missing = sorted({path_string(p) for p, _ in params.flat_state()} - set(filled))
   if missing:
-    raise ValueError(f"the checkpoint of step {step} in {workdir} lacks {len(missing)}"
-                     f" parameters of the model its config builds, e.g. {missing[:5]}")
+    raise ValueError(
+        f"the checkpoint of step {step} in {workdir} lacks {len(missing)}"
+        f" parameters of the model its config builds, e.g. {missing[:5]}"
+    )
   nnx.update(model, params)
   return model, config
 
@@ -207,8 +223,9 @@ def _shapes(tree, prefix: str) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def _config_differences(saved: Mapping[str, Any], new: Mapping[str, Any],
-                        prefix: str = "") -> list[str]:
+def _config_differences(
+    saved: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
   out = []
   for key in sorted(set(saved) | set(new)):
     a, b = saved.get(key), new.get(key)
@@ -219,8 +236,9 @@ def _config_differences(saved: Mapping[str, Any], new: Mapping[str, Any],
   return out
 
 
-def check_resume(workdir: str | os.PathLike, step: int, config: ml_collections.ConfigDict,
-                 state) -> None:
+def check_resume(
+    workdir: str | os.PathLike, step: int, config: ml_collections.ConfigDict, state
+) -> None:
   """Raises ValueError unless the checkpoint at `step` can be resumed by `config`'s state.
 
   Compared: every trained, frozen and discriminator parameter's path and shape (what
@@ -228,30 +246,48 @@ def check_resume(workdir: str | os.PathLike, step: int, config: ml_collections.C
   (steps, learning rates, data, logging) may change on resume. The error names the first
   mismatched parameter and the config fields that differ from the checkpoint's.
   """
-  tree = ocp.PyTreeCheckpointer().metadata(
-      os.path.join(_step_dir(workdir, step), "state")).item_metadata.tree
-  stored = {re.sub(r"/value$", "", k): v for name in _RESUMED_TREES
-            for k, v in _shapes(tree.get(name), name).items()}
-  expected = {k: v for name in _RESUMED_TREES
-              for k, v in _shapes(getattr(state, name), name).items()}
-  problems = [f"{k} is in the checkpoint but not in this config's model"
-              for k in sorted(set(stored) - set(expected))]
+  tree = (
+      ocp.PyTreeCheckpointer()
+      .metadata(os.path.join(_step_dir(workdir, step), "state"))
+      .item_metadata.tree
+  )
+  stored = {
+      re.sub(r"/value$", "", k): v
+      for name in _RESUMED_TREES
+      for k, v in _shapes(tree.get(name), name).items()
+  }
+  expected = {
+      k: v for name in _RESUMED_TREES for k, v in _shapes(getattr(state, name), name).items()
+  }
+  problems = [
+      f"{k} is in the checkpoint but not in this config's model"
+      for k in sorted(set(stored) - set(expected))
+  ]
   problems += [f"{k} is not in the checkpoint" for k in sorted(set(expected) - set(stored))]
-  problems += [f"{k} has shape {stored[k]} in the checkpoint but {expected[k]} here"
-               for k in sorted(set(stored) & set(expected)) if stored[k] != expected[k]]
+  problems += [
+      f"{k} has shape {stored[k]} in the checkpoint but {expected[k]} here"
+      for k in sorted(set(stored) & set(expected))
+      if stored[k] != expected[k]
+  ]
   if not problems:
     return
   try:
-    differences = _config_differences(config_json(read_config(workdir, step)),
-                                      config_json(config))
+    differences = _config_differences(config_json(read_config(workdir, step)), config_json(config))
   except FileNotFoundError:
     differences = []
-  hint = (f"; the config differs from the checkpoint's in {len(differences)} fields: "
-          + "; ".join(differences[:12])) if differences else ""
+  hint = (
+      (
+          f"; the config differs from the checkpoint's in {len(differences)} fields: "
+          + "; ".join(differences[:12])
+      )
+      if differences
+      else ""
+  )
   raise ValueError(
       f"--workdir={workdir} holds a checkpoint (step {step}) this config cannot resume:"
       f" {problems[0]} ({len(problems)} parameter differences){hint}. Resume with the"
-      " checkpoint's model, freeze and GAN settings, or use a new --workdir.")
+      " checkpoint's model, freeze and GAN settings, or use a new --workdir."
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,8 +304,9 @@ def _flatten(tree: Any, prefix: tuple = ()) -> dict[str, np.ndarray]:
   return out
 
 
-def load_params(path: str | os.PathLike, step: int | None = None, *,
-                ema: bool = False) -> dict[str, np.ndarray]:
+def load_params(
+    path: str | os.PathLike, step: int | None = None, *, ema: bool = False
+) -> dict[str, np.ndarray]:
   """All autoencoder parameters (trained and frozen) of a run, keyed by '/'-joined path.
 
   Args:
@@ -288,8 +325,10 @@ def load_params(path: str | os.PathLike, step: int | None = None, *,
   tree = checkpointer.metadata(state_dir).item_metadata.tree
   wanted = {k: tree[k] for k in ("ema_params" if ema else "params", "frozen")}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True))
+  restored = checkpointer.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
+  )
   params = _flatten(restored["ema_params" if ema else "params"])
   params.update(_flatten(restored["frozen"]))
   # nnx Variables are saved as {'value': array} nodes in some orbax versions.
@@ -305,9 +344,14 @@ def mapped_source_path(target_path: str, mapping=()) -> str:
   return target_path
 
 
-def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
-                    mapping=(), *, require_all: bool = True,
-                    mapped_only: bool = False) -> tuple[nnx.State, list[str]]:
+def transfer_params(
+    target: nnx.State,
+    source: Mapping[str, np.ndarray],
+    mapping=(),
+    *,
+    require_all: bool = True,
+    mapped_only: bool = False,
+) -> tuple[nnx.State, list[str]]:
   """Copies `source` arrays into the matching parameters of `target`.
 
   Args:
@@ -337,7 +381,8 @@ def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
       raise ValueError(
           f"checkpoint architecture does not match: parameter {target_path} (from"
           f" {source_path}) has shape {value.shape} in the checkpoint but {variable.shape} in"
-          " the model")
+          " the model"
+      )
     used.add(source_path)
     filled.append(target_path)
     return variable.replace(jnp.asarray(value, variable.dtype))
@@ -345,6 +390,8 @@ def transfer_params(target: nnx.State, source: Mapping[str, np.ndarray],
   out = nnx.map_state(fill, target)
   unused = sorted(set(source) - used)
   if require_all and unused:
-    raise ValueError(f"{len(unused)} checkpoint parameters have no place in the model, e.g."
-                     f" {unused[:5]}; check config.init_checkpoint.mapping")
+    raise ValueError(
+        f"{len(unused)} checkpoint parameters have no place in the model, e.g."
+        f" {unused[:5]}; check config.init_checkpoint.mapping"
+    )
   return out, filled

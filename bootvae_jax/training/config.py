@@ -35,20 +35,46 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = autoencoder.default_model_config()
   config.data = data_config.default_config()
 
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, warmup_steps=100, end_learning_rate_ratio=0.1, b1=0.9, b2=0.99,
-      eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0, ema_decay=0.999,
-      # Lower-level (frozen by default) parameters can instead be fine-tuned at a smaller rate.
-      finetune_learning_rate_multiplier=0.0,
-  ))
-  config.loss = ml_collections.ConfigDict(dict(
-      l1_weight=1.0, l2_weight=0.0, kl_weight=1e-6, perceptual_weight=0.0,
-      perceptual_frames=2, gan_weight=0.0, gan_start_step=0, adaptive_gan_weight=True,
-      max_adaptive_weight=1e4, lecam_weight=0.0, lecam_decay=0.999,
-  ))
-  config.discriminator = ml_collections.ConfigDict(dict(
-      base_channels=64, num_layers=3, learning_rate=1e-4, b1=0.5, b2=0.9, weight_decay=0.0,
-  ))
+  config.optimizer = ml_collections.ConfigDict(
+      dict(
+          learning_rate=1e-4,
+          warmup_steps=100,
+          end_learning_rate_ratio=0.1,
+          b1=0.9,
+          b2=0.99,
+          eps=1e-8,
+          weight_decay=0.01,
+          grad_clip_norm=1.0,
+          ema_decay=0.999,
+          # Lower-level (frozen by default) parameters can instead be fine-tuned at a smaller rate.
+          finetune_learning_rate_multiplier=0.0,
+      )
+  )
+  config.loss = ml_collections.ConfigDict(
+      dict(
+          l1_weight=1.0,
+          l2_weight=0.0,
+          kl_weight=1e-6,
+          perceptual_weight=0.0,
+          perceptual_frames=2,
+          gan_weight=0.0,
+          gan_start_step=0,
+          adaptive_gan_weight=True,
+          max_adaptive_weight=1e4,
+          lecam_weight=0.0,
+          lecam_decay=0.999,
+      )
+  )
+  config.discriminator = ml_collections.ConfigDict(
+      dict(
+          base_channels=64,
+          num_layers=3,
+          learning_rate=1e-4,
+          b1=0.5,
+          b2=0.9,
+          weight_decay=0.0,
+      )
+  )
   # Regexes over '/'-joined parameter paths, each matching a whole path (e.g.
   # "encoder/down/0/.*"; the rule of `train_state.path_matches`, shared with
   # init_checkpoint.mapping and exclude): no gradients, no optimizer state. ProMAG stages put
@@ -56,26 +82,30 @@ def default_config() -> ml_collections.ConfigDict:
   config.freeze = ()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.sharding_rules = (("conv_out", "fsdp"),)
-  config.init_checkpoint = ml_collections.ConfigDict(dict(
-      # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
-      path="", step=-1,
-      # (model-path regex, checkpoint-path template) pairs over '/'-joined paths: exactly the
-      # parameters a regex fully matches are restored, from the path the template gives
-      # (re.Match.expand). Empty = every parameter from its own path.
-      mapping=(),
-      # Regexes over source paths dropped on purpose (e.g. the previous stage's head); every
-      # other source parameter must land in the model.
-      exclude=(),
-      # "tail" | "centre" | "average": `path` is an image VAE (diffusers folder or image-VAE
-      # workdir) inflated onto the model's base (models/init.py); "" = `path` is a workdir.
-      inflate="",
-  ))
+  config.init_checkpoint = ml_collections.ConfigDict(
+      dict(
+          # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
+          path="",
+          step=-1,
+          # (model-path regex, checkpoint-path template) pairs over '/'-joined paths: exactly the
+          # parameters a regex fully matches are restored, from the path the template gives
+          # (re.Match.expand). Empty = every parameter from its own path.
+          mapping=(),
+          # Regexes over source paths dropped on purpose (e.g. the previous stage's head); every
+          # other source parameter must land in the model.
+          exclude=(),
+          # "tail" | "centre" | "average": `path` is an image VAE (diffusers folder or image-VAE
+          # workdir) inflated onto the model's base (models/init.py); "" = `path` is a workdir.
+          inflate="",
+      )
+  )
   # CV-VAE latent-compatibility regularisers (losses/compat.py); off by default.
   config.compat = compat.default_config()
   # crop_size: () evaluates centre crops of data.crop_size; (H, W) another size.
   # at_start: also evaluate before the first step (what an initialisation alone gives).
-  config.eval = ml_collections.ConfigDict(dict(num_clips=4, num_png_frames=4, crop_size=(),
-                                               at_start=False))
+  config.eval = ml_collections.ConfigDict(
+      dict(num_clips=4, num_png_frames=4, crop_size=(), at_start=False)
+  )
   return config
 
 
@@ -92,8 +122,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   if eval_crop := tuple(config.eval.get("crop_size", ())):
     if len(eval_crop) != 2:
       raise ValueError(f"config.eval.crop_size={eval_crop} must be (height, width) or ()")
-    message = autoencoder.frame_size_error(*eval_crop, spatial, what="config.eval.crop_size=",
-                                           size="({}, {})")
+    message = autoencoder.frame_size_error(
+        *eval_crop, spatial, what="config.eval.crop_size=", size="({}, {})"
+    )
     if message is not None:
       raise ValueError(message)
   for pattern in config.freeze:
@@ -106,11 +137,15 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   _validate_compat(config)
   inflate = config.init_checkpoint.get("inflate", "")
   if inflate and inflate not in init_lib.INFLATION_MODES:
-    raise ValueError(f"config.init_checkpoint.inflate={inflate!r}; use '' or one of"
-                     f" {init_lib.INFLATION_MODES}")
+    raise ValueError(
+        f"config.init_checkpoint.inflate={inflate!r}; use '' or one of"
+        f" {init_lib.INFLATION_MODES}"
+    )
   if inflate and not config.init_checkpoint.path:
-    raise ValueError("config.init_checkpoint.inflate needs config.init_checkpoint.path (the"
-                     " image VAE: a diffusers folder or an image-VAE workdir)")
+    raise ValueError(
+        "config.init_checkpoint.inflate needs config.init_checkpoint.path (the"
+        " image VAE: a diffusers folder or an image-VAE workdir)"
+    )
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
     raise ValueError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:
@@ -127,11 +162,15 @@ def _validate_compat(config: ml_collections.ConfigDict) -> None:
   if cfg.mapping not in compat.MAPPINGS:
     raise ValueError(f"config.compat.mapping={cfg.mapping!r}; use one of {compat.MAPPINGS}")
   if compat.enabled(cfg) and not cfg.image_vae:
-    raise ValueError("config.compat.decoder_weight / encoder_weight need config.compat.image_vae"
-                     " (a diffusers VAE folder or an image-VAE workdir)")
+    raise ValueError(
+        "config.compat.decoder_weight / encoder_weight need config.compat.image_vae"
+        " (a diffusers VAE folder or an image-VAE workdir)"
+    )
   if cfg.learned_logvar and not cfg.decoder_weight > 0:
-    raise ValueError("config.compat.learned_logvar weighs the decoder-side term; set"
-                     " config.compat.decoder_weight > 0")
+    raise ValueError(
+        "config.compat.learned_logvar weighs the decoder-side term; set"
+        " config.compat.decoder_weight > 0"
+    )
 
 
 def _check_workdir(workdir: str) -> None:

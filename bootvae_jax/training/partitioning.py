@@ -34,8 +34,10 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
       raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices;"
-                     f" {len(devices)} are available (set config.mesh.data=-1 to fill)")
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices;"
+        f" {len(devices)} are available (set config.mesh.data=-1 to fill)"
+    )
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
@@ -49,8 +51,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def logical_to_mesh_spec(names: Sequence[str | None] | None, shape: Sequence[int],
-                         rules: Sequence[tuple[str, str | None]], mesh: Mesh) -> P:
+def logical_to_mesh_spec(
+    names: Sequence[str | None] | None,
+    shape: Sequence[int],
+    rules: Sequence[tuple[str, str | None]],
+    mesh: Mesh,
+) -> P:
   """The PartitionSpec of one array: each logical name mapped by `rules`, each mesh axis used
   at most once, and dimensions the axis does not divide left replicated."""
   if not names:

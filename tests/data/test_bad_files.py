@@ -14,12 +14,16 @@ from bootvae_jax.data import transforms
 
 
 def warnings_about(caplog, name):
-  return [record for record in caplog.records
-          if record.levelno == logging.WARNING and name in record.getMessage()]
+  return [
+      record
+      for record in caplog.records
+      if record.levelno == logging.WARNING and name in record.getMessage()
+  ]
 
 
 def test_each_bad_file_is_skipped_with_its_reason_and_one_warning(
-    bad_video_dir, bad_files, make_config, mesh, caplog):
+    bad_video_dir, bad_files, make_config, mesh, caplog
+):
   config = make_config(source="video_folder", path=str(bad_video_dir), resize_short_side=40)
   with caplog.at_level(logging.WARNING):
     batches = data.make_train_batches(config, mesh=mesh, seed=0)
@@ -27,19 +31,23 @@ def test_each_bad_file_is_skipped_with_its_reason_and_one_warning(
   assert all(video.shape == (8, 9, 32, 32, 3) for video in videos)
   assert all(np.isfinite(video).all() for video in videos)
 
-  reasons = {pathlib.Path(skipped.file).name: skipped.reason
-             for skipped in batches.skipped_files}
+  reasons = {pathlib.Path(skipped.file).name: skipped.reason for skipped in batches.skipped_files}
   assert sorted(reasons) == sorted(bad_files)
   for name, expected_words in bad_files.items():
     assert expected_words in reasons[name], (name, reasons[name])
     assert len(warnings_about(caplog, name)) == 1, name
   assert "5 frames" in reasons["short.mp4"] and "needs 9" in reasons["short.mp4"]
-  assert batches.stats() == {"data/files_indexed": 2.0, "data/files_skipped": 5.0,
-                             "data/read_failures": 0.0, "data/clips": 24.0}
+  assert batches.stats() == {
+      "data/files_indexed": 2.0,
+      "data/files_skipped": 5.0,
+      "data/read_failures": 0.0,
+      "data/clips": 24.0,
+  }
 
 
-def test_skips_are_reported_again_from_the_index_cache(bad_video_dir, bad_files, make_config,
-                                                      mesh, caplog):
+def test_skips_are_reported_again_from_the_index_cache(
+    bad_video_dir, bad_files, make_config, mesh, caplog
+):
   config = make_config(source="video_folder", path=str(bad_video_dir))
   data.make_train_batches(config, mesh=mesh, seed=0)
   caplog.clear()
@@ -51,18 +59,20 @@ def test_skips_are_reported_again_from_the_index_cache(bad_video_dir, bad_files,
 
 
 def test_a_file_broken_after_indexing_is_replaced_and_counted(
-    video_dir, make_config, tmp_path, caplog):
+    video_dir, make_config, tmp_path, caplog
+):
   folder = tmp_path / "videos"
   shutil.copytree(video_dir, folder)
-  config = make_config(source="video_folder", path=str(folder), resize_short_side=40,
-                       synthetic_num_clips=1)
+  config = make_config(
+      source="video_folder", path=str(folder), resize_short_side=40, synthetic_num_clips=1
+  )
   sources_, weights = pipeline.make_sources(config)
   broken = [pathlib.Path(video.path).name for video in sources_[0]._videos].index(  # pylint: disable=protected-access
-      "carphone.mp4")
+      "carphone.mp4"
+  )
   (folder / "carphone.mp4").write_bytes(b"\x00garbage" * 1000)
 
-  iterator = iter(pipeline.build_train_dataset(config, seed=0, sources=sources_,
-                                               weights=weights))
+  iterator = iter(pipeline.build_train_dataset(config, seed=0, sources=sources_, weights=weights))
   with caplog.at_level(logging.WARNING):
     batches = [next(iterator) for _ in range(4)]  # 32 clips: every video several times
   indices = np.concatenate([batch["index"] for batch in batches])
@@ -87,15 +97,15 @@ def test_stats_count_read_failures(video_dir, make_config, mesh, tmp_path):
 
 
 def test_a_source_where_nothing_reads_any_more_stops_with_an_error(
-    video_dir, make_config, tmp_path):
+    video_dir, make_config, tmp_path
+):
   folder = tmp_path / "videos"
   shutil.copytree(video_dir, folder)
   config = make_config(source="video_folder", path=str(folder))
   sources_, weights = pipeline.make_sources(config)
   for path in folder.rglob("*.*"):
     path.write_bytes(b"")
-  iterator = iter(pipeline.build_train_dataset(config, seed=0, sources=sources_,
-                                               weights=weights))
+  iterator = iter(pipeline.build_train_dataset(config, seed=0, sources=sources_, weights=weights))
   with pytest.raises(RuntimeError, match="consecutive items of the video_folder source"):
     next(iterator)
 
@@ -114,8 +124,17 @@ def test_folder_of_only_bad_files_lists_the_reasons(bad_video_dir, bad_files, tm
   for name in bad_files:
     shutil.copy(bad_video_dir / name, folder / name)
   index = sources.index_video_folder(str(folder), cache_dir=str(tmp_path / "cache"))
-  spec = transforms.ClipSpec(num_frames=9, min_stride=1, max_stride=1, resize_short_side=0,
-                             crop_size=(32, 32), random_crop=True, random_flip=False)
-  with pytest.raises(ValueError, match=r"no readable video(.|\n)*5 file\(s\) skipped"
-                     r"(.|\n)*empty.mp4: empty file"):
+  spec = transforms.ClipSpec(
+      num_frames=9,
+      min_stride=1,
+      max_stride=1,
+      resize_short_side=0,
+      crop_size=(32, 32),
+      random_crop=True,
+      random_flip=False,
+  )
+  with pytest.raises(
+      ValueError,
+      match=r"no readable video(.|\n)*5 file\(s\) skipped" r"(.|\n)*empty.mp4: empty file",
+  ):
     sources.VideoFolderSource(index, spec)

@@ -20,7 +20,8 @@ def test_batch_shape_dtype_range_and_sharding(make_config, mesh):
   assert isinstance(video, jax.Array)
   assert video.shape == (8, 9, 32, 32, 3) and video.dtype == np.float32
   assert video.sharding == jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+      mesh, jax.sharding.PartitionSpec(("data", "fsdp"))
+  )
   # Each of the 4 devices holds 2 clips.
   assert {shard.data.shape for shard in video.addressable_shards} == {(2, 9, 32, 32, 3)}
   values = np.asarray(video)
@@ -46,8 +47,9 @@ def test_process_shards_are_disjoint_and_cover_an_epoch(make_config):
   config = make_config(synthetic_num_clips=32)
   seen = []
   for process_index in range(2):
-    iterator = iter(pipeline.build_train_dataset(
-        config, seed=0, process_index=process_index, process_count=2))
+    iterator = iter(
+        pipeline.build_train_dataset(config, seed=0, process_index=process_index, process_count=2)
+    )
     batches = [next(iterator) for _ in range(4)]  # 4 local batches of 4 = half an epoch
     assert all(batch["video"].shape == (4, 9, 32, 32, 3) for batch in batches)
     seen.append(np.concatenate([batch["index"] for batch in batches]).tolist())
@@ -66,9 +68,15 @@ def test_every_epoch_is_reshuffled(make_config):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_from_orbax_gives_exactly_the_next_batches(
-    num_workers, make_config, mesh, video_dir, tmp_path):
-  config = make_config(source="video_folder", path=str(video_dir), frame_stride=(1, 3),
-                       resize_short_side=40, random_flip=True)
+    num_workers, make_config, mesh, video_dir, tmp_path
+):
+  config = make_config(
+      source="video_folder",
+      path=str(video_dir),
+      frame_stride=(1, 3),
+      resize_short_side=40,
+      random_flip=True,
+  )
   # The reference is an uninterrupted in-process run; worker processes split whole batches
   # and interleave them in order, so they must reproduce it too.
   uninterrupted = take(data.make_train_batches(config, mesh=mesh, seed=0), 5)
@@ -78,16 +86,24 @@ def test_resume_from_orbax_gives_exactly_the_next_batches(
   first_run = data.make_train_batches(config, mesh=mesh, seed=0)
   before_save = take(first_run, 2)
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
-  manager.save(2, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"step": np.array(2, np.int32)}),
-      data=first_run.checkpoint_args_save()))
+  manager.save(
+      2,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave({"step": np.array(2, np.int32)}),
+          data=first_run.checkpoint_args_save(),
+      ),
+  )
   manager.wait_until_finished()
   first_run.close()
 
   resumed = data.make_train_batches(config, mesh=mesh, seed=0)
-  ocp.CheckpointManager(tmp_path / "checkpoints").restore(2, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore({"step": np.array(0, np.int32)}),
-      data=resumed.checkpoint_args_restore()))
+  ocp.CheckpointManager(tmp_path / "checkpoints").restore(
+      2,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore({"step": np.array(0, np.int32)}),
+          data=resumed.checkpoint_args_restore(),
+      ),
+  )
   after_resume = take(resumed, 3)
   resumed.close()
   for step, got in enumerate(before_save + after_resume):
@@ -95,9 +111,13 @@ def test_resume_from_orbax_gives_exactly_the_next_batches(
 
 
 def test_mixture_follows_weights(make_config, mesh, video_dir):
-  config = make_config(source="mixture", mixture=(
-      dict(source="synthetic", weight=1.0),
-      dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=3.0)))
+  config = make_config(
+      source="mixture",
+      mixture=(
+          dict(source="synthetic", weight=1.0),
+          dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=3.0),
+      ),
+  )
   batches = data.make_train_batches(config, mesh=mesh, seed=0)
   assert next(batches)["video"].shape == (8, 9, 32, 32, 3)
   next(batches)
@@ -107,14 +127,20 @@ def test_mixture_follows_weights(make_config, mesh, video_dir):
   assert stats["data/files_indexed"] == 5
 
 
-def test_images_and_videos_train_together_as_one_frame_clips(make_config, mesh, video_dir,
-                                                            tmp_path):
+def test_images_and_videos_train_together_as_one_frame_clips(
+    make_config, mesh, video_dir, tmp_path
+):
   (tmp_path / "images").mkdir()
   for index in range(3):
     Image.new("RGB", (48, 40), (80 * index, 50, 200)).save(tmp_path / "images" / f"{index}.png")
-  config = make_config(num_frames=1, source="mixture", mixture=(
-      dict(source="image_folder", path=str(tmp_path / "images"), weight=1.0),
-      dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=1.0)))
+  config = make_config(
+      num_frames=1,
+      source="mixture",
+      mixture=(
+          dict(source="image_folder", path=str(tmp_path / "images"), weight=1.0),
+          dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=1.0),
+      ),
+  )
   data.validate(config, temporal_factor=4, spatial_factor=8)
   batches = data.make_train_batches(config, mesh=mesh, seed=0)
   assert next(batches)["video"].shape == (8, 1, 32, 32, 3)
@@ -124,8 +150,9 @@ def test_images_and_videos_train_together_as_one_frame_clips(make_config, mesh, 
 
 
 def test_eval_clips_are_deterministic_centre_crops(make_config, video_dir):
-  config = make_config(source="video_folder", path=str(video_dir), resize_short_side=40,
-                       random_flip=True)
+  config = make_config(
+      source="video_folder", path=str(video_dir), resize_short_side=40, random_flip=True
+  )
   clips = data.make_eval_clips(config, num_clips=7)
   assert clips.shape == (7, 9, 32, 32, 3) and clips.dtype == np.float32
   assert clips.min() >= -1.0 and clips.max() <= 1.0
@@ -145,24 +172,28 @@ def test_validate_explains_the_frame_rule():
   config.num_frames = 16
   with pytest.raises(ValueError) as error:
     data.validate(config, temporal_factor=4, spatial_factor=8)
-  assert ("data.num_frames=16; a 4x causal model needs 1+4k frames (e.g. 13 or 17)"
-          in str(error.value))
+  assert "data.num_frames=16; a 4x causal model needs 1+4k frames (e.g. 13 or 17)" in str(
+      error.value
+  )
   config.num_frames = 17
   data.validate(config, temporal_factor=4, spatial_factor=8)  # the defaults are valid
   data.validate(config, temporal_factor=16, spatial_factor=16)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(crop_size=(30, 32)), "divisible by 8"),
-    (dict(source="videos"), "data.source='videos' is unknown"),
-    (dict(source="video_folder"), "data.path is empty"),
-    (dict(source="video_folder", path="/no/such/folder"), "not an existing folder"),
-    (dict(source="tfds"), "tfds_name is empty"),
-    (dict(frame_stride=(4, 2)), "frame_stride"),
-    (dict(resize_short_side=16), "smaller than data.crop_size"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(source="mixture"), "non-empty data.mixture"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(crop_size=(30, 32)), "divisible by 8"),
+        (dict(source="videos"), "data.source='videos' is unknown"),
+        (dict(source="video_folder"), "data.path is empty"),
+        (dict(source="video_folder", path="/no/such/folder"), "not an existing folder"),
+        (dict(source="tfds"), "tfds_name is empty"),
+        (dict(frame_stride=(4, 2)), "frame_stride"),
+        (dict(resize_short_side=16), "smaller than data.crop_size"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(source="mixture"), "non-empty data.mixture"),
+    ],
+)
 def test_validate_rejects_bad_configs(overrides, message):
   config = data.default_config()
   config.update(overrides)
@@ -173,9 +204,13 @@ def test_validate_rejects_bad_configs(overrides, message):
 def test_images_mix_with_videos_only_in_one_frame_configs(tmp_path, video_dir):
   (tmp_path / "images").mkdir()
   config = data.default_config()
-  config.update(source="mixture", mixture=(
-      dict(source="video_folder", path=str(video_dir), weight=1.0),
-      dict(source="image_folder", path=str(tmp_path / "images"), weight=1.0)))
+  config.update(
+      source="mixture",
+      mixture=(
+          dict(source="video_folder", path=str(video_dir), weight=1.0),
+          dict(source="image_folder", path=str(tmp_path / "images"), weight=1.0),
+      ),
+  )
   with pytest.raises(ValueError, match=r"data.mixture\[1\].*1-frame clips.*num_frames=17"):
     data.validate(config, temporal_factor=4, spatial_factor=8)
   config.num_frames = 1

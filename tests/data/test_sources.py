@@ -15,8 +15,15 @@ from bootvae_jax.data import transforms
 
 
 def clip_spec(**overrides) -> transforms.ClipSpec:
-  fields = dict(num_frames=9, min_stride=1, max_stride=3, resize_short_side=48,
-                crop_size=(32, 32), random_crop=True, random_flip=True)
+  fields = dict(
+      num_frames=9,
+      min_stride=1,
+      max_stride=3,
+      resize_short_side=48,
+      crop_size=(32, 32),
+      random_crop=True,
+      random_flip=True,
+  )
   fields.update(overrides)
   return transforms.ClipSpec(**fields)
 
@@ -49,8 +56,9 @@ def test_index_is_cached_and_only_changed_files_are_probed(video_dir, tmp_path, 
   monkeypatch.setattr(sources, "probe_video", lambda path: probed.append(path) or real_probe(path))
   second = sources.index_video_folder(str(folder), cache_dir=str(tmp_path / "cache"))
   assert probed == []
-  assert ([(v.path, v.num_frames, v.fps, v.height, v.width) for v in second.videos]
-          == [(v.path, v.num_frames, v.fps, v.height, v.width) for v in first.videos])
+  assert [(v.path, v.num_frames, v.fps, v.height, v.width) for v in second.videos] == [
+      (v.path, v.num_frames, v.fps, v.height, v.width) for v in first.videos
+  ]
 
   stat = os.stat(folder / "carphone_small.avi")
   os.utime(folder / "carphone_small.avi", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
@@ -79,12 +87,14 @@ def test_video_clip_shape_and_determinism(video_dir, tmp_path):
     clip = source.read_clip(item, np.random.default_rng(3))
     assert clip.shape == (9, 32, 32, 3) and clip.dtype == np.uint8
     np.testing.assert_array_equal(clip, source.read_clip(item, np.random.default_rng(3)))
-  assert not np.array_equal(source.read_clip(0, np.random.default_rng(3)),
-                            source.read_clip(0, np.random.default_rng(4)))
+  assert not np.array_equal(
+      source.read_clip(0, np.random.default_rng(3)), source.read_clip(0, np.random.default_rng(4))
+  )
 
 
 def test_cached_decoding_gives_the_same_clips_and_decodes_each_video_once(
-    video_dir, tmp_path, monkeypatch):
+    video_dir, tmp_path, monkeypatch
+):
   index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
   plain = sources.VideoFolderSource(index, clip_spec())
   cached = sources.VideoFolderSource(index, clip_spec(), cache_decoded=True)
@@ -93,21 +103,24 @@ def test_cached_decoding_gives_the_same_clips_and_decodes_each_video_once(
   monkeypatch.setattr(sources, "decode_frames", lambda *a: calls.append(a) or decode(*a))
   for seed in range(3):
     for item in range(len(plain)):
-      np.testing.assert_array_equal(cached.read_clip(item, np.random.default_rng(seed)),
-                                    plain.read_clip(item, np.random.default_rng(seed)))
+      np.testing.assert_array_equal(
+          cached.read_clip(item, np.random.default_rng(seed)),
+          plain.read_clip(item, np.random.default_rng(seed)),
+      )
   assert len(calls) == 3 * len(plain) + len(plain)  # plain: every clip; cached: once a video
   assert pickle.loads(pickle.dumps(cached))._decoded == {}  # pylint: disable=protected-access
 
 
-def test_deterministic_video_clip_is_the_centred_resized_crop(video_dir, tmp_path,
-                                                             reference_decode):
+def test_deterministic_video_clip_is_the_centred_resized_crop(
+    video_dir, tmp_path, reference_decode
+):
   index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
   source = sources.VideoFolderSource(index, clip_spec(resize_short_side=0).for_eval())
   item = [v.path for v in source._videos].index(str(video_dir / "carphone.mp4"))  # pylint: disable=protected-access
   clip = source.read_clip(item, None, position=0.5)
   every_frame = reference_decode(video_dir / "carphone.mp4")  # 120 frames, 144x176
   start = round(0.5 * (120 - 9))
-  np.testing.assert_array_equal(clip, every_frame[start:start + 9, 56:88, 72:104])
+  np.testing.assert_array_equal(clip, every_frame[start : start + 9, 56:88, 72:104])
 
 
 def test_synthetic_clips_are_deterministic_moving_and_cheap():
@@ -127,12 +140,13 @@ def test_synthetic_clips_are_deterministic_moving_and_cheap():
 
 def test_synthetic_source_holds_out_eval_clips(make_config):
   config = make_config()
-  (train_config, _), = data_config_lib.resolve_sources(config)
+  ((train_config, _),) = data_config_lib.resolve_sources(config)
   train = sources.make_source(train_config)
   held_out = sources.make_source(train_config, split="eval")
   assert len(train) == 64 and train[3] == 3 and held_out[3] == 64 + 3
-  np.testing.assert_array_equal(held_out.read_clip(0, None),
-                                sources.render_synthetic_clip(0, 64, 9, 32, 32))
+  np.testing.assert_array_equal(
+      held_out.read_clip(0, None), sources.render_synthetic_clip(0, 64, 9, 32, 32)
+  )
 
 
 def test_image_folder_gives_one_frame_clips_and_skips_bad_images(tmp_path):
@@ -146,8 +160,10 @@ def test_image_folder_gives_one_frame_clips_and_skips_bad_images(tmp_path):
   source = sources.ImageFolderSource(str(folder), clip_spec(num_frames=1, resize_short_side=0))
   assert len(source) == 2 and source.files_indexed == 2
   assert sorted(pathlib.Path(s.file).name for s in source.skipped) == ["empty.png", "text.jpg"]
-  flat = source.read_clip([pathlib.Path(p).name for p in source._paths].index("flat.png"),  # pylint: disable=protected-access
-                          np.random.default_rng(0))
+  flat = source.read_clip(
+      [pathlib.Path(p).name for p in source._paths].index("flat.png"),  # pylint: disable=protected-access
+      np.random.default_rng(0),
+  )
   assert flat.shape == (1, 32, 32, 3) and flat.dtype == np.uint8
   assert np.all(flat == (200, 100, 50))
   with pytest.raises(ValueError, match="1-frame clips"):
@@ -163,9 +179,15 @@ def tfds_dir(tmp_path_factory):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "video": tfds.features.Tensor(shape=(None, 40, 48, 3), dtype=np.uint8),
-          "label": tfds.features.Scalar(dtype=np.int64)}))
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict(
+              {
+                  "video": tfds.features.Tensor(shape=(None, 40, 48, 3), dtype=np.uint8),
+                  "label": tfds.features.Scalar(dtype=np.int64),
+              }
+          ),
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -186,9 +208,14 @@ def tfds_frames(index: int) -> np.ndarray:
 
 def test_tfds_source_reads_exact_frames(tfds_dir):
   config = data_config_lib.default_config()
-  config.update(source="tfds", tfds_name="tiny_test_videos", tfds_data_dir=str(tfds_dir),
-                num_frames=9, crop_size=(32, 32))
-  (source_config, _), = data_config_lib.resolve_sources(config)
+  config.update(
+      source="tfds",
+      tfds_name="tiny_test_videos",
+      tfds_data_dir=str(tfds_dir),
+      num_frames=9,
+      crop_size=(32, 32),
+  )
+  ((source_config, _),) = data_config_lib.resolve_sources(config)
   source = sources.make_source(source_config, split="eval")
   assert len(source) == 2
   clip = source.read_clip(1, None, position=0.0)
@@ -201,5 +228,6 @@ def test_tfds_source_reads_exact_frames(tfds_dir):
 def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
   spec = clip_spec()
   with pytest.raises(ValueError, match="prepare it"):
-    sources.TfdsSource("no_such_dataset_here", "train", data_dir=str(tmp_path),
-                       video_key="video", spec=spec)
+    sources.TfdsSource(
+        "no_such_dataset_here", "train", data_dir=str(tmp_path), video_key="video", spec=spec
+    )

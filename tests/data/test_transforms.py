@@ -9,8 +9,15 @@ from bootvae_jax.data import transforms
 
 
 def spec(**overrides) -> transforms.ClipSpec:
-  fields = dict(num_frames=5, min_stride=2, max_stride=2, resize_short_side=0,
-                crop_size=(32, 32), random_crop=True, random_flip=True)
+  fields = dict(
+      num_frames=5,
+      min_stride=2,
+      max_stride=2,
+      resize_short_side=0,
+      crop_size=(32, 32),
+      random_crop=True,
+      random_flip=True,
+  )
   fields.update(overrides)
   return transforms.ClipSpec(**fields)
 
@@ -19,11 +26,12 @@ def test_deterministic_indices_follow_position():
   clip = spec()  # 5 frames at stride 2: a span of 9
   assert clip.min_span == 9
   np.testing.assert_array_equal(
-      transforms.sample_frame_indices(20, clip, None, position=0.0), [0, 2, 4, 6, 8])
+      transforms.sample_frame_indices(20, clip, None, position=0.0), [0, 2, 4, 6, 8]
+  )
   np.testing.assert_array_equal(
-      transforms.sample_frame_indices(20, clip, None, position=1.0), [11, 13, 15, 17, 19])
-  np.testing.assert_array_equal(
-      transforms.sample_frame_indices(20, clip, None), [6, 8, 10, 12, 14])
+      transforms.sample_frame_indices(20, clip, None, position=1.0), [11, 13, 15, 17, 19]
+  )
+  np.testing.assert_array_equal(transforms.sample_frame_indices(20, clip, None), [6, 8, 10, 12, 14])
 
 
 def test_random_stride_stays_in_range_and_fits_the_video():
@@ -57,15 +65,19 @@ def test_frame_stride_forms():
   assert transforms.stride_range((1, 8)) == (1, 8)
 
 
-@pytest.mark.parametrize("size, short_side, crop, expected", [
-    ((720, 1280), 64, (32, 32), (64, 114)),
-    ((144, 176), 0, (32, 32), (144, 176)),     # no resize
-    ((20, 40), 0, (32, 32), (32, 64)),         # too small for the crop: scaled up to fit
-    ((272, 640), 48, (48, 32), (48, 113)),
-])
+@pytest.mark.parametrize(
+    "size, short_side, crop, expected",
+    [
+        ((720, 1280), 64, (32, 32), (64, 114)),
+        ((144, 176), 0, (32, 32), (144, 176)),  # no resize
+        ((20, 40), 0, (32, 32), (32, 64)),  # too small for the crop: scaled up to fit
+        ((272, 640), 48, (48, 32), (48, 113)),
+    ],
+)
 def test_resized_size(size, short_side, crop, expected):
-  assert transforms.resized_size(*size, spec(resize_short_side=short_side,
-                                             crop_size=crop)) == expected
+  assert (
+      transforms.resized_size(*size, spec(resize_short_side=short_side, crop_size=crop)) == expected
+  )
 
 
 def test_resize_keeps_a_constant_colour():
@@ -93,7 +105,7 @@ def test_random_crop_and_flip_are_reproducible_and_flip_half_the_time():
     assert clip.shape == (3, 32, 32, 3)
     rng = np.random.default_rng(seed)
     top, left = transforms.crop_offsets(40, 50, (32, 32), rng)
-    window = frames[:, top:top + 32, left:left + 32]
+    window = frames[:, top : top + 32, left : left + 32]
     if np.array_equal(clip, window[:, :, ::-1]):
       flips += 1
     else:

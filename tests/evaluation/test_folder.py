@@ -40,27 +40,41 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def codec():
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1),
-                                     num_res_blocks=1, num_groups=4)
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
+  )
   config.conv_impl = "xla"
-  config.encoder.update(blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"),
-                        mid_attention="none")
-  config.decoder.update(blocks=("3d",) * 2, upsample=("d2s:st", "d2s:t"), mid_attention="none",
-                        num_res_blocks=1)
+  config.encoder.update(
+      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
+  )
+  config.decoder.update(
+      blocks=("3d",) * 2, upsample=("d2s:st", "d2s:t"), mid_attention="none", num_res_blocks=1
+  )
   return chunked.ChunkCodec(models.build_model(config, rngs=autoencoder.init_rngs(0)))
 
 
 def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
   out = tmp_path / "eval"
-  summary = folder.evaluate_folder(codec, str(data_dir), str(out), num_frames=17, worst=1,
-                                   i3d_batch=1, progress=False, index_cache_dir=str(tmp_path))
+  summary = folder.evaluate_folder(
+      codec,
+      str(data_dir),
+      str(out),
+      num_frames=17,
+      worst=1,
+      i3d_batch=1,
+      progress=False,
+      index_cache_dir=str(tmp_path),
+  )
   assert summary["videos"] == 2 and summary["frames"] == 34 and summary["mode"] == "stream"
   assert [s["file"] for s in summary["skipped"]] == [str(data_dir / "broken.mp4")]
   # Per video: PSNR / SSIM / LPIPS of the uint8-rounded exact reconstruction.
   frames, _ = video_io.read_video(str(data_dir / "bikes.mp4"))
   truth = transforms.to_unit_range(frames)[None]
-  recon = transforms.to_unit_range(transforms.to_uint8(
-      streaming.stream_decode(codec, streaming.stream_encode(codec, truth, 17).mean, 5)))
+  recon = transforms.to_unit_range(
+      transforms.to_uint8(
+          streaming.stream_decode(codec, streaming.stream_encode(codec, truth, 17).mean, 5)
+      )
+  )
   bikes = next(s for s in summary["per_video"] if s["file"] == "bikes.mp4")
   assert bikes["psnr"] == pytest.approx(float(metrics.psnr(recon, truth)[0]), abs=1e-3)
   assert bikes["ssim"] == pytest.approx(float(metrics.ssim(recon, truth)[0]), abs=1e-4)
@@ -73,7 +87,8 @@ def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
   # The report.
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["rfvd"] == summary["rfvd"] and saved["worst"][0]["psnr"] == min(
-      s["psnr"] for s in summary["per_video"])
+      s["psnr"] for s in summary["per_video"]
+  )
   markdown = (out / "metrics.md").read_text()
   assert "| bikes.mp4 | 17 |" in markdown and "broken.mp4" in markdown
   assert Image.open(out / "per_frame_psnr.png").size == (800, 440)  # 8 x 4.4 in at 100 dpi
@@ -83,13 +98,24 @@ def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
 
 def test_cli_one_line_errors(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "bootvae_jax.evaluate", f"--data={tmp_path}", f"--out={tmp_path}",
-       "--official=odvae"],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
-      timeout=120)
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.evaluate",
+          f"--data={tmp_path}",
+          f"--out={tmp_path}",
+          "--official=odvae",
+      ],
+      cwd=REPO,
+      env=dict(os.environ, PYTHONPATH=str(REPO)),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: --official=odvae needs --weights and --model_config")
+      "error: --official=odvae needs --weights and --model_config"
+  )
 
 
 def test_cli_scores_released_weights(fixtures_dir, data_dir, tmp_path):
@@ -99,15 +125,34 @@ def test_cli_scores_released_weights(fixtures_dir, data_dir, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = str(REPO)
   result = subprocess.run(
-      [sys.executable, "-m", "bootvae_jax.evaluate", "--official=odvae",
-       f"--weights={fixtures_dir / 'odvae' / 'weights.safetensors'}",
-       f"--model_config={fixtures_dir / 'odvae' / 'config.json'}", f"--data={data_dir}",
-       f"--out={out}", "--num_frames=9", "--max_videos=1", "--norfvd", "--chunk_frames=9"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.evaluate",
+          "--official=odvae",
+          f"--weights={fixtures_dir / 'odvae' / 'weights.safetensors'}",
+          f"--model_config={fixtures_dir / 'odvae' / 'config.json'}",
+          f"--data={data_dir}",
+          f"--out={out}",
+          "--num_frames=9",
+          "--max_videos=1",
+          "--norfvd",
+          "--chunk_frames=9",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   line = json.loads(result.stdout.strip().splitlines()[-1])
   assert (line["videos"], line["frames"], line["mode"], line["skipped"]) == (1, 9, "crossfade", 1)
   assert line["rfvd"] is None and 5.0 < line["psnr"] < 60.0
   assert "evaluate" in result.stderr  # the progress bar
-  assert sorted(os.listdir(out)) == ["metrics.json", "metrics.md", "per_frame_psnr.png",
-                                     "worst_0_bikes.mp4"]
+  assert sorted(os.listdir(out)) == [
+      "metrics.json",
+      "metrics.md",
+      "per_frame_psnr.png",
+      "worst_0_bikes.mp4",
+  ]

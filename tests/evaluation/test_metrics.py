@@ -46,8 +46,7 @@ def test_psnr_is_the_mean_of_per_frame_psnr():
 def test_psnr_data_range():
   x = np.zeros((1, 1, 4, 4, 1), np.float32)
   y = np.full_like(x, 0.1)
-  np.testing.assert_allclose(psnr(x, y, data_range=1.0), [10 * math.log10(1 / 0.01)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(psnr(x, y, data_range=1.0), [10 * math.log10(1 / 0.01)], rtol=1e-6)
 
 
 def test_ssim_of_identical_clips_is_one():
@@ -60,7 +59,7 @@ def test_ssim_of_flat_frames_hand_computed():
   # with means taken after shifting [-1, 1] to [0, 2]: mu_x = 1.0, mu_y = 1.5.
   x = np.zeros((1, 1, 12, 12, 3), np.float32)
   y = np.full_like(x, 0.5)
-  c1 = (0.01 * 2)**2
+  c1 = (0.01 * 2) ** 2
   want = (2 * 1.0 * 1.5 + c1) / (1.0**2 + 1.5**2 + c1)
   np.testing.assert_allclose(ssim(x, y), [want], rtol=1e-6)
 
@@ -69,7 +68,7 @@ def _ssim_reference(x, y, data_range=2.0):
   """float64 SSIM with scipy's Gaussian filter (truncate 3.5 -> 11 taps), valid region."""
   x = x.astype(np.float64) + data_range / 2
   y = y.astype(np.float64) + data_range / 2
-  c1, c2 = (0.01 * data_range)**2, (0.03 * data_range)**2
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
   pad = 5
   out = np.zeros(x.shape[:2])
   for b in range(x.shape[0]):
@@ -82,8 +81,11 @@ def _ssim_reference(x, y, data_range=2.0):
         var_a = blur(a * a) - mu_a**2
         var_d = blur(d * d) - mu_d**2
         cov = blur(a * d) - mu_a * mu_d
-        s = ((2 * mu_a * mu_d + c1) * (2 * cov + c2)
-             / ((mu_a**2 + mu_d**2 + c1) * (var_a + var_d + c2)))
+        s = (
+            (2 * mu_a * mu_d + c1)
+            * (2 * cov + c2)
+            / ((mu_a**2 + mu_d**2 + c1) * (var_a + var_d + c2))
+        )
         per_channel.append(s.mean())
       out[b, t] = np.mean(per_channel)
   return out

@@ -22,12 +22,19 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
   n1, n2 = p.base_steps, p.grow_steps
   (tmp_path / "data" / "train").mkdir(parents=True)
   (tmp_path / "data" / "eval").mkdir()
-  expected = {"promag_4x": (4, n1), "promag_8x": (8, n2), "promag_16x": (16, n2),
-              "direct_8x": (8, n1 + n2), "direct_16x": (16, n1 + 2 * n2),
-              "direct_8x@stage": (8, n2), "direct_16x@stage": (16, n2)}
+  expected = {
+      "promag_4x": (4, n1),
+      "promag_8x": (8, n2),
+      "promag_16x": (16, n2),
+      "direct_8x": (8, n1 + n2),
+      "direct_16x": (16, n1 + 2 * n2),
+      "direct_8x@stage": (8, n2),
+      "direct_16x@stage": (16, n2),
+  }
   for name in NAMES:
-    config = bvd.experiment_config(name, preset=preset, data_dir=str(tmp_path / "data"),
-                                   run_root=str(tmp_path / "seed0"))
+    config = bvd.experiment_config(
+        name, preset=preset, data_dir=str(tmp_path / "data"), run_root=str(tmp_path / "seed0")
+    )
     config_lib.validate(config)
     assert (models.compression_factors(config.model)[0], config.total_steps) == expected[name]
     assert config.data.cache_decoded and config.eval.crop_size == (p.eval_crop, p.eval_crop)
@@ -40,13 +47,16 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
 
 
 def test_variants_change_the_architecture_as_documented(tmp_path):
-  configs = {v: bvd.experiment_config("promag_4x", variant=v, data_dir=str(tmp_path),
-                                      run_root=str(tmp_path)).model
-             for v in ("previous", "patch2", "patch2_rms", "patch4")}
+  configs = {
+      v: bvd.experiment_config(
+          "promag_4x", variant=v, data_dir=str(tmp_path), run_root=str(tmp_path)
+      ).model
+      for v in ("previous", "patch2", "patch2_rms", "patch4")
+  }
   assert configs["previous"].patch_size == 1 and configs["previous"].encoder.norm == (
-      "rmsnorm_frame")
-  assert configs["patch2"].patch_size == 2 and configs["patch2"].encoder.norm == (
-      "groupnorm_frame")
+      "rmsnorm_frame"
+  )
+  assert configs["patch2"].patch_size == 2 and configs["patch2"].encoder.norm == ("groupnorm_frame")
   assert configs["patch2_rms"].decoder.norm == "rmsnorm_frame"
   for model in configs.values():
     assert models.compression_factors(model) == (4, 8)
@@ -59,18 +69,27 @@ def test_folder_clips_resize_crop_and_limit(tmp_path):
   for name, shape in (("a", (20, 40, 60, 3)), ("b", (20, 48, 48, 3)), ("short", (5, 48, 48, 3))):
     frames = [Image.fromarray(f) for f in rng.integers(0, 255, shape, np.uint8)]
     bvd._write_video(str(tmp_path / f"{name}.mp4"), frames)  # pylint: disable=protected-access
-  clips, names = bvd.folder_clips(str(tmp_path), size=0, max_videos=8, num_frames=17,
-                                  spatial_factor=8)
+  clips, names = bvd.folder_clips(
+      str(tmp_path), size=0, max_videos=8, num_frames=17, spatial_factor=8
+  )
   assert sorted(names) == ["a.mp4", "b.mp4"]  # the 5-frame video is skipped
   assert clips.shape == (2, 17, 40, 48, 3) and -1 <= clips.min() and clips.max() <= 1
-  clips, names = bvd.folder_clips(str(tmp_path), size=24, max_videos=1, num_frames=17,
-                                  spatial_factor=8)
+  clips, names = bvd.folder_clips(
+      str(tmp_path), size=24, max_videos=1, num_frames=17, spatial_factor=8
+  )
   assert clips.shape == (1, 17, 24, 32, 3) and len(names) == 1  # short side 24, 36 → 32 wide
 
 
 def test_summary_reports_mean_and_spread_of_the_gain():
-  rows = [dict(model=m, psnr=v) for m, v in (("promag_8x", 25.0), ("direct_8x", 24.0),
-                                             ("promag_8x", 26.0), ("direct_8x", 24.0))]
+  rows = [
+      dict(model=m, psnr=v)
+      for m, v in (
+          ("promag_8x", 25.0),
+          ("direct_8x", 24.0),
+          ("promag_8x", 26.0),
+          ("direct_8x", 24.0),
+      )
+  ]
   (summary,) = bvd.summarize(rows, [0, 1])
   assert summary["temporal_compression"] == 8
   assert summary["gain_db"] == pytest.approx(1.5) and summary["gain_std"] == pytest.approx(0.5)
@@ -81,13 +100,17 @@ def test_cached_scores_compute_once(tmp_path):
   calls = []
   for _ in range(2):
     assert bvd.cached_scores(str(tmp_path), "k", lambda: calls.append(1) or {"psnr": 1.0}) == {
-        "psnr": 1.0}
+        "psnr": 1.0
+    }
   assert len(calls) == 1
   with open(tmp_path / "metrics.jsonl", "w") as f:
     for step, psnr in ((10, 20.0), (20, 21.0), (20, 21.5)):
       f.write(json.dumps({"step": step, "eval/psnr": psnr}) + "\n")
     f.write(json.dumps({"step": 20, "loss": 0.1}) + "\n")
   assert bvd.eval_curve(str(tmp_path)) == [(10, 20.0), (20, 21.5)]
-  bvd.plot_curves({"promag_4x s0": [(10, 20.0), (20, 21.5)], "promag_8x s0": [(5, 19.0)]},
-                  {"promag_8x s0": 20}, str(tmp_path / "curves.png"))
+  bvd.plot_curves(
+      {"promag_4x s0": [(10, 20.0), (20, 21.5)], "promag_8x s0": [(5, 19.0)]},
+      {"promag_8x s0": 20},
+      str(tmp_path / "curves.png"),
+  )
   assert os.path.getsize(tmp_path / "curves.png") > 1000

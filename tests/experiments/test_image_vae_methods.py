@@ -7,6 +7,7 @@ from bootvae_jax.experiments import image_vae_methods as ivm
 from bootvae_jax.models import image_vae
 from bootvae_jax.training import config as config_lib
 
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("ivm")
@@ -32,6 +33,11 @@ def test_video_configs(dirs, variant, init):
   assert (config.compat.decoder_weight > 0) == (variant == 4 and init == "tail")
   assert config.init_checkpoint.inflate == ("" if init == "random" else init)
   widths = [config.model.base_channels * m for m in config.model.channel_multipliers]
-  assert tuple(widths) == ivm.WIDTHS == tuple(
-      ivm.image_vae_config(1, dirs).model.base_channels * m
-      for m in ivm.image_vae_config(1, dirs).model.channel_multipliers)
+  assert (
+      tuple(widths)
+      == ivm.WIDTHS
+      == tuple(
+          ivm.image_vae_config(1, dirs).model.base_channels * m
+          for m in ivm.image_vae_config(1, dirs).model.channel_multipliers
+      )
+  )

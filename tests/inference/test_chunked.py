@@ -90,8 +90,9 @@ def test_exactly_t_frames_with_one_compilation(tiny_model):
     out = chunked.reconstruct_long_video(codec, _video(t), chunk_frames=CHUNK, overlap_frames=2)
     assert out.shape == (t, 16, 16, 3) and out.dtype == np.float32
     assert np.all(np.isfinite(out))
-  out = chunked.reconstruct_long_video(codec, _video(12, batch=1), chunk_frames=CHUNK,
-                                       overlap_frames=1)
+  out = chunked.reconstruct_long_video(
+      codec, _video(12, batch=1), chunk_frames=CHUNK, overlap_frames=1
+  )
   assert out.shape == (1, 12, 16, 16, 3)
   # Every chunk, padded or not, had the same shape: traced (compiled) once.
   assert codec.traces == {"reconstruct": 1}
@@ -101,9 +102,9 @@ def test_no_overlap_each_chunk_is_the_model_on_that_chunk(codec):
   video = _video(3 * CHUNK)
   out = chunked.reconstruct_long_video(codec, video, chunk_frames=CHUNK, overlap_frames=0)
   for i in range(3):
-    chunk = video[None, i * CHUNK:(i + 1) * CHUNK]
+    chunk = video[None, i * CHUNK : (i + 1) * CHUNK]
     expected = codec.decode(codec.encode(chunk).mean)[0]  # separately compiled encode, decode
-    np.testing.assert_allclose(out[i * CHUNK:(i + 1) * CHUNK], expected, atol=TOL)
+    np.testing.assert_allclose(out[i * CHUNK : (i + 1) * CHUNK], expected, atol=TOL)
 
 
 def test_overlap_is_a_linear_crossfade_of_the_two_chunks(codec):
@@ -122,10 +123,12 @@ def test_overlap_is_a_linear_crossfade_of_the_two_chunks(codec):
 def test_batch_axis_and_batched_chunks_match_one_by_one(codec):
   # T=10 with stride 3 is three chunks: batch_chunks=2 leaves a short last group.
   videos = _video(10, batch=2, seed=2)
-  singles = [chunked.reconstruct_long_video(codec, v, chunk_frames=CHUNK, overlap_frames=2)
-             for v in videos]
-  batched = chunked.reconstruct_long_video(codec, videos[:1], chunk_frames=CHUNK,
-                                           overlap_frames=2, batch_chunks=2)
+  singles = [
+      chunked.reconstruct_long_video(codec, v, chunk_frames=CHUNK, overlap_frames=2) for v in videos
+  ]
+  batched = chunked.reconstruct_long_video(
+      codec, videos[:1], chunk_frames=CHUNK, overlap_frames=2, batch_chunks=2
+  )
   np.testing.assert_allclose(batched[0], singles[0], atol=TOL)
   both = chunked.reconstruct_long_video(codec, videos, chunk_frames=CHUNK, overlap_frames=2)
   np.testing.assert_allclose(both, np.stack(singles), atol=TOL)
@@ -158,8 +161,8 @@ def test_stream_reads_lazily_and_matches_the_whole_video(codec):
     if i < len(starts) - 1:
       weight[-2:] = 1 - w  # fading out over the last 2
     real = min(CHUNK, 13 - start)
-    chunk = codec.reconstruct(padded[None, start:start + CHUNK])[0]
-    whole[start:start + real] += (weight * chunk)[:real]
+    chunk = codec.reconstruct(padded[None, start : start + CHUNK])[0]
+    whole[start : start + real] += (weight * chunk)[:real]
   np.testing.assert_allclose(out[0], whole, atol=TOL)
 
 
@@ -181,5 +184,8 @@ def test_reconstruct_tiled_any_length(codec):
   video = _video(9, batch=1, seed=5)
   latent = chunked.tiled_encode(codec, video, CHUNK).mean
   assert latent.shape == (1, 3, 2, 2, 4)
-  np.testing.assert_allclose(chunked.reconstruct_tiled(codec, video, chunk_frames=CHUNK),
-                             chunked.tiled_decode(codec, latent, 2), atol=TOL)
+  np.testing.assert_allclose(
+      chunked.reconstruct_tiled(codec, video, chunk_frames=CHUNK),
+      chunked.tiled_decode(codec, latent, 2),
+      atol=TOL,
+  )

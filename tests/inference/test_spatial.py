@@ -25,15 +25,17 @@ def _video(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 # Tiles.
 
 
-@pytest.mark.parametrize("length,tile,overlap,starts", [
-    (16, 16, 4, [0]), (20, 16, 4, [0, 4]), (36, 16, 4, [0, 12, 20]), (40, 16, 4, [0, 12, 24])])
+@pytest.mark.parametrize(
+    "length,tile,overlap,starts",
+    [(16, 16, 4, [0]), (20, 16, 4, [0, 4]), (36, 16, 4, [0, 12, 20]), (40, 16, 4, [0, 12, 24])],
+)
 def test_tile_starts_cover_with_equal_tiles(length, tile, overlap, starts):
   assert spatial.tile_starts(length, tile, overlap) == starts
   weights = spatial.tile_weights(starts, tile, length)
   total = np.zeros(length, np.float32)
   for start, w in zip(starts, weights):
     assert np.all(w > 0)
-    total[start:start + min(tile, length)] += w
+    total[start : start + min(tile, length)] += w
   np.testing.assert_allclose(total, 1.0, rtol=1e-6)  # a partition of unity
 
 
@@ -67,9 +69,11 @@ def test_tiles_blend_model_outputs_linearly():
   np.testing.assert_allclose(tiled.mean[:, :, :, :4], left[:, :, :, :4], atol=TOL)
   np.testing.assert_allclose(tiled.mean[:, :, :, 8:], right[:, :, :, 4:], atol=TOL)
   w = np.float32([1, 2, 3, 4]) / 5
-  np.testing.assert_allclose(tiled.mean[:, :, :, 4:8],
-                             (1 - w[:, None]) * left[:, :, :, 4:] + w[:, None] * right[:, :, :, :4],
-                             atol=TOL)
+  np.testing.assert_allclose(
+      tiled.mean[:, :, :, 4:8],
+      (1 - w[:, None]) * left[:, :, :, 4:] + w[:, None] * right[:, :, :, :4],
+      atol=TOL,
+  )
   out = spatial.decode_in_tiles(codec, tiled.mean, tile=8, overlap=2)
   assert out.shape == video.shape
   with pytest.raises(ValueError, match="divisible by 2"):

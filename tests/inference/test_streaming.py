@@ -25,23 +25,31 @@ def _video(t: int, size: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).uniform(-1, 1, (1, t, size, size, 3)).astype(np.float32)
 
 
-def _small_config(levels: int = 0, *, lookahead: bool = False, conv_impl: str = "xla",
-                  patch_size: int = 1):
+def _small_config(
+    levels: int = 0, *, lookahead: bool = False, conv_impl: str = "xla", patch_size: int = 1
+):
   """A 2-level base (4x time, 2x space) grown by `levels`: the least to compile.
 
   `lookahead`: a decoder whose convs are centred in time and whose upsamplers are trilinear,
   so each output frame needs later latents (held back between chunks). `conv_impl='xla'`
   compiles faster on CPU than the default 'stacked' form (which the base test covers).
   """
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1),
-                                     num_res_blocks=1, num_groups=4)
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
+  )
   config.conv_impl = conv_impl
   config.patch_size = patch_size
-  config.encoder.update(blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"),
-                        mid_attention="none")
+  config.encoder.update(
+      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
+  )
   up = ("trilinear:st", "trilinear:t") if lookahead else ("d2s:st", "d2s:t")
-  config.decoder.update(blocks=("3d",) * 2, upsample=up, mid_attention="none",
-                        num_res_blocks=1, time_padding="centred" if lookahead else "causal")
+  config.decoder.update(
+      blocks=("3d",) * 2,
+      upsample=up,
+      mid_attention="none",
+      num_res_blocks=1,
+      time_padding="centred" if lookahead else "causal",
+  )
   config.growth = autoencoder.default_model_config().growth
   config.growth.levels = levels
   return config
@@ -92,17 +100,19 @@ def test_base_streams_exactly_for_every_chunk_length(base_codec):
 
 # Every chunk length shorter than the clip; more chunks per clip add run time, not
 # compilations (the base test covers states handed on by a later chunk).
-@pytest.mark.parametrize("levels,frames,chunks,latent_chunks,patch_size", [
-    (1, 17, (9,), (2,), 2),   # 8x: 3 latents; 2x2 pixel patches (per frame: still exact)
-    (2, 33, (17,), (2,), 1),  # 16x: 3 latents
-])
+@pytest.mark.parametrize(
+    "levels,frames,chunks,latent_chunks,patch_size",
+    [
+        (1, 17, (9,), (2,), 2),  # 8x: 3 latents; 2x2 pixel patches (per frame: still exact)
+        (2, 33, (17,), (2,), 1),  # 16x: 3 latents
+    ],
+)
 def test_grown_models_stream_exactly(levels, frames, chunks, latent_chunks, patch_size):
   config = _small_config(levels, patch_size=patch_size)
   model = models.build_model(config, rngs=autoencoder.init_rngs(0))
   _randomise_adanorm(model)
   assert (model.temporal_factor, model.spatial_factor) == (4 * 2**levels, 2 * patch_size)
-  _check_stream(chunked.ChunkCodec(model), _video(frames, 4 * patch_size), chunks,
-                latent_chunks)
+  _check_stream(chunked.ChunkCodec(model), _video(frames, 4 * patch_size), chunks, latent_chunks)
 
 
 def test_decoder_that_looks_ahead_streams_exactly():

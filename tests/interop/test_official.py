@@ -45,8 +45,10 @@ def decode(model, z):
 
 
 def _params(model) -> dict[str, np.ndarray]:
-  return {"/".join(map(str, path)): np.asarray(v.get_value())
-          for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {
+      "/".join(map(str, path)): np.asarray(v.get_value())
+      for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
 
 
 def _assert_same_params(model, reference):
@@ -73,8 +75,10 @@ def fixture(fixtures_dir):
 @pytest.fixture(scope="module")
 def loaded(fixture):
   """kind -> the fixture's weights loaded with `load_official` from its config.json."""
-  return {kind: official.load_official(kind, d / "weights.safetensors", d / "config.json")
-          for kind, (d, _, _) in fixture.items()}
+  return {
+      kind: official.load_official(kind, d / "weights.safetensors", d / "config.json")
+      for kind, (d, _, _) in fixture.items()
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,13 +125,16 @@ def test_odvae_torch_checkpoints_load_identically(fixture, loaded, tmp_path):
   checkpoints = {
       "state_dict.ckpt": {"state_dict": sd},
       # EMA weights win over the plain ones, "module." prefixes are dropped.
-      "ema.ckpt": {"ema_state_dict": {"module." + k: v for k, v in sd.items()},
-                   "state_dict": garbage},
+      "ema.ckpt": {
+          "ema_state_dict": {"module." + k: v for k, v in sd.items()},
+          "state_dict": garbage,
+      },
       # An empty EMA dict falls back to state_dict; gen_model is unwrapped.
       "gen_model.ckpt": {"ema_state_dict": {}, "state_dict": {"gen_model": sd}},
       # Training checkpoints carry the loss modules: skipped, as the official loader does.
-      "with_loss.ckpt": {"state_dict": {**sd, "loss.discriminator.main.0.weight":
-                                        torch.ones(4, 3, 3, 3, 3)}},
+      "with_loss.ckpt": {
+          "state_dict": {**sd, "loss.discriminator.main.0.weight": torch.ones(4, 3, 3, 3, 3)}
+      },
   }
   for name, obj in checkpoints.items():
     torch.save(obj, tmp_path / name)
@@ -142,11 +149,21 @@ def test_odvae_torch_checkpoints_load_identically(fixture, loaded, tmp_path):
 def test_only_a_leading_module_prefix_is_stripped(tmp_path):
   """DataParallel's "module." is a key prefix; "submodule." inside a key is a name."""
   one = torch.ones(2)
-  torch.save({"state_dict": {"module.encoder.submodule.weight": one,
-                             "module.module.decoder.bias": one, "decoder.module.bias": one}},
-             tmp_path / "wrapped.ckpt")
+  torch.save(
+      {
+          "state_dict": {
+              "module.encoder.submodule.weight": one,
+              "module.module.decoder.bias": one,
+              "decoder.module.bias": one,
+          }
+      },
+      tmp_path / "wrapped.ckpt",
+  )
   assert sorted(official.read_state_dict(tmp_path / "wrapped.ckpt")) == [
-      "decoder.bias", "decoder.module.bias", "encoder.submodule.weight"]
+      "decoder.bias",
+      "decoder.module.bias",
+      "encoder.submodule.weight",
+  ]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -156,13 +173,15 @@ def test_config_as_a_dict_of_kwargs(kind, fixture, loaded):
   model = official.load_official(kind, directory / "weights.safetensors", kwargs)
   _assert_same_params(model, loaded[kind])
   assert official.read_official_config(kwargs) == official.read_official_config(
-      directory / "config.json")
+      directory / "config.json"
+  )
 
 
 def test_conv_impl_is_passed_through(fixture):
   directory, _, arrays = fixture["cvvae"]
-  model = official.load_official("cvvae", directory / "weights.safetensors",
-                                 directory / "config.json", conv_impl="xla")
+  model = official.load_official(
+      "cvvae", directory / "weights.safetensors", directory / "config.json", conv_impl="xla"
+  )
   assert model.encoder.conv_in.conv_impl == "xla"
   with pytest.raises(ValueError, match="kind='sdvae'"):
     official.load_official("sdvae", directory / "weights.safetensors", directory)
@@ -172,8 +191,7 @@ def test_kernel_layout_round_trip():
   rng = np.random.default_rng(0)
   for shape in [(5, 4, 3, 3, 3), (5, 4, 3, 3), (5, 4), (5,)]:
     w = rng.standard_normal(shape).astype(np.float32)
-    np.testing.assert_array_equal(official.flax_to_torch(official.torch_to_flax(w), len(shape)),
-                                  w)
+    np.testing.assert_array_equal(official.flax_to_torch(official.torch_to_flax(w), len(shape)), w)
   w = rng.standard_normal((5, 4, 1, 2, 3))
   assert official.torch_to_flax(w).shape == (1, 2, 3, 4, 5)
   assert official.torch_to_flax(w)[0, 1, 2, 3, 4] == w[4, 3, 0, 1, 2]
@@ -193,11 +211,14 @@ def _load_modified(kind, fixture, tmp_path, modify):
   return official.load_official(kind, path, directory / "config.json")
 
 
-@pytest.mark.parametrize("kind,key", [
-    ("cvvae", "decoder.mid.attn_1.q_t.weight"),
-    ("odvae", "encoder.down.2.block.0.conv1.conv.weight"),
-    ("odvae", "encoder.conv_in.weight"),
-])
+@pytest.mark.parametrize(
+    "kind,key",
+    [
+        ("cvvae", "decoder.mid.attn_1.q_t.weight"),
+        ("odvae", "encoder.down.2.block.0.conv1.conv.weight"),
+        ("odvae", "encoder.conv_in.weight"),
+    ],
+)
 def test_missing_key_is_named(kind, key, fixture, tmp_path):
   with pytest.raises(ValueError, match=r"missing keys \(1\): .*" + key.replace(".", r"\.")):
     _load_modified(kind, fixture, tmp_path, lambda t: t.pop(key))
@@ -207,18 +228,26 @@ def test_missing_key_is_named(kind, key, fixture, tmp_path):
 def test_unexpected_key_is_named(kind, fixture, tmp_path):
   def add(tensors):
     tensors["encoder.down.0.block.9.conv1.weight"] = np.zeros((2, 2), np.float16)
-  with pytest.raises(ValueError, match=r"unexpected keys \(1\): encoder\.down\.0\.block\.9\."
-                                       r"conv1\.weight"):
+
+  with pytest.raises(
+      ValueError, match=r"unexpected keys \(1\): encoder\.down\.0\.block\.9\." r"conv1\.weight"
+  ):
     _load_modified(kind, fixture, tmp_path, add)
 
 
-@pytest.mark.parametrize("kind,key", [("cvvae", "decoder.conv_out.weight"),
-                                      ("odvae", "decoder.conv_out.conv.weight")])
+@pytest.mark.parametrize(
+    "kind,key", [("cvvae", "decoder.conv_out.weight"), ("odvae", "decoder.conv_out.conv.weight")]
+)
 def test_wrong_shape_is_named(kind, key, fixture, tmp_path):
   def reshape(tensors):
     tensors[key] = tensors[key][:, :, :1]  # (3, 32, 3, 3, 3) -> (3, 32, 1, 3, 3)
-  with pytest.raises(ValueError, match=r"shape mismatches \(1\): " + key.replace(".", r"\.")
-                     + r": official \(3, 32, 1, 3, 3\)") as info:
+
+  with pytest.raises(
+      ValueError,
+      match=r"shape mismatches \(1\): "
+      + key.replace(".", r"\.")
+      + r": official \(3, 32, 1, 3, 3\)",
+  ) as info:
     _load_modified(kind, fixture, tmp_path, reshape)
   assert "missing" not in str(info.value) and "unexpected" not in str(info.value)
 
@@ -228,11 +257,15 @@ def test_all_problems_in_one_error(fixture, tmp_path):
     tensors.pop("encoder.conv_in.weight")
     tensors["extra.weight"] = np.zeros(3, np.float16)
     tensors["decoder.conv_out.bias"] = np.zeros(4, np.float16)
+
   with pytest.raises(ValueError) as info:
     _load_modified("cvvae", fixture, tmp_path, break_three)
   message = str(info.value)
-  for part in ("missing keys (1): encoder.conv_in.weight", "unexpected keys (1): extra.weight",
-               "shape mismatches (1): decoder.conv_out.bias"):
+  for part in (
+      "missing keys (1): encoder.conv_in.weight",
+      "unexpected keys (1): extra.weight",
+      "shape mismatches (1): decoder.conv_out.bias",
+  ):
     assert part in message
 
 
@@ -283,9 +316,16 @@ def official_odvae_params(k) -> int:
   """OSP v1.2 `CausalVAEModel`, from the README."""
   widths = [k["hidden_size"] * m for m in k["hidden_size_mult"]]
   z, e, n = k["z_channels"], k["embed_dim"], k["num_res_blocks"]
-  taps = {"ResnetBlock2D": 9, "ResnetBlock3D": 27, "Conv2d": 9, "CausalConv3d": 27,
-          "Downsample": 9, "Spatial2xTime2x3DDownsample": 27, "SpatialUpsample2x": 9,
-          "Spatial2xTime2x3DUpsample": 27}
+  taps = {
+      "ResnetBlock2D": 9,
+      "ResnetBlock3D": 27,
+      "Conv2d": 9,
+      "CausalConv3d": 27,
+      "Downsample": 9,
+      "Spatial2xTime2x3DDownsample": 27,
+      "SpatialUpsample2x": 9,
+      "Spatial2xTime2x3DUpsample": 27,
+  }
   count, w = _conv(3, k["hidden_size"], taps[k["encoder_conv_in"]]), k["hidden_size"]
   for i, c in enumerate(widths):
     t = taps[k["encoder_resnet_blocks"][i]]

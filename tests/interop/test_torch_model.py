@@ -63,19 +63,21 @@ def random_model(config, seed: int = 0):
 
 def tiny_promag_base():
   """The promag_base layout (4 levels, d2s upsampling, mean-free norms, spatial attention)."""
-  return architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2),
-                                   num_res_blocks=1, num_groups=4)
+  return architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=4
+  )
 
 
 def tiny_grown(levels: int, mixing: str, adanorm: str = "scale", patch_size: int = 1):
   """8x (levels=1) / 16x (levels=2) on a 3-level 4x-time, 4x-space base without attention
   (times `patch_size` in space)."""
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2),
-                                     num_res_blocks=1, num_groups=4)
-  config.encoder.update(blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"),
-                        mid_attention="none")
-  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"),
-                        mid_attention="none")
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2), num_res_blocks=1, num_groups=4
+  )
+  config.encoder.update(
+      blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"), mid_attention="none"
+  )
+  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"), mid_attention="none")
   config.growth = autoencoder.default_model_config().growth
   config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
   config.patch_size = patch_size
@@ -83,15 +85,17 @@ def tiny_grown(levels: int, mixing: str, adanorm: str = "scale", patch_size: int
 
 
 def tiny_cvvae():
-  config = architectures.cvvae(dict(architectures.cvvae_released_kwargs(), ch=8,
-                                    ch_mult=[1, 1, 2, 2], num_res_blocks=1))
+  config = architectures.cvvae(
+      dict(architectures.cvvae_released_kwargs(), ch=8, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
+  )
   config.num_groups = 4
   return config
 
 
 def tiny_odvae(variant: int):
-  config = architectures.odvae_variant(variant, hidden_size=8, hidden_size_mult=[1, 1, 2, 2],
-                                       num_res_blocks=1)
+  config = architectures.odvae_variant(
+      variant, hidden_size=8, hidden_size_mult=[1, 1, 2, 2], num_res_blocks=1
+  )
   config.num_groups = 4
   return config
 
@@ -100,10 +104,11 @@ def tiny_odvae(variant: int):
 MODELS = {"promag_base": (tiny_promag_base, (5, 16))}
 for _levels, _factor in ((1, 8), (2, 16)):
   for _mixing in autoencoder.MIXING_MODES:
-    MODELS[f"grown{_factor}x_{_mixing}"] = (
-        lambda l=_levels, m=_mixing: tiny_grown(l, m), (17, 8))
+    MODELS[f"grown{_factor}x_{_mixing}"] = (lambda l=_levels, m=_mixing: tiny_grown(l, m), (17, 8))
   MODELS[f"grown{_factor}x_both_scale_shift"] = (
-      lambda l=_levels: tiny_grown(l, "both", "scale_shift"), (17, 8))
+      lambda l=_levels: tiny_grown(l, "both", "scale_shift"),
+      (17, 8),
+  )
 MODELS["grown8x_patch2"] = (lambda: tiny_grown(1, "both", patch_size=2), (9, 16))
 MODELS["cvvae"] = (tiny_cvvae, (5, 16))
 for _variant in (1, 2, 3, 4):
@@ -149,8 +154,10 @@ def test_exported_model_matches_jax(name, tmp_path):
     t_recon = torch_vae.decode(to_torch(mean))
   assert t_mean.shape == (1, 4, 1 + (frames - 1) // r, size // s, size // s)
   assert t_recon.shape == (1, 3, frames, size, size)
-  errors = [_max_err(a, to_jax_layout(b)) for a, b in ((mean, t_mean), (logvar, t_logvar),
-                                                       (recon, t_recon))]
+  errors = [
+      _max_err(a, to_jax_layout(b))
+      for a, b in ((mean, t_mean), (logvar, t_logvar), (recon, t_recon))
+  ]
   print(name, "max |jax - torch| mean, logvar, recon:", errors)
   assert max(errors) <= TOL
   # Not vacuous: the latent varies and the reconstruction is not a constant.
@@ -161,8 +168,9 @@ def test_state_dict_names_and_layouts():
   model = random_model(tiny_grown(1, "both", "scale_shift"))
   tensors = exported.torch_state_dict(model)
   kernel = np.asarray(model.encoder.block[0].conv1.kernel[...])  # (kt, kh, kw, in, out)
-  np.testing.assert_array_equal(tensors["encoder.block.0.conv1.weight"],
-                                np.transpose(kernel, (4, 3, 0, 1, 2)))
+  np.testing.assert_array_equal(
+      tensors["encoder.block.0.conv1.weight"], np.transpose(kernel, (4, 3, 0, 1, 2))
+  )
   scale = np.asarray(model.encoder.adanorm.scale_kernel[...])  # used as pooled @ scale
   np.testing.assert_array_equal(tensors["encoder.adanorm.scale.weight"], scale.T)
   assert "encoder.adanorm.shift.bias" in tensors
@@ -203,8 +211,14 @@ np.savez({str(tmp_path / "out.npz")!r}, mean=mean.numpy(), logvar=logvar.numpy()
          recon=recon.numpy())
 """
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", script], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+      [sys.executable, "-c", script],
+      cwd=project,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(tmp_path / "out.npz") as out:
     for name, reference in (("mean", mean), ("logvar", logvar), ("recon", recon)):
@@ -213,8 +227,10 @@ np.savez({str(tmp_path / "out.npz")!r}, mean=mean.numpy(), logvar=logvar.numpy()
 
 def test_torch_frame_rule_and_non_export_folder(tmp_path):
   vae = torch_model.VideoAutoencoder(tiny_promag_base().to_dict())
-  with pytest.raises(ValueError, match=r"clip has 8 frames; a 4x causal model needs 1\+4k"
-                                       r" frames \(e.g. 5 or 9\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"clip has 8 frames; a 4x causal model needs 1\+4k" r" frames \(e.g. 5 or 9\)",
+  ):
     vae.encode(torch.zeros(1, 3, 8, 16, 16))
   with pytest.raises(ValueError, match="not divisible by the spatial factor 8"):
     vae.encode(torch.zeros(1, 3, 5, 12, 16))
@@ -238,9 +254,15 @@ def test_model_card_and_config(tmp_path):
   assert written["latent_channels"] == 4 and written["source"] == source
   assert written["model"]["growth"]["mixing"] == "adanorm"
   card = (tmp_path / "README.md").read_text()
-  for text in ("16x temporal, 4x spatial", "`1 + 16k` frames → `1 + k` latent frames",
-               "4 channels at H/4 × W/4", "scaling factor | 1.0", "2 level(s) of 2x time on a"
-               " 4x base, mixing `adanorm`", '"step": 1200', "gs://bucket/run"):
+  for text in (
+      "16x temporal, 4x spatial",
+      "`1 + 16k` frames → `1 + k` latent frames",
+      "4 channels at H/4 × W/4",
+      "scaling factor | 1.0",
+      "2 level(s) of 2x time on a" " 4x base, mixing `adanorm`",
+      '"step": 1200',
+      "gs://bucket/run",
+  ):
     assert text in card, text
 
 
@@ -259,8 +281,7 @@ def test_config_that_does_not_build_the_model_is_refused(tmp_path):
 @pytest.mark.parametrize("kind", ["cvvae", "odvae"])
 def test_official_round_trip_is_bit_exact(kind, fixtures_dir, tmp_path):
   directory = fixtures_dir / kind
-  model = official.load_official(kind, directory / "weights.safetensors",
-                                 directory / "config.json")
+  model = official.load_official(kind, directory / "weights.safetensors", directory / "config.json")
   bootvae_jax.export(model, model.config, tmp_path, format="official")
   original = safetensors.numpy.load_file(str(directory / "weights.safetensors"))
   written = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
@@ -268,29 +289,37 @@ def test_official_round_trip_is_bit_exact(kind, fixtures_dir, tmp_path):
   for key, value in original.items():  # the fixture stores float16; we write float32
     assert written[key].shape == value.shape, key
     np.testing.assert_array_equal(written[key], value.astype(np.float32), err_msg=key)
-    np.testing.assert_array_equal(written[key].astype(np.float16).view(np.uint16),
-                                  value.view(np.uint16), err_msg=key)
+    np.testing.assert_array_equal(
+        written[key].astype(np.float16).view(np.uint16), value.view(np.uint16), err_msg=key
+    )
   kwargs = official.read_official_config(tmp_path)
   reference = official.read_official_config(directory / "config.json")
   assert {k: kwargs[k] for k in reference if k in kwargs} == {
-      k: reference[k] for k in reference if k in kwargs}
-  assert json.loads((tmp_path / "config.json").read_text())["_class_name"] == {
-      "cvvae": "CVVAEModel", "odvae": "CausalVAEModel"}[kind]
+      k: reference[k] for k in reference if k in kwargs
+  }
+  assert (
+      json.loads((tmp_path / "config.json").read_text())["_class_name"]
+      == {"cvvae": "CVVAEModel", "odvae": "CausalVAEModel"}[kind]
+  )
   reloaded = official.load_official(kind, tmp_path / "model.safetensors", tmp_path)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model, nnx.Param)),
-                               nnx.to_flat_state(nnx.state(reloaded, nnx.Param))):
+  for (path, a), (_, b) in zip(
+      nnx.to_flat_state(nnx.state(model, nnx.Param)),
+      nnx.to_flat_state(nnx.state(reloaded, nnx.Param)),
+  ):
     np.testing.assert_array_equal(a.get_value(), b.get_value(), err_msg=str(path))
 
 
 def test_official_layout_names_2d_and_3d_convs():
   """OD-VAE's ResnetBlock2D shortcut is an nn.Conv2d (not in the fixture, which has no width
   change in a 2D block); a 3D block's is a CausalConv3d; CV-VAE's attention uses Conv2d."""
-  config = architectures.odvae_variant(4, hidden_size=32, hidden_size_mult=[1, 2, 2, 2],
-                                       num_res_blocks=1)
+  config = architectures.odvae_variant(
+      4, hidden_size=32, hidden_size_mult=[1, 2, 2, 2], num_res_blocks=1
+  )
   kind, kwargs = architectures.official_layout(config)
   assert kind == "odvae" and kwargs["hidden_size_mult"] == [1, 2, 2, 2]
-  shapes = {k: v.shape for k, v in official.official_state_dict(random_model(config),
-                                                                 "odvae").items()}
+  shapes = {
+      k: v.shape for k, v in official.official_state_dict(random_model(config), "odvae").items()
+  }
   assert shapes["encoder.down.1.block.0.nin_shortcut.weight"] == (64, 32, 1, 1)
   assert shapes["encoder.down.0.downsample.conv.weight"] == (32, 32, 3, 3)
   assert shapes["decoder.up.1.upsample.conv.conv.weight"] == (64, 64, 1, 3, 3)

@@ -13,8 +13,7 @@ from bootvae_jax.models.autoencoder import DiagonalGaussian
 def _video(b=2, t=9):
   """Frame i of clip j has the constant value 10·j + i."""
   values = 10.0 * np.arange(b)[:, None] + np.arange(t)[None]
-  return jnp.asarray(np.broadcast_to(values[:, :, None, None, None], (b, t, 2, 2, 3)),
-                     jnp.float32)
+  return jnp.asarray(np.broadcast_to(values[:, :, None, None, None], (b, t, 2, 2, 3)), jnp.float32)
 
 
 def test_slice_mapping_takes_every_rth_frame():
@@ -28,8 +27,10 @@ def test_mean_mapping_averages_each_group_after_the_first_frame():
 
 
 def test_random_mapping_draws_one_frame_per_group_per_clip():
-  outs = [np.asarray(compat.map_frames(_video(), 4, "random", jax.random.key(s)))[:, :, 0, 0, 0]
-          for s in range(20)]
+  outs = [
+      np.asarray(compat.map_frames(_video(), 4, "random", jax.random.key(s)))[:, :, 0, 0, 0]
+      for s in range(20)
+  ]
   for out in outs:
     np.testing.assert_array_equal(out[:, 0], [0, 10])
     assert all(1 <= v % 10 <= 4 for v in out[:, 1]) and all(5 <= v % 10 <= 8 for v in out[:, 2])
@@ -75,8 +76,14 @@ def test_decoder_side_compares_image_decodings_with_mapped_frames():
   # Clip 0 decodes to its slice frames exactly; clip 1's frames are 10 more.
   assert decoded.shape == (2, 3, 2, 2, 3)
   assert float(loss) == pytest.approx(5.0)
-  assert float(compat.compatibility_psnr(_MeanImageVAE(), z / 10, x / 10, temporal_factor=4,
-                                         mapping="random")[0]) > 50
+  assert (
+      float(
+          compat.compatibility_psnr(
+              _MeanImageVAE(), z / 10, x / 10, temporal_factor=4, mapping="random"
+          )[0]
+      )
+      > 50
+  )
 
 
 def test_encoder_side_reconstructs_the_clip_from_image_latents_of_every_rth_frame():

@@ -43,6 +43,7 @@ def _torch_lpips(x, y, convs, heads):
 
   Returns (distance (N,), [five feature maps of x, NHWC]).
   """
+
   def features(img):
     t = torch.from_numpy(img).double().permute(0, 3, 1, 2)
     shift = torch.tensor(LPIPS_SHIFT, dtype=torch.float64)[None, :, None, None]
@@ -55,8 +56,9 @@ def _torch_lpips(x, y, convs, heads):
       for _ in range(convs_in_stage):
         kernel, bias = convs[i]
         weight = torch.from_numpy(kernel).double().permute(3, 2, 0, 1)  # HWIO -> OIHW
-        t = torch.relu(torch.nn.functional.conv2d(t, weight, torch.from_numpy(bias).double(),
-                                                  padding=1))
+        t = torch.relu(
+            torch.nn.functional.conv2d(t, weight, torch.from_numpy(bias).double(), padding=1)
+        )
         i += 1
       taps.append(t)
     return taps
@@ -66,7 +68,9 @@ def _torch_lpips(x, y, convs, heads):
   for a, b, w in zip(fx, fy, heads):
     a = a / (torch.sqrt(torch.sum(a**2, dim=1, keepdim=True)) + 1e-10)
     b = b / (torch.sqrt(torch.sum(b**2, dim=1, keepdim=True)) + 1e-10)
-    lin = torch.nn.functional.conv2d((a - b)**2, torch.from_numpy(w).double()[None, :, None, None])
+    lin = torch.nn.functional.conv2d(
+        (a - b) ** 2, torch.from_numpy(w).double()[None, :, None, None]
+    )
     total = total + lin.mean(dim=(1, 2, 3))
   return total.numpy(), [f.permute(0, 2, 3, 1).numpy() for f in fx]
 
@@ -84,8 +88,7 @@ def test_identical_images_have_zero_distance(lpips):
   x = jnp.asarray(_image(0))
   # Under jit XLA may fuse the two VGG passes differently: zero up to rounding (~1e-16),
   # against distances of ~1e-2 for visible noise.
-  np.testing.assert_allclose(lpips_call(lpips, x, x), np.zeros(2, np.float32), rtol=0,
-                             atol=1e-12)
+  np.testing.assert_allclose(lpips_call(lpips, x, x), np.zeros(2, np.float32), rtol=0, atol=1e-12)
 
 
 def test_distance_increases_with_noise_level(lpips):
@@ -95,8 +98,11 @@ def test_distance_increases_with_noise_level(lpips):
   noisy = [np.clip(x + s * noise, -1, 1) for s in levels]
   d = []
   for pair in (noisy[:2], noisy[2:]):  # batches of 2: reuses the compiled IMAGE_SHAPE call
-    d.extend(np.asarray(lpips_call(lpips, jnp.asarray(np.repeat(x, 2, 0)),
-                                   jnp.asarray(np.concatenate(pair)))))
+    d.extend(
+        np.asarray(
+            lpips_call(lpips, jnp.asarray(np.repeat(x, 2, 0)), jnp.asarray(np.concatenate(pair)))
+        )
+    )
   assert np.all(np.diff(d) > 0), d
   assert d[0] > 0
 
@@ -127,6 +133,7 @@ def test_weight_file_loader_refuses_code(tmp_path):
   path = tmp_path / 'evil.ckpt'
 
   class Evil:
+
     def __reduce__(self):
       return (print, ('pwned',))
 
@@ -160,8 +167,9 @@ def _clips():
 
 loss_fn = jax.jit(video_perceptual_loss, static_argnames='num_frames')
 # One compiled backward pass shared by the gradient tests (compiling VGG's is slow on CPU).
-loss_and_grad_fn = jax.jit(jax.value_and_grad(video_perceptual_loss, argnums=1),
-                           static_argnames='num_frames')
+loss_and_grad_fn = jax.jit(
+    jax.value_and_grad(video_perceptual_loss, argnums=1), static_argnames='num_frames'
+)
 
 
 def _per_frame(lpips, x, y):
@@ -174,11 +182,13 @@ def test_video_loss_all_frames_is_mean_of_frame_distances(lpips):
   x, y = _clips()
   per_frame = _per_frame(lpips, x, y)
   assert len(set(per_frame.ravel().tolist())) == 8
-  np.testing.assert_allclose(loss_fn(lpips, x, y, num_frames=0, rng=None), per_frame.mean(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      loss_fn(lpips, x, y, num_frames=0, rng=None), per_frame.mean(), rtol=1e-6
+  )
   # num_frames >= T takes the very same all-frames path (compared as traced programs).
-  trace = lambda n: str(jax.make_jaxpr(
-      lambda a, b: video_perceptual_loss(lpips, a, b, num_frames=n, rng=None))(x, y))
+  trace = lambda n: str(
+      jax.make_jaxpr(lambda a, b: video_perceptual_loss(lpips, a, b, num_frames=n, rng=None))(x, y)
+  )
   assert trace(4) == trace(7) == trace(-1) == trace(0)
 
 
@@ -201,8 +211,9 @@ def test_gradient_is_finite_at_all_zero_feature_vectors():
   fx = [jnp.ones((1, 2, 2, 4)).at[0, 0, 0].set(0.0)]
   fy = [jnp.full((1, 2, 2, 4), 0.5).at[0, 1, 1].set(0.0)]
   heads = (jnp.ones((4,)),)
-  grad_x, grad_y = jax.jit(jax.grad(lambda a, b: lpips_from_features(a, b, heads)[0],
-                                    argnums=(0, 1)))(fx, fy)
+  grad_x, grad_y = jax.jit(
+      jax.grad(lambda a, b: lpips_from_features(a, b, heads)[0], argnums=(0, 1))
+  )(fx, fy)
   assert bool(jnp.all(jnp.isfinite(grad_x[0]))) and bool(jnp.all(jnp.isfinite(grad_y[0])))
   # Unit vectors vs zero vectors: distance 1 * mean over the 4 pixels of (0 or 1 or 1).
   np.testing.assert_allclose(lpips_from_features(fx, fy, heads), [0.5], rtol=1e-6)

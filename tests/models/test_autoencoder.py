@@ -23,8 +23,9 @@ FRAMES, SIZE = 9, 32
 
 
 def tiny_promag(**overrides):
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2),
-                                     num_res_blocks=1, num_groups=4)
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=4
+  )
   config.conv_impl = "stacked"
   config.update(overrides)
   return config
@@ -105,14 +106,16 @@ def _small_cvvae():
 
 
 def _small_odvae():
-  return architectures.odvae({"hidden_size": 32, "hidden_size_mult": [1, 1, 2, 2],
-                              "num_res_blocks": 1})
+  return architectures.odvae(
+      {"hidden_size": 32, "hidden_size_mult": [1, 1, 2, 2], "num_res_blocks": 1}
+  )
 
 
 def _variant(n):
   # hidden_size 32, not 16: the OD-VAE converter keeps the released 32 GroupNorm groups.
-  return architectures.odvae_variant(n, hidden_size=32, hidden_size_mult=[1, 1, 2, 2],
-                                     num_res_blocks=1)
+  return architectures.odvae_variant(
+      n, hidden_size=32, hidden_size_mult=[1, 1, 2, 2], num_res_blocks=1
+  )
 
 
 ARCHITECTURES = {
@@ -131,10 +134,12 @@ def _abstract_architecture(name):
   return abstract_model(ARCHITECTURES[name]())
 
 
-@pytest.mark.parametrize("name,frames,latent_frames",
-                         [(name, 9, 3) for name in ARCHITECTURES]
-                         + [(name, 1, 1) for name in ARCHITECTURES]
-                         + [("promag_tiny", 17, 5), ("odvae_small", 17, 5)])
+@pytest.mark.parametrize(
+    "name,frames,latent_frames",
+    [(name, 9, 3) for name in ARCHITECTURES]
+    + [(name, 1, 1) for name in ARCHITECTURES]
+    + [("promag_tiny", 17, 5), ("odvae_small", 17, 5)],
+)
 def test_latent_and_output_shapes(name, frames, latent_frames):
   model = _abstract_architecture(name)
   assert (model.temporal_factor, model.spatial_factor) == (4, 8)
@@ -147,12 +152,15 @@ def test_latent_and_output_shapes(name, frames, latent_frames):
   assert nnx.eval_shape(lambda m, z: m.decode(z), model, z).shape == recon.shape
 
 
-@pytest.mark.parametrize("variant,encoder_blocks,decoder_blocks,conv_in", [
-    (1, ("3d",) * 4, ("3d",) * 4, "3d"),
-    (2, ("2d", "2d", "3d", "3d"), ("2d", "2d", "3d", "3d"), "2d"),
-    (3, ("2d", "3d", "3d", "3d"), ("3d",) * 4, "2d"),
-    (4, ("2d", "2d", "3d", "3d"), ("3d",) * 4, "2d"),
-])
+@pytest.mark.parametrize(
+    "variant,encoder_blocks,decoder_blocks,conv_in",
+    [
+        (1, ("3d",) * 4, ("3d",) * 4, "3d"),
+        (2, ("2d", "2d", "3d", "3d"), ("2d", "2d", "3d", "3d"), "2d"),
+        (3, ("2d", "3d", "3d", "3d"), ("3d",) * 4, "2d"),
+        (4, ("2d", "2d", "3d", "3d"), ("3d",) * 4, "2d"),
+    ],
+)
 def test_odvae_variant_layouts(variant, encoder_blocks, decoder_blocks, conv_in):
   config = _variant(variant)
   assert tuple(config.encoder.blocks) == encoder_blocks
@@ -186,10 +194,12 @@ def test_frame_rule_error():
   for frames in (1, 5, 9, 17, 33):
     assert autoencoder.frame_rule_error(frames, 4) is None
   assert autoencoder.frame_rule_error(16, 4) == (
-      "clip has 16 frames; a 4x causal model needs 1+4k frames (e.g. 13 or 17)")
+      "clip has 16 frames; a 4x causal model needs 1+4k frames (e.g. 13 or 17)"
+  )
   assert autoencoder.frame_rule_error(0, 4) is not None
   assert autoencoder.frame_rule_error(10, 8, "latent") == (
-      "latent has 10 frames; a 8x causal model needs 1+8k frames (e.g. 9 or 17)")
+      "latent has 10 frames; a 8x causal model needs 1+8k frames (e.g. 9 or 17)"
+  )
   assert autoencoder.frame_rule_error(7, 1) is None
 
 
@@ -198,8 +208,9 @@ def test_wrong_frame_count_raises_with_valid_lengths():
   with pytest.raises(ValueError, match=r"16 frames.*1\+4k.*13 or 17"):
     abstract_outputs(model, (1, 16, SIZE, SIZE, 3))
   with pytest.raises(ValueError, match=r"1\+4k"):
-    nnx.eval_shape(lambda m, x: m.encode(x), model,
-                   jax.ShapeDtypeStruct((1, 8, SIZE, SIZE, 3), jnp.float32))
+    nnx.eval_shape(
+        lambda m, x: m.encode(x), model, jax.ShapeDtypeStruct((1, 8, SIZE, SIZE, 3), jnp.float32)
+    )
 
 
 def test_8x_config_frame_rule():
@@ -218,20 +229,24 @@ def test_frame_size_error():
   assert autoencoder.frame_size_error(32, 48, 8) is None
   assert autoencoder.frame_size_error(30, 32, 8) == (
       "frame size 30x32 is not divisible by the spatial factor 8; sides must be divisible by 8"
-      " (e.g. 24x32 or 32x32)")
+      " (e.g. 24x32 or 32x32)"
+  )
   assert autoencoder.frame_size_error(4, 16, 8, what="", size="--size={},{}") == (
       "--size=4,16 is not divisible by the spatial factor 8; sides must be divisible by 8"
-      " (e.g. --size=8,16)")
+      " (e.g. --size=8,16)"
+  )
 
 
 def test_frame_size_and_rank_errors():
   model = abstract_model(tiny_promag())
-  with pytest.raises(ValueError, match=r"frame size 30x32 is not divisible by the spatial"
-                                       r" factor 8"):
+  with pytest.raises(
+      ValueError, match=r"frame size 30x32 is not divisible by the spatial" r" factor 8"
+  ):
     abstract_outputs(model, (1, FRAMES, 30, 32, 3))
   with pytest.raises(ValueError, match=r"expected video \(B, T, H, W, C\)"):
-    nnx.eval_shape(lambda m, x: m.encode(x), model,
-                   jax.ShapeDtypeStruct((FRAMES, SIZE, SIZE, 3), jnp.float32))
+    nnx.eval_shape(
+        lambda m, x: m.encode(x), model, jax.ShapeDtypeStruct((FRAMES, SIZE, SIZE, 3), jnp.float32)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,8 +278,7 @@ def test_diagonal_gaussian_sample():
   posterior = DiagonalGaussian(jnp.full(shape, 0.5), jnp.full(shape, math.log(0.25)))
   key = jax.random.key(3)
   z = np.asarray(posterior.sample(key))
-  np.testing.assert_allclose(z, 0.5 + 0.5 * np.asarray(jax.random.normal(key, shape)),
-                             atol=1e-6)
+  np.testing.assert_allclose(z, 0.5 + 0.5 * np.asarray(jax.random.normal(key, shape)), atol=1e-6)
   np.testing.assert_array_equal(z, posterior.sample(key))  # same key, same sample
   assert not np.array_equal(z, posterior.sample(jax.random.key(4)))
   # 5120 draws of N(0.5, 0.5^2): mean within 6 standard errors, std within 5 %.
@@ -329,8 +343,9 @@ def test_decoder_is_causal(tiny, k):
 
 
 def _grad_leaves(grads: nnx.State) -> dict[str, np.ndarray]:
-  return {"/".join(map(str, path)): np.asarray(leaf[...])
-          for path, leaf in nnx.to_flat_state(grads)}
+  return {
+      "/".join(map(str, path)): np.asarray(leaf[...]) for path, leaf in nnx.to_flat_state(grads)
+  }
 
 
 @pytest.fixture(scope="module")
@@ -357,16 +372,16 @@ def test_jit_and_grad_give_finite_nonzero_gradients(tiny, tiny_loss_and_grads):
 def _traced_loss(model, jaxpr_equations):
   graphdef, state = nnx.split(model)
   x = jax.ShapeDtypeStruct((1, FRAMES, SIZE, SIZE, 3), jnp.float32)
-  return jaxpr_equations(jax.make_jaxpr(
-      lambda s, x: loss_fn(nnx.merge(graphdef, s), x))(state, x))
+  return jaxpr_equations(jax.make_jaxpr(lambda s, x: loss_fn(nnx.merge(graphdef, s), x))(state, x))
 
 
 def test_remat_wraps_every_level_block(tiny, jaxpr_equations):
   """model.remat puts each res block of the levels (4 encoder + 8 decoder here) under
   jax.checkpoint, and nothing without it."""
   remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name
-  count = lambda model: sum(e.primitive.name == remat_name
-                            for e in _traced_loss(model, jaxpr_equations))
+  count = lambda model: sum(
+      e.primitive.name == remat_name for e in _traced_loss(model, jaxpr_equations)
+  )
   assert count(abstract_model(tiny_promag(remat=True))) == 12
   assert count(tiny) == 0
 
@@ -397,8 +412,12 @@ def test_conv_impls_give_the_same_model_outputs(tiny):
 def test_bfloat16_runs_and_stays_close_to_float32(tiny, jaxpr_equations):
   bf16 = numpy_initialised_model(tiny_promag(dtype="bfloat16"))
   # The convolutions really compute in bfloat16 (and in float32 without the option).
-  conv_dtypes = lambda model: {v.aval.dtype for e in _traced_loss(model, jaxpr_equations)
-                               if e.primitive.name == "conv_general_dilated" for v in e.invars}
+  conv_dtypes = lambda model: {
+      v.aval.dtype
+      for e in _traced_loss(model, jaxpr_equations)
+      if e.primitive.name == "conv_general_dilated"
+      for v in e.invars
+  }
   assert conv_dtypes(bf16) == {jnp.dtype(jnp.bfloat16)}
   assert conv_dtypes(tiny) == {jnp.dtype(jnp.float32)}
   x = video(5)
@@ -407,8 +426,9 @@ def test_bfloat16_runs_and_stays_close_to_float32(tiny, jaxpr_equations):
   assert recon16.dtype == jnp.float32 and mean16.dtype == jnp.float32
   assert np.all(np.isfinite(recon16))
   # bfloat16 keeps 8 mantissa bits: a relative RMS error of a few percent is expected.
-  rel = lambda a, b: float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b))**2))
-                           / np.sqrt(np.mean(np.asarray(b)**2)))
+  rel = lambda a, b: float(
+      np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)) / np.sqrt(np.mean(np.asarray(b) ** 2))
+  )
   assert rel(recon16, recon) < 0.05
   assert rel(mean16, mean) < 0.05
   assert rel(recon16, recon) > 1e-4  # and they are not float32 results
@@ -460,8 +480,9 @@ def test_validate_rejects_bad_resamplers_and_lengths():
 def test_validate_rejects_mismatched_encoder_decoder_factors():
   config = tiny_promag()
   config.decoder.upsample = ("", "d2s:s", "d2s:s", "d2s:st")  # 2x time instead of 4x
-  _expect_config_error(config, r"\(4, 8\).*\(2, 8\).*model\.encoder\.downsample and"
-                               r" model\.decoder\.upsample")
+  _expect_config_error(
+      config, r"\(4, 8\).*\(2, 8\).*model\.encoder\.downsample and" r" model\.decoder\.upsample"
+  )
 
 
 def test_validate_rejects_widths_not_divisible_by_num_groups():
@@ -491,9 +512,11 @@ def test_validate_rejects_other_bad_fields():
 
 def tiny_patchified(patch_size: int = 2):
   """The tiny base with 2x2 patches replacing its first spatial downsample (still 8x)."""
-  return tiny_promag(patch_size=patch_size, encoder=dict(
-      tiny_promag().encoder, downsample=("", "conv3d:st", "conv3d:st", "")), decoder=dict(
-          tiny_promag().decoder, upsample=("", "", "d2s:st", "d2s:st")))
+  return tiny_promag(
+      patch_size=patch_size,
+      encoder=dict(tiny_promag().encoder, downsample=("", "conv3d:st", "conv3d:st", "")),
+      decoder=dict(tiny_promag().decoder, upsample=("", "", "d2s:st", "d2s:st")),
+  )
 
 
 def test_space_to_depth_inverts_depth_to_space():
@@ -501,7 +524,7 @@ def test_space_to_depth_inverts_depth_to_space():
   patches = layers.space_to_depth(x, 2)
   assert patches.shape == (2, 3, 4, 6, 20)
   # Channel block (fy, fx) of patch (i, j) holds pixel (2i + fy, 2j + fx).
-  np.testing.assert_array_equal(patches[0, 1, 2, 3, 5 * 3:5 * 4], x[0, 1, 5, 7])
+  np.testing.assert_array_equal(patches[0, 1, 2, 3, 5 * 3 : 5 * 4], x[0, 1, 5, 7])
   np.testing.assert_array_equal(layers.depth_to_space(patches, 2), x)
 
 

@@ -37,7 +37,8 @@ def _spec(spec: str, allowed) -> blocks.ResampleSpec:
 def test_res_block_shapes_and_kernels(kind, cout):
   module, shape = _out_shape(
       lambda: blocks.ResBlock(C, cout, kind, conv=CONV, norm=NORM, rngs=nnx.Rngs(0)),
-      (B, 9, H, W, C))
+      (B, 9, H, W, C),
+  )
   assert shape == (B, 9, H, W, cout)
   kt1, kt2 = {"3d": (3, 3), "2d": (1, 1), "half3d": (3, 1)}[kind]
   assert module.conv1.kernel.shape == (kt1, 3, 3, C, cout)
@@ -48,8 +49,9 @@ def test_res_block_shapes_and_kernels(kind, cout):
     assert module.nin_shortcut.kernel.shape == (1, 1, 1, C, cout)
   # 2D blocks always normalise per frame, even inside a model with clip-wide norms.
   clip = blocks.NormSettings(kind="groupnorm_clip", num_groups=4)
-  module = nnx.eval_shape(lambda: blocks.ResBlock(C, cout, kind, conv=CONV, norm=clip,
-                                                  rngs=nnx.Rngs(0)))
+  module = nnx.eval_shape(
+      lambda: blocks.ResBlock(C, cout, kind, conv=CONV, norm=clip, rngs=nnx.Rngs(0))
+  )
   expected_norm = "groupnorm_frame" if kind == "2d" else "groupnorm_clip"
   assert module.norm1.kind == module.norm2.kind == expected_norm
 
@@ -59,8 +61,7 @@ def test_bad_res_block_kind_raises_a_clear_error():
     blocks.ResBlock(C, C, "4d", conv=CONV, norm=NORM, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("kind,reads", [("2d", {3}), ("half3d", {1, 2, 3}),
-                                        ("3d", {0, 1, 2, 3})])
+@pytest.mark.parametrize("kind,reads", [("2d", {3}), ("half3d", {1, 2, 3}), ("3d", {0, 1, 2, 3})])
 def test_res_block_frame_dependencies(kind, reads):
   """With causal convs and per-frame norms output frame 3 depends only on input frames <= 3:
   a 2d block on frame 3 alone; half3d on the 3 frames its one temporal conv sees; 3d on
@@ -90,15 +91,18 @@ def test_resample_spec_parse():
   assert _spec("", blocks.UPSAMPLE_KINDS) is None
 
 
-@pytest.mark.parametrize("spec,allowed", [
-    ("conv3d", blocks.DOWNSAMPLE_KINDS),          # no axes
-    ("conv3d:", blocks.DOWNSAMPLE_KINDS),         # empty axes
-    ("conv3d:x", blocks.DOWNSAMPLE_KINDS),        # unknown axis
-    ("conv3d:sth", blocks.DOWNSAMPLE_KINDS),
-    ("pool:s", blocks.DOWNSAMPLE_KINDS),          # unknown kind
-    ("nearest3d:s", blocks.DOWNSAMPLE_KINDS),     # an upsampler where a downsampler belongs
-    ("conv3d:st", blocks.UPSAMPLE_KINDS),
-])
+@pytest.mark.parametrize(
+    "spec,allowed",
+    [
+        ("conv3d", blocks.DOWNSAMPLE_KINDS),  # no axes
+        ("conv3d:", blocks.DOWNSAMPLE_KINDS),  # empty axes
+        ("conv3d:x", blocks.DOWNSAMPLE_KINDS),  # unknown axis
+        ("conv3d:sth", blocks.DOWNSAMPLE_KINDS),
+        ("pool:s", blocks.DOWNSAMPLE_KINDS),  # unknown kind
+        ("nearest3d:s", blocks.DOWNSAMPLE_KINDS),  # an upsampler where a downsampler belongs
+        ("conv3d:st", blocks.UPSAMPLE_KINDS),
+    ],
+)
 def test_resample_spec_parse_rejects_bad_specs(spec, allowed):
   with pytest.raises(ValueError, match=r"model\.encoder\.downsample\[2\]=.*is not a resampler"):
     blocks.ResampleSpec.parse(spec, allowed, "model.encoder.downsample[2]")
@@ -106,48 +110,62 @@ def test_resample_spec_parse_rejects_bad_specs(spec, allowed):
 
 def test_per_frame_resamplers_reject_time_factors():
   with pytest.raises(ValueError, match="cannot downsample time"):
-    blocks.ConvDownsample(C, _spec("conv2d:st", blocks.DOWNSAMPLE_KINDS), conv=CONV,
-                          rngs=nnx.Rngs(0))
+    blocks.ConvDownsample(
+        C, _spec("conv2d:st", blocks.DOWNSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+    )
   with pytest.raises(ValueError, match="cannot upsample time"):
-    blocks.NearestUpsample(C, _spec("nearest2d:st", blocks.UPSAMPLE_KINDS), conv=CONV,
-                           rngs=nnx.Rngs(0))
+    blocks.NearestUpsample(
+        C, _spec("nearest2d:st", blocks.UPSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Down- and upsamplers: `1 + 2k` <-> `1 + k` frames, H and W halved / doubled.
 
 
-@pytest.mark.parametrize("spec,frames_in,frames_out,space", [
-    ("conv3d:s", 9, 9, 2), ("conv3d:t", 9, 5, 1), ("conv3d:st", 9, 5, 2),
-    ("conv3d:st", 17, 9, 2), ("conv3d:st", 1, 1, 2), ("conv2d:s", 9, 9, 2),
-])
+@pytest.mark.parametrize(
+    "spec,frames_in,frames_out,space",
+    [
+        ("conv3d:s", 9, 9, 2),
+        ("conv3d:t", 9, 5, 1),
+        ("conv3d:st", 9, 5, 2),
+        ("conv3d:st", 17, 9, 2),
+        ("conv3d:st", 1, 1, 2),
+        ("conv2d:s", 9, 9, 2),
+    ],
+)
 def test_downsample_shapes(spec, frames_in, frames_out, space):
   parsed = _spec(spec, blocks.DOWNSAMPLE_KINDS)
   module, shape = _out_shape(
       lambda: blocks.make_downsample(C, parsed, conv=CONV, rngs=nnx.Rngs(0)),
-      (B, frames_in, H, W, C))
+      (B, frames_in, H, W, C),
+  )
   assert isinstance(module, blocks.ConvDownsample)
   assert shape == (B, frames_out, H // space, W // space, C)
   assert module.conv.kernel.shape[0] == (1 if spec.startswith("conv2d") else 3)
 
 
-@pytest.mark.parametrize("spec,cls,frames_in,frames_out,space", [
-    ("nearest3d:s", blocks.NearestUpsample, 5, 5, 2),
-    ("nearest3d:st", blocks.NearestUpsample, 5, 9, 2),
-    ("nearest3d:st", blocks.NearestUpsample, 1, 1, 2),
-    ("nearest2d:s", blocks.NearestUpsample, 5, 5, 2),
-    ("trilinear:st", blocks.TrilinearUpsample, 5, 9, 2),
-    ("trilinear:st", blocks.TrilinearUpsample, 1, 1, 2),
-    ("d2s:s", blocks.DepthToSpaceUpsample, 5, 5, 2),
-    ("d2s:t", blocks.DepthToSpaceUpsample, 5, 9, 1),
-    ("d2s:st", blocks.DepthToSpaceUpsample, 5, 9, 2),
-    ("d2s:st", blocks.DepthToSpaceUpsample, 3, 5, 2),
-])
+@pytest.mark.parametrize(
+    "spec,cls,frames_in,frames_out,space",
+    [
+        ("nearest3d:s", blocks.NearestUpsample, 5, 5, 2),
+        ("nearest3d:st", blocks.NearestUpsample, 5, 9, 2),
+        ("nearest3d:st", blocks.NearestUpsample, 1, 1, 2),
+        ("nearest2d:s", blocks.NearestUpsample, 5, 5, 2),
+        ("trilinear:st", blocks.TrilinearUpsample, 5, 9, 2),
+        ("trilinear:st", blocks.TrilinearUpsample, 1, 1, 2),
+        ("d2s:s", blocks.DepthToSpaceUpsample, 5, 5, 2),
+        ("d2s:t", blocks.DepthToSpaceUpsample, 5, 9, 1),
+        ("d2s:st", blocks.DepthToSpaceUpsample, 5, 9, 2),
+        ("d2s:st", blocks.DepthToSpaceUpsample, 3, 5, 2),
+    ],
+)
 def test_upsample_shapes(spec, cls, frames_in, frames_out, space):
   parsed = _spec(spec, blocks.UPSAMPLE_KINDS)
   module, shape = _out_shape(
       lambda: blocks.make_upsample(C, parsed, conv=CONV, rngs=nnx.Rngs(0)),
-      (B, frames_in, H // 2, W // 2, C))
+      (B, frames_in, H // 2, W // 2, C),
+  )
   assert isinstance(module, cls)
   assert shape == (B, frames_out, H // 2 * space, W // 2 * space, C)
 
@@ -172,8 +190,9 @@ def _frames_reading(module, frames_in, out_frame):
 
 
 def test_causal_downsample_output_frame_j_reads_frames_2j_minus_2_to_2j():
-  module = blocks.ConvDownsample(C, _spec("conv3d:st", blocks.DOWNSAMPLE_KINDS), conv=CONV,
-                                 rngs=nnx.Rngs(0))
+  module = blocks.ConvDownsample(
+      C, _spec("conv3d:st", blocks.DOWNSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+  )
   assert _frames_reading(module, 9, 0) == {0}
   assert _frames_reading(module, 9, 3) == {4, 5, 6}
 
@@ -181,16 +200,20 @@ def test_causal_downsample_output_frame_j_reads_frames_2j_minus_2_to_2j():
 def test_trilinear_upsample_keeps_frame_zero_apart():
   """OD-VAE: frame 0 is upsampled alone, so before the (causal) conv nothing mixes into it;
   output frame 2j-1 / 2j interpolates input frames j-1..j+1 (clamped to 1..T-1)."""
-  module = blocks.TrilinearUpsample(C, _spec("trilinear:st", blocks.UPSAMPLE_KINDS),
-                                    conv=blocks.ConvSettings(time_padding="causal"),
-                                    rngs=nnx.Rngs(0))
+  module = blocks.TrilinearUpsample(
+      C,
+      _spec("trilinear:st", blocks.UPSAMPLE_KINDS),
+      conv=blocks.ConvSettings(time_padding="causal"),
+      rngs=nnx.Rngs(0),
+  )
   assert _frames_reading(module, 5, 0) == {0}
   assert _frames_reading(module, 5, 1) == {0, 1}  # conv reads upsampled 0 (frame 0) and 1
 
 
 def test_d2s_upsample_maps_latent_k_to_frames_2k_minus_1_and_2k():
-  module = blocks.DepthToSpaceUpsample(C, _spec("d2s:st", blocks.UPSAMPLE_KINDS), conv=CONV,
-                                       rngs=nnx.Rngs(0))
+  module = blocks.DepthToSpaceUpsample(
+      C, _spec("d2s:st", blocks.UPSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+  )
   # Output frames 2k-1 and 2k come from latent k and (causal 3-tap conv) latents k-2, k-1.
   assert _frames_reading(module, 5, 0) == {0}
   assert _frames_reading(module, 5, 3) == {0, 1, 2}
@@ -204,9 +227,11 @@ def test_d2s_upsample_maps_latent_k_to_frames_2k_minus_1_and_2k():
 @pytest.mark.parametrize("attention", ["spatial", "spatiotemporal", "none"])
 def test_mid_block_shapes(attention):
   module, shape = _out_shape(
-      lambda: blocks.MidBlock(C, "3d", attention, conv=CONV, norm=NORM, attention_norm=NORM,
-                              rngs=nnx.Rngs(0)),
-      (B, 5, 4, 4, C))
+      lambda: blocks.MidBlock(
+          C, "3d", attention, conv=CONV, norm=NORM, attention_norm=NORM, rngs=nnx.Rngs(0)
+      ),
+      (B, 5, 4, 4, C),
+  )
   assert shape == (B, 5, 4, 4, C)
   assert (module.attn_1 is None) == (attention == "none")
 

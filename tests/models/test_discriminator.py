@@ -30,7 +30,8 @@ def _make(**kwargs):
 def _abstract_logits(shape, **kwargs):
   """Output shape of a freshly built model, without initialising or running anything."""
   return nnx.eval_shape(
-      lambda: PatchDiscriminator3D(**kwargs, rngs=nnx.Rngs(0))(jnp.zeros(shape))).shape
+      lambda: PatchDiscriminator3D(**kwargs, rngs=nnx.Rngs(0))(jnp.zeros(shape))
+  ).shape
 
 
 @pytest.fixture(scope='module')
@@ -53,20 +54,24 @@ def test_output_shape_of_a_tiny_clip(disc, clips):
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize('shape, num_layers, expected', [
-    ((2, 9, 32, 32, 3), 3, (2, 4, 7, 7, 1)),
-    ((1, 1, 16, 24, 3), 3, (1, 3, 5, 6, 1)),  # a single frame (image) still scores
-    ((1, 17, 64, 64, 3), 4, (1, 4, 7, 7, 1)),  # CV-VAE's 4-layer setting
-    ((1, 5, 16, 16, 3), 1, (1, 5, 11, 11, 1)),
-])
+@pytest.mark.parametrize(
+    'shape, num_layers, expected',
+    [
+        ((2, 9, 32, 32, 3), 3, (2, 4, 7, 7, 1)),
+        ((1, 1, 16, 24, 3), 3, (1, 3, 5, 6, 1)),  # a single frame (image) still scores
+        ((1, 17, 64, 64, 3), 4, (1, 4, 7, 7, 1)),  # CV-VAE's 4-layer setting
+        ((1, 5, 16, 16, 3), 1, (1, 5, 11, 11, 1)),
+    ],
+)
 def test_output_shapes(shape, num_layers, expected):
   assert _abstract_logits(shape, base_channels=8, num_layers=num_layers) == expected
   assert expected[1:4] == tuple(output_size(n, num_layers) for n in shape[1:4])
 
 
 def test_channel_widths_follow_taming_multipliers():
-  model = nnx.eval_shape(lambda: PatchDiscriminator3D(base_channels=8, num_layers=4,
-                                                      rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+      lambda: PatchDiscriminator3D(base_channels=8, num_layers=4, rngs=nnx.Rngs(0))
+  )
   widths = [layer.conv.kernel.shape[-1] for layer in model.layers]
   assert widths == [8, 16, 32, 64, 64, 1]  # base * min(2**n, 8), then one logit
 
@@ -79,6 +84,7 @@ def test_grad_through_discriminator_under_jit(disc, clips):
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       return hinge_d_loss(model(real), model(fake))
+
     return jax.value_and_grad(loss_fn)(params)
 
   loss, grads = loss_and_grads(params, *clips)
@@ -99,8 +105,9 @@ def test_no_coupling_across_the_batch(disc, clips):
 
 
 def test_norm_none_and_bad_norm():
-  model = nnx.eval_shape(lambda: PatchDiscriminator3D(base_channels=8, num_layers=2,
-                                                      norm='none', rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+      lambda: PatchDiscriminator3D(base_channels=8, num_layers=2, norm='none', rngs=nnx.Rngs(0))
+  )
   assert all(layer.norm is None for layer in model.layers)
   with pytest.raises(ValueError, match='norm'):
     _make(base_channels=8, norm='batch')
@@ -108,8 +115,10 @@ def test_norm_none_and_bad_norm():
 
 def test_params_carry_logical_axis_names(disc):
   specs = nnx.get_partition_spec(nnx.state(disc, nnx.Param))
-  flat = {jax.tree_util.keystr(path): tuple(spec)
-          for path, spec in jax.tree_util.tree_flatten_with_path(specs)[0]}
+  flat = {
+      jax.tree_util.keystr(path): tuple(spec)
+      for path, spec in jax.tree_util.tree_flatten_with_path(specs)[0]
+  }
   kernel = ('conv_t', 'conv_h', 'conv_w', 'conv_in', 'conv_out')
   last = f'[{len(disc.layers) - 1}]'
   for path, spec in flat.items():
@@ -128,15 +137,21 @@ def test_params_carry_logical_axis_names(disc):
 def test_runs_sharded_on_a_mesh_by_logical_rules(disc, clips):
   # What the trainer does: logical names -> mesh axes by config rules, params placed there.
   mesh = jax.make_mesh((2, 2), ('data', 'fsdp'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  rules = (('conv_t', None), ('conv_h', None), ('conv_w', None), ('conv_in', None),
-           ('conv_out', 'fsdp'))
+  rules = (
+      ('conv_t', None),
+      ('conv_h', None),
+      ('conv_w', None),
+      ('conv_in', None),
+      ('conv_out', 'fsdp'),
+  )
   graphdef, params = nnx.split(disc, nnx.Param)
   with nnx.logical_axis_rules(rules):
     shardings = nnx.get_named_sharding(params, mesh)
   params = jax.device_put(params, shardings)
   spec = jax.sharding.PartitionSpec
   assert params['layers'][1]['conv']['kernel'][...].sharding.spec == spec(
-      None, None, None, None, 'fsdp')
+      None, None, None, None, 'fsdp'
+  )
   assert params['layers'][1]['norm']['scale'][...].sharding.spec == spec('fsdp')
   assert params['layers'][len(disc.layers) - 1]['conv']['kernel'][...].sharding.is_fully_replicated
   batch = jax.device_put(clips[0], jax.sharding.NamedSharding(mesh, spec('data')))

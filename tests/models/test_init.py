@@ -17,8 +17,9 @@ from bootvae_jax.models import init
 
 def tiny_image_config():
   """4 levels (8x spatial), widths 8·(1,2,2,2), mid attention: the SD layout, tiny."""
-  return image_vae.image_vae_config(block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-                                    latent_channels=4, norm_num_groups=4)
+  return image_vae.image_vae_config(
+      block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4
+  )
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,12 @@ def image_model():
   # Random norm scales / biases, so a norm copied to the wrong place cannot go unnoticed.
   state = nnx.state(model, nnx.Param)
   keys = iter(jax.random.split(jax.random.key(4), 200))
-  state = nnx.map_state(lambda p, v: v.replace(v[...] + 0.3 * jax.random.normal(next(keys),
-                                                                               v.shape))
-                        if p[-2] in ("norm1", "norm2", "norm", "norm_out") else v, state)
+  state = nnx.map_state(
+      lambda p, v: v.replace(v[...] + 0.3 * jax.random.normal(next(keys), v.shape))
+      if p[-2] in ("norm1", "norm2", "norm", "norm_out")
+      else v,
+      state,
+  )
   nnx.update(model, state)
   return model
 
@@ -41,22 +45,25 @@ def per_frame_layout(temporal: bool):
   config.name = "per_frame_3d"
   for side in (config.encoder, config.decoder):
     side.update(conv_in="3d", conv_out="3d", blocks=("3d",) * 4, mid_block="3d")
-  config.encoder.downsample = ("conv3d:s",) + (("conv3d:st",) * 2 if temporal
-                                               else ("conv3d:s",) * 2) + ("",)
+  config.encoder.downsample = (
+      ("conv3d:s",) + (("conv3d:st",) * 2 if temporal else ("conv3d:s",) * 2) + ("",)
+  )
   config.decoder.upsample = ("", "d2s:s") + (("d2s:st",) * 2 if temporal else ("d2s:s",) * 2)
   return config
 
 
 def odvae_layout(variant: int):
-  config = architectures.odvae_variant(variant, hidden_size=8, hidden_size_mult=[1, 2, 2, 2],
-                                       num_res_blocks=1)
+  config = architectures.odvae_variant(
+      variant, hidden_size=8, hidden_size_mult=[1, 2, 2, 2], num_res_blocks=1
+  )
   config.num_groups = 4
   return config
 
 
 def _clip(frames, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (2, frames, 16, 16, 3)),
-                     jnp.float32)
+  return jnp.asarray(
+      np.random.default_rng(seed).uniform(-1, 1, (2, frames, 16, 16, 3)), jnp.float32
+  )
 
 
 def _inflated(image_model, config, mode="tail"):
@@ -82,12 +89,19 @@ def test_inflate_kernel_modes():
 
 def test_nearest_conv_equals_conv_then_depth_to_space():
   rngs = nnx.Rngs(0)
-  nearest = blocks.NearestUpsample(4, blocks.ResampleSpec("nearest2d", 1, 2),
-                                   conv=blocks.ConvSettings(), rngs=rngs)
-  d2s = blocks.DepthToSpaceUpsample(4, blocks.ResampleSpec("d2s", 1, 2),
-                                    conv=blocks.ConvSettings(), rngs=rngs)
-  d2s.conv.kernel.set_value(jnp.asarray(init.inflate_kernel(
-      init.nearest_conv_as_depth_to_space(np.asarray(nearest.conv.kernel[...])), 3, "tail")))
+  nearest = blocks.NearestUpsample(
+      4, blocks.ResampleSpec("nearest2d", 1, 2), conv=blocks.ConvSettings(), rngs=rngs
+  )
+  d2s = blocks.DepthToSpaceUpsample(
+      4, blocks.ResampleSpec("d2s", 1, 2), conv=blocks.ConvSettings(), rngs=rngs
+  )
+  d2s.conv.kernel.set_value(
+      jnp.asarray(
+          init.inflate_kernel(
+              init.nearest_conv_as_depth_to_space(np.asarray(nearest.conv.kernel[...])), 3, "tail"
+          )
+      )
+  )
   d2s.conv.bias.set_value(jnp.tile(nearest.conv.bias[...], 4))
   x = jax.random.normal(jax.random.key(1), (1, 2, 5, 6, 4))
   assert _max_diff(d2s(x), nearest(x)) < 1e-5
@@ -104,8 +118,12 @@ def test_tail_inflation_reproduces_the_image_vae_frame_by_frame(image_model):
   assert _max_diff(recon, image_recon) < 1e-4
   # Centre / average inflation mix earlier frames into a causal conv: not the image VAE.
   for mode in ("centre", "average"):
-    assert _max_diff(_inflated(image_model, per_frame_layout(False), mode).encode(x).mean,
-                     image_post.mean) > 1e-2
+    assert (
+        _max_diff(
+            _inflated(image_model, per_frame_layout(False), mode).encode(x).mean, image_post.mean
+        )
+        > 1e-2
+    )
 
 
 def test_tail_inflation_reproduces_keyframes_with_4x_time_compression(image_model):
@@ -142,8 +160,9 @@ def test_released_odvae_layout_does_not_reproduce(image_model):
 
 
 def test_promag_base_inflates_but_rms_norm_differs(image_model):
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 2, 2, 2),
-                                     num_res_blocks=1, num_groups=4)
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 2, 2, 2), num_res_blocks=1, num_groups=4
+  )
   model = _inflated(image_model, config)
   x = _clip(9)
   assert _max_diff(model.encode(x).mean, image_model.encode(x[:, ::4]).mean) > 1e-2
@@ -152,10 +171,14 @@ def test_promag_base_inflates_but_rms_norm_differs(image_model):
 def test_mismatched_layout_names_parameters(image_model):
   config = per_frame_layout(temporal=False)
   config.channel_multipliers = (1, 2, 2, 4)
-  with pytest.raises(ValueError, match=r"cannot inflate \(\d+\): decoder/conv_in/bias: image \(16,\), video \(32,\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"cannot inflate \(\d+\): decoder/conv_in/bias: image \(16,\), video \(32,\)",
+  ):
     models.inflate(image_model, config)
-  config = architectures.cvvae(dict(architectures.cvvae_released_kwargs(), ch=8,
-                                    ch_mult=[1, 2, 2, 2], num_res_blocks=1))
+  config = architectures.cvvae(
+      dict(architectures.cvvae_released_kwargs(), ch=8, ch_mult=[1, 2, 2, 2], num_res_blocks=1)
+  )
   config.num_groups = 4
   with pytest.raises(ValueError, match=r"no image parameter \(\d+\): .*q_t"):
     models.inflate(image_model, config)

@@ -35,20 +35,33 @@ def _max_err(a, b) -> float:
   return float(np.max(np.abs(a - b)))
 
 
-def _torch_conv_reference(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, *,
-                          stride, time_pad: tuple[int, int, str], spatial_pad) -> np.ndarray:
+def _torch_conv_reference(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    stride,
+    time_pad: tuple[int, int, str],
+    spatial_pad,
+) -> np.ndarray:
   """The same convolution written with PyTorch ops, NCTHW inside, NTHWC at the boundary."""
   front, back, mode = time_pad
   (top, bottom), (left, right) = spatial_pad
   xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
   parts = []
   if front:
-    parts.append(xt[:, :, :1].repeat(1, 1, front, 1, 1) if mode == "replicate"
-                 else torch.zeros_like(xt[:, :, :1]).repeat(1, 1, front, 1, 1))
+    parts.append(
+        xt[:, :, :1].repeat(1, 1, front, 1, 1)
+        if mode == "replicate"
+        else torch.zeros_like(xt[:, :, :1]).repeat(1, 1, front, 1, 1)
+    )
   parts.append(xt)
   if back:
-    parts.append(xt[:, :, -1:].repeat(1, 1, back, 1, 1) if mode == "replicate"
-                 else torch.zeros_like(xt[:, :, -1:]).repeat(1, 1, back, 1, 1))
+    parts.append(
+        xt[:, :, -1:].repeat(1, 1, back, 1, 1)
+        if mode == "replicate"
+        else torch.zeros_like(xt[:, :, -1:]).repeat(1, 1, back, 1, 1)
+    )
   xt = torch.cat(parts, dim=2)
   xt = F.pad(xt, (left, right, top, bottom))  # zero padding in space (W first, then H)
   wt = torch.from_numpy(kernel).permute(4, 3, 0, 1, 2)  # (out, in, kt, kh, kw)
@@ -72,8 +85,16 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
   x = _normal(0, (2, 7, 8, 8, 3))
   kernels = {kt: _normal(kt, (kt, 3, 3, 3, 4), scale=0.2) for kt in (1, 3)}
   cases = list(itertools.product((1, 3), STRIDES, SPATIAL_PADDINGS))
-  shapes = {(kt, st, sp): (2, (7 - kt) // st[0] + 1, _spatial_shape(sp, 8, st[1]),
-                           _spatial_shape(sp, 8, st[2]), 4) for kt, st, sp in cases}
+  shapes = {
+      (kt, st, sp): (
+          2,
+          (7 - kt) // st[0] + 1,
+          _spatial_shape(sp, 8, st[1]),
+          _spatial_shape(sp, 8, st[2]),
+          4,
+      )
+      for kt, st, sp in cases
+  }
   cotangents = {case: _normal(2, shape, scale=0.1) for case, shape in shapes.items()}
 
   @jax.jit
@@ -82,8 +103,11 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
     for kt, stride, spatial in cases:
       for impl in ("xla", "stacked"):
         conv = functools.partial(
-            layers.conv3d_valid_time, stride=stride, impl=impl,
-            spatial_padding=layers.spatial_padding_amounts(spatial, 3, 3))
+            layers.conv3d_valid_time,
+            stride=stride,
+            impl=impl,
+            spatial_padding=layers.spatial_padding_amounts(spatial, 3, 3),
+        )
         y, vjp = jax.vjp(conv, x, kernels[kt])
         out[(kt, stride, spatial, impl)] = (y,) + vjp(cotangents[(kt, stride, spatial)])
     return out
@@ -98,8 +122,13 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
       if (err := _max_err(a, b)) > TOL:
         failures.append(f"kt={kt} stride={stride} {spatial}: {name} differs by {err:.2e}")
     reference = _torch_conv_reference(
-        x, kernels[kt], None, stride=stride, time_pad=(0, 0, "zeros"),
-        spatial_pad=layers.spatial_padding_amounts(spatial, 3, 3))
+        x,
+        kernels[kt],
+        None,
+        stride=stride,
+        time_pad=(0, 0, "zeros"),
+        spatial_pad=layers.spatial_padding_amounts(spatial, 3, 3),
+    )
     if (err := _max_err(stacked[0], reference)) > TOL:
       failures.append(f"kt={kt} stride={stride} {spatial}: torch differs by {err:.2e}")
   assert not failures, "\n".join(failures)
@@ -115,14 +144,26 @@ def test_conv3d_module_impls_agree_in_forward_and_gradients(time_padding):
   models, shapes = {}, {}
   for kt, stride, spatial in cases:
     for impl in ("xla", "stacked"):
-      conv = layers.Conv3d(3, 4, (kt, 3, 3), stride=stride, time_padding=time_padding,
-                           spatial_padding=spatial, conv_impl=impl, rngs=nnx.Rngs(kt))
+      conv = layers.Conv3d(
+          3,
+          4,
+          (kt, 3, 3),
+          stride=stride,
+          time_padding=time_padding,
+          spatial_padding=spatial,
+          conv_impl=impl,
+          rngs=nnx.Rngs(kt),
+      )
       models[(kt, stride, spatial, impl)] = conv
     # Frames added by the padding rule for kt = 3 (a kt = 1 conv pads nothing).
     added = {"causal": 2, "centred": 2, "replicate_both": 2, "none": 0}[time_padding]
     shapes[(kt, stride, spatial)] = (
-        1, (9 + (added if kt == 3 else 0) - kt) // stride[0] + 1,
-        _spatial_shape(spatial, 8, stride[1]), _spatial_shape(spatial, 8, stride[2]), 4)
+        1,
+        (9 + (added if kt == 3 else 0) - kt) // stride[0] + 1,
+        _spatial_shape(spatial, 8, stride[1]),
+        _spatial_shape(spatial, 8, stride[2]),
+        4,
+    )
   graphdefs = {key: nnx.split(m)[0] for key, m in models.items()}
   params = {key: nnx.split(m)[1] for key, m in models.items()}
   cotangents = {case: _normal(4, shape, scale=0.1) for case, shape in shapes.items()}
@@ -148,9 +189,13 @@ def test_conv3d_module_impls_agree_in_forward_and_gradients(time_padding):
         failures.append(f"{name}: {what} differs by {err:.2e}")
     conv = models[(kt, stride, spatial, "xla")]
     reference = _torch_conv_reference(
-        x, np.array(conv.kernel[...]), np.array(conv.bias[...]), stride=stride,
+        x,
+        np.array(conv.kernel[...]),
+        np.array(conv.bias[...]),
+        stride=stride,
         time_pad=layers.time_padding_amounts(time_padding if kt == 3 else "none", kt),
-        spatial_pad=layers.spatial_padding_amounts(spatial, 3, 3))
+        spatial_pad=layers.spatial_padding_amounts(spatial, 3, 3),
+    )
     if (err := _max_err(xla[0], reference)) > TOL:
       failures.append(f"{name}: torch reference differs by {err:.2e}")
   assert not failures, "\n".join(failures)
@@ -163,10 +208,12 @@ def test_time_padding_rules():
   assert layers.time_padding_amounts("replicate_both", 3) == (1, 1, "replicate")
   assert layers.time_padding_amounts("none", 3) == (0, 0, "zeros")
   x = jnp.arange(3.0).reshape(1, 3, 1, 1, 1)
-  np.testing.assert_array_equal(layers.pad_time(x, 2, 1, "replicate")[0, :, 0, 0, 0],
-                                [0, 0, 0, 1, 2, 2])
-  np.testing.assert_array_equal(layers.pad_time(x, 1, 2, "zeros")[0, :, 0, 0, 0],
-                                [0, 0, 1, 2, 0, 0])
+  np.testing.assert_array_equal(
+      layers.pad_time(x, 2, 1, "replicate")[0, :, 0, 0, 0], [0, 0, 0, 1, 2, 2]
+  )
+  np.testing.assert_array_equal(
+      layers.pad_time(x, 1, 2, "zeros")[0, :, 0, 0, 0], [0, 0, 1, 2, 0, 0]
+  )
   with pytest.raises(ValueError, match="time_padding"):
     layers.time_padding_amounts("reflect", 3)
   with pytest.raises(ValueError, match="spatial_padding"):
@@ -182,8 +229,15 @@ def test_time_padding_rules():
 @pytest.mark.parametrize("impl", ["xla", "stacked"])
 @pytest.mark.parametrize("stride_t", [1, 2])
 def test_causal_conv_never_reads_future_frames(impl, stride_t):
-  conv = layers.Conv3d(3, 4, (3, 3, 3), stride=(stride_t, 1, 1), time_padding="causal",
-                       conv_impl=impl, rngs=nnx.Rngs(0))
+  conv = layers.Conv3d(
+      3,
+      4,
+      (3, 3, 3),
+      stride=(stride_t, 1, 1),
+      time_padding="causal",
+      conv_impl=impl,
+      rngs=nnx.Rngs(0),
+  )
   run = nnx.jit(lambda m, x: m(x))
   x = _normal(5, (1, 9, 8, 8, 3))
   y = np.asarray(run(conv, x))
@@ -275,9 +329,10 @@ def test_layernorm_equals_torch_layernorm():
   assert _max_err(norm(x), expected) <= TOL
 
 
-@pytest.mark.parametrize("kind,frame_local", [("groupnorm_clip", False),
-                                              ("groupnorm_frame", True),
-                                              ("rmsnorm_frame", True)])
+@pytest.mark.parametrize(
+    "kind,frame_local",
+    [("groupnorm_clip", False), ("groupnorm_frame", True), ("rmsnorm_frame", True)],
+)
 def test_per_frame_norms_keep_frames_independent(kind, frame_local):
   norm = _norm(kind, 8, 4, 1e-6)
   x = _video(4)
@@ -324,8 +379,9 @@ def test_linear_upsample_2x_in_space_and_time_equals_torch_bilinear_and_trilinea
   ours = layers.linear_upsample_2x(layers.linear_upsample_2x(x, 2), 3)
   assert _max_err(ours, expected) <= TOL
   trilinear = F.interpolate(xt, scale_factor=2, mode="trilinear", align_corners=False)
-  assert _max_err(layers.linear_upsample_2x(ours, 1),
-                  trilinear.permute(0, 2, 3, 4, 1).numpy()) <= TOL
+  assert (
+      _max_err(layers.linear_upsample_2x(ours, 1), trilinear.permute(0, 2, 3, 4, 1).numpy()) <= TOL
+  )
 
 
 def test_linear_upsample_2x_weights_from_the_spec():
@@ -351,20 +407,22 @@ def test_depth_to_time_index_rule(factor):
   y = np.asarray(layers.depth_to_time(x, factor))
   assert y.shape == (2, 3 * factor, 2, 2, c)
   for t, s in itertools.product(range(3), range(factor)):
-    np.testing.assert_array_equal(y[:, factor * t + s], x[:, t, :, :, s * c:(s + 1) * c])
+    np.testing.assert_array_equal(y[:, factor * t + s], x[:, t, :, :, s * c : (s + 1) * c])
 
 
 @pytest.mark.parametrize("factor", [2, 3])
 def test_depth_to_space_index_rule(factor):
   c = 2
   x = np.arange(1 * 2 * 3 * 2 * factor * factor * c, dtype=np.float32).reshape(
-      1, 2, 3, 2, factor * factor * c)
+      1, 2, 3, 2, factor * factor * c
+  )
   y = np.asarray(layers.depth_to_space(x, factor))
   assert y.shape == (1, 2, 3 * factor, 2 * factor, c)
   for h, w, fy, fx in itertools.product(range(3), range(2), range(factor), range(factor)):
     group = fy * factor + fx  # channels ordered (fy, fx, C)
-    np.testing.assert_array_equal(y[:, :, factor * h + fy, factor * w + fx],
-                                  x[:, :, h, w, group * c:(group + 1) * c])
+    np.testing.assert_array_equal(
+        y[:, :, factor * h + fy, factor * w + fx], x[:, :, h, w, group * c : (group + 1) * c]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,8 +461,9 @@ def _spatial_attention_np(attn, x, groups):
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_spatial_attention_equals_handwritten_softmax(residual):
-  attn = layers.SpatialAttention(8, norm="groupnorm_frame", num_groups=4, eps=1e-6,
-                                 residual=residual, rngs=nnx.Rngs(0))
+  attn = layers.SpatialAttention(
+      8, norm="groupnorm_frame", num_groups=4, eps=1e-6, residual=residual, rngs=nnx.Rngs(0)
+  )
   attn.norm.scale.set_value(jnp.asarray(1 + _normal(10, (8,), 0.1)))
   x = _normal(8, (2, 3, 4, 5, 8))
   expected = _spatial_attention_np(attn, x.astype(np.float64), 4)
@@ -414,8 +473,9 @@ def test_spatial_attention_equals_handwritten_softmax(residual):
 
 
 def test_spatio_temporal_attention_equals_handwritten_softmax():
-  attn = layers.SpatioTemporalAttention(8, norm="groupnorm_frame", num_groups=4, eps=1e-6,
-                                        rngs=nnx.Rngs(0))
+  attn = layers.SpatioTemporalAttention(
+      8, norm="groupnorm_frame", num_groups=4, eps=1e-6, rngs=nnx.Rngs(0)
+  )
   x = _normal(9, (1, 5, 3, 4, 8)).astype(np.float64)
   s = _spatial_attention_np(attn.spatial, x, 4)
   u = np.moveaxis(s, 1, 3)  # (B, H, W, T, C)

@@ -15,20 +15,20 @@ from bootvae_jax.models import progressive
 
 
 def tiny_model_config(levels: int, mixing: str = "both", adanorm: str = "scale"):
-  config = architectures.promag_base(z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2),
-                                     num_res_blocks=1, num_groups=4)
+  config = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2), num_res_blocks=1, num_groups=4
+  )
   # A 3-level base (4x time, 4x space) keeps the tests fast; growth does not depend on depth.
-  config.encoder.update(blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"),
-                        mid_attention="none")
-  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"),
-                        mid_attention="none")
+  config.encoder.update(
+      blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"), mid_attention="none"
+  )
+  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"), mid_attention="none")
   config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
   return config
 
 
 def _video(frames: int, size: int = 8, seed: int = 0) -> jax.Array:
-  return jax.random.uniform(jax.random.key(seed), (1, frames, size, size, 3), minval=-1,
-                            maxval=1)
+  return jax.random.uniform(jax.random.key(seed), (1, frames, size, size, 3), minval=-1, maxval=1)
 
 
 def _randomise_adanorm(model, seed: int = 1) -> None:
@@ -43,8 +43,10 @@ def _randomise_adanorm(model, seed: int = 1) -> None:
   nnx.update(model, nnx.map_state(move, nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("levels,factor,frames,latent_frames", [
-    (1, 8, 17, 3), (1, 8, 9, 2), (2, 16, 17, 2), (2, 16, 33, 3)])
+@pytest.mark.parametrize(
+    "levels,factor,frames,latent_frames",
+    [(1, 8, 17, 3), (1, 8, 9, 2), (2, 16, 17, 2), (2, 16, 33, 3)],
+)
 def test_shapes_and_frame_rule(levels, factor, frames, latent_frames):
   config = tiny_model_config(levels)
   assert models.compression_factors(config) == (factor, 4)
@@ -96,8 +98,10 @@ def test_grown_model_extends_the_base_through_its_constructor():
     models.build_model(config)
 
 
-@pytest.mark.parametrize("field,value", [("mixing", "concat"), ("adanorm", "gain"),
-                                         ("levels", -1), ("num_res_blocks", 0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("mixing", "concat"), ("adanorm", "gain"), ("levels", -1), ("num_res_blocks", 0)],
+)
 def test_bad_growth_config_names_the_field(field, value):
   config = tiny_model_config(1)
   config.growth[field] = value
@@ -151,13 +155,13 @@ def test_grown_model_is_causal(levels):
   _randomise_adanorm(model)
   r = model.temporal_factor
   x = _video(1 + 2 * r)
-  y = x.at[:, r + 1:].set(_video(r, seed=3))  # change every frame after latent frame 1's span
+  y = x.at[:, r + 1 :].set(_video(r, seed=3))  # change every frame after latent frame 1's span
   mean_x, mean_y = model.encode(x).mean, model.encode(y).mean
   np.testing.assert_allclose(mean_x[:, :2], mean_y[:, :2], atol=1e-5)
   assert float(jnp.abs(mean_x[:, 2] - mean_y[:, 2]).max()) > 1e-3
   z = mean_x + 0.0
   z2 = z.at[:, 2:].set(1.0)
-  np.testing.assert_allclose(model.decode(z)[:, :1 + r], model.decode(z2)[:, :1 + r], atol=1e-5)
+  np.testing.assert_allclose(model.decode(z)[:, : 1 + r], model.decode(z2)[:, : 1 + r], atol=1e-5)
 
 
 def _param_paths(model_config) -> set[str]:
@@ -171,13 +175,14 @@ def test_stage_layout_maps_onto_previous_stage(levels):
   stage n-1 side is exactly its head (STAGE_EXCLUDE)."""
   previous = _param_paths(tiny_model_config(levels - 1))
   grown = _param_paths(tiny_model_config(levels))
-  (pattern, template), = progressive.STAGE_MAPPING
+  ((pattern, template),) = progressive.STAGE_MAPPING
   lower = {p for p in grown if re.match(progressive.LOWER_LEVEL, p)}
   mapped = {re.fullmatch(pattern, p).expand(template) for p in lower}
   assert mapped <= previous
   leftover = previous - mapped
-  assert leftover and all(any(re.fullmatch(e, p) for e in progressive.STAGE_EXCLUDE)
-                          for p in leftover)
+  assert leftover and all(
+      any(re.fullmatch(e, p) for e in progressive.STAGE_EXCLUDE) for p in leftover
+  )
   new = grown - lower
   assert all(not p.split("/")[1] == "lower" for p in new)
   assert "encoder/adanorm/scale_kernel" in new and "decoder/conv_in/kernel" in new

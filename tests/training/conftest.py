@@ -13,9 +13,9 @@ def tiny_config(**overrides):
   config.eval_every = 1000
   config.checkpoint_every = 3
   config.progress_every_seconds = 1000.0
-  config.model = architectures.promag_base(z_dim=4, base_channels=8,
-                                           channel_multipliers=(1, 1, 1, 1), num_res_blocks=1,
-                                           num_groups=4)
+  config.model = architectures.promag_base(
+      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
+  )
   config.model.encoder.mid_attention = "none"
   config.model.decoder.mid_attention = "none"
   config.data.num_frames = 5

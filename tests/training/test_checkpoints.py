@@ -49,8 +49,9 @@ def test_save_restore_gives_identical_params_and_next_loss(config, tmp_path):
   _assert_same_params(restored.params, expected_params)
   assert int(restored.step) == 2
   restored_batch = next(fresh_batches)  # the data position came back too
-  np.testing.assert_array_equal(np.asarray(restored_batch["video"]),
-                                np.asarray(next_batch["video"]))
+  np.testing.assert_array_equal(
+      np.asarray(restored_batch["video"]), np.asarray(next_batch["video"])
+  )
   restored_after, restored_metrics = step_fn(restored, restored_batch, None)
   assert float(restored_metrics["loss"]) == float(metrics["loss"])
   _assert_same_params(restored_after.params, state_after.params)
@@ -73,8 +74,11 @@ def test_stopped_run_resumes_from_last_checkpoint(config, tmp_path):
 
 
 def _files(directory) -> dict[str, float]:
-  return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
-          for r, _, fs in os.walk(directory) for f in fs}
+  return {
+      os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
+      for r, _, fs in os.walk(directory)
+      for f in fs
+  }
 
 
 def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
@@ -94,16 +98,19 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   model, saved = bootvae_jax.load_model(workdir)
   assert saved.to_dict() == json.loads(config.to_json_best_effort())
   assert (model.temporal_factor, model.spatial_factor) == (4, 8)
-  loaded = {train_state_lib.path_string(p): np.asarray(v[...])
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  loaded = {
+      train_state_lib.path_string(p): np.asarray(v[...])
+      for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
   expected = {**_flat(state.params), **_flat(state.frozen)}
   assert loaded.keys() == expected.keys()
   for k in expected:
     np.testing.assert_array_equal(loaded[k], expected[k], err_msg=k)
   ema_model, _ = bootvae_jax.load_model(workdir, ema=True)
   kernel = lambda m: np.asarray(m.decoder.conv_out.kernel[...])
-  np.testing.assert_array_equal(kernel(ema_model),
-                                _flat(state.ema_params)["decoder/conv_out/kernel"])
+  np.testing.assert_array_equal(
+      kernel(ema_model), _flat(state.ema_params)["decoder/conv_out/kernel"]
+  )
   assert not np.array_equal(kernel(ema_model), kernel(model))
   step1, _ = bootvae_jax.load_model(workdir, step=1)
   assert not np.array_equal(kernel(step1), kernel(model))
@@ -111,8 +118,9 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
     bootvae_jax.load_model(workdir, step=7)
 
   # EMA weights are evaluated and logged beside the raw ones, the same way.
-  record = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
-            if "eval/psnr" in l][-1]
+  record = [
+      json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if "eval/psnr" in l
+  ][-1]
   setup, _ = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
   clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
   eval_fn = train_step_lib.jit_eval_step(setup)
@@ -124,8 +132,11 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   before = _files(workdir)
   config.model.base_channels = 16  # the same run with a wider model
   config.total_steps = 4
-  with pytest.raises(ValueError, match=r"step 2\) this config cannot resume: .*shape .*"
-                                       r"model.base_channels: 8 there, 16 here"):
+  with pytest.raises(
+      ValueError,
+      match=r"step 2\) this config cannot resume: .*shape .*"
+      r"model.base_channels: 8 there, 16 here",
+  ):
     trainer.train_and_evaluate(config, workdir)
   assert _files(workdir) == before
 
@@ -145,13 +156,16 @@ def test_checkpoints_without_a_config_fall_back_to_config_json(config, tmp_path)
   assert float(np.abs(loaded.decoder.conv_out.kernel[...]).max()) == 0.0
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("data.num_frames", 16, "1+4k"),
-    ("data.crop_size", (20, 20), "divisible"),
-    ("model.encoder.blocks", ("3d", "3d", "wide", "3d"), "model.encoder.blocks[2]"),
-    ("total_steps", 0, "config.total_steps"),
-    ("freeze", ("encoder/(",), "config.freeze"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.num_frames", 16, "1+4k"),
+        ("data.crop_size", (20, 20), "divisible"),
+        ("model.encoder.blocks", ("3d", "3d", "wide", "3d"), "model.encoder.blocks[2]"),
+        ("total_steps", 0, "config.total_steps"),
+        ("freeze", ("encoder/(",), "config.freeze"),
+    ],
+)
 def test_invalid_config_is_refused_before_compute(config, tmp_path, field, value, message):
   *parents, leaf = field.split(".")
   node = config

@@ -30,9 +30,16 @@ def _tiny(config, steps, num_frames=9):
   config.log_every = 1
   config.eval_every = config.checkpoint_every = steps
   config.progress_every_seconds = 1000.0
-  config.data.update(source="synthetic", num_frames=num_frames, crop_size=(16, 16),
-                     batch_size=4, synthetic_num_clips=4, resize_short_side=0, frame_stride=1,
-                     num_workers=0)
+  config.data.update(
+      source="synthetic",
+      num_frames=num_frames,
+      crop_size=(16, 16),
+      batch_size=4,
+      synthetic_num_clips=4,
+      resize_short_side=0,
+      frame_stride=1,
+      num_workers=0,
+  )
   config.loss.update(perceptual_weight=0.0, gan_weight=0.0)
   config.eval.num_clips = 1
   config.mesh.update(data=2, fsdp=2)  # the 4 fake CPU devices of tests/conftest.py
@@ -46,8 +53,9 @@ def _config(name, steps, **kw):
 def _odvae_tiny():
   """OD-VAE variant 4 at image_vae_tiny's widths (the layout tail inflation needs)."""
   widths = image_vae_tiny.WIDTHS
-  config = architectures.odvae_variant(4, hidden_size=widths[0], num_res_blocks=1,
-                                       hidden_size_mult=[w // widths[0] for w in widths])
+  config = architectures.odvae_variant(
+      4, hidden_size=widths[0], num_res_blocks=1, hidden_size_mult=[w // widths[0] for w in widths]
+  )
   config.num_groups = image_vae_tiny.NUM_GROUPS
   return config
 
@@ -79,8 +87,9 @@ def test_image_vae_workdir_loads_as_image_vae(image_workdir):
   assert model.config.scaling_factor == SCALING_FACTOR
   assert model.latent_channels == image_vae_tiny.LATENT_CHANNELS
   trained = checkpoints.load_params(image_workdir)
-  np.testing.assert_array_equal(model.encoder.conv_in.kernel[...],
-                                trained["encoder/conv_in/kernel"])
+  np.testing.assert_array_equal(
+      model.encoder.conv_in.kernel[...], trained["encoder/conv_in/kernel"]
+  )
 
 
 def test_cvvae_configs_carry_the_regulariser():
@@ -91,7 +100,10 @@ def test_cvvae_configs_carry_the_regulariser():
 
   full = importlib.import_module("configs.cvvae").get_config()
   assert (full.compat.decoder_weight, full.compat.mapping, full.compat.learned_logvar) == (
-      1.0, "random", True)
+      1.0,
+      "random",
+      True,
+  )
   tiny = _config("cvvae_tiny", 2)
   assert tiny.compat.to_dict() == dict(full.compat.to_dict(), image_vae=image_vae_tiny.WORKDIR)
   assert tiny.model.latent_channels == image_vae_tiny.LATENT_CHANNELS
@@ -110,8 +122,9 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   mesh = partitioning.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
-  expected = init_lib.flat_params(models.inflate(image_vae.load_image_vae(image_workdir),
-                                                 config.model, "tail"))
+  expected = init_lib.flat_params(
+      models.inflate(image_vae.load_image_vae(image_workdir), config.model, "tail")
+  )
   got = {train_state_lib.path_string(p): np.asarray(v) for p, v in state.params.flat_state()}
   assert sorted(got) == sorted(expected)
   for key in ("encoder/down/2/block/0/conv1/kernel", "decoder/up/3/upsample/conv/kernel"):

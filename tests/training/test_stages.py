@@ -18,7 +18,6 @@ from bootvae_jax.training import trainer
 from bootvae_jax.training import train_step as train_step_lib
 from bootvae_jax import data as data_lib
 
-
 STAGE1_STEPS = 60
 STEPS = 24
 
@@ -40,9 +39,16 @@ def tiny(config, steps: int = 4):
   model.decoder.num_res_blocks = 1
   model.encoder.mid_attention = model.decoder.mid_attention = "none"
   # Four synthetic clips, every batch: the loss then measures fitting, not batch luck.
-  config.data.update(source="synthetic", num_frames=17, crop_size=(16, 16), batch_size=4,
-                     synthetic_num_clips=4, resize_short_side=0, frame_stride=1,
-                     num_workers=0)
+  config.data.update(
+      source="synthetic",
+      num_frames=17,
+      crop_size=(16, 16),
+      batch_size=4,
+      synthetic_num_clips=4,
+      resize_short_side=0,
+      frame_stride=1,
+      num_workers=0,
+  )
   config.loss.gan_weight = 0.0
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 2
@@ -99,7 +105,7 @@ def test_stage_transfer_restores_exactly_the_previous_stage(stage1_workdir):
   frozen, params, fresh_params = _flat(state.frozen), _flat(state.params), _flat(fresh.params)
   assert frozen and all(re.match(progressive.LOWER_LEVEL, p) for p in frozen)
   assert not any(re.match(progressive.LOWER_LEVEL, p) for p in params)
-  (pattern, template), = progressive.STAGE_MAPPING
+  ((pattern, template),) = progressive.STAGE_MAPPING
   for path, value in frozen.items():
     np.testing.assert_array_equal(value, source[re.fullmatch(pattern, path).expand(template)])
   # Everything of stage I but its head landed; the new level keeps its fresh initialisation.
@@ -130,8 +136,9 @@ def test_finetuned_lower_level_trains_at_the_smaller_rate(stage1_workdir):
   assert not _flat(state.frozen)  # the lower level is now trained, not frozen
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   source = checkpoints.load_params(stage1_workdir)
-  np.testing.assert_array_equal(_flat(state.params)["encoder/lower/conv_in/kernel"],
-                                source["encoder/conv_in/kernel"])
+  np.testing.assert_array_equal(
+      _flat(state.params)["encoder/lower/conv_in/kernel"], source["encoder/conv_in/kernel"]
+  )
   step_fn = train_step_lib.jit_train_step(setup, None)
   batches = data_lib.make_train_batches(config.data, mesh=setup.mesh, seed=0)
   before = _flat(state.params)
@@ -152,13 +159,17 @@ def test_mismatched_checkpoint_names_the_first_parameter(stage1_workdir):
   wide.model.base_channels = 16
   mesh = partitioning.make_mesh(wide.mesh)
   wide_setup, wide_state = train_state_lib.create_train_state(wide, mesh)
-  with pytest.raises(ValueError, match=r"parameter decoder/lower/conv_out/kernel \(from"
-                                       r" decoder/conv_out/kernel\) has shape"):
+  with pytest.raises(
+      ValueError,
+      match=r"parameter decoder/lower/conv_out/kernel \(from"
+      r" decoder/conv_out/kernel\) has shape",
+  ):
     stages.init_from_checkpoint(wide_state, wide_setup, wide.init_checkpoint)
   # Without the head exclusion, the stage-I head has no place in the grown model.
   config.init_checkpoint.exclude = ()
-  with pytest.raises(ValueError, match=r"checkpoint parameter decoder/conv_in/bias has no"
-                                       r" place in the model"):
+  with pytest.raises(
+      ValueError, match=r"checkpoint parameter decoder/conv_in/bias has no" r" place in the model"
+  ):
     stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   # A deeper base than the checkpoint's: lower-level parameters the checkpoint lacks.
   deep = stage_config("promag_8x", previous_workdir=stage1_workdir)
@@ -172,23 +183,25 @@ def test_stage3_restores_stage2_and_keeps_its_new_level_fresh(stage2_workdir):
   """Stage II's own growth level becomes stage III's `lower`; stage III's new level has the
   same parameter names but must not be initialised from it (AdaNorm stays the identity)."""
   config = stage_config("promag_16x", previous_workdir=stage2_workdir)
-  setup, state = train_state_lib.create_train_state(config,
-                                                    partitioning.make_mesh(config.mesh))
+  setup, state = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   source = checkpoints.load_params(stage2_workdir)
   frozen, params = _flat(state.frozen), _flat(state.params)
   trained = source["encoder/adanorm/scale_kernel"]
   assert np.abs(trained).max() > 0  # stage II moved its AdaNorm away from the identity
   np.testing.assert_array_equal(frozen["encoder/lower/adanorm/scale_kernel"], trained)
-  np.testing.assert_array_equal(frozen["encoder/lower/lower/conv_in/kernel"],
-                                source["encoder/lower/conv_in/kernel"])
+  np.testing.assert_array_equal(
+      frozen["encoder/lower/lower/conv_in/kernel"], source["encoder/lower/conv_in/kernel"]
+  )
   np.testing.assert_array_equal(params["encoder/adanorm/scale_kernel"], 0.0)
-  assert not np.array_equal(params["encoder/block/0/conv1/kernel"],
-                            source["encoder/block/0/conv1/kernel"])
+  assert not np.array_equal(
+      params["encoder/block/0/conv1/kernel"], source["encoder/block/0/conv1/kernel"]
+  )
 
 
-@pytest.mark.parametrize("name", ["promag_4x", "promag_8x", "promag_16x", "direct_8x",
-                                  "direct_16x"])
+@pytest.mark.parametrize(
+    "name", ["promag_4x", "promag_8x", "promag_16x", "direct_8x", "direct_16x"]
+)
 def test_stage_config_lowers_its_loss(name, stage1_workdir, stage2_workdir, tmp_path):
   """Each config of the bootstrapped-vs-direct experiment from its real starting point
   (stage I for promag_8x, stage II for promag_16x), STEPS steps (STAGE1_STEPS for stage I).

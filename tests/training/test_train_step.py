@@ -23,8 +23,7 @@ def _setup(config):
 
 
 def _flat(tree):
-  return {train_state_lib.path_string(p): np.asarray(v)
-          for p, v in tree.flat_state()}
+  return {train_state_lib.path_string(p): np.asarray(v) for p, v in tree.flat_state()}
 
 
 def test_mesh_and_param_sharding(config):
@@ -59,8 +58,9 @@ def test_frozen_parameters_are_bit_identical(config):
   config.freeze = ("encoder/down/0/.*", "decoder/conv_out/.*")
   setup, state, batches, step_fn = _setup(config)
   frozen_paths = set(_flat(state.frozen))
-  assert frozen_paths and all(p.startswith(("encoder/down/0/", "decoder/conv_out/"))
-                              for p in frozen_paths)
+  assert frozen_paths and all(
+      p.startswith(("encoder/down/0/", "decoder/conv_out/")) for p in frozen_paths
+  )
   assert not frozen_paths & set(_flat(state.params))  # no gradients, no optimizer state
   before_frozen, before_params = _flat(state.frozen), _flat(state.params)
   for _ in range(3):
@@ -136,8 +136,10 @@ def test_freeze_patterns_match_whole_paths(config):
   that names no parameter is refused instead of silently freezing a subtree."""
   config.freeze = ("encoder/down/0",)
   mesh = partitioning.make_mesh(config.mesh)
-  with pytest.raises(ValueError, match=r"config.freeze entry 'encoder/down/0' matches no"
-                                       r" parameter; .*encoder/down/0/\.\*"):
+  with pytest.raises(
+      ValueError,
+      match=r"config.freeze entry 'encoder/down/0' matches no" r" parameter; .*encoder/down/0/\.\*",
+  ):
     train_state_lib.create_train_state(config, mesh)
   assert train_state_lib.path_matches(("encoder/down/0/.*",), "encoder/down/0/block/0/kernel")
   assert not train_state_lib.path_matches(("encoder/down/0",), "encoder/down/0/block/0/kernel")
@@ -169,8 +171,12 @@ def test_bf16_and_remat_options_train(config, jaxpr_equations):
   equations = jaxpr_equations(jax.make_jaxpr(step)(state, batch, None))
   remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name
   assert any(e.primitive.name == remat_name for e in equations)
-  conv_dtypes = {v.aval.dtype for e in equations if e.primitive.name == "conv_general_dilated"
-                 for v in e.invars}
+  conv_dtypes = {
+      v.aval.dtype
+      for e in equations
+      if e.primitive.name == "conv_general_dilated"
+      for v in e.invars
+  }
   assert jnp.dtype(jnp.bfloat16) in conv_dtypes
   state, metrics = step_fn(state, batch, None)
   assert np.isfinite(float(metrics["loss"]))
