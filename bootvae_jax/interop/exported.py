@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 from bootvae_jax.interop import official
 from bootvae_jax import models
 from bootvae_jax.models import architectures
+from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
 
 FORMATS = ("bootvae_jax", "official")
@@ -90,7 +91,7 @@ def model_card(
   """OUT/README.md: architecture, compression, frame rule, latent, scaling, provenance."""
   r, s = models.compression_factors(model_config)
   growth = model_config.get("growth")
-  levels = progressive.growth_levels(model_config)
+  levels = autoencoder.growth_levels(model_config)
   enc, dec = model_config.encoder, model_config.decoder
   widths = [model_config.base_channels * m for m in model_config.channel_multipliers]
   lines = [
