@@ -11,9 +11,9 @@ import pytest
 import torch
 from flax import nnx
 
+import bootvae_jax
 from bootvae_jax.interop import torch_model
 from bootvae_jax.models import architectures
-from bootvae_jax.models import autoencoder
 from bootvae_jax.training import checkpoints
 from bootvae_jax.training.config import default_config
 
@@ -26,8 +26,8 @@ def run(tmp_path_factory):
   model_config = architectures.promag_base(
       z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
   )
-  model = autoencoder.build(model_config, seed=0)
-  ema = autoencoder.build(model_config, seed=1)
+  model = bootvae_jax.build_model(model_config, seed=0)
+  ema = bootvae_jax.build_model(model_config, seed=1)
   path = tmp_path_factory.mktemp("run")
   config = default_config()
   config.model = model_config
