@@ -34,28 +34,13 @@ _FORMAT = flags.DEFINE_enum(
 
 
 def load_workdir(workdir: str, step: int | None, ema: bool):
-  """(model, model config, step) of a training run."""
-  # TODO(issue-8): bootvae_jax.load_model(workdir, step, ema) once it is on main.
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from bootvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  """(model, model config, step) of a training run, through `bootvae_jax.load_model`."""
+  import bootvae_jax  # pylint: disable=import-outside-toplevel
   from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
 
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"no config.json in --workdir={workdir}; is it a training workdir?")
-  with open(config_path) as f:
-    model_config = ml_collections.ConfigDict(json.load(f)).model
-  directory = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-  step = steps[-1] if step is None else step
-  model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
-  params, _ = checkpoints.transfer_params(
-      nnx.state(model, nnx.Param), checkpoints.load_params(workdir, step, ema=ema)
-  )
-  nnx.update(model, params)
-  return model, model_config, step
+  step = checkpoints.resolve_step(workdir, step)
+  model, config = bootvae_jax.load_model(workdir, step=step, ema=ema)
+  return model, config.model, step
 
 
 def main(argv) -> None:

@@ -100,4 +100,4 @@ def test_cli_errors_are_one_line(run, tmp_path):
   )
   result = _cli(f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path}")
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith("error: no config.json")
+  assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint under")
