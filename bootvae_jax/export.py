@@ -30,36 +30,15 @@ _FORMAT = flags.DEFINE_enum("format", "bootvae_jax", FORMATS,
                             " OD-VAE names, layouts and constructor kwargs.")
 
 
-def load_workdir(workdir: str, step: int | None, ema: bool):
-  """(model, model config, step) of a training run."""
-  # TODO(issue-8): bootvae_jax.load_model(workdir, step, ema) once it is on main.
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from bootvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
-
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"no config.json in --workdir={workdir}; is it a training workdir?")
-  with open(config_path) as f:
-    model_config = ml_collections.ConfigDict(json.load(f)).model
-  directory = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-  step = steps[-1] if step is None else step
-  model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
-  params, _ = checkpoints.transfer_params(nnx.state(model, nnx.Param),
-                                          checkpoints.load_params(workdir, step, ema=ema))
-  nnx.update(model, params)
-  return model, model_config, step
-
-
 def main(argv) -> None:
   del argv
+  from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+
   try:
-    model, model_config, step = load_workdir(_WORKDIR.value, _STEP.value, _EMA.value)
+    step = checkpoints.resolve_step(_WORKDIR.value, _STEP.value)
+    model, config = checkpoints.load_model(_WORKDIR.value, step, ema=_EMA.value)
     source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
-    out = export(model, model_config, _OUT.value, format=_FORMAT.value, source=source)
+    out = export(model, config.model, _OUT.value, format=_FORMAT.value, source=source)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

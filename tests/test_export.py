@@ -11,9 +11,9 @@ import pytest
 import torch
 from flax import nnx
 
+from bootvae_jax import models
 from bootvae_jax.interop import torch_model
 from bootvae_jax.models import architectures
-from bootvae_jax.models import autoencoder
 from bootvae_jax.training import checkpoints
 from bootvae_jax.training.config import default_config
 
@@ -26,16 +26,14 @@ def run(tmp_path_factory):
   model_config = architectures.promag_base(z_dim=4, base_channels=8,
                                            channel_multipliers=(1, 1, 1, 1), num_res_blocks=1,
                                            num_groups=4)
-  model = autoencoder.build(model_config, seed=0)
-  ema = autoencoder.build(model_config, seed=1)
+  model = models.build_model(model_config, seed=0)
+  ema = models.build_model(model_config, seed=1)
   path = tmp_path_factory.mktemp("run")
   config = default_config()
   config.model = model_config
-  with open(path / "config.json", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   ckpts = checkpoints.Checkpoints(str(path))
   ckpts.save(3, dict(step=np.int32(3), params=nnx.state(model, nnx.Param), frozen={},
-                     ema_params=nnx.state(ema, nnx.Param)))
+                     ema_params=nnx.state(ema, nnx.Param)), config=config)
   ckpts.wait()
   ckpts.close()
   return str(path), model, ema
@@ -83,4 +81,4 @@ def test_cli_errors_are_one_line(run, tmp_path):
       "error: model config 'promag_base_z4' is neither the CV-VAE nor the OD-VAE layout")
   result = _cli(f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path}")
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith("error: no config.json")
+  assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint under")

@@ -27,10 +27,10 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from bootvae_jax.interop import official
 from bootvae_jax import models
+from bootvae_jax.interop import official
 from bootvae_jax.models import architectures
-from bootvae_jax.models import progressive
+from bootvae_jax.models import autoencoder
 
 FORMATS = ("bootvae_jax", "official")
 # config.json["format"] of the default format; interop/torch_model.py checks it (standalone, it
@@ -59,7 +59,7 @@ def torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 
 def _check_config_builds_model(model: nnx.Module, model_config) -> None:
   """The exported config must rebuild exactly `model`'s parameters (names and shapes)."""
-  expected = nnx.eval_shape(lambda: progressive.build_model(model_config, rngs=nnx.Rngs(0)))
+  expected = nnx.eval_shape(lambda: models.build_model(model_config))
   shapes = lambda m: {torch_key(p): tuple(v.get_value().shape)
                       for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
   have, want = shapes(model), shapes(expected)
@@ -74,7 +74,7 @@ def model_card(model_config, *, format: str, source: Mapping[str, Any] | None,  
   """OUT/README.md: architecture, compression, frame rule, latent, scaling, provenance."""
   r, s = models.compression_factors(model_config)
   growth = model_config.get("growth")
-  levels = progressive.growth_levels(model_config)
+  levels = autoencoder.growth_levels(model_config)
   enc, dec = model_config.encoder, model_config.decoder
   widths = [model_config.base_channels * m for m in model_config.channel_multipliers]
   lines = [
