@@ -95,9 +95,9 @@ def test_cvvae_tiny_trains_with_the_regulariser(image_workdir, tmp_path):
   assert train[0]["compat_logvar"] == 0.0 and train[-1]["compat_logvar"] < -1e-4
   assert train[-1]["loss"] > train[-1]["l1"] + train[-1]["compat_logvar"]
   assert "eval/compat_psnr" in rows[-1]
-  # The image VAE's scaling factor is the model's, in config.json and checkpoint metadata.
-  with open(tmp_path / "config.json") as f:
-    assert json.load(f)["model"]["scaling_factor"] == SCALING_FACTOR
+  # The image VAE's scaling factor is the model's, in the run's config (stored in the
+  # checkpoint) and in the checkpoint metadata.
+  assert checkpoints.read_config(str(tmp_path)).model.scaling_factor == SCALING_FACTOR
   assert _meta(str(tmp_path), 3)["scaling_factor"] == SCALING_FACTOR
 
 
