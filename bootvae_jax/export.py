@@ -33,22 +33,15 @@ _FORMAT = flags.DEFINE_enum(
 )
 
 
-def load_workdir(workdir: str, step: int | None, ema: bool):
-  """(model, model config, step) of a training run, through `bootvae_jax.load_model`."""
-  import bootvae_jax  # pylint: disable=import-outside-toplevel
-  from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
-
-  step = checkpoints.resolve_step(workdir, step)
-  model, config = bootvae_jax.load_model(workdir, step=step, ema=ema)
-  return model, config.model, step
-
-
 def main(argv) -> None:
   del argv
+  from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+
   try:
-    model, model_config, step = load_workdir(_WORKDIR.value, _STEP.value, _EMA.value)
+    step = checkpoints.resolve_step(_WORKDIR.value, _STEP.value)
+    model, config = checkpoints.load_model(_WORKDIR.value, step, ema=_EMA.value)
     source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
-    out = export(model, model_config, _OUT.value, format=_FORMAT.value, source=source)
+    out = export(model, config.model, _OUT.value, format=_FORMAT.value, source=source)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -23,6 +23,16 @@ NAMES = sorted(m.name for m in pkgutil.iter_modules(configs_package.__path__))
 # get_config arguments (`--config=configs/odvae.py:2`).
 VARIANTS = {"odvae": ["1", "2", "3", "4"]}
 CASES = [(name, arg) for name in NAMES for arg in VARIANTS.get(name, [None])]
+# Temporal compression where it is not the base's 4x: ProMAG-grown and image models.
+EXPECTED_TEMPORAL = {
+    "promag_8x": 8,
+    "direct_8x": 8,
+    "compose_8x": 8,
+    "promag_16x": 16,
+    "direct_16x": 16,
+    "image_vae": 1,
+    "image_vae_tiny": 1,
+}
 
 
 def test_every_config_file_is_covered():
@@ -44,11 +54,9 @@ def test_config_validates_and_builds_abstractly(name, arg, tmp_path):
   model = nnx.eval_shape(lambda: bootvae_jax.build_model(config.model))
   assert (model.temporal_factor, model.spatial_factor) == (temporal, spatial)
   assert (config.data.num_frames - 1) % temporal == 0
-  expected_temporal = {"promag_8x": 8, "direct_8x": 8, "promag_16x": 16, "direct_16x": 16}
-  assert temporal == expected_temporal.get(name, 4)
-  assert type(model).__name__ == (
-      "GrownAutoencoder" if name in expected_temporal else "VideoAutoencoder"
-  )
+  assert temporal == EXPECTED_TEMPORAL.get(name, 4)
+  grown = config.model.growth.levels > 0
+  assert type(model).__name__ == ("GrownAutoencoder" if grown else "VideoAutoencoder")
 
 
 def test_root_config_paths_load_from_any_directory(tmp_path):

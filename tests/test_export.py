@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax import nnx
 
-import bootvae_jax
+from bootvae_jax import models
 from bootvae_jax.interop import torch_model
 from bootvae_jax.models import architectures
 from bootvae_jax.training import checkpoints
@@ -26,13 +26,11 @@ def run(tmp_path_factory):
   model_config = architectures.promag_base(
       z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
   )
-  model = bootvae_jax.build_model(model_config, seed=0)
-  ema = bootvae_jax.build_model(model_config, seed=1)
+  model = models.build_model(model_config, seed=0)
+  ema = models.build_model(model_config, seed=1)
   path = tmp_path_factory.mktemp("run")
   config = default_config()
   config.model = model_config
-  with open(path / "config.json", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   ckpts = checkpoints.Checkpoints(str(path))
   ckpts.save(
       3,
@@ -42,6 +40,7 @@ def run(tmp_path_factory):
           frozen={},
           ema_params=nnx.state(ema, nnx.Param),
       ),
+      config=config,
   )
   ckpts.wait()
   ckpts.close()

@@ -30,6 +30,7 @@ import ml_collections
 
 from bootvae_jax.evaluation import metrics as metrics_lib
 from bootvae_jax.losses import reconstruction
+from bootvae_jax.models import autoencoder
 
 MAPPINGS = ("slice", "mean", "random")
 
@@ -72,8 +73,7 @@ def map_frames(
   """
   r = temporal_factor
   b, t = x.shape[:2]
-  if (t - 1) % r:
-    raise ValueError(f"clip has {t} frames; a {r}x causal model needs 1+{r}k frames")
+  autoencoder.check_frames(t, r)
   if mapping == "slice" or r == 1:
     return x[:, ::r]
   k = (t - 1) // r

@@ -25,7 +25,6 @@ convention); `to_diffusion_latent` / `from_diffusion_latent` apply a model confi
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -176,20 +175,21 @@ def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> 
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  config_path = os.path.join(path, "config.json")
-  if not os.path.isfile(config_path):
+  if not checkpoints.checkpoint_steps(path):
     raise FileNotFoundError(
         f"{path} is neither a diffusers VAE folder (config.json + diffusion_pytorch_model"
-        ".safetensors) nor a bootvae_jax workdir (config.json + checkpoints/); train one with"
+        ".safetensors) nor a bootvae_jax workdir (checkpoints/); train one with"
         " configs/image_vae_tiny.py or point at a downloaded SD VAE"
     )
-  with open(config_path) as f:
-    model_config = ml_collections.ConfigDict(json.load(f)["model"])
+  # The workdir's latest checkpoint, with the config stored in it (as bootvae_jax.load_model
+  # reads it), viewed as an ImageVAE.
+  step = checkpoints.resolve_step(path)
+  model_config = checkpoints.read_config(path, step).model
   model_config.conv_impl = conv_impl
   model = nnx.eval_shape(lambda: ImageVAE(model_config, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   filled_state, filled = checkpoints.transfer_params(
-      params, checkpoints.load_params(path, -1, ema=ema), require_all=True
+      params, checkpoints.load_params(path, step, ema=ema), require_all=True
   )
   if len(filled) != len(list(params.flat_state())):
     raise ValueError(f"{path}: the checkpoint lacks some of the image VAE's parameters")

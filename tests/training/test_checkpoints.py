@@ -124,7 +124,7 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   setup, _ = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
   clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
   eval_fn = train_step_lib.jit_eval_step(setup)
-  ema_psnr = float(np.mean(eval_fn(state.ema_params, state.frozen, clips)[1]["psnr"]))
+  ema_psnr = float(np.mean(eval_fn(state.ema_params, state.frozen, clips, None)[1]["psnr"]))
   assert record["eval_ema/psnr"] == pytest.approx(ema_psnr, abs=1e-4)
   assert record["eval_ema/psnr"] != record["eval/psnr"] and "eval_ema/ssim" in record
 

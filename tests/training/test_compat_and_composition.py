@@ -137,9 +137,9 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   # configs/cvvae.py's learnable log-variance moves (gradient 1 - L/e^s > 0 for L1 below 1;
   # the first step's learning rate is 0 in the warm-up).
   assert train[0]["compat_logvar"] == 0.0 and train[-1]["compat_logvar"] < 0.0
-  # The image VAE's scaling factor is the model's, in config.json and checkpoint metadata.
-  with open(os.path.join(base_dir, "config.json")) as f:
-    assert json.load(f)["model"]["scaling_factor"] == SCALING_FACTOR
+  # The image VAE's scaling factor is the model's, in the run's config (stored in the
+  # checkpoint) and in the checkpoint metadata.
+  assert checkpoints.read_config(base_dir).model.scaling_factor == SCALING_FACTOR
   assert _meta(base_dir, 3)["scaling_factor"] == SCALING_FACTOR
 
   grown = _config("compose_8x", 2)
