@@ -562,19 +562,27 @@ class Norm(nnx.Module):
       var = jnp.square(x32 - mean).mean(-1, keepdims=True)
       y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
     else:
-      *lead, c = x.shape
-      g = x32.reshape(*lead, self.num_groups, c // self.num_groups)
-      # Axes to pool: (T, H, W, C/G) for clip statistics, (H, W, C/G) per frame.
-      axes = (1, 2, 3, 5) if self.kind == "groupnorm_clip" else (2, 3, 5)
+      c = x.shape[-1]
+      size = c // self.num_groups
+      # Axes to pool: (T, H, W) for clip statistics, (H, W) per frame, then the C/G channels
+      # of a group. Positions are summed first with the channels kept contiguous: on CPU that
+      # reduction runs ~2x faster than one over (T, H, W, C/G) of the grouped array.
+      axes = (1, 2, 3) if self.kind == "groupnorm_clip" else (2, 3)
+      count = math.prod(x.shape[a] for a in axes) * size
+
+      def group_mean(v):  # (..., C) → the mean of its group at every channel, pooled axes kept
+        s = v.sum(axes, keepdims=True)
+        s = s.reshape(s.shape[:-1] + (self.num_groups, size)).sum(-1, keepdims=True) / count
+        return jnp.broadcast_to(s, s.shape[:-1] + (size,)).reshape(s.shape[:-2] + (c,))
+
       if self.kind == "rmsnorm_frame":
-        y = g * jax.lax.rsqrt(jnp.square(g).mean(axes, keepdims=True) + self.eps)
+        y = x32 * jax.lax.rsqrt(group_mean(jnp.square(x32)) + self.eps)
       elif self.kind in ("groupnorm_clip", "groupnorm_frame"):
-        mean = g.mean(axes, keepdims=True)
-        var = jnp.square(g - mean).mean(axes, keepdims=True)  # biased, as torch.nn.GroupNorm
-        y = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        mean = group_mean(x32)
+        var = group_mean(jnp.square(x32 - mean))  # biased, as torch.nn.GroupNorm
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
       else:
         raise ValueError(f"unknown norm {self.kind!r}")
-      y = y.reshape(x.shape)
     return (y * self.scale[...] + self.bias[...]).astype(dtype)
 
 
