@@ -33,15 +33,6 @@ EXPORT_FORMAT = "bootvae_jax"
 # Layers (models/layers.py). Video is (B, C, T, H, W).
 
 
-def _pad_time(x: torch.Tensor, front: int, back: int, mode: str) -> torch.Tensor:
-  if front == 0 and back == 0:
-    return x
-  if mode == "replicate":
-    parts = [x[:, :, :1]] * front + [x] + [x[:, :, -1:]] * back
-    return torch.cat(parts, dim=2)
-  return F.pad(x, (0, 0, 0, 0, front, back))
-
-
 def _time_padding(kind: str, kt: int) -> tuple[int, int, str]:
   return {
       "causal": (kt - 1, 0, "replicate"),
@@ -54,7 +45,7 @@ def _time_padding(kind: str, kt: int) -> tuple[int, int, str]:
 class Conv3d(nn.Module):
   """layers.Conv3d: time padding (causal / centred / replicate_both), zero padding in space
   (`same`, or `bottom_right` for the strided downsamplers), stride. Weight (out, in, kt, kh, kw);
-  kt == 1 runs as a 2D conv on every frame."""
+  with kt == 1 it is a 2D conv applied to every frame."""
 
   def __init__(
       self,
@@ -76,8 +67,8 @@ class Conv3d(nn.Module):
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     kt, kh, kw = self.kernel_size
     front, back, mode = _time_padding(self.time_padding, kt)
-    if mode == "replicate":
-      x = _pad_time(x, front, back, mode)
+    if mode == "replicate":  # first / last frame repeated
+      x = torch.cat([x[:, :, :1]] * front + [x] + [x[:, :, -1:]] * back, dim=2)
       front = back = 0
     if self.spatial_padding == "bottom_right":
       x = F.pad(x, (0, 1, 0, 1))
@@ -170,7 +161,7 @@ class SpatioTemporalAttention(nn.Module):
 
 
 def _depth_to_time(x: torch.Tensor, factor: int) -> torch.Tensor:
-  """(B, f·C, T, H, W) → (B, C, f·T, H, W); channel group s of frame t becomes frame f·t + s."""
+  """(B, f·C, T, H, W) → (B, C, f·T, H, W); channel group s of frame t → frame f·t + s."""
   b, fc, t, h, w = x.shape
   x = x.reshape(b, factor, fc // factor, t, h, w).permute(0, 2, 3, 1, 4, 5)
   return x.reshape(b, fc // factor, t * factor, h, w)
@@ -224,7 +215,7 @@ class ResBlock(nn.Module):
 
 
 class ConvDownsample(nn.Module):
-  """Strided causal conv (`conv3d` 3×3×3 or `conv2d` 3×3 per frame); pad bottom/right in space."""
+  """Strided causal conv (`conv3d` 3×3×3 or `conv2d` 3×3 per frame), bottom/right padded."""
 
   def __init__(self, channels: int, spec: tuple[str, int, int]):
     super().__init__()

@@ -80,8 +80,9 @@ def _spatial_shape(spatial: str, size: int, stride: int) -> int:
 
 
 def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
-  """`impl="xla"` vs `"stacked"` for every kt x stride x spatial padding: forward, d/dx and
-  d/dkernel (through a random cotangent) within 1e-5; the forward also equals torch's conv3d."""
+  """Every formulation (`layers.CONV_IMPLS`) vs `impl="xla"` for every kt x stride x spatial
+  padding: forward, d/dx and d/dkernel (through a random cotangent) within 1e-5; the forward
+  also equals torch's conv3d."""
   x = _normal(0, (2, 7, 8, 8, 3))
   kernels = {kt: _normal(kt, (kt, 3, 3, 3, 4), scale=0.2) for kt in (1, 3)}
   cases = list(itertools.product((1, 3), STRIDES, SPATIAL_PADDINGS))
@@ -101,7 +102,7 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
   def forward_and_vjp(x, kernels, cotangents):
     out = {}
     for kt, stride, spatial in cases:
-      for impl in ("xla", "stacked"):
+      for impl in layers.CONV_IMPLS:
         conv = functools.partial(
             layers.conv3d_valid_time,
             stride=stride,
@@ -115,12 +116,9 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
   out = forward_and_vjp(x, kernels, cotangents)
   failures = []
   for kt, stride, spatial in cases:
-    xla, stacked = out[(kt, stride, spatial, "xla")], out[(kt, stride, spatial, "stacked")]
+    xla = out[(kt, stride, spatial, "xla")]
     if xla[0].shape != shapes[(kt, stride, spatial)]:
       failures.append(f"kt={kt} stride={stride} {spatial}: shape {xla[0].shape}")
-    for name, a, b in zip(("y", "dx", "dkernel"), xla, stacked):
-      if (err := _max_err(a, b)) > TOL:
-        failures.append(f"kt={kt} stride={stride} {spatial}: {name} differs by {err:.2e}")
     reference = _torch_conv_reference(
         x,
         kernels[kt],
@@ -129,21 +127,83 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
         time_pad=(0, 0, "zeros"),
         spatial_pad=layers.spatial_padding_amounts(spatial, 3, 3),
     )
-    if (err := _max_err(stacked[0], reference)) > TOL:
-      failures.append(f"kt={kt} stride={stride} {spatial}: torch differs by {err:.2e}")
+    for impl in layers.CONV_IMPLS[1:]:
+      other = out[(kt, stride, spatial, impl)]
+      for name, a, b in zip(("y", "dx", "dkernel"), xla, other):
+        if (err := _max_err(a, b)) > TOL:
+          failures.append(f"kt={kt} stride={stride} {spatial} {impl}: {name} differs by {err:.2e}")
+      if (err := _max_err(other[0], reference)) > TOL:
+        failures.append(f"kt={kt} stride={stride} {spatial} {impl}: torch differs by {err:.2e}")
   assert not failures, "\n".join(failures)
+
+
+def test_winograd_conv_on_odd_sizes_and_time_strides():
+  """The Winograd path itself (3×3, stride 1 in space) on odd frame sizes (one padded row /
+  column, cropped) and time strides 1 and 2: output and gradients equal the XLA conv."""
+  x = _normal(6, (2, 7, 7, 9, 5))
+  kernel = _normal(7, (3, 3, 3, 5, 4), scale=0.2)
+  pad = ((1, 1), (1, 1))
+
+  @jax.jit
+  def both(x, kernel):
+    out = {}
+    for st in (1, 2):
+      ref = lambda x, k, st=st: layers.conv3d_valid_time(
+          x, k, stride=(st, 1, 1), spatial_padding=pad, impl="xla"
+      )
+      win = lambda x, k, st=st: layers.winograd_conv(x, k, time_stride=st)
+      for name, fn in (("xla", ref), ("winograd", win)):
+        y, vjp = jax.vjp(fn, x, kernel)
+        out[(st, name)] = (y,) + vjp(0.05 * jnp.cos(y))
+    return out
+
+  out = both(x, kernel)
+  for st in (1, 2):
+    assert out[(st, "winograd")][0].shape == (2, (7 - 3) // st + 1, 7, 9, 4)
+    for what, a, b in zip(("y", "dx", "dkernel"), out[(st, "xla")], out[(st, "winograd")]):
+      assert _max_err(a, b) <= TOL, (st, what, _max_err(a, b))
+
+
+def test_winograd_is_used_where_it_pays():
+  """conv_impl="winograd" runs `winograd_conv` (no conv primitive left) for 3×3 stride-1
+  `same` convs with >= 256 input channels over >= 2048 output tiles, the summed convs
+  elsewhere (checked on the jaxpr of abstract inputs: nothing is computed)."""
+  same = ((1, 1), (1, 1))
+
+  def primitives(x_shape, kernel_shape, stride=(1, 1, 1), padding=same):
+    fn = functools.partial(
+        layers.conv3d_valid_time, stride=stride, spatial_padding=padding, impl="winograd"
+    )
+    jaxpr = jax.make_jaxpr(fn)(
+        jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
+    )
+    return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+  big = (1, 11, 32, 32, 256)  # 9 output frames x 16 x 16 tiles = 2304
+  assert "conv_general_dilated" not in primitives(big, (3, 3, 3, 256, 128))
+  assert "dot_general" in primitives(big, (3, 3, 3, 256, 128))
+  assert layers.winograd_applies(big, (3, 3, 3, 256, 64), (1, 1, 1), same)
+  for x_shape, kernel_shape, stride, padding in [
+      ((1, 11, 32, 32, 128), (3, 3, 3, 128, 128), (1, 1, 1), same),  # too few channels
+      ((1, 7, 16, 16, 512), (3, 3, 3, 512, 512), (1, 1, 1), same),  # too few tiles
+      (big, (3, 3, 3, 256, 3), (1, 1, 1), same),  # too few output channels
+      (big, (3, 3, 3, 256, 256), (2, 2, 2), ((0, 1), (0, 1))),  # strided downsample
+      (big, (1, 1, 1, 256, 256), (1, 1, 1), ((0, 0), (0, 0))),  # pointwise
+  ]:
+    assert not layers.winograd_applies(x_shape, kernel_shape, stride, padding)
+    assert "conv_general_dilated" in primitives(x_shape, kernel_shape, stride, padding)
 
 
 @pytest.mark.parametrize("time_padding", TIME_PADDINGS)
 def test_conv3d_module_impls_agree_in_forward_and_gradients(time_padding):
-  """`Conv3d(conv_impl="xla")` vs `"stacked"` for kt in {1, 3} x every stride x spatial
+  """`Conv3d(conv_impl="xla")` vs the other formulations for kt in {1, 3} x every stride x spatial
   padding: output, d/dx, d/dkernel, d/dbias within 1e-5; the output equals torch's conv3d on
   the input padded in time by hand (first/last frame copies or zeros)."""
   x = _normal(3, (1, 9, 8, 8, 3))
   cases = list(itertools.product((1, 3), STRIDES, SPATIAL_PADDINGS))
   models, shapes = {}, {}
   for kt, stride, spatial in cases:
-    for impl in ("xla", "stacked"):
+    for impl in layers.CONV_IMPLS:
       conv = layers.Conv3d(
           3,
           4,
@@ -181,12 +241,13 @@ def test_conv3d_module_impls_agree_in_forward_and_gradients(time_padding):
   failures = []
   for kt, stride, spatial in cases:
     name = f"kt={kt} stride={stride} {spatial}"
-    xla, stacked = out[(kt, stride, spatial, "xla")], out[(kt, stride, spatial, "stacked")]
+    xla = out[(kt, stride, spatial, "xla")]
     if xla[0].shape != shapes[(kt, stride, spatial)]:
       failures.append(f"{name}: shape {xla[0].shape} != {shapes[(kt, stride, spatial)]}")
-    for what, a, b in zip(("y", "dx", "dkernel", "dbias"), xla, stacked):
-      if (err := _max_err(a, b)) > TOL:
-        failures.append(f"{name}: {what} differs by {err:.2e}")
+    for impl in layers.CONV_IMPLS[1:]:
+      for what, a, b in zip(("y", "dx", "dkernel", "dbias"), xla, out[(kt, stride, spatial, impl)]):
+        if (err := _max_err(a, b)) > TOL:
+          failures.append(f"{name} {impl}: {what} differs by {err:.2e}")
     conv = models[(kt, stride, spatial, "xla")]
     reference = _torch_conv_reference(
         x,
@@ -226,7 +287,7 @@ def test_time_padding_rules():
 # (b) Causality of the causal conv.
 
 
-@pytest.mark.parametrize("impl", ["xla", "stacked"])
+@pytest.mark.parametrize("impl", layers.CONV_IMPLS)
 @pytest.mark.parametrize("stride_t", [1, 2])
 def test_causal_conv_never_reads_future_frames(impl, stride_t):
   conv = layers.Conv3d(
