@@ -4,13 +4,17 @@ r"""Trains a video tokenizer.
       --config.total_steps=20
 
 Rerunning the same command resumes from the latest checkpoint in --workdir. On a multi-host
-pod every host runs the same command (see launch/).
+pod every host runs the same command (see launch/). A user error (a flag, a config field, an
+unknown override, missing data, a workdir that cannot be written) is one line on stderr and
+exit status 2, found before any compute (`bootvae_jax/cli.py`; --verbose adds the traceback).
 """
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from bootvae_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and PNGs go.")
@@ -34,7 +38,8 @@ class _QuietLibraries:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import logging as py_logging
 
   py_logging.getLogger("absl").addFilter(_QuietLibraries())
@@ -46,6 +51,10 @@ def main(argv):
         num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value,
     )
+  from bootvae_jax.training import config as config_lib
+
+  # Before the trainer's heavy imports (TensorFlow, via clu): a bad config fails in seconds.
+  config_lib.validate(_CONFIG.value, _WORKDIR.value)
   logging.info(
       "JAX process %d/%d, %d local devices",
       jax.process_index(),
@@ -58,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -23,6 +23,8 @@ from typing import Any
 
 import ml_collections
 
+from bootvae_jax.cli import UserError
+
 LEAF_SOURCES = ("synthetic", "video_folder", "tfds", "image_folder")
 SOURCES = LEAF_SOURCES + ("mixture",)
 FOLDER_SOURCES = ("video_folder", "image_folder")
@@ -137,7 +139,7 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
     spatial_factor: the model's spatial compression (crop sides must be multiples of it).
 
   Raises:
-    ValueError: listing every problem found, each with what to change.
+    UserError: listing every problem found, each with what to change.
   """
   problems = []
   config = _as_dict(data_config)
@@ -193,7 +195,7 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
       where = f"data.mixture[{index}]." if source == "mixture" else "data."
       problems.extend(_source_problems(source_config, where, num_frames))
   if problems:
-    raise ValueError("invalid data config:\n  " + "\n  ".join(problems))
+    raise UserError("invalid data config:\n  " + "\n  ".join(problems))
 
 
 def _mixture_problems(data_config: Any) -> list[str]:

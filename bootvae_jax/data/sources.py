@@ -31,6 +31,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.data import transforms
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv")
@@ -440,7 +441,7 @@ class VideoFolderSource(ClipSource):
       logging.warning("skipping %s: %s", skipped.file, skipped.reason)
     if not self._videos:
       reasons = "".join(f"\n  {s.file}: {s.reason}" for s in self._skipped[:10])
-      raise ValueError(
+      raise UserError(
           f"no readable video in {index.folder} (searched recursively for "
           f"{', '.join(VIDEO_EXTENSIONS)}; {len(self._skipped)} file(s) skipped){reasons}"
       )
@@ -488,7 +489,7 @@ class ImageFolderSource(ClipSource):
   def __init__(self, folder: str, spec: transforms.ClipSpec):
     super().__init__(spec)
     if spec.num_frames != 1:
-      raise ValueError(
+      raise UserError(
           f"an image_folder source gives 1-frame clips, not {spec.num_frames}; use "
           "data.num_frames=1 (see bootvae_jax/data/config.py on mixing)"
       )
@@ -508,7 +509,7 @@ class ImageFolderSource(ClipSource):
     for skipped in self._skipped:
       logging.warning("skipping %s: %s", skipped.file, skipped.reason)
     if not self._paths:
-      raise ValueError(
+      raise UserError(
           f"no readable image in {os.path.abspath(folder)} (searched recursively for "
           f"{', '.join(IMAGE_EXTENSIONS)}; {len(self._skipped)} file(s) skipped)"
       )
@@ -557,7 +558,7 @@ class TfdsSource(ClipSource):
     self._data_source = None
     self._length = len(self._source())
     if not self._length:
-      raise ValueError(f"TFDS {name!r} split {split!r} is empty")
+      raise UserError(f"TFDS {name!r} split {split!r} is empty")
 
   def _source(self):
     if self._data_source is None:
@@ -566,7 +567,7 @@ class TfdsSource(ClipSource):
       try:
         self._data_source = tfds.data_source(self._name, split=self._split, data_dir=self._data_dir)
       except Exception as error:  # pylint: disable=broad-except
-        raise ValueError(
+        raise UserError(
             f"cannot open TFDS {self._name!r} split {self._split!r} in data_dir="
             f"{self._data_dir or 'default'} ({type(error).__name__}: {error}); prepare it "
             "there first in the array_record format (there is no network at run time)"
@@ -741,7 +742,7 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
   if kind in ("video_folder", "image_folder"):
     folder = (evaluating and source_config["eval_path"]) or source_config["path"]
     if not folder or not os.path.isdir(folder):
-      raise ValueError(
+      raise UserError(
           f"data source {kind!r} needs an existing folder, got path={folder!r} "
           "(--config.data.path=/path/to/folder)"
       )
@@ -760,4 +761,4 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
         video_key=source_config["tfds_video_key"],
         spec=spec,
     )
-  raise ValueError(f"unknown data source {kind!r}")
+  raise UserError(f"unknown data source {kind!r}")

@@ -24,6 +24,7 @@ import ml_collections
 from flax import nnx
 from flax import struct
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
 
@@ -137,13 +138,13 @@ def _level_specs(config: ml_collections.ConfigDict, side: str) -> list:
   specs = list(cfg[kinds])
   for name in ("blocks", kinds):
     if len(cfg[name]) != num_levels:
-      raise ValueError(
+      raise UserError(
           f"model.{side}.{name} has {len(cfg[name])} entries but model.channel_multipliers"
           f" has {num_levels} levels"
       )
   for i, kind in enumerate(cfg.blocks):
     if kind not in blocks.RES_BLOCK_KINDS:
-      raise ValueError(
+      raise UserError(
           f"model.{side}.blocks[{i}]={kind!r} is not a block kind; known:"
           f" {blocks.RES_BLOCK_KINDS}"
       )
@@ -175,7 +176,7 @@ def compression_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
         math.prod(s.space_factor for s in specs),
     )
   if factors["encoder"] != factors["decoder"]:
-    raise ValueError(
+    raise UserError(
         f"encoder compresses (time, space) by {factors['encoder']} but the decoder expands by"
         f" {factors['decoder']}; make model.encoder.downsample and model.decoder.upsample match"
     )
@@ -195,37 +196,37 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   runs before any parameter is created."""
   compression_factors(config)
   if patch_size(config) < 1:
-    raise ValueError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
+    raise UserError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
   for side in ("encoder", "decoder"):
     cfg = config[side]
     if cfg.time_padding not in ("causal", "centred"):
-      raise ValueError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
+      raise UserError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
     if cfg.mid_block not in blocks.RES_BLOCK_KINDS:
-      raise ValueError(
+      raise UserError(
           f"model.{side}.mid_block={cfg.mid_block!r} is not a block kind; known:"
           f" {blocks.RES_BLOCK_KINDS}"
       )
     for name in ("conv_in", "conv_out"):
       if cfg.get(name, "3d") not in ("3d", "2d"):
-        raise ValueError(f"model.{side}.{name}={cfg[name]!r}; use '3d' or '2d'")
+        raise UserError(f"model.{side}.{name}={cfg[name]!r}; use '3d' or '2d'")
     if cfg.mid_attention not in blocks.ATTENTION_KINDS:
-      raise ValueError(
+      raise UserError(
           f"model.{side}.mid_attention={cfg.mid_attention!r}; known:" f" {blocks.ATTENTION_KINDS}"
       )
     for name in ("norm", "attention_norm"):
       if cfg[name] not in ("groupnorm_clip", "groupnorm_frame", "rmsnorm_frame"):
-        raise ValueError(
+        raise UserError(
             f"model.{side}.{name}={cfg[name]!r}; use groupnorm_clip,"
             " groupnorm_frame or rmsnorm_frame"
         )
   widths = [config.base_channels * m for m in config.channel_multipliers]
   for w in [config.base_channels] + widths:
     if w % config.num_groups:
-      raise ValueError(
+      raise UserError(
           f"level width {w} is not divisible by model.num_groups=" f"{config.num_groups}"
       )
   if not config.use_quant_conv and config.latent_channels != config.z_channels:
-    raise ValueError("without quant convs model.latent_channels must equal model.z_channels")
+    raise UserError("without quant convs model.latent_channels must equal model.z_channels")
   layers.resolve_conv_impl(config.conv_impl)
   if (growth := config.get("growth")) is not None:
     _validate_growth(growth)
@@ -233,13 +234,13 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
 
 def _validate_growth(growth: ml_collections.ConfigDict) -> None:
   if not isinstance(growth.levels, int) or growth.levels < 0:
-    raise ValueError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
+    raise UserError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
   if growth.mixing not in MIXING_MODES:
-    raise ValueError(f"model.growth.mixing={growth.mixing!r}; use one of {MIXING_MODES}")
+    raise UserError(f"model.growth.mixing={growth.mixing!r}; use one of {MIXING_MODES}")
   if growth.adanorm not in ADANORM_MODES:
-    raise ValueError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
+    raise UserError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
   if not isinstance(growth.num_res_blocks, int) or growth.num_res_blocks < 1:
-    raise ValueError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
+    raise UserError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
 
 
 def layer_settings(

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.models import layers
 
 RES_BLOCK_KINDS = ("3d", "2d", "half3d")
@@ -46,7 +47,7 @@ class ResampleSpec:
       return None
     kind, _, axes = spec.partition(":")
     if kind not in allowed or not axes or set(axes) - {"s", "t"}:
-      raise ValueError(
+      raise UserError(
           f"{where}={spec!r} is not a resampler spec; use '<kind>:<axes>' with kind in"
           f" {allowed} and axes one of 's', 't', 'st' (or '' for none)"
       )

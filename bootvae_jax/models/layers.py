@@ -32,6 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from bootvae_jax.cli import UserError
+
 TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
 ConvImpl = Literal["auto", "xla", "stacked", "summed", "winograd"]
@@ -258,7 +260,7 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
   if impl == "auto":
     return "winograd" if jax.default_backend() == "cpu" else "xla"
   if impl not in CONV_IMPLS:
-    raise ValueError(f"unknown conv_impl {impl!r}; use auto or one of {CONV_IMPLS}")
+    raise UserError(f"unknown conv_impl {impl!r}; use auto or one of {CONV_IMPLS}")
   return impl
 
 

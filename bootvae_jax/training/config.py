@@ -14,6 +14,7 @@ import re
 import ml_collections
 
 from bootvae_jax import models
+from bootvae_jax.cli import UserError
 from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import init as init_lib
@@ -115,39 +116,39 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
 
   for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
     if int(config[field]) <= 0:
-      raise ValueError(f"config.{field}={config[field]} must be a positive integer")
+      raise UserError(f"config.{field}={config[field]} must be a positive integer")
   models.validate_model_config(config.model)
   temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
   if eval_crop := tuple(config.eval.get("crop_size", ())):
     if len(eval_crop) != 2:
-      raise ValueError(f"config.eval.crop_size={eval_crop} must be (height, width) or ()")
+      raise UserError(f"config.eval.crop_size={eval_crop} must be (height, width) or ()")
     message = autoencoder.frame_size_error(
         *eval_crop, spatial, what="config.eval.crop_size=", size="({}, {})"
     )
     if message is not None:
-      raise ValueError(message)
+      raise UserError(message)
   for pattern in config.freeze:
     try:
       re.compile(pattern)
     except re.error as e:
-      raise ValueError(f"config.freeze entry {pattern!r} is not a valid regex: {e}") from e
+      raise UserError(f"config.freeze entry {pattern!r} is not a valid regex: {e}") from e
   if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16")
+    raise UserError(f"config.model.dtype={config.model.dtype!r}; use float32 or bfloat16")
   _validate_compat(config)
   inflate = config.init_checkpoint.get("inflate", "")
   if inflate and inflate not in init_lib.INFLATION_MODES:
-    raise ValueError(
+    raise UserError(
         f"config.init_checkpoint.inflate={inflate!r}; use '' or one of"
         f" {init_lib.INFLATION_MODES}"
     )
   if inflate and not config.init_checkpoint.path:
-    raise ValueError(
+    raise UserError(
         "config.init_checkpoint.inflate needs config.init_checkpoint.path (the"
         " image VAE: a diffusers folder or an image-VAE workdir)"
     )
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
-    raise ValueError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
+    raise UserError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:
     _check_workdir(workdir)
 
@@ -158,16 +159,16 @@ def _validate_compat(config: ml_collections.ConfigDict) -> None:
     return
   for name in ("decoder_weight", "encoder_weight"):
     if cfg[name] < 0:
-      raise ValueError(f"config.compat.{name}={cfg[name]} must be >= 0")
+      raise UserError(f"config.compat.{name}={cfg[name]} must be >= 0")
   if cfg.mapping not in compat.MAPPINGS:
-    raise ValueError(f"config.compat.mapping={cfg.mapping!r}; use one of {compat.MAPPINGS}")
+    raise UserError(f"config.compat.mapping={cfg.mapping!r}; use one of {compat.MAPPINGS}")
   if compat.enabled(cfg) and not cfg.image_vae:
-    raise ValueError(
+    raise UserError(
         "config.compat.decoder_weight / encoder_weight need config.compat.image_vae"
         " (a diffusers VAE folder or an image-VAE workdir)"
     )
   if cfg.learned_logvar and not cfg.decoder_weight > 0:
-    raise ValueError(
+    raise UserError(
         "config.compat.learned_logvar weighs the decoder-side term; set"
         " config.compat.decoder_weight > 0"
     )
@@ -179,6 +180,6 @@ def _check_workdir(workdir: str) -> None:
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe):
-    raise ValueError(f"--workdir={workdir}: {probe} exists and is not a directory")
+    raise UserError(f"--workdir={workdir}: {probe} exists and is not a directory")
   if not os.access(probe, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir={workdir}: {probe} is not writable")
+    raise UserError(f"--workdir={workdir}: {probe} is not writable")
