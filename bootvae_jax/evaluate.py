@@ -7,16 +7,18 @@ r"""Scores a model's reconstructions of a folder of videos: PSNR, SSIM, LPIPS, r
 
 Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png and side-by-side mp4s (input
 above reconstruction) of the worst clips; prints one JSON line (the means, rFVD, where the
-report is). See `bootvae_jax/evaluation/folder.py` for the recipe.
+report is). See `bootvae_jax/evaluation/folder.py` for the recipe. A user error is one line on
+stderr and exit status 2 (`bootvae_jax/cli.py`).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app
 from absl import flags
+
+from bootvae_jax import cli
 
 # JAX is imported after flag parsing (as main.py does): --help is instant.
 
@@ -59,39 +61,37 @@ def main(argv) -> None:
   from bootvae_jax.evaluation import folder
   from bootvae_jax.inference import reconstruct
 
-  try:
-    if bool(_WORKDIR.value) == bool(_OFFICIAL.value):
-      raise ValueError(
-          "give either --workdir (a training run) or --official with --weights"
-          " and --model_config (released weights)"
-      )
-    if _WORKDIR.value:
-      model, source = reconstruct.load_workdir_or_official(
-          workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value
-      )
-    else:
-      if not _WEIGHTS.value or not _MODEL_CONFIG.value:
-        raise ValueError(f"--official={_OFFICIAL.value} needs --weights and --model_config")
-      from bootvae_jax.interop.official import load_official
-
-      model = load_official(_OFFICIAL.value, _WEIGHTS.value, _MODEL_CONFIG.value)
-      source = dict(official=_OFFICIAL.value, weights=_WEIGHTS.value)
-    summary = folder.evaluate_folder(
-        model,
-        _DATA.value,
-        _OUT.value,
-        num_frames=_NUM_FRAMES.value,
-        size=reconstruct.parse_size(_SIZE.value),
-        max_videos=_MAX_VIDEOS.value,
-        mode=_MODE.value,
-        chunk_frames=_CHUNK_FRAMES.value,
-        worst=_WORST.value,
-        rfvd=_RFVD.value,
-        progress=_PROGRESS.value,
-        description=source,
+  size = reconstruct.parse_size(_SIZE.value)  # flags first, before loading anything
+  if bool(_WORKDIR.value) == bool(_OFFICIAL.value):
+    raise cli.UserError(
+        "give either --workdir (a training run) or --official with --weights"
+        " and --model_config (released weights)"
     )
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+  if _WORKDIR.value:
+    model, source = reconstruct.load_workdir_or_official(
+        workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value
+    )
+  else:
+    if not _WEIGHTS.value or not _MODEL_CONFIG.value:
+      raise cli.UserError(f"--official={_OFFICIAL.value} needs --weights and --model_config")
+    from bootvae_jax.interop.official import load_official
+
+    model = load_official(_OFFICIAL.value, _WEIGHTS.value, _MODEL_CONFIG.value)
+    source = dict(official=_OFFICIAL.value, weights=_WEIGHTS.value)
+  summary = folder.evaluate_folder(
+      model,
+      _DATA.value,
+      _OUT.value,
+      num_frames=_NUM_FRAMES.value,
+      size=size,
+      max_videos=_MAX_VIDEOS.value,
+      mode=_MODE.value,
+      chunk_frames=_CHUNK_FRAMES.value,
+      worst=_WORST.value,
+      rfvd=_RFVD.value,
+      progress=_PROGRESS.value,
+      description=source,
+  )
   keys = ("videos", "frames", "psnr", "ssim", "lpips", "rfvd", "rfvd_clips", "mode", "seconds")
   print(
       json.dumps(
@@ -107,4 +107,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["data", "out"])
-  app.run(main)
+  cli.run(main)

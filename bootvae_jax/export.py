@@ -5,18 +5,19 @@
 
 writes OUT/config.json, OUT/model.safetensors and OUT/README.md (a model card); see
 `bootvae_jax/interop/exported.py` for the formats and `bootvae_jax/interop/torch_model.py` for
-the PyTorch side. Prints one JSON line describing what was written.
+the PyTorch side. Prints one JSON line describing what was written; a user error is one
+line on stderr and exit status 2 (`bootvae_jax/cli.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
+from bootvae_jax import cli
 from bootvae_jax.interop.exported import FORMATS
 from bootvae_jax.interop.exported import export
 
@@ -34,17 +35,14 @@ _FORMAT = flags.DEFINE_enum(
 
 
 def main(argv) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
 
-  try:
-    step = checkpoints.resolve_step(_WORKDIR.value, _STEP.value)
-    model, config = checkpoints.load_model(_WORKDIR.value, step, ema=_EMA.value)
-    source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
-    out = export(model, config.model, _OUT.value, format=_FORMAT.value, source=source)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  step = checkpoints.resolve_step(_WORKDIR.value, _STEP.value)
+  model, config = checkpoints.load_model(_WORKDIR.value, step, ema=_EMA.value)
+  source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
+  out = export(model, config.model, _OUT.value, format=_FORMAT.value, source=source)
   print(
       json.dumps(dict(out=str(out), format=_FORMAT.value, files=sorted(os.listdir(out)), **source))
   )
@@ -52,4 +50,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  cli.run(main)

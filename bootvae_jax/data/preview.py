@@ -24,6 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
+from bootvae_jax import cli
 from bootvae_jax.data import pipeline
 from bootvae_jax.data import transforms
 
@@ -111,4 +112,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "out"])
-  app.run(main)
+  cli.run(main)

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import tqdm
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.data import sources
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import fvd
@@ -216,7 +217,7 @@ def evaluate_folder(
     )
   bar.close()
   if not scores:
-    raise ValueError(
+    raise UserError(
         f"no usable video under {data_dir} ({len(skipped)} skipped)"
         + "".join(f"\n  {s['file']}: {s['reason']}" for s in skipped[:10])
     )

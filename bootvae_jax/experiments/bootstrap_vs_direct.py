@@ -51,6 +51,7 @@ from absl import flags
 from absl import logging
 
 import bootvae_jax
+from bootvae_jax import cli
 
 
 def _define(define, name, *args, **kwargs):
@@ -280,7 +281,7 @@ def apply_variant(model, variant: str) -> None:
     model.encoder.num_res_blocks = 2
     model.decoder.num_res_blocks = 3
   else:
-    raise ValueError(f"unknown variant {variant!r}")
+    raise cli.UserError(f"unknown variant {variant!r}")
 
 
 def experiment_config(
@@ -668,7 +669,11 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for name in _ABLATIONS.value:  # flags first, before any data is prepared
+    if name not in ABLATIONS:
+      raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -686,9 +691,6 @@ def main(argv):
   train_dir, _, splits = prepare_splits(workdir, preset.short_side)
   data_dir = os.path.dirname(train_dir)
   seeds = [int(s) for s in _SEEDS.value]
-  for name in _ABLATIONS.value:
-    if name not in ABLATIONS:
-      raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
 
   def run_root(seed: int) -> str:
     return os.path.join(workdir, f"{_PRESET.value}_{variant}", f"seed{seed}")
@@ -931,4 +933,4 @@ def config_factor(config) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

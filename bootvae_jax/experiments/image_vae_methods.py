@@ -36,6 +36,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from bootvae_jax import cli
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 
 # --out and --workdir are bootstrap_vs_direct's flags (its data splits and training helpers are
@@ -226,7 +227,11 @@ def write(
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for flag in (_EXPERIMENTS, _INITS):  # flags first, before any data is prepared
+    if unknown := sorted(set(flag.value) - set(flag.default)):
+      raise app.UsageError(f"--{flag.name}: unknown {unknown}; known: {flag.default}")
   import jax  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -429,4 +434,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

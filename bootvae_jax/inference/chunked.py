@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
@@ -193,9 +194,9 @@ def check_chunking(temporal_factor: int, chunk_frames: int, overlap_frames: int)
   each frame may be blended from at most two chunks (2·overlap ≤ chunk).
   """
   if (message := frame_rule_error(chunk_frames, temporal_factor, "a chunk")) is not None:
-    raise ValueError(f"chunk_frames={chunk_frames}: {message}")
+    raise UserError(f"chunk_frames={chunk_frames}: {message}")
   if not 0 <= overlap_frames <= chunk_frames // 2:
-    raise ValueError(
+    raise UserError(
         f"overlap_frames={overlap_frames} must be in [0, {chunk_frames // 2}] for"
         f" chunk_frames={chunk_frames} (at most half a chunk, so that every frame is blended"
         " from at most two chunks)"
@@ -299,7 +300,7 @@ def _run_batched(
   (one compilation).
   """
   if batch_chunks < 1:
-    raise ValueError(f"batch_chunks={batch_chunks} must be at least 1")
+    raise UserError(f"batch_chunks={batch_chunks} must be at least 1")
   items = iter(items)
   while group := list(itertools.islice(items, batch_chunks)):
     chunks = [c for c, _ in group]
@@ -478,7 +479,7 @@ def _check_tile(temporal_factor: int, chunk_frames: int) -> None:
       or (message := frame_rule_error(chunk_frames, temporal_factor, "a tile")) is not None
   ):
     valid = [n for n in valid_frame_counts(temporal_factor, chunk_frames, 3) if n > 1][:2]
-    raise ValueError(
+    raise UserError(
         f"chunk_frames={chunk_frames}: tiles need 1+{temporal_factor}k frames"
         f" with k ≥ 1 (e.g. {' or '.join(map(str, valid))})"
     )

@@ -41,6 +41,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from bootvae_jax import cli
+
 # JAX-dependent modules are imported inside the functions, after flag parsing (as main.py
 # does), so that --help is instant and XLA_FLAGS set by a launcher take effect.
 
@@ -95,7 +97,7 @@ def load_workdir_or_official(
   """The CLI's model: a training run's (`bootvae_jax.load_model`) or released weights
   (`interop.official.load_official`); and a JSON-able description of where it came from."""
   if bool(workdir) == bool(official):
-    raise ValueError(
+    raise cli.UserError(
         "give either --workdir (a training run) or --official with --weights and"
         " --official_config (released weights)"
     )
@@ -106,7 +108,7 @@ def load_workdir_or_official(
     model, _ = checkpoints.load_model(workdir, step, ema=ema)
     return model, dict(workdir=workdir, step=step, ema=ema)
   if not weights or not official_config:
-    raise ValueError(f"--official={official} needs --weights and --official_config")
+    raise cli.UserError(f"--official={official} needs --weights and --official_config")
   from bootvae_jax.interop.official import load_official
 
   return load_official(official, weights, official_config), dict(
@@ -124,7 +126,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
   try:
     height, width = (int(v) for v in text.split(","))
   except ValueError:
-    raise ValueError(f"--size={text}: expected H,W such as 256,256") from None
+    raise cli.UserError(f"--size={text}: expected H,W such as 256,256") from None
   return height, width
 
 
@@ -150,10 +152,10 @@ def fit_frame_size(
   s = spatial_factor
   if size is not None:
     if (message := frame_size_error(*size, s, what="", size="--size={},{}")) is not None:
-      raise ValueError(message)
+      raise cli.UserError(message)
     return tuple(size), None
   if height < s or width < s:
-    raise ValueError(
+    raise cli.UserError(
         f"frames of {height}x{width} are smaller than the model's spatial factor"
         f" {s}; pass --size"
     )
@@ -173,7 +175,7 @@ def resolve_mode(codec, mode: str) -> str:
   from bootvae_jax.inference import streaming
 
   if mode not in MODES:
-    raise ValueError(f"mode={mode!r}; use one of {MODES}")
+    raise cli.UserError(f"mode={mode!r}; use one of {MODES}")
   if mode == "auto":
     return "stream" if codec.stream_blocker is None else "crossfade"
   if mode == "stream":
@@ -340,46 +342,43 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
-  try:
-    size = parse_size(args.size)
-    start = time.perf_counter()
-    model, source = load_workdir_or_official(
-        workdir=args.workdir,
-        step=args.step,
-        ema=args.ema,
-        official=args.official,
-        weights=args.weights,
-        official_config=args.official_config,
-    )
-    load_seconds = time.perf_counter() - start
-    from bootvae_jax.inference import chunked
+  size = parse_size(args.size)
+  start = time.perf_counter()
+  model, source = load_workdir_or_official(
+      workdir=args.workdir,
+      step=args.step,
+      ema=args.ema,
+      official=args.official,
+      weights=args.weights,
+      official_config=args.official_config,
+  )
+  load_seconds = time.perf_counter() - start
+  from bootvae_jax.inference import chunked
 
-    codec = chunked.ChunkCodec(model)
-    mode = resolve_mode(codec, args.mode)
-    for name in ("overlap_frames", "batch_chunks"):
-      if mode != "crossfade" and args[name].present:
-        raise ValueError(
-            f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
-            f" (tiles share exactly one frame, streams none); drop --{name}"
-        )
-    summary = reconstruct_file(
-        codec,
-        args.input,
-        args.output,
-        mode=mode,
-        chunk_frames=args.chunk_frames,
-        overlap_frames=args.overlap_frames,
-        batch_chunks=args.batch_chunks,
-        max_frames=args.max_frames,
-        size=size,
-        progress=args.progress,
-    )
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+  codec = chunked.ChunkCodec(model)
+  mode = resolve_mode(codec, args.mode)
+  for name in ("overlap_frames", "batch_chunks"):
+    if mode != "crossfade" and args[name].present:
+      raise cli.UserError(
+          f"--{name} applies to --mode=crossfade; this run uses --mode={mode}"
+          f" (tiles share exactly one frame, streams none); drop --{name}"
+      )
+  summary = reconstruct_file(
+      codec,
+      args.input,
+      args.output,
+      mode=mode,
+      chunk_frames=args.chunk_frames,
+      overlap_frames=args.overlap_frames,
+      batch_chunks=args.batch_chunks,
+      max_frames=args.max_frames,
+      size=size,
+      progress=args.progress,
+  )
   print(json.dumps(dict(summary, model=source, load_seconds=round(load_seconds, 3))))
 
 
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["input", "output"])
-  app.run(main)
+  cli.run(main)

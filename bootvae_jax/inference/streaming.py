@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.inference import chunked
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
@@ -33,13 +34,13 @@ from bootvae_jax.models.autoencoder import frame_rule_error
 def check_streamable(codec: chunked.ChunkCodec) -> None:
   """Raises ValueError (pointing to the official tiling) if the model cannot stream exactly."""
   if codec.stream_blocker is not None:
-    raise ValueError(f"this model cannot be streamed exactly: {codec.stream_blocker}")
+    raise UserError(f"this model cannot be streamed exactly: {codec.stream_blocker}")
 
 
 def _check_chunk_frames(temporal_factor: int, chunk_frames: int) -> None:
   r = temporal_factor
   if chunk_frames < 1 + r or frame_rule_error(chunk_frames, r) is not None:
-    raise ValueError(
+    raise UserError(
         f"chunk_frames={chunk_frames}: a {r}x model streams in a first chunk of"
         f" 1+{r}k frames (k ≥ 1, e.g. {1 + r} or {1 + 4 * r}) and then chunks of"
         f" {r}k frames"

@@ -18,6 +18,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.data import transforms
 
 # H.264 when this FFmpeg build has it, else MPEG-4 part 2 (always built in).
@@ -40,10 +41,10 @@ def _open(path: str):
   try:
     container = av.open(path)
   except av.FFmpegError as error:
-    raise ValueError(f"{path} is not a readable video ({error})") from error
+    raise UserError(f"{path} is not a readable video ({error})") from error
   if not container.streams.video:
     container.close()
-    raise ValueError(f"{path} has no video stream")
+    raise UserError(f"{path} has no video stream")
   return container
 
 
@@ -79,7 +80,7 @@ def iter_video(
     (t, H, W, 3) uint8 RGB blocks, t ≤ block_frames.
   """
   if max_frames is not None and max_frames < 1:
-    raise ValueError(f"max_frames={max_frames} must be at least 1")
+    raise UserError(f"max_frames={max_frames} must be at least 1")
   block, count = [], 0
   with _open(path) as container:
     stream = container.streams.video[0]

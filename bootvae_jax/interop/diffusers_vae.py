@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.interop import official
 from bootvae_jax.models import image_vae as image_vae_lib
 
@@ -41,16 +42,16 @@ def image_vae_config_from_diffusers(config: Mapping[str, Any]):
   """The `image_vae_config` of a diffusers `AutoencoderKL` config (its `config.json`)."""
   k = dict(config)
   if k.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-    raise ValueError(f"_class_name={k['_class_name']!r}: only AutoencoderKL folders import")
+    raise UserError(f"_class_name={k['_class_name']!r}: only AutoencoderKL folders import")
   for key, value in _SUPPORTED.items():
     given = k.get(key, value)
     if any(v != value for v in ([given] if isinstance(given, str) else given)):
-      raise ValueError(f"diffusers VAE: {key}={given!r} is not supported (supported: {value})")
+      raise UserError(f"diffusers VAE: {key}={given!r} is not supported (supported: {value})")
   if k.get("use_quant_conv", True) != k.get("use_post_quant_conv", True):
-    raise ValueError("diffusers VAE: use_quant_conv and use_post_quant_conv must agree")
+    raise UserError("diffusers VAE: use_quant_conv and use_post_quant_conv must agree")
   channels = k.get("block_out_channels", (64,))
   if len(k.get("down_block_types", channels)) != len(channels):
-    raise ValueError("diffusers VAE: down_block_types and block_out_channels differ in length")
+    raise UserError("diffusers VAE: down_block_types and block_out_channels differ in length")
   return image_vae_lib.image_vae_config(
       block_out_channels=channels,
       layers_per_block=k.get("layers_per_block", 1),
@@ -145,7 +146,7 @@ def convert_state_dict(model: image_vae_lib.ImageVAE, tensors: Mapping[str, np.n
             + ", ".join(items[:20])
             + (" ..." if len(items) > 20 else "")
         )
-    raise ValueError("\n".join(lines))
+    raise UserError("\n".join(lines))
   nnx.update(model, params)
 
 

@@ -28,6 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from bootvae_jax import models
+from bootvae_jax.cli import UserError
 from bootvae_jax.interop import official
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
@@ -188,7 +189,7 @@ def export(
     The output folder.
   """
   if format not in FORMATS:
-    raise ValueError(f"format={format!r}; use one of {FORMATS}")
+    raise UserError(f"format={format!r}; use one of {FORMATS}")
   model_config = ml_collections.ConfigDict(json.loads(model_config.to_json()))
   models.validate_model_config(model_config)
   _check_config_builds_model(model, model_config)

@@ -31,6 +31,7 @@ from typing import Sequence
 import jax
 import ml_collections
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
@@ -55,7 +56,7 @@ def image_vae_config(
   """
   widths = [int(c) for c in block_out_channels]
   if any(c % widths[0] for c in widths):
-    raise ValueError(
+    raise UserError(
         f"block_out_channels={tuple(widths)}: every width must be a multiple of the"
         f" first ({widths[0]}) to be expressed as base_channels x multipliers"
     )
@@ -192,6 +193,6 @@ def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> 
       params, checkpoints.load_params(path, step, ema=ema), require_all=True
   )
   if len(filled) != len(list(params.flat_state())):
-    raise ValueError(f"{path}: the checkpoint lacks some of the image VAE's parameters")
+    raise UserError(f"{path}: the checkpoint lacks some of the image VAE's parameters")
   nnx.update(model, filled_state)
   return model
