@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bootvae_jax import cli
 from bootvae_jax.models import architectures
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
@@ -59,17 +60,46 @@ def flax_to_torch(w: np.ndarray, torch_ndim: int) -> np.ndarray:
 # Reading official files.
 
 
-def read_official_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+def read_official_config(
+    config: Mapping[str, Any] | str | os.PathLike, kind: str | None = None
+) -> dict[str, Any]:
   """Constructor kwargs from a dict or a `config.json` (top-level, or under
-  `constructor_kwargs` as in the fixtures)."""
+  `constructor_kwargs` as in the fixtures); keys starting with `_` are dropped.
+
+  Args:
+    config: the kwargs, or the path of a `config.json` (or of its folder).
+    kind: "cvvae" or "odvae": refuse keys the official constructor of that kind does not
+      take (a misspelt key would otherwise be ignored and only show up, if at all, as shape
+      mismatches), naming the closest valid key.
+
+  Raises:
+    cli.UserError: a file that is not JSON, or unknown keys.
+  """
+  where = "config"
   if not isinstance(config, Mapping):
     path = pathlib.Path(config)
     if path.is_dir():
       path = path / "config.json"
-    with open(path) as f:
-      config = json.load(f)
+    where = str(path)
+    try:
+      config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+      raise cli.UserError(f"{path}: not a JSON file ({error})") from error
+    if not isinstance(config, Mapping):
+      raise cli.UserError(f"{path}: expected a JSON object of constructor kwargs")
   config = dict(config.get("constructor_kwargs", config))
-  return {k: v for k, v in config.items() if not k.startswith("_")}
+  kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+  if kind is not None:
+    valid = architectures.official_config_keys(kind)
+    if unknown := [k for k in kwargs if k not in valid]:
+      closest = {key: cli.closest(key, valid) for key in unknown}
+      named = [f"{k!r}" + (f" (did you mean {c!r}?)" if c else "") for k, c in closest.items()]
+      listing = "" if all(closest.values()) else f"; valid keys: {', '.join(valid)}"
+      raise cli.UserError(
+          f"{where}: {len(unknown)} key(s) the official {kind} constructor does not take:"
+          f" {', '.join(named)}{listing}"
+      )
+  return kwargs
 
 
 def _strip_prefix(key: str, prefix: str) -> str:
@@ -85,16 +115,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   `{"state_dict": ...}` or `{"ema_state_dict": ...}` (EMA preferred, as the official loader),
   with any `module.` prefixes; torch files are read with `weights_only=True`, which refuses
   arbitrary pickled objects.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    cli.UserError: a file that is not (or no longer, e.g. truncated) of its kind, named.
   """
   path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no weights file at {path}")
   if path.suffix == ".safetensors":
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    tensors = load_file(str(path))
+    try:
+      tensors = load_file(str(path))
+    except SafetensorError as error:
+      raise cli.UserError(
+          f"{path}: not a readable safetensors file ({error}){_damage_hint(path)}"
+      ) from error
   else:
     import torch
 
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+      obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # pylint: disable=broad-except  (garbage raises any type)
+      reason = str(error).strip().split(". ")[0]  # torch goes on about weights_only=False
+      raise cli.UserError(
+          f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {reason})"
+          f"{_damage_hint(path)}"
+      ) from error
     if isinstance(obj, Mapping) and obj.get("ema_state_dict"):
       obj = obj["ema_state_dict"]
     elif isinstance(obj, Mapping) and "state_dict" in obj:
@@ -107,6 +156,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   tensors = {_strip_prefix(k, "module."): np.asarray(v, np.float32) for k, v in tensors.items()}
   # Training checkpoints carry the loss (LPIPS, discriminator); the official loader skips them.
   return {k: v for k, v in tensors.items() if not k.startswith("loss.")}
+
+
+def _damage_hint(path: pathlib.Path) -> str:
+  """Why a weights file may not read: cut short (its safetensors header promises more bytes
+  than it has), or of the other kind than its suffix says."""
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    head = f.read(8)
+    header = None
+    if len(head) == 8 and 2 < (length := int.from_bytes(head, "little")) <= min(size, 1 << 27):
+      try:
+        header = json.loads(f.read(length))
+      except ValueError:
+        header = None
+  if isinstance(header, dict):
+    ends = [
+        8 + length + int(v["data_offsets"][1])
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
+    if ends and max(ends) > size:
+      return (
+          f"; it has {size:,} bytes but its header describes {max(ends):,}: the file is"
+          " truncated (an interrupted download or copy?)"
+      )
+    if path.suffix != ".safetensors":
+      return "; it is a safetensors file: name it *.safetensors"
+  if head.startswith(b"PK") or head[:1] == b"\x80":
+    if path.suffix == ".safetensors":
+      return "; it looks like a PyTorch checkpoint: name it *.ckpt (or .pt / .bin)"
+    return "; the file may be truncated (an interrupted download or copy?)"
+  if size == 0:
+    return "; the file is empty"
+  return ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +244,7 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
             + ", ".join(items[:20])
             + (" ..." if len(items) > 20 else "")
         )
-    raise ValueError("\n".join(lines))
+    raise cli.UserError("\n".join(lines))
   nnx.update(model, params)
 
 
@@ -185,7 +268,7 @@ def official_state_dict(model: VideoAutoencoder, kind: str) -> dict[str, np.ndar
   """The inverse of `convert_state_dict`: `model`'s parameters under the official names and
   tensor layouts of `kind` ("cvvae" or "odvae"), float32."""
   if kind not in CONFIG_BUILDERS:
-    raise ValueError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
+    raise cli.UserError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
   out = {}
   for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     parent = model
@@ -222,8 +305,8 @@ def load_official(
     conv_impl: convolution formulation (see `models/layers.py`).
   """
   if kind not in CONFIG_BUILDERS:
-    raise ValueError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
-  model_config = CONFIG_BUILDERS[kind](read_official_config(config))
+    raise cli.UserError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
+  model_config = CONFIG_BUILDERS[kind](read_official_config(config, kind))
   model_config.conv_impl = conv_impl
   # Abstract build: every parameter is then filled from the checkpoint (or we raise), so a
   # random initialisation would only cost time.

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.models.autoencoder import default_model_config
 
 
@@ -41,8 +42,8 @@ def promag_base(
 # Released layouts from the official constructor arguments.
 
 
-def _unsupported(model: str, key: str, value: Any, supported) -> ValueError:
-  return ValueError(
+def _unsupported(model: str, key: str, value: Any, supported) -> UserError:
+  return UserError(
       f"{model}: {key}={value!r} is not supported by the converter (supported:" f" {supported})"
   )
 
@@ -286,10 +287,36 @@ def odvae_variant(variant: int, **overrides) -> ml_collections.ConfigDict:
   elif variant == 3:
     k.update(encoder_resnet_blocks=[two, three, three, three], decoder_resnet_blocks=[three] * 4)
   elif variant != 4:
-    raise ValueError(f"OD-VAE has variants 1-4, got {variant}")
+    raise UserError(f"OD-VAE has variants 1-4, got {variant}")
   config = odvae(k)
   config.name = f"odvae_v{variant}"
   return config
+
+
+# Keys an official config.json may hold besides the layout kwargs above (underscore-prefixed
+# keys such as `_class_name` aside): CV-VAE's constructor also takes runtime switches (tiling,
+# upcasting; no parameters depend on them); released OD-VAE files also carry training
+# settings and channel counts its v1.2 constructor does not take (it hard-codes 3 channels),
+# which the official loader ignores, as we do.
+_OFFICIAL_EXTRA_KEYS = {
+    "cvvae": (
+        "force_upcast",
+        "en_de_n_frames_a_time",
+        "tile_spatial_size",
+        "num_video_frames",
+        "tile_overlap_ratio",
+        "reshape_z_dim_to_4",
+        "reshape_x_dim_to_4",
+    ),
+    "odvae": ("lr", "loss_type", "loss_params", "in_channels", "out_channels"),
+}
+
+
+def official_config_keys(kind: str) -> tuple[str, ...]:
+  """Every key the config of a released `kind` ("cvvae" or "odvae") may hold; any other key
+  (e.g. a misspelt `hiden_size`) would otherwise be silently ignored."""
+  released = {"cvvae": cvvae_released_kwargs, "odvae": odvae_released_kwargs}[kind]()
+  return tuple(released) + _OFFICIAL_EXTRA_KEYS[kind]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +399,7 @@ def official_layout(config: ml_collections.ConfigDict) -> tuple[str, dict[str, A
     )
     if not differences[kind]:
       return kind, kwargs
-  raise ValueError(
+  raise UserError(
       f"model config {config.get('name')!r} is neither the CV-VAE nor the OD-VAE layout"
       f" (differs from CV-VAE in {differences['cvvae'][:3]}, from OD-VAE in"
       f" {differences['odvae'][:3]}); export it in the bootvae_jax format instead"
