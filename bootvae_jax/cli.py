@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 import sys
 import traceback
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 EXIT_USER_ERROR = 2
 
@@ -70,10 +72,24 @@ def one_line(message: str) -> str:
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run(main)` with the user-error rule of this module's docstring."""
+  """`absl.app.run(main)` with the user-error rule of this module's docstring, and without
+  the INFO chatter of libraries (`_QuietLibraries`)."""
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "On a user error, also print its traceback.")
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(functools.partial(_run_main, main), flags_parser=_parse_flags)
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops INFO records of orbax (several per checkpoint save or restore) and JAX (backend
+  probing) so that progress lines, warnings and errors stay readable."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (
+        record.levelno >= logging.WARNING
+        or "/orbax/" not in record.pathname
+        and not record.name.startswith("jax")
+    )
 
 
 def _run_main(main: Callable[[list[str]], Any], argv: list[str]) -> Any:

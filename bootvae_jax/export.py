@@ -20,6 +20,7 @@ from absl import flags
 from bootvae_jax import cli
 from bootvae_jax.interop.exported import FORMATS
 from bootvae_jax.interop.exported import export
+from bootvae_jax.models import architectures
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -40,6 +41,8 @@ def main(argv) -> None:
   from bootvae_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
 
   step = checkpoints.resolve_step(_WORKDIR.value, _STEP.value)
+  if _FORMAT.value == "official":  # refused before any weights are loaded
+    architectures.official_layout(checkpoints.read_config(_WORKDIR.value, step).model)
   model, config = checkpoints.load_model(_WORKDIR.value, step, ema=_EMA.value)
   source = dict(workdir=_WORKDIR.value, step=step, ema=_EMA.value)
   out = export(model, config.model, _OUT.value, format=_FORMAT.value, source=source)

@@ -30,19 +30,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter so progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import logging as py_logging
-
-  py_logging.getLogger("absl").addFilter(_QuietLibraries())
   import jax  # after flag parsing, so XLA_FLAGS set by launchers take effect
 
   if _DISTRIBUTED.value:

@@ -112,10 +112,10 @@ def test_cli_one_line_errors(tmp_path):
       text=True,
       timeout=120,
   )
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
+  assert result.returncode == 2  # a user error (bootvae_jax/cli.py): exactly one line
+  assert result.stderr.strip().splitlines() == [
       "error: --official=odvae needs --weights and --model_config"
-  )
+  ]
 
 
 def test_cli_scores_released_weights(fixtures_dir, data_dir, tmp_path):

@@ -181,10 +181,10 @@ def test_cli_errors_are_one_line(tmp_path):
       text=True,
       timeout=120,
   )
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
+  assert result.returncode == 2  # a user error (bootvae_jax/cli.py): exactly one line
+  assert result.stderr.strip().splitlines() == [
       "error: --official=odvae needs --weights and --official_config"
-  )
+  ]
 
 
 def test_cli_modes(tiny_model):

@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 from flax import nnx
 
+from bootvae_jax import cli
 from bootvae_jax.interop import official
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
@@ -267,6 +268,117 @@ def test_all_problems_in_one_error(fixture, tmp_path):
       "shape mismatches (1): decoder.conv_out.bias",
   ):
     assert part in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Config files and weights files that are not what they claim.
+
+
+@pytest.mark.parametrize(
+    "kind,typo,valid",
+    [("cvvae", "num_res_block", "num_res_blocks"), ("odvae", "hiden_size", "hidden_size")],
+)
+def test_misspelt_config_key_is_refused_with_the_closest_valid_key(
+    kind, typo, valid, fixture, tmp_path
+):
+  directory, config, _ = fixture[kind]
+  kwargs = dict(config["constructor_kwargs"])
+  kwargs[typo] = kwargs.pop(valid)
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(kwargs))
+  with pytest.raises(cli.UserError) as info:
+    official.load_official(kind, directory / "weights.safetensors", path)
+  assert str(info.value) == (
+      f"{path}: 1 key(s) the official {kind} constructor does not take:"
+      f" {typo!r} (did you mean {valid!r}?)"
+  )
+  # A key like no valid one: every valid key is listed; a dict names no file.
+  with pytest.raises(cli.UserError) as info:
+    official.read_official_config(dict(kwargs, colour=1), kind)
+  assert str(info.value).startswith(
+      f"config: 2 key(s) the official {kind} constructor does not take: {typo!r} (did you"
+      f" mean {valid!r}?), 'colour'; valid keys: "
+  )
+  assert str(info.value).endswith(", ".join(architectures.official_config_keys(kind)))
+
+
+def test_released_config_files_keep_loading(fixture):
+  """What released config.json files hold besides the layout: `_`-keys (diffusers'), CV-VAE's
+  runtime switches (the fixture's constructor_kwargs use all of them), OD-VAE's training
+  settings (as in Open-Sora-Plan's released CausalVAE configs)."""
+  for kind in KINDS:
+    _, config, _ = fixture[kind]
+    assert official.read_official_config(config["constructor_kwargs"], kind) == dict(
+        config["constructor_kwargs"]
+    )
+  released = dict(
+      architectures.odvae_released_kwargs(),
+      _class_name="CausalVAEModel",
+      _diffusers_version="0.27.2",
+      lr=1e-5,
+      loss_type="opensora.models.ae.videobase.losses.LPIPSWithDiscriminator3D",
+      loss_params=dict(disc_start=2001, kl_weight=1e-6),
+      in_channels=3,
+      out_channels=3,
+  )
+  kwargs = official.read_official_config(released, "odvae")
+  assert "_class_name" not in kwargs and kwargs["lr"] == 1e-5
+
+
+def test_damaged_weights_files_are_named(fixture, tmp_path):
+  directory, _, _ = fixture["odvae"]
+  data = (directory / "weights.safetensors").read_bytes()
+  files = {
+      "truncated.safetensors": data[:100_000],
+      "empty.safetensors": b"",
+      "text.safetensors": b"<html>404 Not Found</html>",
+      "safetensors.ckpt": data,
+  }
+  torch.save({"state_dict": _torch_state_dict(directory)}, tmp_path / "full.ckpt")
+  checkpoint = (tmp_path / "full.ckpt").read_bytes()
+  files["torch.safetensors"] = checkpoint
+  files["truncated.ckpt"] = checkpoint[: len(checkpoint) // 2]
+  for name, content in files.items():
+    (tmp_path / name).write_bytes(content)
+  expected = {
+      "truncated.safetensors": (
+          "not a readable safetensors file (Error while deserializing header: incomplete"
+          " metadata, file not fully covered); it has 100,000 bytes but its header describes"
+          f" {len(data):,}: the file is truncated (an interrupted download or copy?)"
+      ),
+      "empty.safetensors": (
+          "not a readable safetensors file (Error while deserializing header: header too"
+          " small); the file is empty"
+      ),
+      "text.safetensors": (
+          "not a readable safetensors file (Error while deserializing header: header too large)"
+      ),
+      "torch.safetensors": (
+          "not a readable safetensors file (Error while deserializing header: header too"
+          " large); it looks like a PyTorch checkpoint: name it *.ckpt (or .pt / .bin)"
+      ),
+      "safetensors.ckpt": (
+          "not a readable PyTorch checkpoint (UnpicklingError: Weights only load failed); it is"
+          " a safetensors file: name it *.safetensors"
+      ),
+      "truncated.ckpt": (
+          "not a readable PyTorch checkpoint (RuntimeError: PytorchStreamReader failed reading"
+          " zip archive: failed finding central directory); the file may be truncated (an"
+          " interrupted download or copy?)"
+      ),
+  }
+  for name, message in expected.items():
+    with pytest.raises(cli.UserError) as info:
+      official.read_state_dict(tmp_path / name)
+    assert str(info.value) == f"{tmp_path / name}: {message}", name
+  # Through the loader (the error names the file, not a raw SafetensorError), and no file.
+  with pytest.raises(cli.UserError, match="truncated.safetensors: not a readable"):
+    official.load_official("odvae", tmp_path / "truncated.safetensors", directory)
+  with pytest.raises(FileNotFoundError, match="no weights file at .*none.safetensors"):
+    official.read_state_dict(tmp_path / "none.safetensors")
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(cli.UserError, match=r"config.json: not a JSON file \(Expecting"):
+    official.read_official_config(tmp_path, "odvae")
 
 
 # ----------------------------------------------------------------------------------------------
