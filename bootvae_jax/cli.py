@@ -81,14 +81,15 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
 
 class _QuietLibraries(logging.Filter):
-  """Drops INFO records of orbax (several per checkpoint save or restore) and JAX (backend
-  probing) so that progress lines, warnings and errors stay readable."""
+  """Drops INFO records of orbax (several per checkpoint save or restore) and of JAX's
+  backend probing ("Unable to initialize backend 'tpu'") so that progress lines, warnings and
+  errors stay readable."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return (
         record.levelno >= logging.WARNING
         or "/orbax/" not in record.pathname
-        and not record.name.startswith("jax")
+        and record.name != "jax._src.xla_bridge"
     )
 
 
