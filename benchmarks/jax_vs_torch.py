@@ -354,12 +354,12 @@ def main(argv):
 
   torch.set_num_threads(_THREADS.value)
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from bootvae_jax.models import progressive  # pylint: disable=import-outside-toplevel
+  from bootvae_jax import models  # pylint: disable=import-outside-toplevel
   from bootvae_jax.models import layers  # pylint: disable=import-outside-toplevel
 
   for name in _MODELS.value:
     config = model_config(name)
-    r, s = progressive.compression_factors(config)
+    r, s = models.compression_factors(config)
     shape = (_BATCH.value, _FRAMES.value, _SIZE.value, _SIZE.value, 3)
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, shape).astype(np.float32)

@@ -62,22 +62,15 @@ def main(argv) -> None:
   from bootvae_jax.inference import reconstruct
 
   size = reconstruct.parse_size(_SIZE.value)  # flags first, before loading anything
-  if bool(_WORKDIR.value) == bool(_OFFICIAL.value):
-    raise cli.UserError(
-        "give either --workdir (a training run) or --official with --weights"
-        " and --model_config (released weights)"
-    )
-  if _WORKDIR.value:
-    model, source = reconstruct.load_workdir_or_official(
-        workdir=_WORKDIR.value, step=_STEP.value, ema=_EMA.value
-    )
-  else:
-    if not _WEIGHTS.value or not _MODEL_CONFIG.value:
-      raise cli.UserError(f"--official={_OFFICIAL.value} needs --weights and --model_config")
-    from bootvae_jax.interop.official import load_official
-
-    model = load_official(_OFFICIAL.value, _WEIGHTS.value, _MODEL_CONFIG.value)
-    source = dict(official=_OFFICIAL.value, weights=_WEIGHTS.value)
+  model, source = reconstruct.load_workdir_or_official(
+      workdir=_WORKDIR.value,
+      step=_STEP.value,
+      ema=_EMA.value,
+      official=_OFFICIAL.value,
+      weights=_WEIGHTS.value,
+      official_config=_MODEL_CONFIG.value,
+      config_flag="--model_config",
+  )
   summary = folder.evaluate_folder(
       model,
       _DATA.value,

@@ -93,13 +93,15 @@ def load_workdir_or_official(
     official: str | None = None,
     weights: str | None = None,
     official_config: str | None = None,
+    config_flag: str = "--official_config",
 ) -> tuple[Any, dict[str, Any]]:
   """The CLI's model: a training run's (`bootvae_jax.load_model`) or released weights
-  (`interop.official.load_official`); and a JSON-able description of where it came from."""
+  (`interop.official.load_official`); and a JSON-able description of where it came from.
+  `config_flag` is the calling CLI's name for `official_config`, for its error messages."""
   if bool(workdir) == bool(official):
     raise cli.UserError(
         "give either --workdir (a training run) or --official with --weights and"
-        " --official_config (released weights)"
+        f" {config_flag} (released weights)"
     )
   if workdir:
     from bootvae_jax.training import checkpoints
@@ -108,7 +110,7 @@ def load_workdir_or_official(
     model, _ = checkpoints.load_model(workdir, step, ema=ema)
     return model, dict(workdir=workdir, step=step, ema=ema)
   if not weights or not official_config:
-    raise cli.UserError(f"--official={official} needs --weights and --official_config")
+    raise cli.UserError(f"--official={official} needs --weights and {config_flag}")
   from bootvae_jax.interop.official import load_official
 
   return load_official(official, weights, official_config), dict(
