@@ -5,14 +5,19 @@ The dataset graph, per JAX process:
   for each source k:  MapDataset.range(len(source_k)) -> shuffle -> repeat (reshuffled every
                       epoch) -> random_map(ReadClip)   (decode + transform, uint8 clips)
   MapDataset.mix(per-source datasets, weights)       (only for source='mixture')
-  [process_index::process_count]                     (this process's disjoint shard)
+      = the global example stream, the same for every topology
+  [start_example:]                                   (where a resumed run continues)
   batch(global_batch // process_count)
+  [process_index::process_count]                     (this process's block of each batch)
   to_iter_dataset(threads) -> mp_prefetch(num_workers worker processes)
 
-Every random choice is seeded from the element's position in that graph, and batching
-happens before the worker processes split the work (each worker makes whole batches, which
-are interleaved in order), so the batches do not depend on `num_workers` and the grain
-iterator state (saved in the orbax checkpoint) resumes the exact stream.
+Global batch k is examples [start + k·B, start + (k+1)·B) of the stream, in that order, and
+process p contributes the p-th contiguous block of it, so the global batch does not depend on
+the number of processes. Every random choice is seeded from the element's position in the
+stream, and batching happens before the worker processes split the work (each worker makes
+whole batches, which are interleaved in order), so the batches do not depend on `num_workers`.
+The position a checkpoint stores is therefore one number, the global example index
+(`TrainBatches.state()`), valid for any process count, device count or batch size.
 
 A clip that fails to decode at read time (a file that passed the index probe but is broken
 further in, or changed since) is replaced by the next item of the same source, with one
@@ -22,7 +27,8 @@ and is summed into `TrainBatches.stats()`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
 from absl import logging
@@ -123,6 +129,7 @@ def build_train_dataset(
     process_count: int = 1,
     sources: Sequence[sources_lib.ClipSource] | None = None,
     weights: Sequence[float] | None = None,
+    start_example: int = 0,
 ) -> grain.IterDataset:
   """The grain dataset of one process's local batches.
 
@@ -133,6 +140,8 @@ def build_train_dataset(
     process_count: number of shards (JAX processes).
     sources: prebuilt sources (from `make_sources`); built from the config when None.
     weights: their mixing weights.
+    start_example: global index of the first example of the first batch (a resumed run's
+      position); the examples are those an uninterrupted stream has there.
 
   Returns:
     IterDataset of {'video': (B_local, T, H, W, 3) uint8, 'source_id': (B_local,) int32,
@@ -161,8 +170,12 @@ def build_train_dataset(
     dataset = per_source[0]
   else:
     dataset = grain.MapDataset.mix(per_source, weights=list(weights))
-  dataset = dataset[process_index::process_count]
+  # Slice after batching: global batch k = local batches k·n .. k·n+n-1, one per process;
+  # process p's block is rows [p·b, (p+1)·b), the rows `make_mesh`'s process-major device order
+  # gives its devices.
+  dataset = dataset[int(start_example) :]
   dataset = dataset.batch(data_config.batch_size // process_count, drop_remainder=True)
+  dataset = dataset[process_index::process_count]
   iter_dataset = dataset.to_iter_dataset(
       grain.ReadOptions(
           num_threads=data_config.read_threads,
@@ -181,55 +194,88 @@ def build_train_dataset(
 
 
 class TrainBatches:
-  """Iterator of global training batches, checkpointable with orbax.
+  """Iterator of global training batches whose position is one topology-free number.
 
   `next(batches)` is {'video': (B, T, H, W, 3) float32 in [-1, 1]}: a global jax.Array laid
-  out with NamedSharding(mesh, P(data_axes)), each process contributing its local shard.
+  out with NamedSharding(mesh, P(data_axes)), each process contributing its local block.
+
+  `state()` is what checkpoints store: the global index of the next example, the global batch
+  size, and the run's data counters (summed over processes). `restore(state)` rebuilds the
+  grain pipeline at that example on any process count, device count or batch size, so a
+  resumed run reads exactly the examples an uninterrupted one would, none twice, none skipped.
 
   Attributes:
-    iterator: the grain DatasetIterator behind it (its state goes into checkpoints).
+    iterator: the grain DatasetIterator of this process's local batches.
     sources: the sources read.
   """
 
   def __init__(
       self,
-      dataset: grain.IterDataset,
+      dataset_at: Callable[[int], grain.IterDataset],
       *,
       sources: Sequence[sources_lib.ClipSource],
       sharding: jax.sharding.NamedSharding,
       global_shape: tuple[int, ...],
   ):
+    """`dataset_at(start_example)` builds this process's grain dataset (`build_train_dataset`)."""
     self.sources = list(sources)
-    self.iterator = iter(dataset)
+    self._dataset_at = dataset_at
     self._sharding = sharding
     self._global_shape = global_shape
+    self._replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     # uint8 crosses processes and the host->device copy; the [-1, 1] float conversion runs
-    # on device, once per batch, keeping the sharding.
-    self._to_unit_range = jax.jit(transforms.to_unit_range, out_shardings=sharding)
-    self._read_failures = 0
-    self._clips = 0
-    self._clips_per_source = np.zeros(len(self.sources), np.int64)
+    # on device, once per batch, keeping the sharding. The counters are summed there too, so
+    # every process holds the global totals (what a checkpoint stores).
+    self._ingest = jax.jit(_ingest, out_shardings=(sharding, self._replicated))
+    self.iterator = None
+    self.restore({"examples": 0})
+
+  @property
+  def batch_size(self) -> int:
+    return self._global_shape[0]
+
+  @property
+  def examples(self) -> int:
+    """Global index of the next example: examples read so far by all processes together."""
+    return self._examples
 
   def __iter__(self) -> TrainBatches:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
     local = next(self.iterator)
-    self._read_failures += int(local["read_failures"].sum())
-    self._clips += len(local["video"])
-    self._clips_per_source += np.bincount(local["source_id"], minlength=len(self.sources))
-    video = jax.make_array_from_process_local_data(
-        self._sharding, local["video"], self._global_shape
+    self._examples += self.batch_size
+    video, failures, source_ids = (
+        jax.make_array_from_process_local_data(
+            self._sharding, local[key], (self.batch_size,) + local[key].shape[1:]
+        )
+        for key in ("video", "read_failures", "source_id")
     )
-    return {"video": self._to_unit_range(video)}
+    video, self._counters = self._ingest(video, failures, source_ids, self._counters)
+    return {"video": video}
 
-  def checkpoint_args_save(self) -> Any:
-    """orbax argument saving the iterator state (item 'data' of the trainer's composite)."""
-    return grain.checkpoint.CheckpointSave(self.iterator)
+  def state(self) -> dict[str, Any]:
+    """The position and counters (JSON data, equal on every process) a checkpoint stores."""
+    counters = {k: np.asarray(v.addressable_data(0)).tolist() for k, v in self._counters.items()}
+    return {"examples": self._examples, "batch_size": self.batch_size, **counters}
 
-  def checkpoint_args_restore(self) -> Any:
-    """orbax argument restoring the iterator state in place."""
-    return grain.checkpoint.CheckpointRestore(self.iterator)
+  def restore(self, state: Mapping[str, Any]) -> None:
+    """Continues at `state['examples']` with its counters (missing counters start at 0)."""
+    if self.iterator is not None:
+      self.iterator.close()
+    self._examples = int(state["examples"])
+    self.iterator = iter(self._dataset_at(self._examples))
+    per_source = state.get("clips_per_source", ())
+    if len(per_source) != len(self.sources):  # a config with other sources: count anew
+      per_source = [0] * len(self.sources)
+    counters = {
+        "read_failures": np.asarray(state.get("read_failures", 0), np.int32),
+        "clips_per_source": np.asarray(per_source, np.int32),
+    }
+    self._counters = {
+        k: jax.make_array_from_callback(v.shape, self._replicated, lambda index, v=v: v[index])
+        for k, v in counters.items()
+    }
 
   @property
   def skipped_files(self) -> list[sources_lib.SkippedFile]:
@@ -237,21 +283,34 @@ class TrainBatches:
     return [skipped for source in self.sources for skipped in source.skipped]
 
   def stats(self) -> dict[str, float]:
-    """Counters for the metric writer; read failures count since this process started."""
+    """Counters for the metric writer, over all processes and since the run began (a resumed
+    run continues them from its checkpoint)."""
+    state = self.state()
     stats = {
         "data/files_indexed": float(sum(source.files_indexed for source in self.sources)),
         "data/files_skipped": float(len(self.skipped_files)),
-        "data/read_failures": float(self._read_failures),
-        "data/clips": float(self._clips),
+        "data/read_failures": float(state["read_failures"]),
+        "data/clips": float(state["examples"]),
     }
     if len(self.sources) > 1:
-      for source_id, count in enumerate(self._clips_per_source):
+      for source_id, count in enumerate(state["clips_per_source"]):
         stats[f"data/clips_source{source_id}_{self.sources[source_id].kind}"] = float(count)
     return stats
 
   def close(self) -> None:
     """Stops worker processes."""
     self.iterator.close()
+
+
+def _ingest(video, failures, source_ids, counters):
+  """(uint8 video, per-clip read failures and source ids, counters) -> ([-1, 1] video,
+  counters + this batch's failures and clips per source)."""
+  num_sources = counters["clips_per_source"].shape[0]
+  per_source = (source_ids[:, None] == np.arange(num_sources)[None, :]).sum(0)
+  return transforms.to_unit_range(video), {
+      "read_failures": counters["read_failures"] + failures.sum().astype(np.int32),
+      "clips_per_source": counters["clips_per_source"] + per_source.astype(np.int32),
+  }
 
 
 def make_train_batches(
@@ -287,7 +346,8 @@ def make_train_batches(
         f"multiple of {shards}"
     )
   sources, weights = make_sources(data_config)
-  dataset = build_train_dataset(
+  dataset_at = functools.partial(
+      build_train_dataset,
       data_config,
       seed=seed,
       process_index=jax.process_index(),
@@ -297,7 +357,12 @@ def make_train_batches(
   )
   crop_height, crop_width = data_config.crop_size
   global_shape = (data_config.batch_size, data_config.num_frames, crop_height, crop_width, 3)
-  return TrainBatches(dataset, sources=sources, sharding=sharding, global_shape=global_shape)
+  return TrainBatches(
+      lambda start: dataset_at(start_example=start),
+      sources=sources,
+      sharding=sharding,
+      global_shape=global_shape,
+  )
 
 
 def make_eval_clips(data_config: Any, *, num_clips: int | None = None) -> np.ndarray:
