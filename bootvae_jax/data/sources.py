@@ -23,11 +23,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from typing import Any, Sequence
 
 from absl import logging
 import av
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -290,9 +291,10 @@ def index_video_folder(folder: str, *, cache_dir: str = "") -> VideoIndex:
     The index; files that failed the probe are in `skipped`, not in `videos`.
   """
   folder = os.path.abspath(folder)
-  cache_dir = os.path.expanduser(cache_dir or DEFAULT_INDEX_CACHE_DIR)
+  cache_dir = cache_dir or os.path.expanduser(DEFAULT_INDEX_CACHE_DIR)
   folder_key = hashlib.sha1(folder.encode()).hexdigest()[:16]
-  cache_path = os.path.join(cache_dir, f"video_index_{folder_key}.json")
+  # The cache may live anywhere epath reaches (a gs:// URL shared by the hosts of a pod).
+  cache_path = epath.Path(cache_dir).expanduser() / f"video_index_{folder_key}.json"
   cached = _read_index_cache(cache_path, folder)
   records = {}
   for path in find_files(folder, VIDEO_EXTENSIONS):
@@ -332,10 +334,9 @@ def _probe_record(path: str, folder: str) -> dict[str, Any]:
     return {"video": None, "reason": f"cannot probe ({type(error).__name__}: {error})"}
 
 
-def _read_index_cache(cache_path: str, folder: str) -> dict[str, Any]:
+def _read_index_cache(cache_path: epath.Path, folder: str) -> dict[str, Any]:
   try:
-    with open(cache_path) as cache_file:
-      content = json.load(cache_file)
+    content = json.loads(cache_path.read_text())
   except (OSError, ValueError):
     return {}
   if content.get("version") != INDEX_FORMAT_VERSION or content.get("folder") != folder:
@@ -343,15 +344,14 @@ def _read_index_cache(cache_path: str, folder: str) -> dict[str, Any]:
   return content["files"]
 
 
-def _write_index_cache(cache_path: str, folder: str, records: dict[str, Any]) -> None:
+def _write_index_cache(cache_path: epath.Path, folder: str, records: dict[str, Any]) -> None:
   content = {"version": INDEX_FORMAT_VERSION, "folder": folder, "files": records}
   try:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so hosts sharing the cache never read half a file.
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(cache_path), suffix=".tmp")
-    with os.fdopen(handle, "w") as cache_file:
-      json.dump(content, cache_file)
-    os.replace(temporary, cache_path)
+    temporary = cache_path.parent / f"{cache_path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    temporary.write_text(json.dumps(content))
+    temporary.replace(cache_path)
   except OSError as error:
     logging.warning("could not write the video index cache %s: %s", cache_path, error)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from bootvae_jax.data.transforms import to_uint8
@@ -27,12 +29,16 @@ def frames_grid(
   return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def save_png(image: np.ndarray, path: str) -> str:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp.png"
-  Image.fromarray(image).save(tmp)
-  os.replace(tmp, path)  # never leave a half-written image behind
-  return path
+def save_png(image: np.ndarray, path: str | os.PathLike) -> str:
+  """Writes `image` (uint8 (H, W, C)) as a PNG at `path`, a local path or a URL (etils.epath)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, format="PNG")
+  tmp = path.parent / f"{path.name}.tmp"
+  tmp.write_bytes(encoded.getvalue())
+  tmp.replace(path)  # never leave a half-written image behind
+  return str(path)
 
 
 def save_line_plots(path: str, panels: list[dict], *, panel_size=(6.4, 4.0)) -> str:
