@@ -1,13 +1,18 @@
-"""Orbax checkpoints: train state + grain iterator + the run's config; loading a trained model.
+"""Orbax checkpoints: train state + data position + the run's config; loading a trained model.
 
-A step directory holds three items: `state` (the whole `TrainState`), `data` (the grain
-iterator position, so a resumed run sees exactly the batches an uninterrupted one would)
-and `meta` (the run's full config, step, name). Orbax writes each step into a temporary
-directory and renames it when complete, so a killed run never leaves a half-written
-checkpoint behind.
+A step directory holds three items: `state` (the whole `TrainState`, stored per array, so it
+restores onto any mesh, device count or process count), `data` (JSON: the global index of the
+next training example and the data counters, `TrainBatches.state()`, so a resumed run sees
+exactly the examples an uninterrupted one would, on any topology) and `meta` (the run's full
+config, step, name). Orbax writes each step into a temporary directory and renames it when
+complete, so a killed run never leaves a half-written checkpoint behind; a step damaged later
+(a truncated file, a deleted `_METADATA`, a missing commit marker) is detected on resume and
+set aside (`Checkpoints.restore_latest`).
 
 One function per job:
   * `checkpoint_steps(workdir)`: the complete steps of a run (`resolve_step` picks one);
+  * `checkpoint_problem(workdir, step)`: why a step's files are incomplete, or None;
+  * `Checkpoints.restore_latest(...)`: the newest intact checkpoint, older ones as fallback;
   * `read_config(workdir, step)`: the config a checkpoint was trained with;
   * `load_model(workdir, step=None, ema=False)` → (model, config): the trained model, built
     abstractly from that config and filled from the checkpoint (`bootvae_jax.load_model`);
@@ -20,10 +25,12 @@ Workdirs may be local paths or URLs such as gs:// (etils.epath, as orbax uses).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as py_logging
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +52,7 @@ def _absolute(path: str | os.PathLike) -> str:
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
-  return os.path.join(_absolute(workdir), "checkpoints")
+  return str(epath.Path(_absolute(workdir)) / "checkpoints")
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
@@ -77,7 +84,60 @@ def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
 
 
 def _step_dir(workdir: str | os.PathLike, step: int) -> str:
-  return os.path.join(checkpoint_dir(workdir), str(step))
+  return str(epath.Path(checkpoint_dir(workdir)) / str(step))
+
+
+# Files every complete step directory has (orbax writes the commit marker last).
+_REQUIRED_FILES = (
+    ("commit_success.txt", "no commit marker: the save did not finish"),
+    ("state/_METADATA", "state/_METADATA is missing"),
+    ("meta", "the meta item is missing"),
+)
+
+
+def checkpoint_problem(workdir: str | os.PathLike, step: int) -> str | None:
+  """Why the checkpoint of `step` is incomplete (a file every complete one has is missing),
+  or None. Damage inside a data file only shows when it is read (`restore_latest`)."""
+  step_dir = epath.Path(_step_dir(workdir, step))
+  for name, problem in _REQUIRED_FILES:
+    if not (step_dir / name).exists():
+      return problem
+  return None
+
+
+class DamagedCheckpointsError(RuntimeError):
+  """Checkpoints exist but none of them restores."""
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+  """Silences orbax / tensorstore / asyncio logging while a possibly damaged checkpoint is
+  read: its failure is reported in one line by the caller, not as pages of tracebacks."""
+  loggers = [py_logging.getLogger(name) for name in ("absl", "orbax", "asyncio", "jax")]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(py_logging.CRITICAL + 1)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def _one_line(error: BaseException) -> str:
+  """`Type: first line of the message` (tensorstore errors carry pages of context)."""
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(error).__name__}: {text[:300]}"
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any JAX process (every process calls this together)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -119,19 +179,111 @@ class Checkpoints:
     if config is not None:
       meta["config"] = config_json(config)
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    if batches is not None:
-      items["data"] = batches.checkpoint_args_save()
+    if batches is not None:  # one JSON for all processes (written by process 0)
+      items["data"] = ocp.args.JsonSave(batches.state())
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state, shardings, *, batches=None):
-    """The state at `step`, placed with `shardings`; restores `batches`' position in place."""
+    """The state at `step`, placed with `shardings` (any mesh: orbax reads each array's
+    slices for the new layout); moves `batches` to the checkpoint's data position."""
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
     )
     items = dict(state=ocp.args.StandardRestore(target))
+    data_dir = epath.Path(_step_dir(self.workdir, step)) / "data"
+    # Checkpoints of earlier versions hold grain's per-process iterator state instead.
+    legacy_data = any(data_dir.glob("process_*.json")) if data_dir.exists() else False
+    if batches is not None and data_dir.exists() and not legacy_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if batches is not None:
-      items["data"] = batches.checkpoint_args_restore()
-    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+      if "data" in items:
+        batches.restore(restored.data)
+      else:
+        # Every step reads one global batch, so the position is step × batch size.
+        logging.warning(
+            "checkpoint %d stores no global data position; continuing the data at example"
+            " %d (step × data.batch_size)",
+            step,
+            step * batches.batch_size,
+        )
+        batches.restore({"examples": step * batches.batch_size})
+    return restored.state
+
+  def restore_latest(
+      self,
+      abstract_state,
+      shardings,
+      *,
+      batches=None,
+      check: Callable[[int], None] | None = None,
+  ) -> tuple[int | None, Any]:
+    """Restores the newest intact checkpoint: (step, state), or (None, None) if there is none.
+
+    Steps are tried newest first. One whose files are incomplete (`checkpoint_problem`) or
+    that fails to read gets a one-line warning naming it and the reason; once an older one
+    restored, the damaged ones are renamed `<step>.damaged` (kept for inspection, out of
+    orbax's view so that the run can save those steps again). On several processes, a step
+    counts as damaged when it fails on any of them, so all restore the same step.
+
+    Args:
+      abstract_state: the `TrainState` (or its `jax.ShapeDtypeStruct`s) to restore into.
+      shardings: where each array goes.
+      batches: `TrainBatches` to move to the checkpoint's data position.
+      check: called with a step before reading it (e.g. `check_resume`); its errors propagate.
+
+    Raises:
+      DamagedCheckpointsError: checkpoints exist but none of them can be read.
+    """
+    damaged = []
+    for step in reversed(checkpoint_steps(self.workdir)):
+      problem = checkpoint_problem(self.workdir, step)
+      state = None
+      if problem is None:
+        if check is not None:
+          check(step)
+        try:
+          with _quiet_libraries():
+            state = self.restore(step, abstract_state, shardings, batches=batches)
+        except Exception as error:  # pylint: disable=broad-except
+          # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
+          problem = _one_line(error)
+      if _any_process(problem is not None):
+        problem = problem or "it failed to read on another process"
+        logging.warning(
+            "checkpoint %s is damaged (%s); trying the one before it",
+            _step_dir(self.workdir, step),
+            problem,
+        )
+        damaged.append((step, problem))
+        continue
+      self._set_aside([s for s, _ in damaged])
+      return step, state
+    if damaged:
+      raise DamagedCheckpointsError(
+          f"no intact checkpoint in {self.directory}: "
+          + "; ".join(f"step {s}: {p}" for s, p in damaged)
+          + ". Move the directory away (or use a new --workdir) to start over."
+      )
+    return None, None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames damaged step directories to `<step>.damaged` (process 0; all wait)."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        source = epath.Path(_step_dir(self.workdir, step))
+        target, n = source.parent / f"{step}.damaged", 1
+        while target.exists():
+          target, n = source.parent / f"{step}.damaged{n}", n + 1
+        source.rename(target)
+        logging.warning("set aside damaged checkpoint %s as %s", source, target.name)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices("bootvae_jax: damaged checkpoints set aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -151,9 +303,9 @@ def read_config(workdir: str | os.PathLike, step: int | None = None) -> ml_colle
   `config.json` (which the trainer used to write), with a warning.
   """
   step = resolve_step(workdir, step)
-  meta_dir = os.path.join(_step_dir(workdir, step), "meta")
+  meta_dir = epath.Path(_step_dir(workdir, step)) / "meta"
   meta = {}
-  if epath.Path(meta_dir).is_dir():
+  if meta_dir.is_dir():
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
   if "config" in meta:
     return ml_collections.ConfigDict(meta["config"])
@@ -248,7 +400,7 @@ def check_resume(
   """
   tree = (
       ocp.PyTreeCheckpointer()
-      .metadata(os.path.join(_step_dir(workdir, step), "state"))
+      .metadata(epath.Path(_step_dir(workdir, step)) / "state")
       .item_metadata.tree
   )
   stored = {
@@ -315,10 +467,10 @@ def load_params(
     ema: take the EMA of the trained parameters instead of the raw ones.
   """
   path = _absolute(path)
-  if epath.Path(os.path.join(path, "state")).is_dir():
-    state_dir = os.path.join(path, "state")
+  if (epath.Path(path) / "state").is_dir():
+    state_dir = epath.Path(path) / "state"
   else:
-    state_dir = os.path.join(_step_dir(path, resolve_step(path, step)), "state")
+    state_dir = epath.Path(_step_dir(path, resolve_step(path, step))) / "state"
   # Partial restore: only the parameter subtrees, as host numpy arrays (no optimizer state,
   # and no dependence on the mesh the previous stage ran on).
   checkpointer = ocp.PyTreeCheckpointer()

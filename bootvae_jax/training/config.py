@@ -31,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every = 200
   config.checkpoint_every = 200
   config.keep_checkpoints = 3
+  # Stop (error, exit non-zero, no checkpoint) after this many non-finite updates in a row
+  # (each is skipped by the optimizer); 0 = never stop.
+  config.max_consecutive_nonfinite = 20
   config.progress_every_seconds = 10.0
 
   config.model = autoencoder.default_model_config()
@@ -117,6 +120,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
     if int(config[field]) <= 0:
       raise UserError(f"config.{field}={config[field]} must be a positive integer")
+  if int(config.get("max_consecutive_nonfinite", 0)) < 0:
+    raise UserError(
+        f"config.max_consecutive_nonfinite={config.max_consecutive_nonfinite} must be >= 0"
+        " (0 = never stop)"
+    )
   models.validate_model_config(config.model)
   temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
@@ -175,6 +183,8 @@ def _validate_compat(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_workdir(workdir: str) -> None:
+  if "://" in workdir:  # a URL (gs://...): checked by its first write, never made local
+    return
   path = os.path.abspath(workdir)
   probe = path
   while not os.path.exists(probe):

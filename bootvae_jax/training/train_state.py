@@ -186,11 +186,15 @@ def initial_loss_params(config: ml_collections.ConfigDict) -> dict[str, jax.Arra
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, abstract: bool = False
 ) -> tuple[TrainSetup, TrainState]:
   """Builds the state directly in its shardings: shapes are traced with `jax.eval_shape`,
   shardings derived from logical axis names, and the init jitted with those out_shardings
-  (no full replica ever exists on one device)."""
+  (no full replica ever exists on one device).
+
+  With `abstract=True` nothing is initialised: the state's leaves are `jax.ShapeDtypeStruct`s
+  with their shardings, the target a resumed run restores into.
+  """
   use_gan = config.loss.gan_weight > 0
   graphdef, abstract_params, abstract_frozen = jax.eval_shape(
       lambda: _build_model(config, config.seed)
@@ -229,7 +233,12 @@ def create_train_state(
 
   abstract_state = jax.eval_shape(init)
   shardings = partitioning.tree_shardings(abstract_state, mesh, config.sharding_rules)
-  state = jax.jit(init, out_shardings=shardings)()
+  if abstract:
+    state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+  else:
+    state = jax.jit(init, out_shardings=shardings)()
   setup = TrainSetup(
       config=config,
       mesh=mesh,
@@ -248,3 +257,9 @@ def create_train_state(
 def skipped_updates(opt_state) -> jax.Array:
   """How many updates `apply_if_finite` has skipped for non-finite gradients."""
   return opt_state.total_notfinite
+
+
+def nonfinite_streak(opt_state) -> jax.Array:
+  """How many of the latest updates in a row were non-finite (0 after a finite one); the
+  trainer stops a run whose streak reaches `config.max_consecutive_nonfinite`."""
+  return opt_state.notfinite_count

@@ -28,7 +28,7 @@ from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.losses import reconstruction
 from bootvae_jax.training import partitioning
-from bootvae_jax.training.train_state import TrainSetup, TrainState, skipped_updates
+from bootvae_jax.training.train_state import TrainSetup, TrainState, nonfinite_streak, skipped_updates
 
 
 @struct.dataclass
@@ -221,6 +221,7 @@ def train_step(
       grad_norm=optax.global_norm(grads),
       learning_rate=setup.schedule(state.step),
       skipped_updates=skipped_updates(opt_state).astype(jnp.float32),
+      nonfinite_streak=nonfinite_streak(opt_state).astype(jnp.float32),
   )
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
   if setup.use_gan:
