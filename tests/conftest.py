@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pathlib
+import types
 
 import pytest
 
@@ -44,3 +45,30 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.skip(f"reference fixtures not found at {FIXTURES}")
   return FIXTURES
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """A gs:// filesystem without network: etils.epath's mock backend maps `gs://x` to
+  `<tmp_path>/fake_gcs/x`. Yields `.root` (that folder) and `.seen` (every path epath was
+  given, to check that URLs reach the filesystem layer unchanged)."""
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path / "fake_gcs"
+  seen = []
+
+  def local(path):
+    path = os.fspath(path)
+    seen.append(path)
+    return path.replace("gs://", f"{root}/", 1) if path.startswith("gs://") else path
+
+  one = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
+  two = lambda fn, path, dst, *args, **kwargs: fn(local(path), local(dst), *args, **kwargs)
+  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove")
+  mocks = {name: one for name in names + ("rmtree", "stat", "walk")}
+  mocks.update(rename=two, replace=two, copy=two)
+  # Else epath sends gs:// to TensorFlow's filesystem, past the mock (a cached check).
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  with epath_testing.mock_epath(**mocks):
+    yield types.SimpleNamespace(root=root, seen=seen)

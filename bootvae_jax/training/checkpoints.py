@@ -30,6 +30,8 @@ import json
 import logging as py_logging
 import os
 import re
+import sys
+import threading
 from typing import Any, Callable, Mapping
 
 import jax
@@ -125,10 +127,46 @@ def _quiet_libraries():
 
 
 def _one_line(error: BaseException) -> str:
-  """`Type: first line of the message` (tensorstore errors carry pages of context)."""
+  """The innermost cause's first line (orbax wraps tensorstore's precise error, e.g.
+  `OUT_OF_RANGE: Error reading "params...": Requested byte range [..) is not valid`, in a
+  message that prints the whole tensorstore spec)."""
+  while error.__cause__ is not None or (
+      error.__context__ is not None and not error.__suppress_context__
+  ):
+    error = error.__cause__ or error.__context__
   lines = str(error).strip().splitlines()
-  text = lines[0] if lines else ""
-  return f"{type(error).__name__}: {text[:300]}"
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 400 else text[:400] + "..."
+
+
+class _AbandonedReadErrors:
+  """Drops what an abandoned checkpoint read keeps raising after the failure was reported.
+
+  When one array of a step fails to read, orbax gives up and closes its event loop while
+  tensorstore still completes the other reads on its own threads; their callbacks then raise
+  `RuntimeError: Event loop is closed` (or the read error again), printed as hundreds of
+  tracebacks. Once a read failed, these are dropped; any other error still reaches the
+  previous hooks.
+  """
+
+  paths: set[str] = set()
+
+  @classmethod
+  def install(cls, step_dir: str) -> None:
+    if not cls.paths:
+      previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+      previous_thread = threading.excepthook
+      sys.unraisablehook = lambda u: None if cls.is_noise(u.exc_value) else previous_unraisable(u)
+      sys.excepthook = lambda t, v, tb: None if cls.is_noise(v) else previous_except(t, v, tb)
+      threading.excepthook = lambda a: None if cls.is_noise(a.exc_value) else previous_thread(a)
+    cls.paths.add(str(step_dir))
+
+  @classmethod
+  def is_noise(cls, error) -> bool:
+    text = str(error)
+    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
+        path in text for path in cls.paths
+    )
 
 
 def _any_process(flag: bool) -> bool:
@@ -247,6 +285,7 @@ class Checkpoints:
             state = self.restore(step, abstract_state, shardings, batches=batches)
         except Exception as error:  # pylint: disable=broad-except
           # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
+          _AbandonedReadErrors.install(_step_dir(self.workdir, step))
           problem = _one_line(error)
       if _any_process(problem is not None):
         problem = problem or "it failed to read on another process"
@@ -398,11 +437,12 @@ def check_resume(
   (steps, learning rates, data, logging) may change on resume. The error names the first
   mismatched parameter and the config fields that differ from the checkpoint's.
   """
-  tree = (
-      ocp.PyTreeCheckpointer()
-      .metadata(epath.Path(_step_dir(workdir, step)) / "state")
-      .item_metadata.tree
-  )
+  with _quiet_libraries():  # orbax warns that the item has no _CHECKPOINT_METADATA of its own
+    tree = (
+        ocp.PyTreeCheckpointer()
+        .metadata(epath.Path(_step_dir(workdir, step)) / "state")
+        .item_metadata.tree
+    )
   stored = {
       re.sub(r"/value$", "", k): v
       for name in _RESUMED_TREES

@@ -66,6 +66,18 @@ def test_index_is_cached_and_only_changed_files_are_probed(video_dir, tmp_path, 
   assert probed == [str(folder / "carphone_small.avi")]
 
 
+def test_index_cache_may_be_a_url(video_dir, fake_gcs, monkeypatch):
+  """A pod's hosts share the index through gs:// (etils.epath), never a local `gs:` path."""
+  folder = str(video_dir)
+  first = sources.index_video_folder(folder, cache_dir="gs://bucket/index")
+  (cache,) = (fake_gcs.root / "bucket" / "index").glob("video_index_*.json")
+  assert f"gs://bucket/index/{cache.name}" in fake_gcs.seen
+  monkeypatch.setattr(sources, "probe_video", lambda path: pytest.fail(f"probed {path}"))
+  again = sources.index_video_folder(folder, cache_dir="gs://bucket/index")  # from the cache
+  assert [v.path for v in again.videos] == [v.path for v in first.videos]
+  assert not [p for p in fake_gcs.seen if "gs:/" in p and not p.startswith("gs://")]
+
+
 def test_seek_decoding_equals_sequential_decoding(video_dir, tmp_path, reference_decode):
   index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
   rng = np.random.default_rng(0)

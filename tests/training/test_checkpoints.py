@@ -1,4 +1,5 @@
-"""Save → restore, resume after a stop, and refusing bad configs before any compute."""
+"""Save → restore and refusing bad configs before any compute (resuming a stopped run:
+test_operating.py, through the CLI)."""
 
 import json
 import os
@@ -55,22 +56,6 @@ def test_save_restore_gives_identical_params_and_next_loss(config, tmp_path):
   restored_after, restored_metrics = step_fn(restored, restored_batch, None)
   assert float(restored_metrics["loss"]) == float(metrics["loss"])
   _assert_same_params(restored_after.params, state_after.params)
-
-
-def test_stopped_run_resumes_from_last_checkpoint(config, tmp_path):
-  config.total_steps = 6
-  config.checkpoint_every = 3
-  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
-
-  interrupted = str(tmp_path / "interrupted")
-  trainer.train_and_evaluate(config, interrupted, stop_after_step=5)  # dies after step 5
-  assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["3"]
-  resumed = trainer.train_and_evaluate(config, interrupted)  # same command again
-  assert int(resumed.step) == 6
-  _assert_same_params(resumed.params, straight.params)
-  _assert_same_params(resumed.ema_params, straight.ema_params)
-  steps = [json.loads(l)["step"] for l in open(os.path.join(interrupted, "metrics.jsonl"))]
-  assert steps[-1] == 6 and 4 in steps  # steps 4-5 were redone after the resume
 
 
 def _files(directory) -> dict[str, float]:
