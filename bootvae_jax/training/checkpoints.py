@@ -43,6 +43,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.training.train_state import path_matches
 from bootvae_jax.training.train_state import path_string
 
@@ -107,8 +108,8 @@ def checkpoint_problem(workdir: str | os.PathLike, step: int) -> str | None:
   return None
 
 
-class DamagedCheckpointsError(RuntimeError):
-  """Checkpoints exist but none of them restores."""
+class DamagedCheckpointsError(UserError):
+  """Checkpoints exist but none of them restores (command lines: one line, exit 2)."""
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from clu import periodic_actions
 from etils import epath
 
 from bootvae_jax import data as data_lib
+from bootvae_jax.cli import UserError
 from bootvae_jax.evaluation import visualize
 from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
@@ -43,8 +44,9 @@ from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
 
 
-class TrainingDiverged(RuntimeError):
-  """`config.max_consecutive_nonfinite` updates in a row were non-finite."""
+class TrainingDiverged(UserError):
+  """`config.max_consecutive_nonfinite` updates in a row were non-finite: the config (its
+  learning rate, warmup, data) needs changing, so command lines print it as one line, exit 2."""
 
 
 class MetricsLog:

@@ -2,7 +2,8 @@
 
 The scenarios that need the real CLI run it in subprocesses on the demo config shrunk to a
 3-level, 8-channel model on 5×16² clips; all of them share one persistent compilation cache
-and XLA's cheapest backend optimisation, so only the first 1×4 run and the 2×2 run compile.
+and the suite's unoptimised XLA (tests/conftest.py), so only the first 1×4 run and the 2×2 run
+compile.
 The rest runs in this process with the compiled programs replaced by fakes (the loop, the
 files and the signals are what is under test there, not the numbers).
 """
@@ -23,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bootvae_jax import cli
 from bootvae_jax import data as data_lib
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.training import partitioning
@@ -70,7 +72,7 @@ def cli_env(tmp_path_factory):
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
       TF_CPP_MIN_LOG_LEVEL="3",
-      XLA_FLAGS="--xla_backend_optimization_level=0",  # compile time, not run time, dominates
+      XLA_FLAGS="",  # JAX_DISABLE_MOST_OPTIMIZATIONS (tests/conftest.py) is inherited
   )
 
 
@@ -465,8 +467,9 @@ def test_divergence_stops_without_replacing_the_last_good_checkpoint(
 ):
   config.total_steps, config.checkpoint_every, config.max_consecutive_nonfinite = 10, 1, 3
   fake_compute.extend([(0, None), (0, None), (1, None), (2, None), (3, None), (4, None)])
-  with pytest.raises(trainer.TrainingDiverged, match=r"steps 3-5 \(3 in a row"):
+  with pytest.raises(trainer.TrainingDiverged, match=r"steps 3-5 \(3 in a row") as error:
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert isinstance(error.value, cli.UserError)  # the CLI: one line on stderr, exit 2
   (ckpts,) = _FakeCheckpoints.instances
   assert [step for step, _ in ckpts.saved] == [1, 2]  # none during or after the streak
   assert any(
