@@ -317,6 +317,5 @@ class _NonfiniteStreak:
           " config.optimizer.learning_rate, raise optimizer.warmup_steps or check the data,"
           " then rerun (it resumes from the last checkpoint)."
       )
-      logging.error("%s", message)
-      raise TrainingDiverged(message)
+      raise TrainingDiverged(message)  # the CLI prints it as its one error line
     return count

@@ -463,18 +463,17 @@ def fake_compute(monkeypatch):
 
 
 def test_divergence_stops_without_replacing_the_last_good_checkpoint(
-    fake_compute, config, tmp_path, caplog
+    fake_compute, config, tmp_path
 ):
   config.total_steps, config.checkpoint_every, config.max_consecutive_nonfinite = 10, 1, 3
   fake_compute.extend([(0, None), (0, None), (1, None), (2, None), (3, None), (4, None)])
-  with pytest.raises(trainer.TrainingDiverged, match=r"steps 3-5 \(3 in a row") as error:
+  with pytest.raises(
+      trainer.TrainingDiverged, match=r"training diverged: .*steps 3-5 \(3 in a row"
+  ) as error:
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert isinstance(error.value, cli.UserError)  # the CLI: one line on stderr, exit 2
   (ckpts,) = _FakeCheckpoints.instances
   assert [step for step, _ in ckpts.saved] == [1, 2]  # none during or after the streak
-  assert any(
-      "training diverged" in r.getMessage() for r in caplog.records if r.levelname == "ERROR"
-  )
 
   # A streak that ends: the periodic checkpoint waits for the first finite update.
   config.checkpoint_every, config.max_consecutive_nonfinite, config.total_steps = 2, 20, 4
