@@ -5,6 +5,7 @@ and 16x models and a decoder that looks ahead (centred convs, trilinear time ups
 Tiny widths and frames keep compilation (one per chunk shape) to a few seconds per model.
 """
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -160,6 +161,25 @@ def test_any_length_and_uneven_blocks_reconstruct_exactly(base_codec):
   # Unbatched arrays and iterators of unbatched blocks give unbatched results.
   latent = inference.stream_encode(base_codec, iter(video[0, :9].reshape(3, 3, 4, 4, 3)), 5)
   assert latent.mean.shape == (3, 2, 2, 4)
+
+
+def test_a_long_stream_holds_what_a_short_one_holds(base_codec):
+  """Memory is bounded by a chunk: after 60 chunks the live device arrays are those after 3
+  (each step's states replace the last), and each chunk's host memory is handed back."""
+
+  def live_after(chunks: int) -> tuple[int, int]:
+    frames = 1 + 4 * chunks
+    video = _video(frames, 4, seed=chunks)
+    pieces = streaming.stream_reconstruct_blocks(base_codec, [video], chunk_frames=5)
+    count = sum(piece.shape[1] for piece in pieces)
+    arrays = jax.live_arrays()
+    return count, len(arrays), sum(a.nbytes for a in arrays)
+
+  live_after(3)  # compiled, parameters on the device
+  short, long = live_after(3), live_after(60)
+  assert (short[0], long[0]) == (13, 241)
+  assert long[1:] == short[1:]
+  assert chunked._malloc_trim() is not None  # Linux / glibc: the per-chunk trim is active
 
 
 def test_clip_wide_norms_are_refused_with_the_official_tiling():
