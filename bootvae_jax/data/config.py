@@ -45,6 +45,7 @@ PER_SOURCE_FIELDS = (
     "random_crop",
     "random_flip",
     "synthetic_num_clips",
+    "synthetic_detail",
     "index_cache_dir",
     "cache_decoded",
 )
@@ -99,6 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.cache_decoded = False
   # Number of distinct clips in the synthetic source.
   config.synthetic_num_clips = 100_000
+  # Spatial-frequency scale of the synthetic clips in (0, 1] (`sources.render_synthetic_clip`):
+  # 1.0 has detail finer than an 8x-spatial latent cell; lower is smoother.
+  config.synthetic_detail = 1.0
   return config
 
 
@@ -187,6 +191,8 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
   for name in ("eval_num_clips", "synthetic_num_clips"):
     if not isinstance(config[name], int) or config[name] < 1:
       problems.append(f"data.{name}={config[name]!r} must be a positive int")
+  if not 0 < config["synthetic_detail"] <= 1:
+    problems.append(f"data.synthetic_detail={config['synthetic_detail']!r} must be in (0, 1]")
 
   if source == "mixture":
     problems.extend(_mixture_problems(data_config))

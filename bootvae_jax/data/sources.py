@@ -620,9 +620,18 @@ class SyntheticSource(ClipSource):
 
   kind = "synthetic"
 
-  def __init__(self, num_clips: int, spec: transforms.ClipSpec, *, seed: int, first_index: int = 0):
+  def __init__(
+      self,
+      num_clips: int,
+      spec: transforms.ClipSpec,
+      *,
+      seed: int,
+      first_index: int = 0,
+      detail: float = 1.0,
+  ):
     super().__init__(spec)
     self._num_clips, self._seed, self._first_index = num_clips, seed, first_index
+    self._detail = detail
 
   def __len__(self) -> int:
     return self._num_clips
@@ -633,13 +642,17 @@ class SyntheticSource(ClipSource):
   def read_clip(self, index, rng, *, position=0.5):
     del position
     clip = render_synthetic_clip(
-        self._seed, self._first_index + index, self.spec.num_frames, *self.spec.crop_size
+        self._seed,
+        self._first_index + index,
+        self.spec.num_frames,
+        *self.spec.crop_size,
+        detail=self._detail,
     )
     return transforms.crop_and_flip(clip, self.spec, rng)
 
 
 def render_synthetic_clip(
-    seed: int, index: int, num_frames: int, height: int, width: int
+    seed: int, index: int, num_frames: int, height: int, width: int, detail: float = 1.0
 ) -> np.ndarray:
   """A procedural video: textured shapes moving over a textured background.
 
@@ -647,12 +660,19 @@ def render_synthetic_clip(
   the clip exercises motion, scale change and global intensity change. numpy only, about a
   millisecond for 17x32x32.
 
+  `detail` scales every spatial frequency (background gratings, stripes on the shapes) and
+  divides the shapes' edge width (1 px at 1.0): at 1.0 most of a 32² clip's energy is finer
+  than an 8x-spatial latent cell (an 8×8 block average scores 18.5 dB, 2×2 23 dB), which a
+  small model cannot learn in minutes; 0.25 gives smooth clips of the same layout and motion.
+  The same (seed, index) draws the same scene at every detail.
+
   Args:
     seed: dataset seed.
     index: clip number; (seed, index) fully determine the clip.
     num_frames: T.
     height: H.
     width: W.
+    detail: spatial-frequency scale in (0, 1].
 
   Returns:
     (T, H, W, 3) uint8.
@@ -680,7 +700,7 @@ def render_synthetic_clip(
   image = np.empty((num_frames, height, width, 3), np.float32)
   image[:] = uniform(60, 190, 3)
   for _ in range(3):
-    frequency = uniform(0.5, 4.0) * np.float32(2 * np.pi) / size
+    frequency = uniform(0.5, 4.0) * np.float32(2 * np.pi * detail) / size
     wave = grating(world_y, world_x, frequency, uniform(0, np.pi), uniform(0, 2 * np.pi))
     image += wave[..., None] * uniform(-35, 35, 3)
 
@@ -699,9 +719,9 @@ def render_synthetic_clip(
       distance = np.sqrt(along * along + across * across)
     else:
       distance = np.maximum(np.abs(along), np.abs(across))
-    coverage = np.clip((radius - distance) * zoom + 0.5, 0.0, 1.0)
+    coverage = np.clip((radius - distance) * zoom * np.float32(detail) + 0.5, 0.0, 1.0)
     stripes = 0.5 + 0.5 * grating(
-        across, along, uniform(2, 6) * np.float32(np.pi) / radius, uniform(0, np.pi), 0.0
+        across, along, uniform(2, 6) * np.float32(np.pi * detail) / radius, uniform(0, np.pi), 0.0
     )
     colour_a, colour_b = uniform(0, 255, (2, 3))
     texture = colour_b + stripes[..., None] * (colour_a - colour_b)
@@ -737,7 +757,11 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
   if kind == "synthetic":
     num_clips = int(source_config["synthetic_num_clips"])
     return SyntheticSource(
-        num_clips, spec, seed=int(source_config["seed"]), first_index=num_clips if evaluating else 0
+        num_clips,
+        spec,
+        seed=int(source_config["seed"]),
+        first_index=num_clips if evaluating else 0,
+        detail=float(source_config.get("synthetic_detail", 1.0)),
     )
   if kind in ("video_folder", "image_folder"):
     folder = (evaluating and source_config["eval_path"]) or source_config["path"]

@@ -150,6 +150,26 @@ def test_synthetic_clips_are_deterministic_moving_and_cheap():
   assert (time.perf_counter() - start) / 50 < 0.02  # about 2 ms here; generous bound
 
 
+def test_synthetic_detail_smooths_the_same_scene():
+  def fine_detail(clips, s=2):  # RMS of what a s×s block average cannot represent
+    n, t, h, w, c = clips.shape
+    x = clips.astype(np.float32).reshape(n, t, h // s, s, w // s, s, c)
+    return np.sqrt(np.mean(np.square(x - x.mean(axis=(3, 5), keepdims=True))))
+
+  sharp = np.stack([sources.render_synthetic_clip(0, i, 9, 32, 32) for i in range(8)])
+  smooth = np.stack([sources.render_synthetic_clip(0, i, 9, 32, 32, detail=0.25) for i in range(8)])
+  np.testing.assert_array_equal(sharp[0], sources.render_synthetic_clip(0, 0, 9, 32, 32, 1.0))
+  assert fine_detail(smooth) < 0.5 * fine_detail(sharp)  # measured: 0.41
+  # Same scene: the clips' mean colours agree far better than two different scenes'.
+  same = np.abs(sharp.mean(axis=(1, 2, 3)) - smooth.mean(axis=(1, 2, 3))).mean()
+  other = np.abs(sharp.mean(axis=(1, 2, 3)) - np.roll(smooth, 1, 0).mean(axis=(1, 2, 3))).mean()
+  assert same < 0.5 * other
+  config = data_config_lib.default_config()
+  config.synthetic_detail = 0.0
+  with pytest.raises(ValueError, match=r"synthetic_detail=0.0 must be in \(0, 1\]"):
+    data_config_lib.validate(config, temporal_factor=4, spatial_factor=8)
+
+
 def test_synthetic_source_holds_out_eval_clips(make_config):
   config = make_config()
   ((train_config, _),) = data_config_lib.resolve_sources(config)
