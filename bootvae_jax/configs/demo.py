@@ -7,10 +7,10 @@ Finishes in a few minutes on a 2-core CPU:
 Architecture: 2x2 pixel patches in and out (`model.patch_size`, no full-resolution conv) and
 per-frame GroupNorm (causal), the layout of the ProMAG experiment's CPU preset. Measured on
 the 2-core CPU (issue 9, results/demo_learning.md): eval PSNR stays near 14 dB (the data mean)
-for 800 steps with this layout (200-400 steps for each variant: RMS norms, one group, 32 wide, He or tail-initialised 3D
-kernels, mean or sampled latents, learning rates 5e-4 to 2e-3, and on smoother clips
-(`data.synthetic_detail=0.25`)); the same 3-level model with 2D blocks and no temporal
-compression leaves the mean within 200 steps, and this model does on real video.
+for 800 steps with this layout, and for 200-400 steps with each variant tried (RMS norms, one
+group, 32 wide, He or tail-initialised 3D kernels, mean or sampled latents, learning rates 5e-4
+to 2e-3, smoother clips: `data.synthetic_detail=0.25`); the same 3-level model with 2D blocks
+and no temporal compression leaves the mean within 200 steps, and this model does on real video.
 """
 
 from bootvae_jax.models import architectures
