@@ -301,6 +301,8 @@ class _NonfiniteStreak:
     self._previous = None
 
   def check_previous(self, step: int, metrics) -> None:
+    if not self.limit:  # nothing to stop for: only checkpoint steps read the streak
+      return
     if self._previous is not None:
       self.check(step - 1, self._previous)
     self._previous = metrics
