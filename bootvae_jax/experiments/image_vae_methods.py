@@ -36,6 +36,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import bootvae_jax
 from bootvae_jax import cli
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 
@@ -398,7 +399,7 @@ def main(argv):
     rows = []
     for variant in (1, 2, 3, 4):
       r = public(run(variant, "tail"))
-      model = bvd.load_model(runs[r["run"]]["config"], runs[r["run"]]["run_dir"])
+      model = bootvae_jax.load_model(runs[r["run"]]["run_dir"])[0]
       r["parameters"] = autoencoder.count_params(model)
       r.update(encode_decode_seconds(model))
       r["layout"] = {
