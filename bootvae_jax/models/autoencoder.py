@@ -199,6 +199,9 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
   for side in ("encoder", "decoder"):
     cfg = config[side]
+    if not isinstance(cfg.num_res_blocks, int) or cfg.num_res_blocks < 1:
+      # A level's first res block is what changes the width between levels.
+      raise UserError(f"model.{side}.num_res_blocks={cfg.num_res_blocks!r} must be an int >= 1")
     if cfg.time_padding not in ("causal", "centred"):
       raise UserError(f"model.{side}.time_padding={cfg.time_padding!r}; use causal or centred")
     if cfg.mid_block not in blocks.RES_BLOCK_KINDS:

@@ -497,6 +497,7 @@ def test_validate_rejects_other_bad_fields():
       (("encoder", "norm", "batchnorm"), r"model\.encoder\.norm='batchnorm'"),
       ((None, "conv_impl", "cudnn"), r"conv_impl"),
       ((None, "latent_channels", 16), r"model\.latent_channels"),
+      (("decoder", "num_res_blocks", 0), r"model\.decoder\.num_res_blocks=0"),
   ]
   for (side, field, value), pattern in cases:
     config = tiny_promag()
