@@ -308,8 +308,9 @@ def conv3d_valid_time(
   return _fast_conv(x, kernel, tuple(stride), tuple(map(tuple, spatial_padding)), impl)
 
 
-def _conv_forward(x, kernel, stride, spatial_padding, impl):
-  """The non-"xla" formulations of `conv3d_valid_time` (forward only)."""
+def conv3d_by_formulation(x, kernel, stride, spatial_padding, impl):
+  """`conv3d_valid_time` by the formulation `impl` ("stacked", "summed" or "winograd"), without
+  its custom backward (plain autodiff differentiates this one)."""
   kt, kh, kw, cin, cout = kernel.shape
   st, sh, sw = stride
   b, t = x.shape[:2]
@@ -341,14 +342,14 @@ def _conv_forward(x, kernel, stride, spatial_padding, impl):
 # XLA:CPU differentiates a conv w.r.t. its kernel as a conv whose "kernel" is the whole output
 # cotangent, which runs 3-7x slower than PyTorch's oneDNN (3×3 64→64 over 17×128²: 2.9-6.4 s vs
 # 0.4-0.9 s). The backward below computes d/dkernel as matrix products over all positions
-# instead, and d/dx with the fast forward formulations.
+# instead; d/dx stays autodiff of the fast forward formulations.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _fast_conv(x, kernel, stride, spatial_padding, impl):
-  return _conv_forward(x, kernel, stride, spatial_padding, impl)
+  return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
 
 
 def _fast_conv_fwd(x, kernel, stride, spatial_padding, impl):
-  return _conv_forward(x, kernel, stride, spatial_padding, impl), (x, kernel)
+  return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl), (x, kernel)
 
 
 def _fast_conv_bwd(stride, spatial_padding, impl, residuals, cotangent):
@@ -363,22 +364,14 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
   """d/dx of `conv3d_valid_time` (formulation `impl`) through `cotangent: (B, T_out, H_out,
-  W_out, Cout)`, as a (B, T, H, W, Cin) array.
+  W_out, Cout)`, as a (B, T, H, W, Cin) array: autodiff of the forward w.r.t. x alone.
 
-  Stride 1: the transposed conv is a conv of the cotangent, zero-padded by kt - 1 frames at both
-  ends and by k - 1 - pad in space, with the flipped, in/out-swapped kernel, so it runs on the
-  same fast formulations as the forward (Winograd included). Strided convs: autodiff of the
-  forward w.r.t. x alone (they are few and small).
+  XLA transposes each per-tap 2D conv on its own; that ran 1.25-1.7x faster than one conv of
+  the cotangent zero-padded in time with the flipped kernel (Winograd included, where it
+  applied) at the ProMAG base's shapes (benchmarks/conv_speed.py --parts=grads).
   """
-  kt, kh, kw = kernel.shape[:3]
-  (top, bottom), (left, right) = spatial_padding
-  if tuple(stride) != (1, 1, 1) or max(top, bottom) >= kh or max(left, right) >= kw:
-    forward = lambda x: _conv_forward(x, kernel, stride, spatial_padding, impl)
-    return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, kernel.dtype))(cotangent)[0]
-  flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
-  padded = pad_time(cotangent, kt - 1, kt - 1, "zeros")
-  pad = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-  return conv3d_valid_time(padded, flipped, stride=(1, 1, 1), spatial_padding=pad, impl=impl)
+  forward = lambda x: conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
+  return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, kernel.dtype))(cotangent)[0]
 
 
 # Bytes of the im2col block one step of `conv_kernel_grad` builds: big enough for a matrix

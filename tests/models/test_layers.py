@@ -243,7 +243,7 @@ def test_conv_kernel_grad_in_blocks_equals_xla_autodiff(monkeypatch):
 
 
 def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(monkeypatch):
-  """The custom backward where d/dx itself runs Winograd (thresholds lowered to these tiny
+  """The custom backward of the Winograd formulation (thresholds lowered to these tiny
   shapes): d/dx and d/dkernel equal XLA autodiff within 1e-5 in float32 and within 2% of the
   gradient's scale in bfloat16 (returned in bfloat16); a second-order gradient under jit
   (d/dx of |d/dkernel|²) and a vmap over kernels agree with the XLA conv within 1e-5 of
