@@ -206,7 +206,7 @@ def bench_gradients() -> None:
     for name, conv in (("jax_custom", custom), ("jax_autodiff", autodiff)):
       for what, argnums in wrt.items():
         if name == "jax_custom" and what == "dx":
-          continue  # the custom backward's d/dx is this autodiff (and its loop is not pruned)
+          continue  # the custom backward's d/dx is this autodiff
         fn = jax.jit(
             lambda x, k, g, conv=conv, argnums=argnums: jax.vjp(conv, x, k)[1](g)[argnums[-1]]
             if len(argnums) == 1

@@ -256,6 +256,14 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
   Measured on a 2-core AVX-512 CPU, one thread, CPU time of the released OD-VAE layout at
   9×64² (benchmarks/jax_vs_torch.py): decode 10.6 s with "stacked", 9.7 s "summed", 7.9 s
   "winograd" (PyTorch 7.9 s); encode 2.4 / 2.4 / 2.3 s (PyTorch 2.3-2.5 s).
+
+  Training: every formulation but "xla" has a custom backward (`conv_kernel_grad`): XLA's own
+  d/dkernel of these convs was 7x slower (3×3×3 64→64 over 19×128², wall s on the shared 2-core
+  machine, benchmarks/conv_speed.py --parts=grads: autodiff 13.7, ours 1.9 then 1.5 after
+  stacking the cotangent (CPU time -25%), PyTorch 1.4; 128→128 over 19×64²: 12.8 / 1.8, -20%
+  / 1.4). The ProMAG base train step at 17×128² (benchmarks/jax_vs_torch.py --repeats=1) went
+  from 2.32x PyTorch's time (125.2 vs 53.9 s) to 0.80x (126.9 vs 158.7 s, CPU time 0.91x) on
+  the machine shared with other jobs (load average 3.9), where PyTorch slows down more.
   """
   if impl == "auto":
     return "winograd" if jax.default_backend() == "cpu" else "xla"
@@ -340,9 +348,10 @@ def conv3d_by_formulation(x, kernel, stride, spatial_padding, impl):
 
 
 # XLA:CPU differentiates a conv w.r.t. its kernel as a conv whose "kernel" is the whole output
-# cotangent, which runs 3-7x slower than PyTorch's oneDNN (3×3 64→64 over 17×128²: 2.9-6.4 s vs
-# 0.4-0.9 s). The backward below computes d/dkernel as matrix products over all positions
-# instead; d/dx stays autodiff of the fast forward formulations.
+# cotangent (per temporal tap here), which ran ~10x slower than PyTorch's oneDNN (3×3×3 64→64
+# over 19×128²: 13.7 s vs 1.4 s, benchmarks/conv_speed.py --parts=grads). The backward below
+# computes d/dkernel as matrix products over all positions instead; d/dx stays autodiff of the
+# fast forward formulations.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _fast_conv(x, kernel, stride, spatial_padding, impl):
   return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
@@ -366,9 +375,10 @@ def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
   """d/dx of `conv3d_valid_time` (formulation `impl`) through `cotangent: (B, T_out, H_out,
   W_out, Cout)`, as a (B, T, H, W, Cin) array: autodiff of the forward w.r.t. x alone.
 
-  XLA transposes each per-tap 2D conv on its own; that ran 1.25-1.7x faster than one conv of
-  the cotangent zero-padded in time with the flipped kernel (Winograd included, where it
-  applied) at the ProMAG base's shapes (benchmarks/conv_speed.py --parts=grads).
+  XLA transposes each per-tap 2D conv on its own; that ran 1.25-1.4x faster than one "summed"
+  conv of the cotangent zero-padded in time with the flipped kernel (3×3×3 64→64 over 19×128²,
+  128→128 over 19×64²; benchmarks/conv_speed.py --parts=grads), and no slower than a Winograd
+  one where Winograd applied (256→256 over 11×32², one noisy run).
   """
   forward = lambda x: conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
   return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, kernel.dtype))(cotangent)[0]
@@ -376,7 +386,8 @@ def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
 
 # Bytes of the im2col block one step of `conv_kernel_grad` builds: big enough for a matrix
 # product that runs near the CPU's peak, small enough to stay in its L3 cache. At 17×128²
-# (ProMAG base, 3×3×3 64→64) 4-16 row strips per frame (3.5-14 MiB) all ran within 10%.
+# (ProMAG base, 3×3×3 64→64) 4-16 row strips per frame (3.5-14 MiB) ran within 20% of each
+# other on the loaded machine.
 KERNEL_GRAD_BLOCK_BYTES = 8 * 2**20
 
 
@@ -455,7 +466,7 @@ def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding):
       stacked = jnp.concatenate(
           [g_block[:, kt - 1 - i : kt - 1 - i + frames] for i in range(kt)], axis=-1
       )
-    # (channels, patch): the orientation XLA:CPU ran ~15% faster than (patch, channels).
+    # (channels, patch): the orientation XLA:CPU ran up to 15% faster than (patch, channels).
     return jnp.einsum(
         "pd,pk->dk",
         stacked.reshape(-1, stacked_channels),
