@@ -1,6 +1,7 @@
 """Wall time of each conv formulation (`conv_impl` in `layers.CONV_IMPLS`, models/layers.py).
 
   python benchmarks/conv_speed.py [--repeats=5] [--frames=17] [--size=64]
+  python benchmarks/conv_speed.py --parts=grads --grad_shapes=19x128x64x64 --repeats=2
 
 Measures, for each formulation, the median wall time of
   * `model_forward`: jitted encode + decode (posterior mean) of a small ProMAG base,
@@ -8,6 +9,12 @@ Measures, for each formulation, the median wall time of
     every parameter of that model,
   * `layer_forward` / `layer_forward_backward`: one 3x3x3 causal conv 64 -> 64 alone (the
     gradient w.r.t. its input and kernel).
+  * `layer_grads` (`--parts=grads`): for each `--grad_shapes` entry TxHxCinxCout (a 3x3x3
+    `same` conv over (1, T, H, H, Cin), valid in time), d/dx and d/dkernel apart, each through a
+    fixed cotangent, and both together: JAX `conv_impl=auto` with its custom backward (whose
+    d/dx is the autodiff one), plain JAX autodiff of the same formulation
+    (`layers.conv3d_by_formulation`), and PyTorch's conv3d backward (its forward graph built
+    once, outside the timing). Wall and CPU seconds (min over repeats).
 Compile time is excluded (reported apart as compile_s); every call ends in
 `block_until_ready`. All formulations run with the same parameters, and the largest
 difference between each output and "xla"'s is reported. One JSON line per measurement.
@@ -39,7 +46,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (afte
 _FRAMES = flags.DEFINE_integer("frames", 17, "Clip length (1 + 4k).")
 _SIZE = flags.DEFINE_integer("size", 64, "Frame height and width (a multiple of 8).")
 _LAYER_CHANNELS = flags.DEFINE_integer("layer_channels", 64, "Channels of the single conv.")
-_SKIP_LAYER = flags.DEFINE_bool("skip_layer", False, "Only measure the model.")
+_PARTS = flags.DEFINE_list("parts", ["model", "layer"], "Any of model, layer, grads.")
+_GRAD_SHAPES = flags.DEFINE_list(
+    "grad_shapes",
+    ["19x128x64x64", "19x64x128x128", "7x16x256x256", "11x32x256x256"],
+    "TxHxCinxCout of the convs whose gradients --parts=grads times (ProMAG base at 17x128²; the last one runs Winograd).",
+)
 
 IMPLS = layers.CONV_IMPLS
 MODEL_KWARGS = dict(
@@ -159,11 +171,87 @@ def bench_layer() -> None:
   )
 
 
+def _min_times(fn, repeats: int) -> tuple[float, float]:
+  """(min wall, min CPU seconds) of `repeats` calls after one warm-up (compile) call."""
+  fn()
+  walls, cpus = [], []
+  for _ in range(repeats):
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    walls.append(time.perf_counter() - wall)
+    cpus.append(time.process_time() - cpu)
+  return round(min(walls), 4), round(min(cpus), 4)
+
+
+def bench_gradients() -> None:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  impl = layers.resolve_conv_impl("auto")
+  for spec in _GRAD_SHAPES.value:
+    t, h, cin, cout = map(int, spec.split("x"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, t, h, h, cin)).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, 3, cin, cout)) / np.sqrt(27 * cin)).astype(np.float32)
+    cotangent = rng.standard_normal((1, t - 2, h, h, cout)).astype(np.float32)
+    args = dict(stride=(1, 1, 1), spatial_padding=((1, 1), (1, 1)))
+    custom = lambda x, k: layers.conv3d_valid_time(x, k, impl=impl, **args)
+    autodiff = lambda x, k: layers.conv3d_by_formulation(x, k, args["stride"], args["spatial_padding"], impl)
+    jx, jk, jg = map(jnp.asarray, (x, kernel, cotangent))
+    line = {"bench": "conv_speed", "what": "layer_grads", "input_shape": [1, t, h, h, cin]}
+    line["kernel_shape"] = [3, 3, 3, cin, cout]
+    line["conv_impl"] = impl
+    line["winograd_forward"] = layers.winograd_applies(x.shape, kernel.shape, (1, 1, 1), args["spatial_padding"])
+    outputs = {}
+    wrt = {"dx": (0,), "dkernel": (1,), "both": (0, 1)}
+    for name, conv in (("jax_custom", custom), ("jax_autodiff", autodiff)):
+      for what, argnums in wrt.items():
+        if name == "jax_custom" and what == "dx":
+          continue  # the custom backward's d/dx is this autodiff
+        fn = jax.jit(
+            lambda x, k, g, conv=conv, argnums=argnums: jax.vjp(conv, x, k)[1](g)[argnums[-1]]
+            if len(argnums) == 1
+            else jax.vjp(conv, x, k)[1](g)
+        )
+        line[f"{what}_{name}_s"], line[f"{what}_{name}_cpu_s"] = _min_times(
+            lambda fn=fn: jax.block_until_ready(fn(jx, jk, jg)), _REPEATS.value
+        )
+        if what == "dkernel":
+          outputs[name] = np.asarray(fn(jx, jk, jg))
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))).requires_grad_()
+    wt = torch.from_numpy(np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))).requires_grad_()
+    gt = torch.from_numpy(np.ascontiguousarray(cotangent.transpose(0, 4, 1, 2, 3)))
+    yt = torch.nn.functional.conv3d(xt, wt, padding=(0, 1, 1))
+    for what, inputs in (("dx", [xt]), ("dkernel", [wt]), ("both", [xt, wt])):
+      grad = lambda inputs=inputs: torch.autograd.grad(yt, inputs, gt, retain_graph=True)
+      line[f"{what}_torch_s"], line[f"{what}_torch_cpu_s"] = _min_times(grad, _REPEATS.value)
+    for what in ("dkernel", "both"):
+      line[f"{what}_speedup_custom_over_autodiff"] = round(
+          line[f"{what}_jax_autodiff_s"] / line[f"{what}_jax_custom_s"], 3
+      )
+      line[f"{what}_ratio_custom_over_torch"] = round(
+          line[f"{what}_jax_custom_s"] / line[f"{what}_torch_s"], 3
+      )
+    reference = outputs["jax_autodiff"]
+    line["dkernel_max_rel_diff"] = float(
+        np.max(np.abs(outputs["jax_custom"] - reference)) / np.max(np.abs(reference))
+    )
+    line.update(
+        repeats=_REPEATS.value,
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        load_avg_1m=round(os.getloadavg()[0], 2),
+    )
+    print(json.dumps(line), flush=True)
+
+
 def main(argv):
   del argv
-  bench_model()
-  if not _SKIP_LAYER.value:
+  if "model" in _PARTS.value:
+    bench_model()
+  if "layer" in _PARTS.value:
     bench_layer()
+  if "grads" in _PARTS.value:
+    bench_gradients()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from the schedulable CPUs; `--xla_cpu_multi_thread_eigen=false` when 1) and
 `torch.set_num_threads(--threads)`; both are set before either framework starts.
 """
 
+import copy
 import functools
 import json
 import os
@@ -199,7 +200,6 @@ def torch_ops(vae, x, eps):
   to_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.transpose(a, (0, 4, 1, 2, 3))))
   to_j = lambda t: np.transpose(t.detach().numpy(), (0, 2, 3, 4, 1))
   x, eps = to_t(x), to_t(eps)
-  optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4, weight_decay=0.01)
   state = {}
 
   def encode():
@@ -214,9 +214,15 @@ def torch_ops(vae, x, eps):
       return to_j(vae.decode(state["mean"]))
 
   def step():
+    if "trained" not in state:  # a copy, as on the JAX side: encode / decode keep the originals
+      state["trained"] = copy.deepcopy(vae)
+      state["optimizer"] = torch.optim.AdamW(
+          state["trained"].parameters(), lr=1e-4, weight_decay=0.01
+      )
+    trained, optimizer = state["trained"], state["optimizer"]
     optimizer.zero_grad(set_to_none=True)
-    mean, logvar = vae.encode(x)
-    recon = vae.decode(mean + torch.exp(0.5 * logvar) * eps)
+    mean, logvar = trained.encode(x)
+    recon = trained.decode(mean + torch.exp(0.5 * logvar) * eps)
     kl = 0.5 * torch.sum(mean.square() + logvar.exp() - 1.0 - logvar, dim=(1, 2, 3, 4))
     loss = torch.mean(torch.abs(recon - x)) + KL_WEIGHT * kl.mean()
     loss.backward()

@@ -256,6 +256,14 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
   Measured on a 2-core AVX-512 CPU, one thread, CPU time of the released OD-VAE layout at
   9×64² (benchmarks/jax_vs_torch.py): decode 10.6 s with "stacked", 9.7 s "summed", 7.9 s
   "winograd" (PyTorch 7.9 s); encode 2.4 / 2.4 / 2.3 s (PyTorch 2.3-2.5 s).
+
+  Training: every formulation but "xla" has a custom backward (`conv_kernel_grad`): XLA's own
+  d/dkernel of these convs was 7x slower (3×3×3 64→64 over 19×128², wall s on the shared 2-core
+  machine, benchmarks/conv_speed.py --parts=grads: autodiff 13.7, ours 1.9 then 1.5 after
+  stacking the cotangent (CPU time -25%), PyTorch 1.4; 128→128 over 19×64²: 12.8 / 1.8, -20%
+  / 1.4). The ProMAG base train step at 17×128² (benchmarks/jax_vs_torch.py --repeats=1) went
+  from 2.32x PyTorch's time (125.2 vs 53.9 s) to 0.80x (126.9 vs 158.7 s, CPU time 0.91x) on
+  the machine shared with other jobs (load average 3.9), where PyTorch slows down more.
   """
   if impl == "auto":
     return "winograd" if jax.default_backend() == "cpu" else "xla"
@@ -305,6 +313,14 @@ def conv3d_valid_time(
         padding=((0, 0),) + tuple(spatial_padding),
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
     )
+  return _fast_conv(x, kernel, tuple(stride), tuple(map(tuple, spatial_padding)), impl)
+
+
+def conv3d_by_formulation(x, kernel, stride, spatial_padding, impl):
+  """`conv3d_valid_time` by the formulation `impl` ("stacked", "summed" or "winograd"), without
+  its custom backward (plain autodiff differentiates this one)."""
+  kt, kh, kw, cin, cout = kernel.shape
+  st, sh, sw = stride
   b, t = x.shape[:2]
   t_out = (t - kt) // st + 1
   span = st * (t_out - 1) + 1
@@ -329,6 +345,139 @@ def conv3d_valid_time(
   kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
   y = conv2d(frames, kernel_2d)
   return y.reshape((b, t_out) + y.shape[1:])
+
+
+# XLA:CPU differentiates a conv w.r.t. its kernel as a conv whose "kernel" is the whole output
+# cotangent (per temporal tap here), which ran ~10x slower than PyTorch's oneDNN (3×3×3 64→64
+# over 19×128²: 13.7 s vs 1.4 s, benchmarks/conv_speed.py --parts=grads). The backward below
+# computes d/dkernel as matrix products over all positions instead; d/dx stays autodiff of the
+# fast forward formulations.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fast_conv(x, kernel, stride, spatial_padding, impl):
+  return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
+
+
+def _fast_conv_fwd(x, kernel, stride, spatial_padding, impl):
+  return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl), (x, kernel)
+
+
+def _fast_conv_bwd(stride, spatial_padding, impl, residuals, cotangent):
+  x, kernel = residuals
+  dx = conv_input_grad(cotangent, kernel, x.shape, stride, spatial_padding, impl)
+  dkernel = conv_kernel_grad(x, cotangent, kernel.shape, stride, spatial_padding)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
+  """d/dx of `conv3d_valid_time` (formulation `impl`) through `cotangent: (B, T_out, H_out,
+  W_out, Cout)`, as a (B, T, H, W, Cin) array: autodiff of the forward w.r.t. x alone.
+
+  XLA transposes each per-tap 2D conv on its own; that ran 1.25-1.4x faster than one "summed"
+  conv of the cotangent zero-padded in time with the flipped kernel (3×3×3 64→64 over 19×128²,
+  128→128 over 19×64²; benchmarks/conv_speed.py --parts=grads), and no slower than a Winograd
+  one where Winograd applied (256→256 over 11×32², one noisy run).
+  """
+  forward = lambda x: conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
+  return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, kernel.dtype))(cotangent)[0]
+
+
+# Bytes of the im2col block one step of `conv_kernel_grad` builds: big enough for a matrix
+# product that runs near the CPU's peak, small enough to stay in its L3 cache. At 17×128²
+# (ProMAG base, 3×3×3 64→64) 4-16 row strips per frame (3.5-14 MiB) ran within 20% of each
+# other on the loaded machine.
+KERNEL_GRAD_BLOCK_BYTES = 8 * 2**20
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
+
+
+def _sum_over_blocks(num_blocks: int, block_product) -> jax.Array:
+  """block_product(0) + ... + block_product(num_blocks - 1), one block at a time (a loop)."""
+  if num_blocks == 1:
+    return block_product(0)
+  return jax.lax.fori_loop(1, num_blocks, lambda k, acc: acc + block_product(k), block_product(0))
+
+
+def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding):
+  """d/dkernel of `conv3d_valid_time` through `cotangent: (B, T_out, H_out, W_out, Cout)`,
+  in float32 (the caller casts), as large matrix products over all positions (im2col).
+
+  Stride 1 in time: for every input frame, colsᵀ · stacked, with cols (positions, kh·kw·Cin)
+  its spatial patches and stacked (positions, kt·Cout) the cotangent of the kt output frames
+  that read it (zero outside the clip); each patch is copied once, not kt times, which ran
+  1.2-1.3x faster at the ProMAG base's shapes. Strided in time: colsᵀ · cotangent with cols
+  (positions, kt·kh·kw·Cin) the whole patch of every output position.
+
+  The blocks (a strip of rows of a few frames, `KERNEL_GRAD_BLOCK_BYTES`) are built and
+  multiplied one by one inside a loop, so cols is never whole in memory.
+  """
+  kt, kh, kw, cin, cout = kernel_shape
+  st, sh, sw = stride
+  (top, bottom), (left, right) = spatial_padding
+  b, t_out, h_out, w_out, _ = cotangent.shape
+  x = jnp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right), (0, 0)))
+  time_taps_on_input = st > 1
+  patch = (kt if time_taps_on_input else 1) * kh * kw * cin
+  stacked_channels = cout if time_taps_on_input else kt * cout
+  # Frames the blocks go over: output frames (strided), else every input frame that is read.
+  num_frames = t_out if time_taps_on_input else t_out + kt - 1
+  if not time_taps_on_input:
+    cotangent = pad_time(cotangent, kt - 1, kt - 1, "zeros")
+  row_bytes = b * w_out * (patch + stacked_channels) * x.dtype.itemsize  # one row of one frame
+  rows = _largest_divisor_at_most(h_out, KERNEL_GRAD_BLOCK_BYTES // row_bytes)
+  frames = 1
+  if rows == h_out:
+    frames = _largest_divisor_at_most(num_frames, KERNEL_GRAD_BLOCK_BYTES // (row_bytes * h_out))
+  strips = h_out // rows
+  in_frames = st * (frames - 1) + kt if time_taps_on_input else frames
+  g_frames = frames if time_taps_on_input else frames + kt - 1
+  in_rows = sh * (rows - 1) + kh
+
+  def block_product(block):
+    j, r = block // strips, block % strips
+    x_block = jax.lax.dynamic_slice(
+        x, (0, j * frames * st, r * rows * sh, 0, 0), (b, in_frames, in_rows) + x.shape[3:]
+    )
+    g_block = jax.lax.dynamic_slice(
+        cotangent, (0, j * frames, r * rows, 0, 0), (b, g_frames, rows, w_out, cout)
+    )
+    time_taps = range(kt) if time_taps_on_input else range(1)
+    cols = jnp.concatenate(
+        [
+            x_block[
+                :,
+                i : i + st * (frames - 1) + 1 : st,
+                a : a + sh * (rows - 1) + 1 : sh,
+                c : c + sw * (w_out - 1) + 1 : sw,
+            ]
+            for i in time_taps
+            for a in range(kh)
+            for c in range(kw)
+        ],
+        axis=-1,
+    )
+    if time_taps_on_input:
+      stacked = g_block
+    else:  # input frame u is read by output frame u - i through tap i
+      stacked = jnp.concatenate(
+          [g_block[:, kt - 1 - i : kt - 1 - i + frames] for i in range(kt)], axis=-1
+      )
+    # (channels, patch): the orientation XLA:CPU ran up to 15% faster than (patch, channels).
+    return jnp.einsum(
+        "pd,pk->dk",
+        stacked.reshape(-1, stacked_channels),
+        cols.reshape(-1, patch),
+        preferred_element_type=jnp.float32,
+    )
+
+  total = _sum_over_blocks((num_frames // frames) * strips, block_product)
+  if time_taps_on_input:
+    return total.T.reshape(kernel_shape)
+  return jnp.transpose(total.reshape(kt, cout, kh, kw, cin), (0, 2, 3, 4, 1))
 
 
 # Winograd F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",

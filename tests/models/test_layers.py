@@ -164,6 +164,18 @@ def test_winograd_conv_on_odd_sizes_and_time_strides():
       assert _max_err(a, b) <= TOL, (st, what, _max_err(a, b))
 
 
+def _primitive_names(jaxpr) -> set[str]:
+  """The primitives of `jaxpr` and of the jaxprs inside it (the custom-gradient conv's body)."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for value in eqn.params.values():
+      inner = getattr(value, "jaxpr", value)
+      if hasattr(inner, "eqns"):
+        names |= _primitive_names(inner)
+  return names
+
+
 def test_winograd_is_used_where_it_pays():
   """conv_impl="winograd" runs `winograd_conv` (no conv primitive left) for 3×3 stride-1
   `same` convs with >= 256 input channels over >= 2048 output tiles, the summed convs
@@ -177,7 +189,7 @@ def test_winograd_is_used_where_it_pays():
     jaxpr = jax.make_jaxpr(fn)(
         jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
     )
-    return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+    return _primitive_names(jaxpr.jaxpr)
 
   big = (1, 11, 32, 32, 256)  # 9 output frames x 16 x 16 tiles = 2304
   assert "conv_general_dilated" not in primitives(big, (3, 3, 3, 256, 128))
@@ -192,6 +204,86 @@ def test_winograd_is_used_where_it_pays():
   ]:
     assert not layers.winograd_applies(x_shape, kernel_shape, stride, padding)
     assert "conv_general_dilated" in primitives(x_shape, kernel_shape, stride, padding)
+
+
+def _xla_vjp(x, kernel, cotangent, stride, padding):
+  conv = lambda x, k: layers.conv3d_valid_time(
+      x, k, stride=stride, spatial_padding=padding, impl="xla"
+  )
+  return jax.vjp(conv, x, kernel)[1](cotangent)
+
+
+def test_conv_kernel_grad_in_blocks_equals_xla_autodiff(monkeypatch):
+  """`layers.conv_kernel_grad` (im2col products, built block by block) equals autodiff of the
+  XLA conv within 1e-5 for kt in {1, 3} x every stride x spatial padding, computed in one
+  block, in row strips of one frame, and in groups of whole frames."""
+  x = _normal(8, (1, 14, 6, 6, 2))
+  failures = []
+  for kt, stride, spatial in itertools.product((1, 3), STRIDES, SPATIAL_PADDINGS):
+    kernel_shape = (kt, 3, 3, 2, 3)
+    padding = layers.spatial_padding_amounts(spatial, 3, 3)
+    out_shape = (
+        1,
+        (14 - kt) // stride[0] + 1,
+        _spatial_shape(spatial, 6, stride[1]),
+        _spatial_shape(spatial, 6, stride[2]),
+        3,
+    )
+    cotangent = _normal(9, out_shape, scale=0.1)
+    reference = _xla_vjp(x, _normal(kt, kernel_shape), cotangent, stride, padding)[1]
+    frame_bytes = out_shape[2] * out_shape[3] * kt * 9 * 2 * 4  # im2col of one output frame
+    for block_bytes in (2**30, 1, 3 * frame_bytes):  # one block, row strips, 1-3 frames
+      monkeypatch.setattr(layers, "KERNEL_GRAD_BLOCK_BYTES", block_bytes)
+      grad = jax.jit(layers.conv_kernel_grad, static_argnums=(2, 3, 4))(
+          x, cotangent, kernel_shape, stride, padding
+      )
+      if (err := _max_err(grad, reference)) > TOL:
+        failures.append(f"kt={kt} stride={stride} {spatial} block={block_bytes}: {err:.2e}")
+  assert not failures, "\n".join(failures)
+
+
+def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(monkeypatch):
+  """The custom backward of the Winograd formulation (thresholds lowered to these tiny
+  shapes): d/dx and d/dkernel equal XLA autodiff within 1e-5 in float32 and within 2% of the
+  gradient's scale in bfloat16 (returned in bfloat16); a second-order gradient under jit
+  (d/dx of |d/dkernel|²) and a vmap over kernels agree with the XLA conv within 1e-5 of
+  their scale."""
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_IN_CHANNELS", 1)
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_OUT_CHANNELS", 1)
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_TILES", 1)
+  x = _normal(10, (1, 7, 8, 6, 4))
+  kernel = _normal(11, (3, 3, 3, 4, 5), scale=0.2)
+  cotangent = _normal(12, (1, 5, 8, 6, 5), scale=0.1)
+  same = ((1, 1), (1, 1))
+  conv = lambda impl: lambda x, k: layers.conv3d_valid_time(
+      x, k, stride=(1, 1, 1), spatial_padding=same, impl=impl
+  )
+  reference = _xla_vjp(x, kernel, cotangent, (1, 1, 1), same)
+  fast = jax.jit(lambda x, k, g: jax.vjp(conv("winograd"), x, k)[1](g))(x, kernel, cotangent)
+  for name, a, b in zip(("dx", "dkernel"), reference, fast):
+    assert _max_err(a, b) <= TOL, (name, _max_err(a, b))
+
+  bf16 = jax.jit(lambda x, k, g: jax.vjp(conv("winograd"), x, k)[1](g))(
+      *(jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, cotangent))
+  )
+  for name, a, b in zip(("dx", "dkernel"), reference, bf16):
+    assert b.dtype == jnp.bfloat16, name
+    scale = float(np.max(np.abs(a)))
+    assert _max_err(a, np.asarray(b, np.float32)) <= 0.02 * scale, (name, scale)
+
+  def second_order(impl):
+    kernel_grad = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(impl)(x, k))), argnums=1)
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(kernel_grad(x, k) ** 2)))(x, kernel)
+
+  reference = second_order("xla")  # entries up to ~300: compared relative to that scale
+  assert _max_err(reference, second_order("winograd")) <= TOL * float(np.max(np.abs(reference)))
+
+  kernels = np.stack([kernel, 0.5 * kernel])
+  batched = lambda impl: jax.vmap(
+      jax.grad(lambda k: jnp.sum(jnp.sin(conv(impl)(x, k)))), in_axes=0
+  )(kernels)
+  reference = batched("xla")
+  assert _max_err(reference, batched("summed")) <= TOL * float(np.max(np.abs(reference)))
 
 
 @pytest.mark.parametrize("time_padding", TIME_PADDINGS)
