@@ -235,15 +235,16 @@ def test_several_processes_stop_at_one_step_and_resume_on_another_topology(
 
   # 1 process × 4 devices continues it (the error was `data/process_0-of-1.json does not
   # exist`). Global batches hold the same examples on 2×2 and 1×4, so every step's loss is
-  # the uninterrupted 1×4 run's up to the reduction order; a repeated or skipped batch would
-  # change it by >1e-3.
+  # the uninterrupted 1×4 run's up to the reduction order (the CPU convs' blocked d/dkernel
+  # sums in another order per layout: KL 2.1e-5 apart at step 10); a repeated or skipped batch
+  # would change it by >1e-3.
   assert run["resume_rc"] == 0, run["resume_log"][-3000:]
   assert f"step {stopped} (data at example {stopped * BATCH})" in run["resume_log"]
   resumed, straight = _train_rows(run["workdir"]), _train_rows(single_process["straight"])
   assert [r["step"] for r in resumed] == list(range(1, TOTAL_STEPS + 1))
   for got, expected in zip(resumed, straight):
     for key in ("loss", "l1", "kl", "data/clips"):
-      assert got[key] == pytest.approx(expected[key], rel=2e-5), (got["step"], key)
+      assert got[key] == pytest.approx(expected[key], rel=1e-4), (got["step"], key)
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
