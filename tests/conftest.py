@@ -4,6 +4,7 @@ The flag must be set before JAX initialises its backend, hence at conftest impor
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -12,6 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # and gives the same numbers within every tolerance below. Subprocesses (the CLI tests)
 # inherit it; export JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test optimised programs.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Many tests (and the CLI subprocesses) compile the same tiny train step: JAX's persistent
+# compilation cache, shared by the xdist workers, turns a 37 s first step into 11 s after the
+# first compile (tests/training's tiny config, 2-core CPU). Cached programs are keyed on the
+# HLO, the compile options and the jax version, so a stale entry is never reused.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"bootvae_jax_tests_xla_cache_{os.getuid()}"),
+)
 
 import pathlib
 import types
