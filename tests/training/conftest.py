@@ -25,8 +25,10 @@ def tiny_config(**overrides):
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 2
   config.eval.num_clips = 2
-  config.mesh.data = 2
-  config.mesh.fsdp = 2
+  # Data parallel over the 4 fake devices: XLA compiles the tiny train step in 16 s on this mesh
+  # and in 29 s on data=2 x fsdp=2 (2-core CPU); the tests about FSDP layouts set fsdp=2.
+  config.mesh.data = 4
+  config.mesh.fsdp = 1
   for key, value in overrides.items():
     config[key] = value
   return config

@@ -42,7 +42,7 @@ def _tiny(config, steps, num_frames=9):
   )
   config.loss.update(perceptual_weight=0.0, gan_weight=0.0)
   config.eval.num_clips = 1
-  config.mesh.update(data=2, fsdp=2)  # the 4 fake CPU devices of tests/conftest.py
+  config.mesh.update(data=4, fsdp=1)  # data parallel: see tests/training/conftest.py
   return config
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,7 +54,7 @@ def tiny(config, steps: int = 4):
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 2
   config.eval.num_clips = 2
-  config.mesh.data, config.mesh.fsdp = 2, 2
+  config.mesh.data, config.mesh.fsdp = 4, 1  # see tests/training/conftest.py
   return config
 
 
@@ -90,17 +91,20 @@ def stage2_workdir(stage1_workdir, tmp_path_factory):
   return workdir
 
 
-def _stage2(stage1_workdir, **optimizer):
+def _stage2(stage1_workdir, mesh=None, **optimizer):
   config = stage_config("promag_8x", previous_workdir=stage1_workdir)
   config.optimizer.update(optimizer)
+  config.mesh.update(mesh or {})
   mesh = partitioning.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   return config, setup, state
 
 
 def test_stage_transfer_restores_exactly_the_previous_stage(stage1_workdir):
-  config, setup, fresh = _stage2(stage1_workdir)
+  # Stage I ran data parallel; stage II restores it onto FSDP-sharded frozen parameters.
+  config, setup, fresh = _stage2(stage1_workdir, mesh=dict(data=2, fsdp=2))
   state = stages.init_from_checkpoint(fresh, setup, config.init_checkpoint)
+  assert any("fsdp" in leaf.sharding.spec for leaf in jax.tree.leaves(state.frozen))
   source = checkpoints.load_params(stage1_workdir)
   frozen, params, fresh_params = _flat(state.frozen), _flat(state.params), _flat(fresh.params)
   assert frozen and all(re.match(progressive.LOWER_LEVEL, p) for p in frozen)

@@ -1,4 +1,4 @@
-"""The jitted train step on a (data=2, fsdp=2) mesh of 4 fake CPU devices."""
+"""The jitted train step on the 4 fake CPU devices (data parallel; FSDP where a test says so)."""
 
 import functools
 
@@ -27,6 +27,7 @@ def _flat(tree):
 
 
 def test_mesh_and_param_sharding(config):
+  config.mesh.update(data=2, fsdp=2)
   assert len(jax.devices()) == 4
   setup, state, _, _ = _setup(config)
   assert dict(setup.mesh.shape) == {"data": 2, "fsdp": 2}
