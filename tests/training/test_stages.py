@@ -91,10 +91,10 @@ def stage2_workdir(stage1_workdir, tmp_path_factory):
   return workdir
 
 
-def _stage2(stage1_workdir, mesh=None, **optimizer):
+def _stage2(stage1_workdir, mesh_shape=None, **optimizer):
   config = stage_config("promag_8x", previous_workdir=stage1_workdir)
   config.optimizer.update(optimizer)
-  config.mesh.update(mesh or {})
+  config.mesh.update(mesh_shape or {})
   mesh = partitioning.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   return config, setup, state
@@ -102,7 +102,7 @@ def _stage2(stage1_workdir, mesh=None, **optimizer):
 
 def test_stage_transfer_restores_exactly_the_previous_stage(stage1_workdir):
   # Stage I ran data parallel; stage II restores it onto FSDP-sharded frozen parameters.
-  config, setup, fresh = _stage2(stage1_workdir, mesh=dict(data=2, fsdp=2))
+  config, setup, fresh = _stage2(stage1_workdir, mesh_shape=dict(data=2, fsdp=2))
   state = stages.init_from_checkpoint(fresh, setup, config.init_checkpoint)
   assert any("fsdp" in leaf.sharding.spec for leaf in jax.tree.leaves(state.frozen))
   source = checkpoints.load_params(stage1_workdir)
