@@ -108,6 +108,24 @@ def random_model(config, seed: int = 0):
   return model
 
 
+def clip_and_noise(config) -> tuple[np.ndarray, np.ndarray]:
+  """(x, ε): a random clip of the flags' shape and the posterior noise of its latent."""
+  from bootvae_jax import models  # pylint: disable=import-outside-toplevel
+
+  r, s = models.compression_factors(config)
+  shape = (_BATCH.value, _FRAMES.value, _SIZE.value, _SIZE.value, 3)
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, shape).astype(np.float32)
+  latent_shape = (
+      shape[0],
+      1 + (shape[1] - 1) // r,
+      shape[2] // s,
+      shape[3] // s,
+      config.latent_channels,
+  )
+  return x, rng.standard_normal(latent_shape).astype(np.float32)
+
+
 def torch_copy(model, config):
   """The PyTorch mirror of `model` with its weights (what an export + load_exported gives)."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -360,23 +378,12 @@ def main(argv):
 
   torch.set_num_threads(_THREADS.value)
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from bootvae_jax import models  # pylint: disable=import-outside-toplevel
   from bootvae_jax.models import layers  # pylint: disable=import-outside-toplevel
 
   for name in _MODELS.value:
     config = model_config(name)
-    r, s = models.compression_factors(config)
-    shape = (_BATCH.value, _FRAMES.value, _SIZE.value, _SIZE.value, 3)
-    rng = np.random.default_rng(1)
-    x = rng.uniform(-1, 1, shape).astype(np.float32)
-    latent_shape = (
-        shape[0],
-        1 + (shape[1] - 1) // r,
-        shape[2] // s,
-        shape[3] // s,
-        config.latent_channels,
-    )
-    eps = rng.standard_normal(latent_shape).astype(np.float32)
+    x, eps = clip_and_noise(config)
+    shape = x.shape
     model = random_model(config)
     num_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if _BREAKDOWN.value:

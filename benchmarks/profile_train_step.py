@@ -25,15 +25,12 @@ import gzip
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
-import numpy as np
-
 import jax_vs_torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,8 +61,9 @@ def op_metadata(hlo_text: str) -> dict[str, str]:
 
 def main(argv):
   del argv
-  workdir = tempfile.mkdtemp(prefix="profile_train_step_")
-  dump = os.path.join(workdir, "hlo")
+  # The trace and the HLO dump of a full-size model run to 100s of MB: removed at the end.
+  workdir = tempfile.TemporaryDirectory(prefix="profile_train_step_")
+  dump = os.path.join(workdir.name, "hlo")
   # Before JAX starts: dump the optimised HLO of the train step (op names → source ops).
   os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "")
@@ -74,21 +72,15 @@ def main(argv):
   jax_vs_torch.pin_threads(FLAGS.threads)
   import jax  # pylint: disable=import-outside-toplevel
 
-  from bootvae_jax.models import autoencoder  # pylint: disable=import-outside-toplevel
-
   for name in FLAGS.models:
     config = jax_vs_torch.model_config(name)
     model = jax_vs_torch.random_model(config)
-    temporal, spatial = autoencoder.compression_factors(config)
-    rng = np.random.default_rng(0)
-    shape = (FLAGS.batch, FLAGS.frames, FLAGS.size, FLAGS.size, 3)
-    x = rng.uniform(-1, 1, shape).astype(np.float32)
-    latent = (FLAGS.batch, 1 + (FLAGS.frames - 1) // temporal) + (FLAGS.size // spatial,) * 2
-    eps = rng.standard_normal(latent + (config.z_channels,)).astype(np.float32)
+    x, eps = jax_vs_torch.clip_and_noise(config)
+    shape = x.shape
     step = jax_vs_torch.jax_ops(model, x, eps)["train_step"]
     step()  # compile
     step()  # warm
-    trace_dir = os.path.join(workdir, f"trace_{name}")
+    trace_dir = os.path.join(workdir.name, f"trace_{name}")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       start = time.perf_counter()
       step()
@@ -100,7 +92,8 @@ def main(argv):
     for e in events:
       if e.get("ph") == "X" and e.get("args", {}).get("hlo_module") == "jit_train_step":
         seconds[e["name"]] += e["dur"] / 1e6
-    (hlo,) = glob.glob(f"{dump}/*jit_train_step.cpu_after_optimizations.txt")[-1:]
+    # One dump per model compiled so far; module numbers grow, so the last is this model's.
+    hlo = sorted(glob.glob(f"{dump}/*jit_train_step.cpu_after_optimizations.txt"))[-1]
     with open(hlo) as f:
       metadata = op_metadata(f.read())
     by_part = collections.Counter()
@@ -124,7 +117,7 @@ def main(argv):
         ),
         flush=True,
     )
-  shutil.rmtree(workdir)  # the trace and the HLO dump of a full-size model run to 100s of MB
+  workdir.cleanup()
 
 
 if __name__ == "__main__":
