@@ -231,6 +231,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   if not config.use_quant_conv and config.latent_channels != config.z_channels:
     raise UserError("without quant convs model.latent_channels must equal model.z_channels")
   layers.resolve_conv_impl(config.conv_impl)
+  if config.get("kernel_init", "torch") not in layers.KERNEL_INITS:
+    raise UserError(f"model.kernel_init={config.kernel_init!r}; use one of {layers.KERNEL_INITS}")
+  if not config.get("output_init_scale", 1.0) >= 0:
+    raise UserError(f"model.output_init_scale={config.output_init_scale!r} must be >= 0")
   if (growth := config.get("growth")) is not None:
     _validate_growth(growth)
 
@@ -252,7 +256,12 @@ def layer_settings(
   """(conv, norm, attention norm) settings every layer of the `side` ('encoder'/'decoder') uses."""
   cfg = config[side]
   dtype = jnp.dtype(config.dtype) if config.dtype != "float32" else None
-  conv = blocks.ConvSettings(time_padding=cfg.time_padding, conv_impl=config.conv_impl, dtype=dtype)
+  conv = blocks.ConvSettings(
+      time_padding=cfg.time_padding,
+      conv_impl=config.conv_impl,
+      dtype=dtype,
+      kernel_init=config.get("kernel_init", "torch"),
+  )
   norm = blocks.NormSettings(cfg.norm, config.num_groups, config.norm_eps)
   attention_norm = blocks.NormSettings(cfg.attention_norm, config.num_groups, config.norm_eps)
   return conv, norm, attention_norm
@@ -391,6 +400,7 @@ class Decoder(nnx.Module):
         width,
         config.out_channels * self.patch_size**2,
         _kernel(cfg.get("conv_out", "3d")),
+        init_scale=config.get("output_init_scale", 1.0),
         rngs=rngs,
     )
     self.remat = bool(config.remat)
@@ -559,6 +569,11 @@ def default_model_config() -> ml_collections.ConfigDict:
           shift_factor=0.0,
           patch_size=1,
           conv_impl="auto",
+          # Initialisation (`layers.conv_kernel_init`): "torch" as the released code, or
+          # "current_frame" (every 3D conv starts as a He-initialised 2D conv of its frame);
+          # the decoder's last conv kernel is multiplied by output_init_scale.
+          kernel_init="torch",
+          output_init_scale=1.0,
           dtype="float32",
           remat=False,
           encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),

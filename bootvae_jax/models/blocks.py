@@ -61,11 +61,19 @@ class ConvSettings:
   time_padding: layers.TimePadding = "causal"
   conv_impl: layers.ConvImpl = "auto"
   dtype: jnp.dtype | None = None
+  kernel_init: layers.KernelInit = "torch"
 
   def conv(self, cin, cout, kernel_size, *, rngs, **kw) -> layers.Conv3d:
     kw.setdefault("time_padding", self.time_padding)
     return layers.Conv3d(
-        cin, cout, kernel_size, conv_impl=self.conv_impl, dtype=self.dtype, rngs=rngs, **kw
+        cin,
+        cout,
+        kernel_size,
+        conv_impl=self.conv_impl,
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+        rngs=rngs,
+        **kw,
     )
 
   def pointwise(self, cin, cout, *, rngs) -> layers.Conv3d:
@@ -285,7 +293,7 @@ def make_attention(
     kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings, rngs: nnx.Rngs
 ):
   """`spatial`: per-frame attention; `spatiotemporal`: CV-VAE's spatial→temporal chain."""
-  conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype)
+  conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype, kernel_init=conv.kernel_init)
   if kind == "spatial":
     return layers.SpatialAttention(
         channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw

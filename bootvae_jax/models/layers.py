@@ -38,6 +38,8 @@ TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
 ConvImpl = Literal["auto", "xla", "stacked", "summed", "winograd"]
 CONV_IMPLS = ("xla", "stacked", "summed", "winograd")  # what conv_impl names (besides "auto")
+KernelInit = Literal["torch", "current_frame"]
+KERNEL_INITS = ("torch", "current_frame")  # `model.kernel_init`, see `conv_kernel_init`
 
 CONV_KERNEL_AXES = ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out")
 CHANNEL_AXES = ("conv_out",)
@@ -581,6 +583,46 @@ def _torch_like_kernel_init(fan_in: int):
   return init
 
 
+def current_frame_tap(time_padding: TimePadding, kt: int) -> int:
+  """The temporal tap of a `kt`-tap kernel that reads the output's own frame."""
+  return kt - 1 - time_padding_amounts(time_padding, kt)[1]
+
+
+def conv_kernel_init(
+    kind: KernelInit,
+    in_channels: int,
+    kernel_size: tuple[int, int, int],
+    time_padding: TimePadding,
+    scale: float = 1.0,
+):
+  """(kernel init, bias init) of a conv with a `(kt, kh, kw, in_channels, out)` kernel.
+
+  * `torch`: PyTorch's default (uniform ±1/sqrt(fan_in), biases too), as the released code.
+  * `current_frame`: He-normal 2D kernels (variance 2/(kh·kw·Cin)) in the temporal tap that
+    reads the output's own frame, zeros in the other taps and in the biases: at initialisation
+    every 3D conv is a 2D conv of its own frame, as if inflated from a random image model.
+    Measured on the demo's clips (results/demo_learning.md, stop 19): a plain causal 3D conv
+    net with 4x temporal compression reaches 18.2 dB after 100 steps this way and stays at the
+    data mean (14.0 dB) with `torch`.
+
+  `scale` multiplies the kernel (`model.output_init_scale` for the decoder's last conv).
+  """
+  kt, kh, kw = kernel_size
+  if kind == "torch":
+    init = _torch_like_kernel_init(in_channels * kt * kh * kw)
+    return (lambda key, shape, dtype=jnp.float32: scale * init(key, shape, dtype)), init
+  if kind != "current_frame":
+    raise UserError(f"unknown kernel_init {kind!r}; use one of {KERNEL_INITS}")
+  tap = current_frame_tap(time_padding, kt)
+  std = scale * math.sqrt(2.0 / (in_channels * kh * kw))
+
+  def kernel_init(key, shape, dtype=jnp.float32):
+    frame_kernel = std * jax.random.normal(key, shape[1:], dtype)
+    return jnp.zeros(shape, dtype).at[tap].set(frame_kernel)
+
+  return kernel_init, nnx.initializers.zeros
+
+
 class Conv3d(nnx.Module):
   """A 3D convolution over `(B, T, H, W, C)` with an explicit padding rule.
 
@@ -598,16 +640,19 @@ class Conv3d(nnx.Module):
       spatial_padding: SpatialPadding = "same",
       conv_impl: ConvImpl = "auto",
       dtype: jnp.dtype | None = None,
+      kernel_init: KernelInit = "torch",
+      init_scale: float = 1.0,
       rngs: nnx.Rngs,
   ):
     kt, kh, kw = kernel_size
-    fan_in = in_channels * kt * kh * kw
-    init = _torch_like_kernel_init(fan_in)
+    self.time_padding = time_padding if kt > 1 else "none"
+    init, bias_init = conv_kernel_init(
+        kernel_init, in_channels, kernel_size, self.time_padding, init_scale
+    )
     self.kernel = param(init, rngs, (kt, kh, kw, in_channels, out_channels), CONV_KERNEL_AXES)
-    self.bias = param(init, rngs, (out_channels,), CHANNEL_AXES)
+    self.bias = param(bias_init, rngs, (out_channels,), CHANNEL_AXES)
     self.kernel_size = tuple(kernel_size)
     self.stride = tuple(stride)
-    self.time_padding = time_padding if kt > 1 else "none"
     self.spatial_padding = spatial_padding
     self.conv_impl = conv_impl
     self.dtype = dtype

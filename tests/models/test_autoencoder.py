@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bootvae_jax import build_model
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import layers
@@ -451,6 +452,37 @@ def test_validate_accepts_the_shipped_configs():
   autoencoder.validate_model_config(architectures.promag_base())
   autoencoder.validate_model_config(architectures.odvae(architectures.odvae_released_kwargs()))
   autoencoder.validate_model_config(architectures.cvvae(architectures.cvvae_released_kwargs()))
+
+
+def test_kernel_init_reaches_every_conv_and_output_init_scale_the_last():
+  """model.kernel_init="current_frame": every 3D kernel of the model has one non-zero tap and
+  every conv bias is zero; model.output_init_scale scales the decoder's last kernel only."""
+  config = tiny_promag()
+  config.kernel_init = "current_frame"
+  model = build_model(config)
+  config.output_init_scale = 0.1
+  small = build_model(config)
+  convs = [m for _, m in model.iter_modules() if isinstance(m, layers.Conv3d)]
+  assert len(convs) > 20
+  for conv in convs:
+    kernel = np.asarray(conv.kernel[...])
+    np.testing.assert_array_equal(np.asarray(conv.bias[...]), 0.0)
+    nonzero_taps = [i for i in range(kernel.shape[0]) if np.abs(kernel[i]).max() > 0]
+    assert nonzero_taps == [layers.current_frame_tap(conv.time_padding, kernel.shape[0])]
+  np.testing.assert_allclose(
+      np.asarray(small.decoder.conv_out.kernel[...]),
+      0.1 * np.asarray(model.decoder.conv_out.kernel[...]),
+      rtol=1e-6,
+  )
+  np.testing.assert_array_equal(
+      np.asarray(small.encoder.conv_out.kernel[...]), np.asarray(model.encoder.conv_out.kernel[...])
+  )
+  config = tiny_promag()
+  config.kernel_init = "orthogonal"
+  _expect_config_error(config, r"model\.kernel_init='orthogonal'")
+  config = tiny_promag()
+  config.output_init_scale = -1.0
+  _expect_config_error(config, r"model\.output_init_scale=-1\.0")
 
 
 def test_validate_rejects_unknown_block_kinds():

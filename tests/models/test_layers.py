@@ -415,6 +415,50 @@ def test_centred_conv_does_read_the_next_frame():
   assert np.abs(y2[:, 3] - y[:, 3]).max() > 1e-2
 
 
+@pytest.mark.parametrize(
+    "time_padding, stride_t", [("causal", 1), ("causal", 2), ("centred", 1), ("replicate_both", 1)]
+)
+def test_current_frame_init_makes_a_3d_conv_the_2d_conv_of_its_frame(time_padding, stride_t):
+  """kernel_init="current_frame": only the tap that reads the output's own frame is drawn
+  (He-normal over kh·kw·Cin), the rest and the bias are zero, so the conv is per frame."""
+  conv = layers.Conv3d(
+      16,
+      32,
+      (3, 3, 3),
+      stride=(stride_t, 1, 1),
+      time_padding=time_padding,
+      kernel_init="current_frame",
+      rngs=nnx.Rngs(0),
+  )
+  kernel = np.asarray(conv.kernel[...])
+  tap = {"causal": 2, "centred": 1, "replicate_both": 1}[time_padding]
+  assert layers.current_frame_tap(time_padding, 3) == tap
+  others = [i for i in range(3) if i != tap]
+  np.testing.assert_array_equal(kernel[others], 0.0)
+  np.testing.assert_array_equal(np.asarray(conv.bias[...]), 0.0)
+  assert abs(kernel[tap].std() / math.sqrt(2.0 / (9 * 16)) - 1) < 0.05
+  x = _normal(3, (1, 9, 8, 8, 16))
+  frames = x[:, ::stride_t]
+  per_frame = jax.lax.conv_general_dilated(
+      frames[0], kernel[tap], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  np.testing.assert_allclose(np.asarray(conv(x))[0], per_frame, atol=1e-5)
+
+
+def test_torch_init_and_init_scale():
+  """The default stays PyTorch's uniform ±1/sqrt(fan_in) (biases too); `init_scale` multiplies
+  the kernel of the same draw."""
+  make = lambda scale: layers.Conv3d(8, 4, (3, 3, 3), init_scale=scale, rngs=nnx.Rngs(0))
+  conv, small = make(1.0), make(0.1)
+  bound = 1 / math.sqrt(8 * 27)
+  kernel = np.asarray(conv.kernel[...])
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+  assert np.abs(np.asarray(conv.bias[...])).max() > 0
+  np.testing.assert_allclose(np.asarray(small.kernel[...]), 0.1 * kernel, rtol=1e-6)
+  with pytest.raises(ValueError, match="kernel_init 'xavier'"):
+    layers.Conv3d(8, 4, kernel_init="xavier", rngs=nnx.Rngs(0))
+
+
 # ----------------------------------------------------------------------------------------------
 # (c) Norms.
 
