@@ -59,17 +59,24 @@ MODEL_KWARGS = dict(
 )
 
 
-def _time(fn, *args, repeats: int) -> tuple[float, list[float], object]:
-  """(compile + first call seconds, timed seconds per later call, last output)."""
+def _timed_calls(fn, *args, repeats: int) -> tuple[float, list[float], list[float], object]:
+  """(compile + first call seconds, wall seconds and CPU seconds of each later call, last
+  output); `fn` may return JAX arrays or torch tensors."""
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
   compile_s = time.perf_counter() - start
-  times = []
+  walls, cpus = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return compile_s, times, out
+    walls.append(time.perf_counter() - wall)
+    cpus.append(time.process_time() - cpu)
+  return compile_s, walls, cpus, out
+
+
+def _min_wall_and_cpu(fn, *args, repeats: int) -> tuple[float, float]:
+  _, walls, cpus, _ = _timed_calls(fn, *args, repeats=repeats)
+  return round(min(walls), 4), round(min(cpus), 4)
 
 
 def _report(what: str, shape, results: dict, extra: dict) -> None:
@@ -118,9 +125,9 @@ def bench_model() -> None:
     def loss(params, x, reconstruct=reconstruct):
       return jnp.mean(jnp.abs(reconstruct(params, x) - x))
 
-    c, t, out = _time(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
+    c, t, _, out = _timed_calls(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
     forward[impl] = dict(compile_s=c, times=t, out=out)
-    c, t, (value, _) = _time(jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value)
+    c, t, _, (value, _) = _timed_calls(jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value)
     backward[impl] = dict(compile_s=c, times=t, out=value)
   extra = {
       "model": "promag_base(" + ", ".join(f"{k}={v}" for k, v in MODEL_KWARGS.items()) + ")",
@@ -152,10 +159,10 @@ def bench_layer() -> None:
       return jnp.mean(jnp.abs(apply(kernel, x)))
 
     fwd = jax.jit(apply)
-    c_s, t, out = _time(fwd, kernel, x, repeats=_REPEATS.value)
+    c_s, t, _, out = _timed_calls(fwd, kernel, x, repeats=_REPEATS.value)
     forward[impl] = dict(compile_s=c_s, times=t, out=out)
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    c_s, t, (dkernel, _) = _time(grad, kernel, x, repeats=_REPEATS.value)
+    c_s, t, _, (dkernel, _) = _timed_calls(grad, kernel, x, repeats=_REPEATS.value)
     backward[impl] = dict(compile_s=c_s, times=t, out=dkernel)
   flops = 2 * _FRAMES.value * _SIZE.value**2 * 27 * c * c
   extra = {
@@ -171,16 +178,14 @@ def bench_layer() -> None:
   )
 
 
-def _min_times(fn, repeats: int) -> tuple[float, float]:
-  """(min wall, min CPU seconds) of `repeats` calls after one warm-up (compile) call."""
-  fn()
-  walls, cpus = [], []
-  for _ in range(repeats):
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-  return round(min(walls), 4), round(min(cpus), 4)
+def _vjp(conv, argnums):
+  """(x, kernel, cotangent) → the cotangents of conv's inputs `argnums` (one array if one)."""
+
+  def grads(x, kernel, cotangent):
+    both = jax.vjp(conv, x, kernel)[1](cotangent)
+    return both[argnums[0]] if len(argnums) == 1 else both
+
+  return grads
 
 
 def bench_gradients() -> None:
@@ -207,13 +212,9 @@ def bench_gradients() -> None:
       for what, argnums in wrt.items():
         if name == "jax_custom" and what == "dx":
           continue  # the custom backward's d/dx is this autodiff
-        fn = jax.jit(
-            lambda x, k, g, conv=conv, argnums=argnums: jax.vjp(conv, x, k)[1](g)[argnums[-1]]
-            if len(argnums) == 1
-            else jax.vjp(conv, x, k)[1](g)
-        )
-        line[f"{what}_{name}_s"], line[f"{what}_{name}_cpu_s"] = _min_times(
-            lambda fn=fn: jax.block_until_ready(fn(jx, jk, jg)), _REPEATS.value
+        fn = jax.jit(_vjp(conv, argnums))
+        line[f"{what}_{name}_s"], line[f"{what}_{name}_cpu_s"] = _min_wall_and_cpu(
+            fn, jx, jk, jg, repeats=_REPEATS.value
         )
         if what == "dkernel":
           outputs[name] = np.asarray(fn(jx, jk, jg))
@@ -223,7 +224,9 @@ def bench_gradients() -> None:
     yt = torch.nn.functional.conv3d(xt, wt, padding=(0, 1, 1))
     for what, inputs in (("dx", [xt]), ("dkernel", [wt]), ("both", [xt, wt])):
       grad = lambda inputs=inputs: torch.autograd.grad(yt, inputs, gt, retain_graph=True)
-      line[f"{what}_torch_s"], line[f"{what}_torch_cpu_s"] = _min_times(grad, _REPEATS.value)
+      line[f"{what}_torch_s"], line[f"{what}_torch_cpu_s"] = _min_wall_and_cpu(
+          grad, repeats=_REPEATS.value
+      )
     for what in ("dkernel", "both"):
       line[f"{what}_speedup_custom_over_autodiff"] = round(
           line[f"{what}_jax_autodiff_s"] / line[f"{what}_jax_custom_s"], 3
