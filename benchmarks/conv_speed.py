@@ -75,6 +75,7 @@ def _timed_calls(fn, *args, repeats: int) -> tuple[float, list[float], list[floa
 
 
 def _min_wall_and_cpu(fn, *args, repeats: int) -> tuple[float, float]:
+  """(min wall, min CPU seconds) of `repeats` calls after the first (compile) call."""
   _, walls, cpus, _ = _timed_calls(fn, *args, repeats=repeats)
   return round(min(walls), 4), round(min(cpus), 4)
 
@@ -127,7 +128,9 @@ def bench_model() -> None:
 
     c, t, _, out = _timed_calls(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
     forward[impl] = dict(compile_s=c, times=t, out=out)
-    c, t, _, (value, _) = _timed_calls(jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value)
+    c, t, _, (value, _) = _timed_calls(
+        jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value
+    )
     backward[impl] = dict(compile_s=c, times=t, out=value)
   extra = {
       "model": "promag_base(" + ", ".join(f"{k}={v}" for k, v in MODEL_KWARGS.items()) + ")",
@@ -200,12 +203,16 @@ def bench_gradients() -> None:
     cotangent = rng.standard_normal((1, t - 2, h, h, cout)).astype(np.float32)
     args = dict(stride=(1, 1, 1), spatial_padding=((1, 1), (1, 1)))
     custom = lambda x, k: layers.conv3d_valid_time(x, k, impl=impl, **args)
-    autodiff = lambda x, k: layers.conv3d_by_formulation(x, k, args["stride"], args["spatial_padding"], impl)
+    autodiff = lambda x, k: layers.conv3d_by_formulation(
+        x, k, args["stride"], args["spatial_padding"], impl
+    )
     jx, jk, jg = map(jnp.asarray, (x, kernel, cotangent))
     line = {"bench": "conv_speed", "what": "layer_grads", "input_shape": [1, t, h, h, cin]}
     line["kernel_shape"] = [3, 3, 3, cin, cout]
     line["conv_impl"] = impl
-    line["winograd_forward"] = layers.winograd_applies(x.shape, kernel.shape, (1, 1, 1), args["spatial_padding"])
+    line["winograd_forward"] = layers.winograd_applies(
+        x.shape, kernel.shape, (1, 1, 1), args["spatial_padding"]
+    )
     outputs = {}
     wrt = {"dx": (0,), "dkernel": (1,), "both": (0, 1)}
     for name, conv in (("jax_custom", custom), ("jax_autodiff", autodiff)):
