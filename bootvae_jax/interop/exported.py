@@ -47,6 +47,7 @@ TORCH_LEAF = {
     "scale_bias": "scale.bias",
     "shift_kernel": "shift.weight",
     "shift_bias": "shift.bias",
+    "gate": "gate",
 }
 
 

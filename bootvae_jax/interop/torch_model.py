@@ -194,9 +194,11 @@ def _parse_resample(spec: str) -> tuple[str, int, int] | None:
 
 
 class ResBlock(nn.Module):
-  """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + h."""
+  """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + gate·h (`gated`)."""
 
-  def __init__(self, cin: int, cout: int, kind: str, *, time_padding: str, norm: dict):
+  def __init__(
+      self, cin: int, cout: int, kind: str, *, time_padding: str, norm: dict, gated: bool = False
+  ):
     super().__init__()
     k1 = (1, 3, 3) if kind == "2d" else (3, 3, 3)
     k2 = (3, 3, 3) if kind == "3d" else (1, 3, 3)
@@ -207,10 +209,13 @@ class ResBlock(nn.Module):
     self.norm2 = Norm(cout, norm_kind, **nkw)
     self.conv2 = Conv3d(cout, cout, k2, time_padding=time_padding)
     self.nin_shortcut = Conv3d(cin, cout, (1, 1, 1)) if cin != cout else None
+    self.gate = nn.Parameter(torch.zeros(())) if gated else None  # model.residual_gate
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     h = self.conv1(F.silu(self.norm1(x)))
     h = self.conv2(F.silu(self.norm2(h)))
+    if self.gate is not None:
+      h = h * self.gate
     return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
 
 
@@ -317,11 +322,13 @@ class MidBlock(nn.Module):
       time_padding: str,
       norm: dict,
       attention_norm: dict,
+      gated: bool = False,
   ):
     super().__init__()
-    self.block_1 = ResBlock(channels, channels, block_kind, time_padding=time_padding, norm=norm)
+    res = dict(time_padding=time_padding, norm=norm, gated=gated)
+    self.block_1 = ResBlock(channels, channels, block_kind, **res)
     self.attn_1 = _make_attention(attention, channels, attention_norm)
-    self.block_2 = ResBlock(channels, channels, block_kind, time_padding=time_padding, norm=norm)
+    self.block_2 = ResBlock(channels, channels, block_kind, **res)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     h = self.block_1(x)
@@ -342,11 +349,12 @@ class Level(nn.Module):
       *,
       time_padding: str,
       norm: dict,
+      gated: bool = False,
   ):
     super().__init__()
     self.block = nn.ModuleList(
         [
-            ResBlock(cin, cout, kind, time_padding=time_padding, norm=norm)
+            ResBlock(cin, cout, kind, time_padding=time_padding, norm=norm, gated=gated)
             for cin, cout in widths_in_out
         ]
     )
@@ -373,6 +381,11 @@ def _kernel(kind: str) -> tuple[int, int, int]:
   return (3, 3, 3) if kind == "3d" else (1, 3, 3)
 
 
+def _gated(config: Mapping[str, Any]) -> bool:
+  """`model.residual_gate` (absent in configs exported before it existed)."""
+  return bool(config.get("residual_gate", False))
+
+
 class Encoder(nn.Module):
   """conv_in → levels (res blocks + downsample) → mid → norm_out, SiLU, conv_out."""
 
@@ -381,6 +394,7 @@ class Encoder(nn.Module):
     cfg = config["encoder"]
     tp = cfg["time_padding"]
     norm, attention_norm = _norms(config, "encoder")
+    gated = _gated(config)
     widths = [config["base_channels"] * m for m in config["channel_multipliers"]]
     # model.patch_size: p×p pixel patches stacked on channels before conv_in.
     self.patch_size = int(config.get("patch_size", 1))
@@ -395,7 +409,9 @@ class Encoder(nn.Module):
       pairs = [(width if j == 0 else out, out) for j in range(cfg["num_res_blocks"])]
       spec = _parse_resample(spec)
       resampler = None if spec is None else ConvDownsample(out, spec)
-      down.append(Level(pairs, kind, resampler, "downsample", time_padding=tp, norm=norm))
+      down.append(
+          Level(pairs, kind, resampler, "downsample", time_padding=tp, norm=norm, gated=gated)
+      )
       width = out
     self.down = nn.ModuleList(down)
     self.mid = MidBlock(
@@ -405,6 +421,7 @@ class Encoder(nn.Module):
         time_padding=tp,
         norm=norm,
         attention_norm=attention_norm,
+        gated=gated,
     )
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     out_channels = 2 * config["z_channels"] if config["double_z"] else config["z_channels"]
@@ -430,6 +447,7 @@ class Decoder(nn.Module):
     cfg = config["decoder"]
     tp = cfg["time_padding"]
     norm, attention_norm = _norms(config, "decoder")
+    gated = _gated(config)
     widths = [config["base_channels"] * m for m in config["channel_multipliers"]]
     width = widths[-1]
     self.conv_in = Conv3d(config["z_channels"], width, _kernel(cfg["conv_in"]), time_padding=tp)
@@ -440,6 +458,7 @@ class Decoder(nn.Module):
         time_padding=tp,
         norm=norm,
         attention_norm=attention_norm,
+        gated=gated,
     )
     up = [None] * len(widths)
     for i in reversed(range(len(widths))):
@@ -452,7 +471,9 @@ class Decoder(nn.Module):
         resampler = NearestUpsample(out, spec)
       else:
         resampler = _UPSAMPLERS[spec[0]](out, spec, time_padding=tp)
-      up[i] = Level(pairs, cfg["blocks"][i], resampler, "upsample", time_padding=tp, norm=norm)
+      up[i] = Level(
+          pairs, cfg["blocks"][i], resampler, "upsample", time_padding=tp, norm=norm, gated=gated
+      )
       width = out
     self.up = nn.ModuleList(up)
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
@@ -509,6 +530,7 @@ class GrownEncoder(nn.Module):
     super().__init__()
     growth = config["growth"]
     width, tp, norm = _growth_settings(config, "encoder")
+    gated = _gated(config)
     self.lower = lower
     self.mixing = growth["mixing"]
     self.adanorm = (
@@ -518,7 +540,7 @@ class GrownEncoder(nn.Module):
     )
     self.block = nn.ModuleList(
         [
-            ResBlock(width, width, "3d", time_padding=tp, norm=norm)
+            ResBlock(width, width, "3d", time_padding=tp, norm=norm, gated=gated)
             for _ in range(growth["num_res_blocks"])
         ]
     )
@@ -547,10 +569,11 @@ class GrownDecoder(nn.Module):
     super().__init__()
     growth = config["growth"]
     width, tp, norm = _growth_settings(config, "decoder")
+    gated = _gated(config)
     self.conv_in = Conv3d(config["latent_channels"], width, (1, 1, 1))
     self.block = nn.ModuleList(
         [
-            ResBlock(width, width, "3d", time_padding=tp, norm=norm)
+            ResBlock(width, width, "3d", time_padding=tp, norm=norm, gated=gated)
             for _ in range(growth["num_res_blocks"])
         ]
     )

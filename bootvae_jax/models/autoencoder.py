@@ -235,6 +235,8 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"model.kernel_init={config.kernel_init!r}; use one of {layers.KERNEL_INITS}")
   if not config.get("output_init_scale", 1.0) >= 0:
     raise UserError(f"model.output_init_scale={config.output_init_scale!r} must be >= 0")
+  if not isinstance(config.get("residual_gate", False), bool):
+    raise UserError(f"model.residual_gate={config.residual_gate!r} must be True or False")
   if (growth := config.get("growth")) is not None:
     _validate_growth(growth)
 
@@ -261,6 +263,7 @@ def layer_settings(
       conv_impl=config.conv_impl,
       dtype=dtype,
       kernel_init=config.get("kernel_init", "torch"),
+      residual_gate=bool(config.get("residual_gate", False)),
   )
   norm = blocks.NormSettings(cfg.norm, config.num_groups, config.norm_eps)
   attention_norm = blocks.NormSettings(cfg.attention_norm, config.num_groups, config.norm_eps)
@@ -574,6 +577,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           # the decoder's last conv kernel is multiplied by output_init_scale.
           kernel_init="torch",
           output_init_scale=1.0,
+          # Every res block's branch times a learnt scalar starting at 0 (blocks.ResBlock).
+          residual_gate=False,
           dtype="float32",
           remat=False,
           encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),

@@ -56,12 +56,13 @@ class ResampleSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ConvSettings:
-  """What every conv of one encoder or decoder shares."""
+  """What every conv of one encoder or decoder shares (and whether its res blocks are gated)."""
 
   time_padding: layers.TimePadding = "causal"
   conv_impl: layers.ConvImpl = "auto"
   dtype: jnp.dtype | None = None
   kernel_init: layers.KernelInit = "torch"
+  residual_gate: bool = False  # `model.residual_gate`, see `ResBlock`
 
   def conv(self, cin, cout, kernel_size, *, rngs, **kw) -> layers.Conv3d:
     kw.setdefault("time_padding", self.time_padding)
@@ -93,7 +94,12 @@ class NormSettings:
 
 
 class ResBlock(nnx.Module):
-  """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + h."""
+  """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + h.
+
+  With `conv.residual_gate` the branch is scaled by a learnt scalar `gate` that starts at 0
+  (ReZero, Bachlechner et al. 2020): every block starts as its shortcut, so a deep stack
+  starts as the shallow net of its convs and resamplers and learns as fast.
+  """
 
   def __init__(
       self,
@@ -118,6 +124,7 @@ class ResBlock(nnx.Module):
       self.nin_shortcut = conv.pointwise(in_channels, out_channels, rngs=rngs)
     else:
       self.nin_shortcut = None
+    self.gate = layers.param(nnx.initializers.zeros, rngs, (), ()) if conv.residual_gate else None
 
   @property
   def time_lookahead(self) -> int:
@@ -126,6 +133,8 @@ class ResBlock(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.conv1(nnx.silu(self.norm1(x)))
     h = self.conv2(nnx.silu(self.norm2(h)))
+    if self.gate is not None:
+      h = h * self.gate[...].astype(h.dtype)
     shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
     if self.time_lookahead:  # streaming, h holds back frames that the shortcut must wait for
       shortcut = layers.align_held(shortcut, h)

@@ -84,6 +84,13 @@ def tiny_grown(levels: int, mixing: str, adanorm: str = "scale", patch_size: int
   return config
 
 
+def tiny_gated_grown():
+  """Every res block (levels, mid blocks, the growth level) with its `model.residual_gate`."""
+  config = tiny_grown(1, "both")
+  config.residual_gate = True
+  return config
+
+
 def tiny_cvvae():
   config = architectures.cvvae(
       dict(architectures.cvvae_released_kwargs(), ch=8, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
@@ -110,6 +117,7 @@ for _levels, _factor in ((1, 8), (2, 16)):
       (17, 8),
   )
 MODELS["grown8x_patch2"] = (lambda: tiny_grown(1, "both", patch_size=2), (9, 16))
+MODELS["grown8x_residual_gate"] = (tiny_gated_grown, (9, 8))
 MODELS["cvvae"] = (tiny_cvvae, (5, 16))
 for _variant in (1, 2, 3, 4):
   MODELS[f"odvae_v{_variant}"] = (lambda v=_variant: tiny_odvae(v), (5, 16))

@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -17,6 +18,7 @@ from flax import nnx
 from bootvae_jax import build_model
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
+from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
@@ -483,6 +485,16 @@ def test_kernel_init_reaches_every_conv_and_output_init_scale_the_last():
   config = tiny_promag()
   config.output_init_scale = -1.0
   _expect_config_error(config, r"model\.output_init_scale=-1\.0")
+
+
+def test_residual_gate_reaches_every_res_block():
+  config = tiny_promag()
+  config.residual_gate = True
+  model = build_model(config)
+  res_blocks = [m for _, m in model.iter_modules() if isinstance(m, blocks.ResBlock)]
+  assert len(res_blocks) > 8 and all(b.gate is not None for b in res_blocks)
+  config = ml_collections.ConfigDict(dict(config.to_dict(), residual_gate="yes"))  # e.g. from JSON
+  _expect_config_error(config, r"model\.residual_gate='yes' must be True or False")
 
 
 def test_validate_rejects_unknown_block_kinds():

@@ -56,6 +56,23 @@ def test_res_block_shapes_and_kernels(kind, cout):
   assert module.norm1.kind == module.norm2.kind == expected_norm
 
 
+@pytest.mark.parametrize("cout", [8, 16])
+def test_gated_res_block_starts_as_its_shortcut_and_learns_its_gate(cout):
+  """model.residual_gate: the branch times a scalar that starts at 0, so the block starts as
+  its shortcut; the gate gets a gradient (the branch's convs only once it moves)."""
+  gated = blocks.ConvSettings(time_padding="causal", residual_gate=True)
+  block = blocks.ResBlock(C, cout, "3d", conv=gated, norm=NORM, rngs=nnx.Rngs(0))
+  assert block.gate[...].shape == () and float(block.gate[...]) == 0.0
+  x = jax.random.normal(jax.random.key(1), (B, 5, 8, 8, C))
+  shortcut = x if block.nin_shortcut is None else block.nin_shortcut(x)
+  np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(shortcut))
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(block)
+  assert abs(float(grads["gate"][...])) > 0
+  np.testing.assert_array_equal(np.asarray(grads["conv2"]["kernel"][...]), 0.0)
+  ungated = blocks.ResBlock(C, cout, "3d", conv=CONV, norm=NORM, rngs=nnx.Rngs(0))
+  assert ungated.gate is None
+
+
 def test_bad_res_block_kind_raises_a_clear_error():
   with pytest.raises(ValueError, match=r"unknown res block kind '4d'.*'3d', '2d', 'half3d'"):
     blocks.ResBlock(C, C, "4d", conv=CONV, norm=NORM, rngs=nnx.Rngs(0))
