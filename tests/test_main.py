@@ -31,7 +31,8 @@ def test_demo_command_writes_everything_and_resumes(tmp_path):
   records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
   train = [r for r in records if "loss" in r]
   assert [r["step"] for r in train] == [2, 4]
-  for key in ("loss", "l1", "kl", "grad_norm", "learning_rate", "steps_per_sec", "skipped_updates"):
+  assert "l1" not in train[-1]  # the demo's reconstruction term is MSE (l1_weight 0)
+  for key in ("loss", "l2", "kl", "grad_norm", "learning_rate", "steps_per_sec", "skipped_updates"):
     assert key in train[-1], key
   assert any("eval/psnr" in r for r in records)
   assert any("eval_ema/psnr" in r for r in records)  # the EMA weights are evaluated too
