@@ -135,7 +135,7 @@ class Preset:
 PRESETS = {
     # 2-core CPU, ~150 minutes for the default invocation (see results/bootstrap_vs_direct.md).
     "cpu": Preset(
-        variant="patch2",
+        variant="patch2_gated",
         short_side=64,
         train_crop=32,
         eval_crop=64,
