@@ -51,16 +51,18 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
       v: bvd.experiment_config(
           "promag_4x", variant=v, data_dir=str(tmp_path), run_root=str(tmp_path)
       ).model
-      for v in ("previous", "patch2", "patch2_rms", "patch2_gated", "patch4")
+      for v in ("previous", "patch2", "patch2_rms", "patch2_gated", "patch4", "gpu")
   }
   assert configs["previous"].patch_size == 1 and configs["previous"].encoder.norm == (
       "rmsnorm_frame"
   )
   assert configs["patch2"].patch_size == 2 and configs["patch2"].encoder.norm == ("groupnorm_frame")
   assert configs["patch2_rms"].decoder.norm == "rmsnorm_frame"
-  gated = configs["patch2_gated"]
-  assert gated.residual_gate and not gated.use_quant_conv and gated.kernel_init == "current_frame"
-  assert gated.channel_multipliers == configs["patch2"].channel_multipliers
+  for gated in (configs["patch2_gated"], configs["gpu"]):
+    assert gated.residual_gate and not gated.use_quant_conv
+    assert gated.kernel_init == "current_frame" and gated.output_init_scale == 0.1
+  assert not configs["patch2"].residual_gate and configs["patch2"].use_quant_conv
+  assert configs["patch2_gated"].channel_multipliers == configs["patch2"].channel_multipliers
   for model in configs.values():
     assert models.compression_factors(model) == (4, 8)
   with pytest.raises(ValueError, match="unknown variant"):
