@@ -18,6 +18,14 @@ from bootvae_jax.models import architectures
 from bootvae_jax.training.config import default_config
 
 
+def start_learnable(model) -> None:
+  """The start that makes a small tokenizer learn fast (module docstring), in place on `model`:
+  current-frame kernels, the last kernel x0.1, ReZero-gated res blocks, no quant convs."""
+  model.update(
+      kernel_init="current_frame", output_init_scale=0.1, residual_gate=True, use_quant_conv=False
+  )
+
+
 def get_config():
   config = default_config()
   config.name = "demo"
@@ -30,10 +38,7 @@ def get_config():
   )
   config.model.decoder.num_res_blocks = 1
   config.model.patch_size = 2  # 2x2 patches replace the first spatial downsample
-  config.model.kernel_init = "current_frame"
-  config.model.output_init_scale = 0.1
-  config.model.residual_gate = True
-  config.model.use_quant_conv = False
+  start_learnable(config.model)
   config.model.encoder.downsample = ("", "conv3d:st", "conv3d:t", "")
   config.model.decoder.upsample = ("", "", "d2s:st", "d2s:t")
   for side in (config.model.encoder, config.model.decoder):
