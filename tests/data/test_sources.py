@@ -144,10 +144,13 @@ def test_synthetic_clips_are_deterministic_moving_and_cheap():
   # Motion: consecutive frames differ on average by more than a grey level.
   assert np.abs(np.diff(clip.astype(np.float32), axis=0)).mean() > 1.0
   assert clip.std() > 10
-  start = time.perf_counter()
-  for index in range(50):
+  # The fastest of 20 renders, so a loaded machine (CI runs tests in parallel) cannot fail it.
+  seconds = []
+  for index in range(20):
+    start = time.perf_counter()
     sources.render_synthetic_clip(0, index, 17, 32, 32)
-  assert (time.perf_counter() - start) / 50 < 0.02  # about 2 ms here; generous bound
+    seconds.append(time.perf_counter() - start)
+  assert min(seconds) < 0.02  # about 2 ms here; generous bound
 
 
 def test_synthetic_detail_smooths_the_same_scene():
