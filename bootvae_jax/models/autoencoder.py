@@ -31,6 +31,7 @@ from bootvae_jax.models import layers
 # `model.growth` choices (ProMAG, `models/progressive.py`).
 MIXING_MODES = ("none", "add", "adanorm", "both")
 ADANORM_MODES = ("scale", "scale_shift")
+GROWTH_INITS = ("fresh", "from_lower")
 
 # ----------------------------------------------------------------------------------------------
 # The causal frame rule (written once).
@@ -238,10 +239,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.get("residual_gate", False), bool):
     raise UserError(f"model.residual_gate={config.residual_gate!r} must be True or False")
   if (growth := config.get("growth")) is not None:
-    _validate_growth(growth)
+    _validate_growth(growth, config)
 
 
-def _validate_growth(growth: ml_collections.ConfigDict) -> None:
+def _validate_growth(growth: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
   if not isinstance(growth.levels, int) or growth.levels < 0:
     raise UserError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
   if growth.mixing not in MIXING_MODES:
@@ -250,6 +251,14 @@ def _validate_growth(growth: ml_collections.ConfigDict) -> None:
     raise UserError(f"model.growth.adanorm={growth.adanorm!r}; use one of {ADANORM_MODES}")
   if not isinstance(growth.num_res_blocks, int) or growth.num_res_blocks < 1:
     raise UserError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
+  if growth.get("init", "fresh") not in GROWTH_INITS:
+    raise UserError(f"model.growth.init={growth.init!r}; use one of {GROWTH_INITS}")
+  if growth.get("init") == "from_lower" and growth.levels and config.get("use_quant_conv", True):
+    raise UserError(
+        "model.growth.init='from_lower' copies the lower level's head (encoder conv_out,"
+        " decoder conv_in) into the new level; with model.use_quant_conv the head also holds"
+        " the quant convs, which a grown level has not: set model.use_quant_conv=False"
+    )
 
 
 def layer_settings(
@@ -270,7 +279,7 @@ def layer_settings(
   return conv, norm, attention_norm
 
 
-def _kernel(kind: str) -> tuple[int, int, int]:
+def conv_kernel_size(kind: str) -> tuple[int, int, int]:
   if kind not in ("3d", "2d"):
     raise ValueError(f"conv kind {kind!r}; use '3d' or '2d'")
   return (3, 3, 3) if kind == "3d" else (1, 3, 3)
@@ -318,7 +327,7 @@ class Encoder(nnx.Module):
     self.conv_in = conv.conv(
         config.in_channels * self.patch_size**2,
         config.base_channels,
-        _kernel(cfg.conv_in),
+        conv_kernel_size(cfg.conv_in),
         rngs=rngs,
     )
     down, width = [], config.base_channels
@@ -343,7 +352,9 @@ class Encoder(nnx.Module):
     )
     self.norm_out = norm.make(width, rngs=rngs)
     out_channels = 2 * config.z_channels if config.double_z else config.z_channels
-    self.conv_out = conv.conv(width, out_channels, _kernel(cfg.get("conv_out", "3d")), rngs=rngs)
+    self.conv_out = conv.conv(
+        width, out_channels, conv_kernel_size(cfg.get("conv_out", "3d")), rngs=rngs
+    )
     self.remat = bool(config.remat)
 
   def body(self, x: jax.Array) -> jax.Array:
@@ -371,7 +382,7 @@ class Decoder(nnx.Module):
     specs = _level_specs(config, "decoder")
     widths = [config.base_channels * m for m in config.channel_multipliers]
     width = widths[-1]
-    self.conv_in = conv.conv(config.z_channels, width, _kernel(cfg.conv_in), rngs=rngs)
+    self.conv_in = conv.conv(config.z_channels, width, conv_kernel_size(cfg.conv_in), rngs=rngs)
     self.mid = blocks.MidBlock(
         width,
         cfg.mid_block,
@@ -402,7 +413,7 @@ class Decoder(nnx.Module):
     self.conv_out = conv.conv(
         width,
         config.out_channels * self.patch_size**2,
-        _kernel(cfg.get("conv_out", "3d")),
+        conv_kernel_size(cfg.get("conv_out", "3d")),
         init_scale=config.get("output_init_scale", 1.0),
         rngs=rngs,
     )
@@ -592,6 +603,11 @@ def default_model_config() -> ml_collections.ConfigDict:
               mixing="both",  # none | add | adanorm | both (MIXING_MODES); every level
               adanorm="scale",  # scale | scale_shift (ADANORM_MODES; see progressive.AdaNorm)
               num_res_blocks=1,  # new ResBlocks per level, in the encoder and in the decoder
+              # How a new level starts (GROWTH_INITS): "fresh" (the paper: random 1×1×1 head
+              # convs) or "from_lower" (the lower level's head copied, resamplers started as frame
+              # selection / repetition: the grown model starts as its lower level on every other
+              # latent frame; progressive.GrownEncoder).
+              init="fresh",
           ),
       )
   )

@@ -19,7 +19,9 @@ the paper's method figure (our reading, DESIGN.md "ProMAG"):
 
 `lower` is the stage-I `Encoder` / `Decoder` for the first growth level and the previous
 grown level for the next one (recursion), always without its head: the encoder's
-norm_out/conv_out, the base's quant convs and the decoder's conv_in are not reused. C is the
+norm_out/conv_out, the base's quant convs and the decoder's conv_in are not reused (with
+`growth.init='from_lower'`, not the paper's, the head is copied into the new level's and the
+new resamplers start as frame selection / repetition: `GrownEncoder`). C is the
 base's deepest width (`base_channels · channel_multipliers[-1]`).
 
 Mixing modes (`growth.mixing`): `none` (plain stacking: no branch A; the direct baselines),
@@ -62,8 +64,16 @@ from bootvae_jax.models import layers
 LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
 # `config.init_checkpoint.mapping`: a target path `encoder/lower/X` comes from source `encoder/X`.
 STAGE_MAPPING = ((r"(encoder|decoder)/lower/(.*)", r"\1/\2"),)
-# `config.init_checkpoint.exclude`: the previous stage's head, not reused by the grown model.
-STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*", r"(post_)?quant_conv/.*")
+# The previous stage's head and latent convs: not reused by the grown model (the paper) ...
+LOWER_HEAD = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*")
+QUANT_CONVS = (r"(post_)?quant_conv/.*",)
+# ... so `config.init_checkpoint.exclude` drops them,
+STAGE_EXCLUDE = LOWER_HEAD + QUANT_CONVS
+# ... unless `growth.init='from_lower'`, which copies the head into the new level's (same path).
+HEAD_MAPPING = (
+    (r"encoder/((norm_out|conv_out)/.*)", r"encoder/\1"),
+    (r"decoder/(conv_in/.*)", r"decoder/\1"),
+)
 
 
 def build_model(
@@ -155,11 +165,40 @@ def _even_frames(x: jax.Array) -> jax.Array:
   return x[:, ::2] if stream is None or stream.first else x[:, 1::2]
 
 
+def _start_as_frame_copy(conv: layers.Conv3d, copies: int) -> None:
+  """Sets `conv` to copy its input's own frame (the current temporal tap, spatial centre) into
+  each of `copies` output-channel groups, biases 0; `copies=0` zeroes it. A strided conv then
+  starts as frame selection, a depth-to-time conv as frame repetition."""
+  kernel = jnp.zeros_like(conv.kernel[...])
+  if copies:
+    kt, kh, kw, cin, cout = kernel.shape
+    tap = layers.current_frame_tap(conv.time_padding, kt)
+    kernel = kernel.at[tap, kh // 2, kw // 2].set(
+        jnp.tile(jnp.eye(cin, dtype=kernel.dtype), copies)
+    )
+  conv.kernel[...] = kernel
+  conv.bias[...] = jnp.zeros_like(conv.bias[...])
+
+
+def _head_kernel(config: ml_collections.ConfigDict, side: str, conv: str) -> tuple[int, int, int]:
+  """The new level's head kernel: 1×1×1 (the paper), or with `growth.init='from_lower'` the
+  base's (its head is copied in)."""
+  if config.growth.get("init", "fresh") != "from_lower":
+    return (1, 1, 1)
+  return autoencoder.conv_kernel_size(config[side].get(conv, "3d"))
+
+
 class GrownEncoder(nnx.Module):
   """One growth level on top of `lower` (an `Encoder` or a `GrownEncoder`, head dropped).
 
-  body(x: (B, 1+2rk, H, W, C_in)) → (B, 1+k, H/s, W/s, C); __call__ adds the 1×1×1 head
-  giving the moments (B, 1+k, H/s, W/s, 2·latent_channels).
+  body(x: (B, 1+2rk, H, W, C_in)) → (B, 1+k, H/s, W/s, C); __call__ adds the head giving the
+  moments (B, 1+k, H/s, W/s, 2·latent_channels).
+
+  With `growth.init='from_lower'` the level starts near its lower level on every other latent
+  frame: the head is the lower level's (copied by `next_stage`'s mapping), the res blocks
+  start as identities (with `model.residual_gate`) and the downsample as zero when branch A
+  is added (h = a: exactly the lower level on frames 0, 2, 4, …), else as frame selection;
+  the decoder's upsample starts as frame repetition (`GrownDecoder`).
   """
 
   def __init__(self, lower: nnx.Module, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -186,8 +225,12 @@ class GrownEncoder(nnx.Module):
         rngs=rngs,
     )
     self.norm_out = norm.make(width, rngs=rngs)
-    self.conv_out = conv.pointwise(width, 2 * config.latent_channels, rngs=rngs)
+    self.conv_out = conv.conv(
+        width, 2 * config.latent_channels, _head_kernel(config, "encoder", "conv_out"), rngs=rngs
+    )
     self.remat = bool(config.remat)
+    if growth.get("init", "fresh") == "from_lower":
+      _start_as_frame_copy(self.downsample.conv, 0 if self.mixing in ("add", "both") else 1)
 
   def body(self, x: jax.Array) -> jax.Array:
     """Features of this level before its head: (B, 1+k, H/s, W/s, C)."""
@@ -220,7 +263,9 @@ class GrownDecoder(nnx.Module):
     growth = config.growth
     width = config.base_channels * config.channel_multipliers[-1]
     conv, norm, _ = autoencoder.layer_settings(config, "decoder")
-    self.conv_in = conv.pointwise(config.latent_channels, width, rngs=rngs)
+    self.conv_in = conv.conv(
+        config.latent_channels, width, _head_kernel(config, "decoder", "conv_in"), rngs=rngs
+    )
     self.block = nnx.List(
         [
             blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
@@ -235,6 +280,8 @@ class GrownDecoder(nnx.Module):
     )
     self.lower = lower
     self.remat = bool(config.remat)
+    if growth.get("init", "fresh") == "from_lower":  # starts repeating each latent frame
+      _start_as_frame_copy(self.upsample.conv, 2)
 
   @property
   def conv_out(self) -> layers.Conv3d:
@@ -313,8 +360,20 @@ def next_stage(
   config.init_checkpoint.step = -1
   if "inflate" in config.init_checkpoint:  # the previous stage may have been inflated
     config.init_checkpoint.inflate = ""
-  config.init_checkpoint.mapping = STAGE_MAPPING
-  config.init_checkpoint.exclude = STAGE_EXCLUDE
+  return use_stage_restore_rules(config)
+
+
+def use_stage_restore_rules(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Sets `config.init_checkpoint.mapping` / `exclude` for `config.model.growth.init`, in place:
+  the lower level from the previous stage's body, and with 'from_lower' its head too. Call it
+  again after changing `growth.init` on a config `next_stage` made (`training.config.validate`
+  refuses a mismatch)."""
+  if config.model.growth.get("init", "fresh") == "from_lower":
+    config.init_checkpoint.mapping = STAGE_MAPPING + HEAD_MAPPING
+    config.init_checkpoint.exclude = QUANT_CONVS
+  else:
+    config.init_checkpoint.mapping = STAGE_MAPPING
+    config.init_checkpoint.exclude = STAGE_EXCLUDE
   return config
 
 
@@ -322,7 +381,7 @@ def direct_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   """A grown stage config turned into its direct baseline, in place: the same depth (the
   same growth levels) with plain stacking (`mixing='none'`), everything trained from scratch
   (what the ProMAG paper calls MagViTv2-8x / -16x)."""
-  config.model.growth.mixing = "none"
+  config.model.growth.update(mixing="none", init="fresh")
   config.freeze = ()
   config.optimizer.finetune_learning_rate_multiplier = 0.0
   config.init_checkpoint.path = ""

@@ -18,6 +18,7 @@ from bootvae_jax.cli import UserError
 from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import init as init_lib
+from bootvae_jax.models import progressive
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -113,6 +114,21 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def _validate_growth_restore(config: ml_collections.ConfigDict) -> None:
+  """A stage with `growth.init='from_lower'` must restore the lower level's head too."""
+  growth = config.model.get("growth")
+  if growth is None or growth.get("init", "fresh") != "from_lower" or not growth.levels:
+    return
+  mapping = {tuple(m) for m in config.init_checkpoint.mapping}
+  if not config.init_checkpoint.path or not set(progressive.HEAD_MAPPING) <= mapping:
+    raise UserError(
+        "model.growth.init='from_lower' starts the new level from the lower level's head, but"
+        " config.init_checkpoint does not restore it (needs a path and progressive.HEAD_MAPPING"
+        " in its mapping): call progressive.use_stage_restore_rules(config) after setting"
+        " growth.init, or use growth.init='fresh'"
+    )
+
+
 def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   """Raises ValueError before any compute for a config that cannot run."""
   from bootvae_jax.data import config as data_config
@@ -155,6 +171,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
         "config.init_checkpoint.inflate needs config.init_checkpoint.path (the"
         " image VAE: a diffusers folder or an image-VAE workdir)"
     )
+  _validate_growth_restore(config)
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
     raise UserError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:

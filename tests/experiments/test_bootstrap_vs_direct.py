@@ -11,9 +11,15 @@ from PIL import Image
 from bootvae_jax import models
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 from bootvae_jax.models import autoencoder
+from bootvae_jax.models import progressive
 from bootvae_jax.training import config as config_lib
 
-NAMES = bvd.HEADLINE + ("direct_8x@stage", "direct_16x@stage")
+NAMES = bvd.HEADLINE + (
+    "direct_8x@stage",
+    "direct_16x@stage",
+    "promag_8x+from_lower",
+    "promag_16x+from_lower",
+)
 
 
 @pytest.mark.parametrize("preset", sorted(bvd.PRESETS))
@@ -30,6 +36,14 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
       "direct_16x": (16, n1 + 2 * n2),
       "direct_8x@stage": (8, n2),
       "direct_16x@stage": (16, n2),
+      "promag_8x+from_lower": (8, n2),
+      "promag_16x+from_lower": (16, n2),
+  }
+  previous = {
+      "promag_8x": "promag_4x",
+      "promag_16x": "promag_8x",
+      "promag_8x+from_lower": "promag_4x",
+      "promag_16x+from_lower": "promag_8x+from_lower",
   }
   for name in NAMES:
     config = bvd.experiment_config(
@@ -38,9 +52,13 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
     config_lib.validate(config)
     assert (models.compression_factors(config.model)[0], config.total_steps) == expected[name]
     assert config.data.cache_decoded and config.eval.crop_size == (p.eval_crop, p.eval_crop)
-    if name in bvd.PREVIOUS:
-      assert config.init_checkpoint.path == str(tmp_path / "seed0" / bvd.PREVIOUS[name])
+    if name in previous:
+      assert bvd.previous_label(name) == previous[name]
+      assert config.init_checkpoint.path == str(tmp_path / "seed0" / previous[name])
       assert config.freeze  # lower level frozen, as in the paper
+      from_lower = name.endswith("+from_lower")
+      assert config.model.growth.init == ("from_lower" if from_lower else "fresh")
+      assert (progressive.HEAD_MAPPING[0] in config.init_checkpoint.mapping) == from_lower
     else:
       assert not config.init_checkpoint.path and not config.freeze
     nnx.eval_shape(lambda c=config: models.build_model(c.model, rngs=autoencoder.init_rngs(0)))
@@ -85,20 +103,24 @@ def test_folder_clips_resize_crop_and_limit(tmp_path):
   assert clips.shape == (1, 17, 24, 32, 3) and len(names) == 1  # short side 24, 36 → 32 wide
 
 
-def test_summary_reports_mean_and_spread_of_the_gain():
+def test_summary_reports_mean_and_spread_of_the_gain_per_growth_init():
   rows = [
-      dict(model=m, psnr=v)
-      for m, v in (
-          ("promag_8x", 25.0),
-          ("direct_8x", 24.0),
-          ("promag_8x", 26.0),
-          ("direct_8x", 24.0),
+      dict(model=m, seed=seed, psnr=v)
+      for m, seed, v in (
+          ("promag_8x", 0, 25.0),
+          ("direct_8x", 0, 24.0),
+          ("promag_8x", 1, 26.0),
+          ("direct_8x", 1, 24.0),
+          ("promag_8x+from_lower", 1, 27.0),  # one seed only: compared with direct seed 1
+          ("promag_16x", 0, 20.0),  # no direct 16x: no summary row
       )
   ]
-  (summary,) = bvd.summarize(rows, [0, 1])
-  assert summary["temporal_compression"] == 8
+  summary, from_lower = bvd.summarize(rows)
+  assert (summary["temporal_compression"], summary["grown"]) == (8, "promag_8x")
   assert summary["gain_db"] == pytest.approx(1.5) and summary["gain_std"] == pytest.approx(0.5)
   assert summary["grown_psnr"] == pytest.approx(25.5)
+  assert from_lower["grown"] == "promag_8x+from_lower" and from_lower["seeds"] == [1]
+  assert from_lower["gain_db"] == pytest.approx(3.0) and from_lower["gain_std"] == 0.0
 
 
 def test_cached_scores_compute_once(tmp_path):

@@ -91,6 +91,14 @@ def tiny_gated_grown():
   return config
 
 
+def tiny_grown_from_lower():
+  """16x, every level's head kernel the base's (3×3×3): `growth.init='from_lower'`."""
+  config = tiny_grown(2, "both")
+  config.update(residual_gate=True, use_quant_conv=False)
+  config.growth.init = "from_lower"
+  return config
+
+
 def tiny_cvvae():
   config = architectures.cvvae(
       dict(architectures.cvvae_released_kwargs(), ch=8, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
@@ -118,6 +126,7 @@ for _levels, _factor in ((1, 8), (2, 16)):
   )
 MODELS["grown8x_patch2"] = (lambda: tiny_grown(1, "both", patch_size=2), (9, 16))
 MODELS["grown8x_residual_gate"] = (tiny_gated_grown, (9, 8))
+MODELS["grown16x_from_lower"] = (tiny_grown_from_lower, (17, 8))
 MODELS["cvvae"] = (tiny_cvvae, (5, 16))
 for _variant in (1, 2, 3, 4):
   MODELS[f"odvae_v{_variant}"] = (lambda v=_variant: tiny_odvae(v), (5, 16))
