@@ -415,14 +415,21 @@ def _shapes(tree, prefix: str) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def _config_differences(
-    saved: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+def config_differences(
+    saved: Mapping[str, Any],
+    new: Mapping[str, Any],
+    prefix: str = "",
+    *,
+    skip_new_fields: bool = False,
 ) -> list[str]:
+  """'field: value there, value here' for every leaf field two JSON configs disagree on;
+  `skip_new_fields`: not for fields the saved config lacks (added to the code since)."""
   out = []
-  for key in sorted(set(saved) | set(new)):
+  keys = set(saved) if skip_new_fields else set(saved) | set(new)
+  for key in sorted(keys):
     a, b = saved.get(key), new.get(key)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-      out.extend(_config_differences(a, b, f"{prefix}{key}."))
+      out.extend(config_differences(a, b, f"{prefix}{key}.", skip_new_fields=skip_new_fields))
     elif a != b:
       out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
   return out
@@ -465,7 +472,7 @@ def check_resume(
   if not problems:
     return
   try:
-    differences = _config_differences(config_json(read_config(workdir, step)), config_json(config))
+    differences = config_differences(config_json(read_config(workdir, step)), config_json(config))
   except FileNotFoundError:
     differences = []
   hint = (

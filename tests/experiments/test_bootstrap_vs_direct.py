@@ -56,11 +56,13 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
       assert bvd.previous_label(name) == previous[name]
       assert config.init_checkpoint.path == str(tmp_path / "seed0" / previous[name])
       assert config.freeze  # lower level frozen, as in the paper
+      assert config.optimizer.learning_rate == p.grow_learning_rate
       from_lower = name.endswith("+from_lower")
       assert config.model.growth.init == ("from_lower" if from_lower else "fresh")
       assert (progressive.HEAD_MAPPING[0] in config.init_checkpoint.mapping) == from_lower
     else:
       assert not config.init_checkpoint.path and not config.freeze
+      assert config.optimizer.learning_rate == p.learning_rate
     nnx.eval_shape(lambda c=config: models.build_model(c.model, rngs=autoencoder.init_rngs(0)))
 
 
@@ -141,3 +143,25 @@ def test_cached_scores_compute_once(tmp_path):
       str(tmp_path / "curves.png"),
   )
   assert os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monkeypatch):
+  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
+
+  config = bvd.experiment_config("promag_8x", data_dir=str(tmp_path), run_root=str(tmp_path))
+  saved = config.copy_and_resolve_references()
+  del saved.model.growth["init"]  # a field added to the code after the run: not compared
+  saved.data.batch_size = 99  # not a run-defining field
+  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: config.total_steps)
+  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: saved)
+  trained = []
+  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: trained.append(d))
+  assert bvd.train(config, str(tmp_path / "run"))["finished"] and trained
+  saved.optimizer.learning_rate = 1.0
+  with pytest.raises(
+      ValueError,
+      match=r"run was trained with another config \(1 differences,"
+      r" e.g. optimizer.learning_rate: 1.0 there, 0.002 here\); move it away",
+  ):
+    bvd.train(config, str(tmp_path / "run"))
