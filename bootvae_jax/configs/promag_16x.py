@@ -4,7 +4,8 @@ r"""ProMAG stage III: grow the trained 8x model (`configs/promag_8x.py`) to 16x 
       --config.data.path=/path/to/videos
 
 The whole stage-II model (its frozen stage-I bodies and its growth level) is restored from
-`promag_8x.WORKDIR` and frozen; a second growth level trains on top.
+`promag_8x.WORKDIR` and frozen; a second growth level trains on top
+(`--config=configs/promag_16x.py:from_lower` for a stage II grown that way).
 """
 
 from bootvae_jax.configs import promag_8x
@@ -13,8 +14,11 @@ from bootvae_jax.models import progressive
 WORKDIR = "workdirs/promag_16x"
 
 
-def get_config():
-  config = progressive.next_stage(promag_8x.get_config(), previous_workdir=promag_8x.WORKDIR)
+def get_config(growth_init: str = "fresh"):
+  """`growth_init`: `model.growth.init` of both growth levels (see `promag_8x`)."""
+  config = progressive.next_stage(
+      promag_8x.get_config(growth_init), previous_workdir=promag_8x.WORKDIR
+  )
   config.name = "promag_16x"
   config.total_steps = 100_000
   return config

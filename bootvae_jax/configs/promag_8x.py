@@ -7,6 +7,9 @@ The stage-I encoder and decoder bodies are restored from `promag_4x.WORKDIR` (ov
 `--config.init_checkpoint.path`) and frozen; only the growth level (AdaNorm, ResBlock, temporal
 down/upsample, the 1×1×1 latent convs) trains, with L1 + KL as in the paper. Set
 `--config.optimizer.finetune_learning_rate_multiplier=0.1` to fine-tune the lower level too.
+
+`--config=configs/promag_8x.py:from_lower` starts the new level from the base's head instead
+(`model.growth.init`, models/progressive.py; needs a base without quant convs).
 """
 
 from bootvae_jax.configs import promag_4x
@@ -15,8 +18,11 @@ from bootvae_jax.models import progressive
 WORKDIR = "workdirs/promag_8x"
 
 
-def get_config():
-  config = progressive.next_stage(promag_4x.get_config(), previous_workdir=promag_4x.WORKDIR)
+def get_config(growth_init: str = "fresh"):
+  """`growth_init`: `model.growth.init` ("fresh", the paper's, or "from_lower")."""
+  base = promag_4x.get_config()
+  base.model.growth.init = growth_init or "fresh"  # set before next_stage: its restore rules
+  config = progressive.next_stage(base, previous_workdir=promag_4x.WORKDIR)
   config.name = "promag_8x"
   config.total_steps = 100_000
   config.optimizer.warmup_steps = 1_000

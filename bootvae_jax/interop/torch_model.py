@@ -526,11 +526,24 @@ def _growth_settings(config: Mapping[str, Any], side: str) -> tuple[int, str, di
   return width, config[side]["time_padding"], norm
 
 
-def _head_kernel(config: Mapping[str, Any], side: str, conv: str) -> tuple[int, int, int]:
-  """A growth level's head: 1×1×1, or the base's with `growth.init='from_lower'`."""
-  if config["growth"].get("init", "fresh") != "from_lower":
-    return (1, 1, 1)
-  return _kernel(config[side].get(conv, "3d"))
+def _from_lower(config: Mapping[str, Any]) -> bool:
+  return (config.get("growth") or {}).get("init", "fresh") == "from_lower"
+
+
+def _head_conv(config: Mapping[str, Any], side: str) -> "Conv3d":
+  """A growth level's latent-side conv: 1×1×1 to / from the latent, or with
+  `growth.init='from_lower'` shaped as the base's (progressive._head_conv)."""
+  width, tp, _ = _growth_settings(config, side)
+  if not _from_lower(config):
+    kernel, latent = (1, 1, 1), config["latent_channels"]
+    moments = 2 * latent
+  else:
+    kernel = _kernel(config[side].get("conv_out" if side == "encoder" else "conv_in", "3d"))
+    latent = config["z_channels"]
+    moments = 2 * latent if config["double_z"] else latent
+  if side == "encoder":
+    return Conv3d(width, moments, kernel, time_padding=tp)
+  return Conv3d(latent, width, kernel, time_padding=tp)
 
 
 class GrownEncoder(nn.Module):
@@ -556,12 +569,7 @@ class GrownEncoder(nn.Module):
     )
     self.downsample = ConvDownsample(width, ("conv3d", 2, 1))
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
-    self.conv_out = Conv3d(
-        width,
-        2 * config["latent_channels"],
-        _head_kernel(config, "encoder", "conv_out"),
-        time_padding=tp,
-    )
+    self.conv_out = _head_conv(config, "encoder")
 
   def body(self, x: torch.Tensor) -> torch.Tensor:
     h = self.lower.body(x)
@@ -585,12 +593,7 @@ class GrownDecoder(nn.Module):
     growth = config["growth"]
     width, tp, norm = _growth_settings(config, "decoder")
     gated = _gated(config)
-    self.conv_in = Conv3d(
-        config["latent_channels"],
-        width,
-        _head_kernel(config, "decoder", "conv_in"),
-        time_padding=tp,
-    )
+    self.conv_in = _head_conv(config, "decoder")
     self.block = nn.ModuleList(
         [
             ResBlock(width, width, "3d", time_padding=tp, norm=norm, gated=gated)
@@ -627,7 +630,7 @@ class VideoAutoencoder(nn.Module):
       decoder.conv_in = None
       encoder, decoder = GrownEncoder(encoder, config), GrownDecoder(decoder, config)
     self.encoder, self.decoder = encoder, decoder
-    if config["use_quant_conv"] and not levels:
+    if config["use_quant_conv"] and (not levels or _from_lower(config)):
       moments = 2 * config["z_channels"] if config["double_z"] else config["z_channels"]
       self.quant_conv = Conv3d(moments, 2 * config["latent_channels"], (1, 1, 1))
       self.post_quant_conv = Conv3d(config["latent_channels"], config["z_channels"], (1, 1, 1))

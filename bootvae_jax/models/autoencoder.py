@@ -239,10 +239,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.get("residual_gate", False), bool):
     raise UserError(f"model.residual_gate={config.residual_gate!r} must be True or False")
   if (growth := config.get("growth")) is not None:
-    _validate_growth(growth, config)
+    _validate_growth(growth)
 
 
-def _validate_growth(growth: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
+def _validate_growth(growth: ml_collections.ConfigDict) -> None:
   if not isinstance(growth.levels, int) or growth.levels < 0:
     raise UserError(f"model.growth.levels={growth.levels!r} must be an int >= 0 (1: 4x → 8x)")
   if growth.mixing not in MIXING_MODES:
@@ -253,12 +253,6 @@ def _validate_growth(growth: ml_collections.ConfigDict, config: ml_collections.C
     raise UserError(f"model.growth.num_res_blocks={growth.num_res_blocks!r} must be >= 1")
   if growth.get("init", "fresh") not in GROWTH_INITS:
     raise UserError(f"model.growth.init={growth.init!r}; use one of {GROWTH_INITS}")
-  if growth.get("init") == "from_lower" and growth.levels and config.get("use_quant_conv", True):
-    raise UserError(
-        "model.growth.init='from_lower' copies the lower level's head (encoder conv_out,"
-        " decoder conv_in) into the new level; with model.use_quant_conv the head also holds"
-        " the quant convs, which a grown level has not: set model.use_quant_conv=False"
-    )
 
 
 def layer_settings(

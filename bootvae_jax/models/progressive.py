@@ -64,15 +64,14 @@ from bootvae_jax.models import layers
 LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
 # `config.init_checkpoint.mapping`: a target path `encoder/lower/X` comes from source `encoder/X`.
 STAGE_MAPPING = ((r"(encoder|decoder)/lower/(.*)", r"\1/\2"),)
-# The previous stage's head and latent convs: not reused by the grown model (the paper) ...
-LOWER_HEAD = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*")
-QUANT_CONVS = (r"(post_)?quant_conv/.*",)
-# ... so `config.init_checkpoint.exclude` drops them,
-STAGE_EXCLUDE = LOWER_HEAD + QUANT_CONVS
-# ... unless `growth.init='from_lower'`, which copies the head into the new level's (same path).
+# `config.init_checkpoint.exclude`: the previous stage's head and latent convs, not reused by
+# the grown model (the paper) ...
+STAGE_EXCLUDE = (r"encoder/(norm_out|conv_out)/.*", r"decoder/conv_in/.*", r"(post_)?quant_conv/.*")
+# ... unless `growth.init='from_lower'`, which copies them into the new level's (same path).
 HEAD_MAPPING = (
     (r"encoder/((norm_out|conv_out)/.*)", r"encoder/\1"),
     (r"decoder/(conv_in/.*)", r"decoder/\1"),
+    (r"((post_)?quant_conv/.*)", r"\1"),
 )
 
 
@@ -180,12 +179,29 @@ def _start_as_frame_copy(conv: layers.Conv3d, copies: int) -> None:
   conv.bias[...] = jnp.zeros_like(conv.bias[...])
 
 
-def _head_kernel(config: ml_collections.ConfigDict, side: str, conv: str) -> tuple[int, int, int]:
-  """The new level's head kernel: 1×1×1 (the paper), or with `growth.init='from_lower'` the
-  base's (its head is copied in)."""
-  if config.growth.get("init", "fresh") != "from_lower":
-    return (1, 1, 1)
-  return autoencoder.conv_kernel_size(config[side].get(conv, "3d"))
+def _from_lower(config: ml_collections.ConfigDict) -> bool:
+  return config.growth.get("init", "fresh") == "from_lower"
+
+
+def _head_conv(config, side: str, *, rngs: nnx.Rngs) -> layers.Conv3d:
+  """The new level's latent-side conv (`side`: the encoder's conv_out or the decoder's
+  conv_in): 1×1×1 to / from the latent (the paper), or with `growth.init='from_lower'` shaped
+  as the base's, whose parameters it receives (the quant convs then stay in use, as in the
+  base)."""
+  conv, _, _ = autoencoder.layer_settings(config, side)
+  width = config.base_channels * config.channel_multipliers[-1]
+  if not _from_lower(config):
+    kernel, latent = (1, 1, 1), config.latent_channels
+    moments = 2 * latent
+  else:
+    kernel = autoencoder.conv_kernel_size(
+        config[side].get("conv_out" if side == "encoder" else "conv_in", "3d")
+    )
+    latent = config.z_channels
+    moments = 2 * latent if config.double_z else latent
+  if side == "encoder":
+    return conv.conv(width, moments, kernel, rngs=rngs)
+  return conv.conv(latent, width, kernel, rngs=rngs)
 
 
 class GrownEncoder(nnx.Module):
@@ -225,11 +241,9 @@ class GrownEncoder(nnx.Module):
         rngs=rngs,
     )
     self.norm_out = norm.make(width, rngs=rngs)
-    self.conv_out = conv.conv(
-        width, 2 * config.latent_channels, _head_kernel(config, "encoder", "conv_out"), rngs=rngs
-    )
+    self.conv_out = _head_conv(config, "encoder", rngs=rngs)
     self.remat = bool(config.remat)
-    if growth.get("init", "fresh") == "from_lower":
+    if _from_lower(config):
       _start_as_frame_copy(self.downsample.conv, 0 if self.mixing in ("add", "both") else 1)
 
   def body(self, x: jax.Array) -> jax.Array:
@@ -263,9 +277,7 @@ class GrownDecoder(nnx.Module):
     growth = config.growth
     width = config.base_channels * config.channel_multipliers[-1]
     conv, norm, _ = autoencoder.layer_settings(config, "decoder")
-    self.conv_in = conv.conv(
-        config.latent_channels, width, _head_kernel(config, "decoder", "conv_in"), rngs=rngs
-    )
+    self.conv_in = _head_conv(config, "decoder", rngs=rngs)
     self.block = nnx.List(
         [
             blocks.ResBlock(width, width, "3d", conv=conv, norm=norm, rngs=rngs)
@@ -280,7 +292,7 @@ class GrownDecoder(nnx.Module):
     )
     self.lower = lower
     self.remat = bool(config.remat)
-    if growth.get("init", "fresh") == "from_lower":  # starts repeating each latent frame
+    if _from_lower(config):  # starts repeating each latent frame
       _start_as_frame_copy(self.upsample.conv, 2)
 
   @property
@@ -314,7 +326,8 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
 
   Same interface as `VideoAutoencoder` (encode, decode, decode_with_head_input, __call__,
   check_input, temporal_factor = base · 2^levels, spatial_factor); the latent comes straight
-  from the top level's 1×1×1 conv_out, so there are no quant convs.
+  from the top level's 1×1×1 conv_out, so there are no quant convs (with
+  `growth.init='from_lower'`: the base's head and quant convs, as in the base).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -331,8 +344,10 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
     return encoder, decoder
 
   def make_latent_convs(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    """None: the top level's 1×1×1 conv_out / conv_in already map to and from the latent."""
-    del config, rngs
+    """None: the top level's 1×1×1 conv_out / conv_in already map to and from the latent; with
+    `growth.init='from_lower'` the base's quant convs (if any), restored with its head."""
+    if _from_lower(config):
+      return super().make_latent_convs(config, rngs=rngs)
     return None, None
 
 
@@ -368,9 +383,9 @@ def use_stage_restore_rules(config: ml_collections.ConfigDict) -> ml_collections
   the lower level from the previous stage's body, and with 'from_lower' its head too. Call it
   again after changing `growth.init` on a config `next_stage` made (`training.config.validate`
   refuses a mismatch)."""
-  if config.model.growth.get("init", "fresh") == "from_lower":
+  if _from_lower(config.model):
     config.init_checkpoint.mapping = STAGE_MAPPING + HEAD_MAPPING
-    config.init_checkpoint.exclude = QUANT_CONVS
+    config.init_checkpoint.exclude = ()
   else:
     config.init_checkpoint.mapping = STAGE_MAPPING
     config.init_checkpoint.exclude = STAGE_EXCLUDE

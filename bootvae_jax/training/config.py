@@ -124,8 +124,8 @@ def _validate_growth_restore(config: ml_collections.ConfigDict) -> None:
     raise UserError(
         "model.growth.init='from_lower' starts the new level from the lower level's head, but"
         " config.init_checkpoint does not restore it (needs a path and progressive.HEAD_MAPPING"
-        " in its mapping): call progressive.use_stage_restore_rules(config) after setting"
-        " growth.init, or use growth.init='fresh'"
+        " in its mapping): pass it to the stage config (--config=configs/promag_8x.py:from_lower)"
+        " or call progressive.use_stage_restore_rules(config) after setting growth.init"
     )
 
 

@@ -92,9 +92,10 @@ def tiny_gated_grown():
 
 
 def tiny_grown_from_lower():
-  """16x, every level's head kernel the base's (3×3×3): `growth.init='from_lower'`."""
+  """16x, every level's head the base's (3×3×3 convs and quant convs): `growth.init=
+  'from_lower'`."""
   config = tiny_grown(2, "both")
-  config.update(residual_gate=True, use_quant_conv=False)
+  config.update(residual_gate=True, use_quant_conv=True)
   config.growth.init = "from_lower"
   return config
 

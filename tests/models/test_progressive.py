@@ -188,13 +188,13 @@ def test_stage_layout_maps_onto_previous_stage(levels):
   assert "encoder/adanorm/scale_kernel" in new and "decoder/conv_in/kernel" in new
 
 
-def _from_lower_configs(mixing: str):
-  """A base without quant convs, gated res blocks (as the experiment's), and its 8x and 16x
-  growths started `from_lower`."""
+def _from_lower_configs(mixing: str, use_quant_conv: bool):
+  """A base with gated res blocks (as the experiment's) and its 8x and 16x growths started
+  `from_lower`."""
   configs = []
   for levels in (0, 1, 2):
     config = tiny_model_config(levels, mixing)
-    config.update(residual_gate=True, use_quant_conv=False)
+    config.update(residual_gate=True, use_quant_conv=use_quant_conv)
     config.growth.init = "from_lower"
     configs.append(config)
   return configs
@@ -228,29 +228,29 @@ def _repeat_after_first(h):
 
 
 def _lower_head(lower):
-  """(encoder head layers, decoder conv_in) of a model, as parameter dicts."""
+  """(encoder head layers, decoder conv_in, quant convs) of a model, as parameter dicts."""
   state = lambda m: {k: np.asarray(v[...]) for k, v in nnx.state(m, nnx.Param).flat_state()}
-  return [
-      state(lower.encoder.norm_out),
-      state(lower.encoder.conv_out),
-      state(lower.decoder.conv_in),
-  ]
+  modules = [lower.encoder.norm_out, lower.encoder.conv_out, lower.decoder.conv_in]
+  modules += [lower.quant_conv, lower.post_quant_conv]
+  return [state(m) for m in modules if m is not None]
 
 
 # `both`: downsample started at zero (h = branch A); `adanorm`: started as frame selection.
-@pytest.mark.parametrize("mixing", ["both", "adanorm"])
-def test_from_lower_starts_with_the_lower_head_and_frame_copying_resamplers(mixing):
+@pytest.mark.parametrize("mixing,use_quant_conv", [("both", False), ("adanorm", True)])
+def test_from_lower_starts_with_the_lower_head_and_frame_copying_resamplers(mixing, use_quant_conv):
   """growth.init='from_lower', stage II and III: the lower level's head (encoder norm_out /
-  conv_out, decoder conv_in) is restored into the new level, the new res blocks start as
-  identities, the encoder's downsample as zero under additive mixing (the grown encoder is
-  then exactly the lower level on frames 0, 2, 4, ...) else as frame selection, and the
-  decoder's upsample as frame repetition."""
-  base_config, config_8x, config_16x = _from_lower_configs(mixing)
+  conv_out, decoder conv_in, quant convs) is restored into the new level, the new res blocks
+  start as identities, the encoder's downsample as zero under additive mixing (the grown
+  encoder is then exactly the lower level on frames 0, 2, 4, ...) else as frame selection, and
+  the decoder's upsample as frame repetition."""
+  base_config, config_8x, config_16x = _from_lower_configs(mixing, use_quant_conv)
   base = models.build_model(base_config, rngs=nnx.Rngs(0))
   grown_8x = _grow_from(base, config_8x)
   grown_16x = _grow_from(grown_8x, config_16x)
   for lower, grown, frames in ((base, grown_8x, 17), (grown_8x, grown_16x, 33)):
-    for a, b in zip(_lower_head(lower), _lower_head(grown)):
+    heads = _lower_head(lower), _lower_head(grown)
+    assert len(heads[0]) == len(heads[1]) == (5 if use_quant_conv else 3)
+    for a, b in zip(*heads):
       assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     x = _video(frames)
     encoder, decoder = grown.encoder, grown.decoder
@@ -258,30 +258,26 @@ def test_from_lower_starts_with_the_lower_head_and_frame_copying_resamplers(mixi
       expected = lower.encode(x[:, ::2]).mean
     else:
       moments = encoder.head(encoder.lower.body(x)[:, ::2])
+      moments = moments if grown.quant_conv is None else grown.quant_conv(moments)
       expected = autoencoder.DiagonalGaussian.from_moments(moments).mean
     mean = grown.encode(x).mean
     np.testing.assert_allclose(mean, expected, atol=2e-5)
-    expected = decoder.lower.body(_repeat_after_first(decoder.conv_in(mean)))
+    h = decoder.conv_in(grown.decoder_input(mean))
+    expected = decoder.lower.body(_repeat_after_first(h))
     np.testing.assert_allclose(grown.decode(mean), expected, atol=2e-5)
 
 
-def test_from_lower_needs_its_restore_rules_and_no_quant_convs():
+def test_from_lower_needs_its_restore_rules():
+  from bootvae_jax.configs import promag_16x  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import config as training_config  # pylint: disable=g-import-not-at-top
 
-  _, config_8x, _ = _from_lower_configs("both")
-  config_8x.use_quant_conv = True
-  with pytest.raises(ValueError, match=r"model.growth.init='from_lower'.*use_quant_conv=False"):
-    models.validate_model_config(config_8x)
-  config_8x.use_quant_conv = False
-  config = training_config.default_config()
-  config.model = config_8x
-  progressive.next_stage(config, previous_workdir="/runs/promag_4x")
-  assert config.model.growth.levels == 2 and config.init_checkpoint.exclude == (
-      "(post_)?quant_conv/.*",
-  )
-  config.model.growth.levels = 1
-  config.init_checkpoint.mapping = progressive.STAGE_MAPPING  # growth.init changed afterwards
-  with pytest.raises(ValueError, match=r"progressive.use_stage_restore_rules"):
+  config = promag_16x.get_config("from_lower")  # --config=configs/promag_16x.py:from_lower
+  assert config.model.growth.init == "from_lower" and config.model.use_quant_conv
+  assert set(progressive.HEAD_MAPPING) <= set(config.init_checkpoint.mapping)
+  assert config.init_checkpoint.exclude == ()
+  training_config._validate_growth_restore(config)  # pylint: disable=protected-access
+  config.init_checkpoint.mapping = progressive.STAGE_MAPPING  # as if growth.init changed later
+  with pytest.raises(ValueError, match=r"configs/promag_8x.py:from_lower"):
     training_config._validate_growth_restore(config)  # pylint: disable=protected-access
   progressive.use_stage_restore_rules(config)
   training_config._validate_growth_restore(config)  # pylint: disable=protected-access
