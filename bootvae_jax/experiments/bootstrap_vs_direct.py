@@ -623,12 +623,24 @@ def plot_curves(
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(10, 6))
+  # One colour per model (label without its seed), one line style per seed.
+  models = sorted({name.rsplit(" ", 1)[0] for name in curves})
+  colours = dict(zip(models, plt.get_cmap("tab20").colors * 2))
+  seeds = sorted({name.rsplit(" ", 1)[-1] for name in curves})
   for name, points in sorted(curves.items()):
     if not points:
       continue
+    model, seed = name.rsplit(" ", 1)
     steps = [offsets.get(name, 0) + s for s, _ in points]
-    style = "-" if "promag" in name else "--"
-    ax.plot(steps, [v for _, v in points], style, marker=".", label=name, linewidth=1.2)
+    ax.plot(
+        steps,
+        [v for _, v in points],
+        ("-", "--", ":", "-.")[seeds.index(seed) % 4],
+        color=colours[model],
+        marker=".",
+        label=name,
+        linewidth=0.8 if ("[" in model or "@" in model) else 1.4,
+    )
   ax.set_xlabel("total training steps (grown stages start where their lower stage ended)")
   ax.set_ylabel("held-out PSNR (dB)")
   ax.grid(alpha=0.3)
