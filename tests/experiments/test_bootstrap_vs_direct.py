@@ -162,6 +162,6 @@ def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monke
   with pytest.raises(
       ValueError,
       match=r"run was trained with another config \(1 differences,"
-      r" e.g. optimizer.learning_rate: 1.0 there, 0.002 here\); move it away",
+      r" e.g. optimizer.learning_rate: 1.0 there, 0.0005 here\); move it away",
   ):
     bvd.train(config, str(tmp_path / "run"))
