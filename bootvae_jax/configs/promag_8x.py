@@ -9,7 +9,7 @@ down/upsample, the 1×1×1 latent convs) trains, with L1 + KL as in the paper. S
 `--config.optimizer.finetune_learning_rate_multiplier=0.1` to fine-tune the lower level too.
 
 `--config=configs/promag_8x.py:from_lower` starts the new level from the base's head instead
-(`model.growth.init`, models/progressive.py; needs a base without quant convs).
+(`model.growth.init`, models/progressive.py; its head and quant convs are copied in).
 """
 
 from bootvae_jax.configs import promag_4x

@@ -409,7 +409,8 @@ def train(config, run_dir: str) -> dict[str, Any]:
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
-  if checkpoints.Checkpoints(run_dir).latest_step() is not None:
+  latest = checkpoints.Checkpoints(run_dir).latest_step()
+  if latest is not None:
     saved, new = (
         {k: v for k, v in checkpoints.config_json(c).items() if k in RUN_DEFINING_FIELDS}
         for c in (checkpoints.read_config(run_dir), config)
@@ -424,7 +425,7 @@ def train(config, run_dir: str) -> dict[str, Any]:
   if os.path.exists(timing_path):
     with open(timing_path) as f:
       timing.update(json.load(f))
-  if timing["finished"] and checkpoints.Checkpoints(run_dir).latest_step() == config.total_steps:
+  if timing["finished"] and latest == config.total_steps:
     return timing
   start = time.perf_counter()
   trainer.train_and_evaluate(config, run_dir)
@@ -671,7 +672,7 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
   ]
   for s in result["summary"]:
     lines.append(
-        f"| {s['temporal_compression']}x | {s.get('grown', '')} |"
+        f"| {s['temporal_compression']}x | {s['grown']} |"
         f" {s['grown_psnr']:.2f} ± {s['grown_std']:.2f}"
         f" | {s['direct_psnr']:.2f} ± {s['direct_std']:.2f} | {s['gain_db']:+.2f} ±"
         f" {s['gain_std']:.2f} | {len(s['seeds'])} |"

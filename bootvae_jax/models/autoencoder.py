@@ -599,7 +599,7 @@ def default_model_config() -> ml_collections.ConfigDict:
               num_res_blocks=1,  # new ResBlocks per level, in the encoder and in the decoder
               # How a new level starts (GROWTH_INITS): "fresh" (the paper: random 1×1×1 head
               # convs) or "from_lower" (the lower level's head copied, resamplers started as frame
-              # selection / repetition: the grown model starts as its lower level on every other
+              # selection / repetition: the grown model starts near its lower level on every other
               # latent frame; progressive.GrownEncoder).
               init="fresh",
           ),

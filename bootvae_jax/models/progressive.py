@@ -179,8 +179,10 @@ def _start_as_frame_copy(conv: layers.Conv3d, copies: int) -> None:
   conv.bias[...] = jnp.zeros_like(conv.bias[...])
 
 
-def _from_lower(config: ml_collections.ConfigDict) -> bool:
-  return config.growth.get("init", "fresh") == "from_lower"
+def starts_from_lower(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether a model config's growth levels start `from_lower` (`model.growth.init`)."""
+  growth = model_config.get("growth")
+  return growth is not None and growth.get("init", "fresh") == "from_lower"
 
 
 def _head_conv(config, side: str, *, rngs: nnx.Rngs) -> layers.Conv3d:
@@ -190,7 +192,7 @@ def _head_conv(config, side: str, *, rngs: nnx.Rngs) -> layers.Conv3d:
   base)."""
   conv, _, _ = autoencoder.layer_settings(config, side)
   width = config.base_channels * config.channel_multipliers[-1]
-  if not _from_lower(config):
+  if not starts_from_lower(config):
     kernel, latent = (1, 1, 1), config.latent_channels
     moments = 2 * latent
   else:
@@ -243,7 +245,7 @@ class GrownEncoder(nnx.Module):
     self.norm_out = norm.make(width, rngs=rngs)
     self.conv_out = _head_conv(config, "encoder", rngs=rngs)
     self.remat = bool(config.remat)
-    if _from_lower(config):
+    if starts_from_lower(config):
       _start_as_frame_copy(self.downsample.conv, 0 if self.mixing in ("add", "both") else 1)
 
   def body(self, x: jax.Array) -> jax.Array:
@@ -292,7 +294,7 @@ class GrownDecoder(nnx.Module):
     )
     self.lower = lower
     self.remat = bool(config.remat)
-    if _from_lower(config):  # starts repeating each latent frame
+    if starts_from_lower(config):  # starts repeating each latent frame
       _start_as_frame_copy(self.upsample.conv, 2)
 
   @property
@@ -346,7 +348,7 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
   def make_latent_convs(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     """None: the top level's 1×1×1 conv_out / conv_in already map to and from the latent; with
     `growth.init='from_lower'` the base's quant convs (if any), restored with its head."""
-    if _from_lower(config):
+    if starts_from_lower(config):
       return super().make_latent_convs(config, rngs=rngs)
     return None, None
 
@@ -383,7 +385,7 @@ def use_stage_restore_rules(config: ml_collections.ConfigDict) -> ml_collections
   the lower level from the previous stage's body, and with 'from_lower' its head too. Call it
   again after changing `growth.init` on a config `next_stage` made (`training.config.validate`
   refuses a mismatch)."""
-  if _from_lower(config.model):
+  if starts_from_lower(config.model):
     config.init_checkpoint.mapping = STAGE_MAPPING + HEAD_MAPPING
     config.init_checkpoint.exclude = ()
   else:

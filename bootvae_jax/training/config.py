@@ -116,8 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _validate_growth_restore(config: ml_collections.ConfigDict) -> None:
   """A stage with `growth.init='from_lower'` must restore the lower level's head too."""
-  growth = config.model.get("growth")
-  if growth is None or growth.get("init", "fresh") != "from_lower" or not growth.levels:
+  if not progressive.starts_from_lower(config.model) or not config.model.growth.levels:
     return
   mapping = {tuple(m) for m in config.init_checkpoint.mapping}
   if not config.init_checkpoint.path or not set(progressive.HEAD_MAPPING) <= mapping:
