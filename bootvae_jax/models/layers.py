@@ -375,13 +375,25 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
   """d/dx of `conv3d_valid_time` (formulation `impl`) through `cotangent: (B, T_out, H_out,
-  W_out, Cout)`, as a (B, T, H, W, Cin) array: autodiff of the forward w.r.t. x alone.
+  W_out, Cout)`, as a (B, T, H, W, Cin) array.
 
-  XLA transposes each per-tap 2D conv on its own; that ran 1.25-1.4x faster than one "summed"
-  conv of the cotangent zero-padded in time with the flipped kernel (3×3×3 64→64 over 19×128²,
-  128→128 over 19×64²; benchmarks/conv_speed.py --parts=grads), and no slower than a Winograd
-  one where Winograd applied (256→256 over 11×32², one noisy run).
+  Where the transposed conv is itself a Winograd conv (stride 1, `same`: the cotangent
+  zero-padded in time, correlated with the flipped kernel, Cin and Cout swapped), it runs as
+  one: 1.6-1.7x faster than autodiff of the forward (stop 23, 3×3×3 over 19 frames, min of 3
+  calls: 128→128 at 128² 1.47 vs 2.38 s, 256→256 at 64² 1.20 vs 1.92, 512→512 at 32² 1.28 vs
+  2.22). Elsewhere: autodiff of the forward w.r.t. x alone, where XLA
+  transposes each per-tap 2D conv on its own; that ran 1.25-1.4x faster than one "summed" conv
+  of the padded cotangent (3×3×3 64→64 over 19×128², 128→128 over 19×64²).
   """
+  kt = kernel.shape[0]
+  flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
+  padded_shape = cotangent.shape[:1] + (cotangent.shape[1] + 2 * (kt - 1),) + cotangent.shape[2:]
+  if (
+      impl == "winograd"
+      and tuple(stride) == (1, 1, 1)
+      and winograd_applies(padded_shape, flipped.shape, stride, spatial_padding)
+  ):
+    return winograd_conv(pad_time(cotangent, kt - 1, kt - 1, "zeros"), flipped)
   forward = lambda x: conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
   return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, kernel.dtype))(cotangent)[0]
 
@@ -482,17 +494,50 @@ def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding):
   return jnp.transpose(total.reshape(kt, cout, kh, kw, cin), (0, 2, 3, 4, 1))
 
 
-# Winograd F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
-# 2016): every 2×2 output tile of a 3×3 conv is A^T [(G g G^T) ⊙ (B^T d B)] A over its 4×4
-# input tile d, so the conv becomes 16 matrix products over channels with 2.25x fewer
-# multiply-adds than 9 taps, plus input / output transforms that cost memory traffic. On a
-# 2-core AVX-512 CPU (benchmarks/jax_vs_torch.py --breakdown, XLA 0.10) it beat the "summed"
-# convs by 1.3-1.5x (and PyTorch's oneDNN conv) from 256 input channels over >= 2304 output
-# tiles, and lost below 128 channels, below ~320 tiles and for a few output channels.
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# Winograd F(m×m, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+# 2016): every m×m output tile of a 3×3 conv is A^T [(G g G^T) ⊙ (B^T d B)] A over its
+# (m+2)×(m+2) input tile d, so the conv becomes (m+2)² matrix products over channels with
+# 9m²/(m+2)² times fewer multiply-adds than 9 taps (2.25x for m = 2, 4x for m = 4), plus input /
+# output transforms that cost memory traffic ((m+2)²/m² times the frame: 4x for m = 2, 2.25x
+# for m = 4). On a 2-core AVX-512 CPU (benchmarks/jax_vs_torch.py --breakdown, XLA 0.10)
+# F(2×2) beat the "summed" convs by 1.3-1.5x (and PyTorch's oneDNN conv) from 256 input channels
+# over >= 2304 output tiles, and lost below 128 channels, below ~320 tiles and for a few output
+# channels. F(4×4) rounds ~10x more (its transforms hold 4, 5, 1/6, 1/24): float32 only.
+WINOGRAD_TRANSFORMS = {  # output tile m: (B^T, G, A^T)
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: (  # interpolation points 0, ±1, ±2, ∞
+        (
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        (
+            (1 / 4, 0, 0),
+            (-1 / 6, -1 / 6, -1 / 6),
+            (-1 / 6, 1 / 6, -1 / 6),
+            (1 / 24, 1 / 12, 1 / 6),
+            (1 / 24, -1 / 12, 1 / 6),
+            (0, 0, 1),
+        ),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
 WINOGRAD_MIN_IN_CHANNELS = 256
 WINOGRAD_MIN_OUT_CHANNELS = 64
 WINOGRAD_MIN_TILES = 2048  # 2×2 output tiles per temporal tap: B · T_out · ⌈H/2⌉ · ⌈W/2⌉
+# On frames of at least 64×64 F(4×4) pays from 128 input channels (3×3×3 over 19 frames,
+# stop 23, min of 3 calls: 128→128 at 128² 1.49-1.75 s vs 2.31-2.59 "summed", PyTorch 1.57;
+# at 64² 0.39-0.43 vs 0.57-0.58; at 32² it tied, and at 16² F(4×4) lost to F(2×2)).
+WINOGRAD_LARGE_FRAME = 64
+WINOGRAD_F4_MIN_FRAME = 32
+WINOGRAD_MIN_IN_CHANNELS_LARGE_FRAME = 128
 
 
 def winograd_applies(x_shape, kernel_shape, stride, spatial_padding) -> bool:
@@ -501,59 +546,84 @@ def winograd_applies(x_shape, kernel_shape, stride, spatial_padding) -> bool:
   b, t, h, w, cin = x_shape
   kt, kh, kw, _, cout = kernel_shape
   tiles = b * ((t - kt) // stride[0] + 1) * -(-h // 2) * -(-w // 2)
+  large_frame = min(h, w) >= WINOGRAD_LARGE_FRAME
   return (
       (kh, kw) == (3, 3)
       and tuple(stride[1:]) == (1, 1)
       and tuple(map(tuple, spatial_padding)) == ((1, 1), (1, 1))
-      and cin >= WINOGRAD_MIN_IN_CHANNELS
       and cout >= WINOGRAD_MIN_OUT_CHANNELS
-      and tiles >= WINOGRAD_MIN_TILES
+      and (
+          (cin >= WINOGRAD_MIN_IN_CHANNELS and tiles >= WINOGRAD_MIN_TILES)
+          or (large_frame and cin >= WINOGRAD_MIN_IN_CHANNELS_LARGE_FRAME)
+      )
   )
 
 
-def _winograd_input(x: jax.Array, axis: int, at: int) -> jax.Array:
-  """B^T d along `axis` of x (length 2n + 2): the 4 rows of the n overlapping 4-tiles
-  (stride 2), stacked at axis `at`. B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]."""
-  even = jax.lax.slice_in_dim(x, 0, None, 2, axis)  # rows 0, 2, 4, ...: n + 1 of them
-  odd = jax.lax.slice_in_dim(x, 1, None, 2, axis)
-  n = even.shape[axis] - 1
-  e0, e1 = (jax.lax.slice_in_dim(even, i, i + n, 1, axis) for i in (0, 1))
-  o0, o1 = (jax.lax.slice_in_dim(odd, i, i + n, 1, axis) for i in (0, 1))
-  return jnp.stack([e0 - e1, o0 + e1, e1 - o0, o0 - o1], axis=at)
+def winograd_tile(dtype, frame_shape: tuple[int, int]) -> int:
+  """The output tile of `winograd_conv`: 4 in float32 on frames of at least 32×32 (stop 23,
+  over 19 frames: 256→256 at 64² 1.0-1.2 s vs 1.4-1.7 s with 2, 512→512 at 32² 1.1 vs 1.4,
+  128→128 at 32² 0.14 vs 0.17; at 16² 4 lost, 512→512 0.71 vs 0.58); else 2, which also
+  rounds exactly in bfloat16."""
+  return 4 if jnp.dtype(dtype) == jnp.float32 and min(frame_shape) >= WINOGRAD_F4_MIN_FRAME else 2
 
 
-def _winograd_output(m: jax.Array) -> jax.Array:
-  """A^T m A: (4, 4, N, n, w, C) → (N, 2n, 2w, C). A^T = [[1,1,1,0], [0,1,-1,-1]]."""
-  rows = jnp.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]], axis=3)  # (4, N, n, 2, w, C)
-  out = jnp.stack([rows[0] + rows[1] + rows[2], rows[1] - rows[2] - rows[3]], axis=4)
-  n, th, _, tw, _, c = out.shape
-  return out.reshape(n, 2 * th, 2 * tw, c)
+def _linear_combination(arrays, coefficients):
+  """sum_i coefficients[i] · arrays[i], zero terms skipped (one fused elementwise op)."""
+  terms = [
+      c * a if c not in (1, -1) else (a if c == 1 else -a)
+      for c, a in zip(coefficients, arrays)
+      if c
+  ]
+  return functools.reduce(jnp.add, terms)
 
 
-def winograd_conv(x: jax.Array, kernel: jax.Array, *, time_stride: int = 1) -> jax.Array:
+def _winograd_input(x: jax.Array, matrix, axis: int, at: int) -> jax.Array:
+  """B^T d along `axis` of x (length m·n + 2): the m + 2 rows of the n overlapping input tiles
+  (stride m), stacked at axis `at`."""
+  alpha = len(matrix)
+  m = alpha - 2
+  n = (x.shape[axis] - 2) // m
+  views = [jax.lax.slice_in_dim(x, a, a + m * (n - 1) + 1, m, axis) for a in range(alpha)]
+  return jnp.stack([_linear_combination(views, row) for row in matrix], axis=at)
+
+
+def _winograd_output(products: jax.Array, matrix) -> jax.Array:
+  """A^T M A: (α, α, N, n, w, C) → (N, m·n, m·w, C)."""
+  rows = jnp.stack([_linear_combination(products, row) for row in matrix], axis=3)
+  out = jnp.stack([_linear_combination(rows, row) for row in matrix], axis=4)
+  n, th, m, tw, _, c = out.shape  # (N, n, m, w, m, C)
+  return out.reshape(n, th * m, tw * m, c)
+
+
+def winograd_conv(
+    x: jax.Array, kernel: jax.Array, *, time_stride: int = 1, tile: int | None = None
+) -> jax.Array:
   """A 3×3 `same` stride-1 conv in space, valid with stride `time_stride` in time (any size;
-  see `winograd_applies` for where it is fast).
+  see `winograd_applies` for where it is fast), by Winograd F(tile×tile, 3×3) (`tile` 2 or 4;
+  default `winograd_tile`).
 
   x: (B, T, H, W, Cin); kernel: (kt, 3, 3, Cin, Cout) → (B, T_out, H, W, Cout). Each input
   frame is transformed once; the `kt` temporal taps are summed over the transformed frames.
   """
+  tile = tile or winograd_tile(x.dtype, x.shape[2:4])
+  input_matrix, kernel_matrix, output_matrix = WINOGRAD_TRANSFORMS[tile]
   b, t, h, w, cin = x.shape
   kt, cout = kernel.shape[0], kernel.shape[-1]
   t_out = (t - kt) // time_stride + 1
   span = time_stride * (t_out - 1) + 1
-  # Zero border of 1, plus one more row / column for an odd size (cropped at the end).
-  x = jnp.pad(x, ((0, 0), (0, 0), (1, 1 + h % 2), (1, 1 + w % 2), (0, 0)))
+  # Zero border of 1, plus rows / columns up to a multiple of the tile (cropped at the end).
+  x = jnp.pad(x, ((0, 0), (0, 0), (1, 1 + (-h) % tile), (1, 1 + (-w) % tile), (0, 0)))
   frames = x.reshape((b * t,) + x.shape[2:])
-  d = _winograd_input(_winograd_input(frames, 1, 0), 3, 1)  # (4, 4, B·T, H/2, W/2, Cin)
-  d = d.reshape(d.shape[:2] + (b, t) + d.shape[3:])
-  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
-  u = jnp.einsum("ai,tijcd,bj->tabcd", g, kernel, g)  # (kt, 4, 4, Cin, Cout)
-  m = None
+  d = _winograd_input(_winograd_input(frames, input_matrix, 1, 0), input_matrix, 3, 1)
+  d = d.reshape(d.shape[:2] + (b, t) + d.shape[3:])  # (α, α, B, T, H/m, W/m, Cin)
+  g = jnp.asarray(kernel_matrix, kernel.dtype)
+  u = jnp.einsum("ai,tijcd,bj->tabcd", g, kernel, g)  # (kt, α, α, Cin, Cout)
+  products = None
   for i in range(kt):  # output frame j: input frames j·stride + i
     tap = jnp.einsum("abnthwc,abcd->abnthwd", d[:, :, :, i : i + span : time_stride], u[i])
-    m = tap if m is None else m + tap
-  m = m.reshape(m.shape[:2] + (b * t_out,) + m.shape[4:])
-  y = _winograd_output(m)[:, :h, :w]
+    products = tap if products is None else products + tap
+  products = products.reshape(products.shape[:2] + (b * t_out,) + products.shape[4:])
+  y = _winograd_output(products, output_matrix)[:, :h, :w]
   return y.reshape((b, t_out, h, w, cout))
 
 
