@@ -257,7 +257,9 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
 
   Measured on a 2-core AVX-512 CPU, one thread, CPU time of the released OD-VAE layout at
   9×64² (benchmarks/jax_vs_torch.py): decode 10.6 s with "stacked", 9.7 s "summed", 7.9 s
-  "winograd" (PyTorch 7.9 s); encode 2.4 / 2.4 / 2.3 s (PyTorch 2.3-2.5 s).
+  "winograd" (PyTorch 7.9 s); encode 2.4 / 2.4 / 2.3 s (PyTorch 2.3-2.5 s). With F(4×4) tiles
+  (stop 23, 2 threads, 17×128²): OD-VAE decode 38.6 → 28.3 s (PyTorch 40.3-51.4 s), ProMAG
+  base decode 12.1 → 9.7 s (PyTorch 12.5 s).
 
   Training: every formulation but "xla" has a custom backward (`conv_kernel_grad`): XLA's own
   d/dkernel of these convs was 7x slower (3×3×3 64→64 over 19×128², wall s on the shared 2-core
