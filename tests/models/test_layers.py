@@ -257,49 +257,56 @@ def test_conv_kernel_grad_in_blocks_equals_xla_autodiff(monkeypatch):
   assert not failures, "\n".join(failures)
 
 
-def test_conv_input_grad_as_a_winograd_conv_on_large_frames(monkeypatch):
-  """Stride 1, `same`: d/dx runs as a Winograd conv of the time-padded cotangent with the
-  flipped kernel, F(4×4) on 32² frames; it and d/dkernel equal XLA autodiff within 1e-5 of
-  their scale."""
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+  """conv_impl="winograd" runs Winograd convs on these tests' tiny shapes."""
   monkeypatch.setattr(layers, "WINOGRAD_MIN_IN_CHANNELS", 1)
   monkeypatch.setattr(layers, "WINOGRAD_MIN_OUT_CHANNELS", 1)
   monkeypatch.setattr(layers, "WINOGRAD_MIN_TILES", 1)
-  x = _normal(13, (1, 6, 32, 36, 3))
-  kernel = _normal(14, (3, 3, 3, 3, 4), scale=0.2)
-  cotangent = _normal(15, (1, 4, 32, 36, 4), scale=0.1)
-  same = ((1, 1), (1, 1))
-  assert layers.winograd_tile(jnp.float32, (32, 36)) == 4
-  conv = lambda x, k: layers.conv3d_valid_time(
-      x, k, stride=(1, 1, 1), spatial_padding=same, impl="winograd"
+
+
+SAME = ((1, 1), (1, 1))
+
+
+def _winograd_conv(impl):
+  return lambda x, k: layers.conv3d_valid_time(
+      x, k, stride=(1, 1, 1), spatial_padding=SAME, impl=impl
   )
-  fast = jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g))(x, kernel, cotangent)
-  for name, a, b in zip(("dx", "dkernel"), _xla_vjp(x, kernel, cotangent, (1, 1, 1), same), fast):
+
+
+def _assert_winograd_vjp_is_xla_autodiff(x, kernel, cotangent):
+  """d/dx and d/dkernel of the "winograd" conv (custom backward) equal XLA autodiff within
+  1e-5 of their scale (at least 1)."""
+  fast = jax.jit(lambda x, k, g: jax.vjp(_winograd_conv("winograd"), x, k)[1](g))
+  reference = _xla_vjp(x, kernel, cotangent, (1, 1, 1), SAME)
+  for name, a, b in zip(("dx", "dkernel"), reference, fast(x, kernel, cotangent)):
     scale = max(1.0, float(np.max(np.abs(a))))
     assert _max_err(a, b) <= TOL * scale, (name, _max_err(a, b), scale)
+  return reference
 
 
-def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(monkeypatch):
+def test_conv_input_grad_as_a_winograd_conv_on_large_frames(winograd_everywhere):
+  """Stride 1, `same`: d/dx runs as a Winograd conv of the time-padded cotangent with the
+  flipped kernel, F(4×4) on 32² frames, and equals autodiff."""
+  assert layers.winograd_tile(jnp.float32, (32, 36)) == 4
+  _assert_winograd_vjp_is_xla_autodiff(
+      _normal(13, (1, 6, 32, 36, 3)),
+      _normal(14, (3, 3, 3, 3, 4), scale=0.2),
+      _normal(15, (1, 4, 32, 36, 4), scale=0.1),
+  )
+
+
+def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(winograd_everywhere):
   """The custom backward of the Winograd formulation (thresholds lowered to these tiny
   shapes): d/dx and d/dkernel equal XLA autodiff within 1e-5 in float32 and within 2% of the
   gradient's scale in bfloat16 (returned in bfloat16); a second-order gradient under jit
   (d/dx of |d/dkernel|²) and a vmap over kernels agree with the XLA conv within 1e-5 of
   their scale."""
-  monkeypatch.setattr(layers, "WINOGRAD_MIN_IN_CHANNELS", 1)
-  monkeypatch.setattr(layers, "WINOGRAD_MIN_OUT_CHANNELS", 1)
-  monkeypatch.setattr(layers, "WINOGRAD_MIN_TILES", 1)
   x = _normal(10, (1, 7, 8, 6, 4))
   kernel = _normal(11, (3, 3, 3, 4, 5), scale=0.2)
   cotangent = _normal(12, (1, 5, 8, 6, 5), scale=0.1)
-  same = ((1, 1), (1, 1))
-  conv = lambda impl: lambda x, k: layers.conv3d_valid_time(
-      x, k, stride=(1, 1, 1), spatial_padding=same, impl=impl
-  )
-  reference = _xla_vjp(x, kernel, cotangent, (1, 1, 1), same)
-  fast = jax.jit(lambda x, k, g: jax.vjp(conv("winograd"), x, k)[1](g))(x, kernel, cotangent)
-  for name, a, b in zip(("dx", "dkernel"), reference, fast):
-    assert _max_err(a, b) <= TOL, (name, _max_err(a, b))
-
-  bf16 = jax.jit(lambda x, k, g: jax.vjp(conv("winograd"), x, k)[1](g))(
+  reference = _assert_winograd_vjp_is_xla_autodiff(x, kernel, cotangent)
+  bf16 = jax.jit(lambda x, k, g: jax.vjp(_winograd_conv("winograd"), x, k)[1](g))(
       *(jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, cotangent))
   )
   for name, a, b in zip(("dx", "dkernel"), reference, bf16):
@@ -308,7 +315,7 @@ def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(monk
     assert _max_err(a, np.asarray(b, np.float32)) <= 0.02 * scale, (name, scale)
 
   def second_order(impl):
-    kernel_grad = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(impl)(x, k))), argnums=1)
+    kernel_grad = jax.grad(lambda x, k: jnp.sum(jnp.sin(_winograd_conv(impl)(x, k))), argnums=1)
     return jax.jit(jax.grad(lambda x, k: jnp.sum(kernel_grad(x, k) ** 2)))(x, kernel)
 
   reference = second_order("xla")  # entries up to ~300: compared relative to that scale
@@ -316,7 +323,7 @@ def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(monk
 
   kernels = np.stack([kernel, 0.5 * kernel])
   batched = lambda impl: jax.vmap(
-      jax.grad(lambda k: jnp.sum(jnp.sin(conv(impl)(x, k)))), in_axes=0
+      jax.grad(lambda k: jnp.sum(jnp.sin(_winograd_conv(impl)(x, k)))), in_axes=0
   )(kernels)
   reference = batched("xla")
   assert _max_err(reference, batched("summed")) <= TOL * float(np.max(np.abs(reference)))
