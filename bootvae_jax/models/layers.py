@@ -383,9 +383,9 @@ def conv_input_grad(cotangent, kernel, x_shape, stride, spatial_padding, impl):
   zero-padded in time, correlated with the flipped kernel, Cin and Cout swapped), it runs as
   one: 1.6-1.7x faster than autodiff of the forward (stop 23, 3×3×3 over 19 frames, min of 3
   calls: 128→128 at 128² 1.47 vs 2.38 s, 256→256 at 64² 1.20 vs 1.92, 512→512 at 32² 1.28 vs
-  2.22). Elsewhere: autodiff of the forward w.r.t. x alone, where XLA
-  transposes each per-tap 2D conv on its own; that ran 1.25-1.4x faster than one "summed" conv
-  of the padded cotangent (3×3×3 64→64 over 19×128², 128→128 over 19×64²).
+  2.22). Elsewhere: autodiff of the forward w.r.t. x alone, where XLA transposes each per-tap
+  2D conv on its own; that ran 1.25-1.4x faster than one "summed" conv of the padded cotangent
+  (3×3×3 64→64 over 19×128², 128→128 over 19×64²).
   """
   kt = kernel.shape[0]
   flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
