@@ -12,9 +12,9 @@ Measures, for each formulation, the median wall time of
   * `layer_grads` (`--parts=grads`): for each `--grad_shapes` entry TxHxCinxCout (a 3x3x3
     `same` conv over (1, T, H, H, Cin), valid in time), d/dx and d/dkernel apart, each through a
     fixed cotangent, and both together: JAX `conv_impl=auto` with its custom backward (whose
-    d/dx is a Winograd conv where one applies, else the autodiff one), plain JAX autodiff of the same formulation
-    (`layers.conv3d_by_formulation`), and PyTorch's conv3d backward (its forward graph built
-    once, outside the timing). Wall and CPU seconds (min over repeats).
+    d/dx is a Winograd conv where one applies, else the autodiff one), plain JAX autodiff of
+    the same formulation (`layers.conv3d_by_formulation`), and PyTorch's conv3d backward (its
+    forward graph built once, outside the timing). Wall and CPU seconds (min over repeats).
 Compile time is excluded (reported apart as compile_s); every call ends in
 `block_until_ready`. All formulations run with the same parameters, and the largest
 difference between each output and "xla"'s is reported. One JSON line per measurement.
