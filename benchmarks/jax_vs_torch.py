@@ -2,11 +2,13 @@
 
   nice -n 10 python benchmarks/jax_vs_torch.py [--models=odvae,promag_base] \
       [--ops=encode,decode,train_step] [--frames=17] [--size=128] [--threads=2] [--repeats=3]
+      [--breakdown [--backward]]
 
 For each model and op, one JSON line with the median wall time of JAX (jitted; compile time
 apart as `jax_compile_s`) and of PyTorch (`interop/torch_model.py`, eager, float32; its first
 call apart as `torch_first_s`), `ratio` = jax_s / torch_s (> 1: JAX is slower), the largest
-output difference between the two, and the load average (the machine may be shared).
+output difference between the two, the load average (the machine may be shared) and the
+process's peak resident memory (`--frameworks=jax` or `torch` alone to read one framework's).
 
   * encode: x (B, T, H, W, 3) → posterior mean and logvar;
   * decode: the posterior mean → video;
@@ -27,6 +29,7 @@ import functools
 import json
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -53,6 +56,12 @@ _BREAKDOWN = flags.DEFINE_bool(
     "Instead of whole ops: time every distinct layer of encode + decode (conv, norm, attention,"
     " resampler; the input shape it gets inside the model) alone in both frameworks; one line"
     " per layer kind and shape, with its number of calls and total time.",
+)
+_BACKWARD = flags.DEFINE_bool(
+    "backward",
+    False,
+    "With --breakdown: time each layer's forward + backward (the gradient of <layer(x), g> with"
+    " respect to x and the layer's parameters) instead of its forward alone.",
 )
 
 KL_WEIGHT = 1e-6
@@ -276,6 +285,28 @@ def compare(ops: dict, op: str, repeats: int) -> dict:
   return line
 
 
+def _layer_gradients(graphdef, j_in, t_module, xin):
+  """(JAX state ↦ gradients, PyTorch () ↦ gradients) of <layer(x), g> w.r.t. x and the layer's
+  parameters, g a fixed random cotangent of the output's shape."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  t_in = torch.from_numpy(xin).requires_grad_()
+  with torch.no_grad():
+    t_g = torch.randn_like(t_module(t_in))
+
+  def t_fn():
+    t_module.zero_grad(set_to_none=True)
+    t_in.grad = None
+    t_module(t_in).backward(t_g)
+    return t_in.grad
+
+  g = jax.numpy.asarray(np.ascontiguousarray(t_g.numpy().transpose(0, 2, 3, 4, 1)))
+  inner = lambda state, x: jax.numpy.vdot(nnx.merge(graphdef, state)(x), g)
+  return functools.partial(jax.jit(jax.grad(inner, argnums=(0, 1))), x=j_in), t_fn
+
+
 def breakdown(name, config, model, vae, x, repeats):
   """Per-layer JAX vs PyTorch times at the shapes each layer sees inside encode + decode."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -331,16 +362,19 @@ def breakdown(name, config, model, vae, x, repeats):
     rng = np.random.default_rng(0)
     xin = rng.standard_normal(shape).astype(np.float32)
     t_module = module_at(vae, module_name)
-    with torch.inference_mode():
-      t_in = torch.from_numpy(xin)
-      _, t_walls, t_cpus = _timed(lambda: t_module(t_in), repeats)
     graphdef, state = nnx.split(module_at(model, module_name))
-    fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     j_in = jax.numpy.asarray(np.ascontiguousarray(np.transpose(xin, (0, 2, 3, 4, 1))))
-    _, j_walls, j_cpus = _timed(lambda: jax.block_until_ready(fn(state, j_in)), repeats)
+    if _BACKWARD.value:
+      j_fn, t_fn = _layer_gradients(graphdef, j_in, t_module, xin)
+    else:
+      j_fn = functools.partial(jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), x=j_in)
+      t_fn = torch.inference_mode()(functools.partial(t_module, torch.from_numpy(xin)))
+    _, t_walls, t_cpus = _timed(t_fn, repeats)
+    _, j_walls, j_cpus = _timed(lambda: jax.block_until_ready(j_fn(state)), repeats)
     line = {
         "bench": "jax_vs_torch_layers",
         "model": name,
+        "pass": "forward+backward" if _BACKWARD.value else "forward",
         "layer": sig,
         "example": module_name,
         "input_shape_ncthw": list(shape),
@@ -413,6 +447,8 @@ def main(argv):
           jax=jax.__version__,
           torch=torch.__version__,
           load_avg_1m=round(os.getloadavg()[0], 2),
+          # Of the whole process so far: run one framework per process to read one alone.
+          peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
       )
       print(json.dumps(line), flush=True)
 

@@ -361,7 +361,7 @@ class Encoder(nnx.Module):
     return self.mid(h)
 
   def head(self, h: jax.Array) -> jax.Array:
-    return self.conv_out(nnx.silu(self.norm_out(h)))
+    return self.conv_out(self.norm_out(h, silu=True))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.body(x))
@@ -421,7 +421,7 @@ class Decoder(nnx.Module):
     h = self.mid(h)
     for level in reversed(self.up):
       h = level(h, self.remat)
-    return nnx.silu(self.norm_out(h))
+    return self.norm_out(h, silu=True)
 
   def output(self, y: jax.Array) -> jax.Array:
     """`conv_out`'s output → video: depth-to-space of the pixel patches (see `patch_size`)."""

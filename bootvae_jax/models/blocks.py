@@ -131,8 +131,8 @@ class ResBlock(nnx.Module):
     return self.conv1.time_lookahead + self.conv2.time_lookahead
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv1(nnx.silu(self.norm1(x)))
-    h = self.conv2(nnx.silu(self.norm2(h)))
+    h = self.conv1(self.norm1(x, silu=True))
+    h = self.conv2(self.norm2(h, silu=True))
     if self.gate is not None:
       h = h * self.gate[...].astype(h.dtype)
     shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)

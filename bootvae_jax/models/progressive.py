@@ -262,7 +262,7 @@ class GrownEncoder(nnx.Module):
     return h
 
   def head(self, h: jax.Array) -> jax.Array:
-    return self.conv_out(nnx.silu(self.norm_out(h)))
+    return self.conv_out(self.norm_out(h, silu=True))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.body(x))

@@ -10,6 +10,7 @@ import itertools
 import math
 
 import jax
+from jax import ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -590,6 +591,59 @@ def test_norm_keeps_bfloat16_dtype_and_rejects_indivisible_groups():
   assert _max_err(np.asarray(y16, np.float32), norm(x)) < 0.05
   with pytest.raises(ValueError, match="divisible by 4"):
     layers.Norm(10, "groupnorm_frame", num_groups=4, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("kind", layers.NORM_KINDS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_norm_backward_equals_autodiff_of_its_forward(kind, silu, dtype):
+  """`normalize`'s hand-written backward (from x and the statistics) vs plain autodiff of the
+  same forward, for x, scale and bias."""
+  x = jnp.asarray(_video(6), dtype)
+  scale, bias = jnp.asarray(1 + _normal(7, (8,), 0.1)), jnp.asarray(_normal(8, (8,), 0.1))
+  cotangent = jnp.asarray(_normal(9, x.shape), dtype)
+  args = (kind, 4, 1e-6, silu)
+  out, vjp = jax.vjp(lambda *p: layers.normalize(*p, *args), x, scale, bias)
+  ref_out, ref_vjp = jax.vjp(lambda *p: layers._normalize_forward(*p, *args)[0], x, scale, bias)
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16: dx rounds to 8 bits either way
+  assert _max_err(out, ref_out) <= tol * float(jnp.max(jnp.abs(ref_out.astype(jnp.float32))))
+  for got, expected in zip(vjp(cotangent), ref_vjp(cotangent)):
+    scale_of = float(jnp.max(jnp.abs(expected.astype(jnp.float32))))
+    assert _max_err(got, expected) <= tol * scale_of
+
+
+def test_groupnorm_silu_gradients_equal_torch_autograd():
+  norm = _norm("groupnorm_clip", 8, 4, 1e-6)
+  x, cotangent = _video(10), _normal(11, (2, 5, 6, 6, 8))
+  grads = jax.grad(lambda m, x: jnp.vdot(m(x, silu=True), cotangent), argnums=(0, 1))
+  model_grads, x_grad = grads(norm, jnp.asarray(x))
+  ref = torch.nn.GroupNorm(4, 8, eps=1e-6)
+  with torch.no_grad():
+    ref.weight.copy_(torch.tensor(np.asarray(norm.scale[...])))
+    ref.bias.copy_(torch.tensor(np.asarray(norm.bias[...])))
+  x_t = torch.from_numpy(x).permute(0, 4, 1, 2, 3).requires_grad_()
+  y_t = F.silu(ref(x_t))
+  (y_t * torch.from_numpy(cotangent).permute(0, 4, 1, 2, 3)).sum().backward()
+  assert _max_err(x_grad, x_t.grad.permute(0, 2, 3, 4, 1).numpy()) <= TOL
+  assert _max_err(model_grads.scale[...], ref.weight.grad.numpy()) <= 10 * TOL  # sums 360 terms
+  assert _max_err(model_grads.bias[...], ref.bias.grad.numpy()) <= 10 * TOL
+
+
+def test_norm_keeps_only_its_input_for_the_backward(capsys):
+  """Autodiff of norm + silu keeps six activation-sized arrays for the backward; `normalize`
+  keeps x (and the per-group statistics)."""
+  x = jnp.asarray(_video(12))
+  scale, bias = jnp.ones(8), jnp.zeros(8)
+  activation = f"f32[{','.join(map(str, x.shape))}]"
+
+  def kept(forward):
+    ad_checkpoint.print_saved_residuals(lambda *p: forward(*p).sum(), x, scale, bias)
+    return [line for line in capsys.readouterr().out.splitlines() if activation in line]
+
+  args = ("groupnorm_clip", 4, 1e-6, True)
+  assert len(kept(lambda *p: layers._normalize_forward(*p, *args)[0])) == 6
+  (only,) = kept(lambda *p: layers.normalize(*p, *args))
+  assert "argument" in only
 
 
 # ----------------------------------------------------------------------------------------------
