@@ -304,7 +304,8 @@ def _layer_gradients(graphdef, j_in, t_module, xin):
 
   g = jax.numpy.asarray(np.ascontiguousarray(t_g.numpy().transpose(0, 2, 3, 4, 1)))
   inner = lambda state, x: jax.numpy.vdot(nnx.merge(graphdef, state)(x), g)
-  return functools.partial(jax.jit(jax.grad(inner, argnums=(0, 1))), x=j_in), t_fn
+  gradients = jax.jit(jax.grad(inner, argnums=(0, 1)))
+  return lambda state: gradients(state, j_in), t_fn
 
 
 def breakdown(name, config, model, vae, x, repeats):
@@ -367,7 +368,8 @@ def breakdown(name, config, model, vae, x, repeats):
     if _BACKWARD.value:
       j_fn, t_fn = _layer_gradients(graphdef, j_in, t_module, xin)
     else:
-      j_fn = functools.partial(jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), x=j_in)
+      forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+      j_fn = lambda state: forward(state, j_in)
       t_fn = torch.inference_mode()(functools.partial(t_module, torch.from_numpy(xin)))
     _, t_walls, t_cpus = _timed(t_fn, repeats)
     _, j_walls, j_cpus = _timed(lambda: jax.block_until_ready(j_fn(state)), repeats)
