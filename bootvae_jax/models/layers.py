@@ -862,9 +862,9 @@ def _normalize_forward(x, scale, bias, kind, num_groups, eps, silu):
   return (jax.nn.silu(z) if silu else z).astype(x.dtype), (mean, rstd)
 
 
-# Autodiff of the norm (and silu) keeps x - mean, its normalised copy and sigmoid(z) for the
-# backward: three activation-sized tensors per call on top of x. This backward keeps x and the
-# per-group statistics only and recomputes the rest (elementwise, cheap next to the convs):
+# Autodiff of the norm and silu keeps six activation-sized arrays per call for the backward
+# (x - mean, the normalised and affine copies, silu's intermediates). This backward keeps x and
+# the per-group statistics only and recomputes the rest (elementwise, cheap next to the convs):
 # the released OD-VAE train step at 17×128² (benchmarks/jax_vs_torch.py) compiles to 13.4 GB of
 # temporaries instead of 18.3 GB and now runs on this 24 GB machine (it was OOM-killed), and
 # at 9×64² it runs 7% faster (CPU 46.5 vs 50.2 s).

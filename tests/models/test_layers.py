@@ -612,6 +612,19 @@ def test_norm_backward_equals_autodiff_of_its_forward(kind, silu, dtype):
     assert _max_err(got, expected) <= tol * scale_of
 
 
+def test_norm_second_order_gradients_equal_autodiff():
+  """d/dx of |d/dscale|² through `normalize` (reverse over its own backward), as the adaptive
+  GAN weight's gradients of gradients need, vs autodiff of the plain forward."""
+  x = jnp.asarray(_video(13))
+  scale, bias = jnp.asarray(1 + _normal(14, (8,), 0.1)), jnp.asarray(_normal(15, (8,), 0.1))
+  for kind in layers.NORM_KINDS:
+    loss = lambda norm: lambda x, s: jnp.sum(jnp.sin(norm(x, s, bias, kind, 4, 1e-6, True)))
+    second = lambda f: jax.jit(jax.grad(lambda x, s: jnp.sum(jax.grad(f, 1)(x, s) ** 2)))(x, scale)
+    reference = second(loss(lambda *a: layers._normalize_forward(*a)[0]))
+    got = second(loss(layers.normalize))
+    assert _max_err(got, reference) <= TOL * float(jnp.max(jnp.abs(reference))), kind
+
+
 def test_groupnorm_silu_gradients_equal_torch_autograd():
   norm = _norm("groupnorm_clip", 8, 4, 1e-6)
   x, cotangent = _video(10), _normal(11, (2, 5, 6, 6, 8))
