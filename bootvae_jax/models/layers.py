@@ -866,8 +866,8 @@ def _normalize_forward(x, scale, bias, kind, num_groups, eps, silu):
 # (x - mean, the normalised and affine copies, silu's intermediates). This backward keeps x and
 # the per-group statistics only and recomputes the rest (elementwise, cheap next to the convs):
 # the released OD-VAE train step at 17×128² (benchmarks/jax_vs_torch.py) compiles to 13.4 GB of
-# temporaries instead of 18.3 GB and now runs on this 24 GB machine (it was OOM-killed), and
-# at 9×64² it runs 7% faster (CPU 46.5 vs 50.2 s).
+# temporaries instead of 18.3 GB and now runs on this 24 GB machine (it was OOM-killed); its
+# speed at 9×64² did not change beyond the noise (27.1 s, 3 calls; 27.5 s before).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def normalize(x, scale, bias, kind: NormKind, num_groups: int, eps: float, silu: bool):
   """`kind` norm of x with a per-channel affine (scale, bias), then silu when `silu`."""
