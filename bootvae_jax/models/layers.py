@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import typing
 from typing import Any, Iterator, Literal, Sequence
 
 import jax
@@ -780,7 +781,7 @@ class Dense(nnx.Module):
 # Normalisation.
 
 NormKind = Literal["groupnorm_clip", "groupnorm_frame", "rmsnorm_frame", "layernorm"]
-NORM_KINDS = ("groupnorm_clip", "groupnorm_frame", "rmsnorm_frame", "layernorm")
+NORM_KINDS = typing.get_args(NormKind)
 
 
 def per_frame(kind: NormKind) -> NormKind:

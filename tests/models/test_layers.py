@@ -191,8 +191,8 @@ def _primitive_names(jaxpr) -> set[str]:
 def test_winograd_is_used_where_it_pays():
   """conv_impl="winograd" runs `winograd_conv` (no conv primitive left) for 3×3 stride-1
   `same` convs with >= 256 input channels over >= 2048 output tiles or >= 128 input channels
-  on frames of at least 64², the summed convs elsewhere (checked on the jaxpr of abstract inputs: nothing is computed).
-  """
+  on frames of at least 64², the summed convs elsewhere (checked on the jaxpr of abstract
+  inputs: nothing is computed)."""
   same = ((1, 1), (1, 1))
 
   def primitives(x_shape, kernel_shape, stride=(1, 1, 1), padding=same):
