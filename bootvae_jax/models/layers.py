@@ -262,11 +262,11 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
   (stop 23, 2 threads, 17×128²): OD-VAE decode 38.6 → 28.3 s (PyTorch 40.3-51.4 s), ProMAG
   base decode 12.1 → 9.7 s (PyTorch 12.5 s).
 
-  Training: every formulation but "xla" has a custom backward (`conv_kernel_grad`): XLA's own
-  d/dkernel of these convs was 7x slower (3×3×3 64→64 over 19×128², wall s on the shared 2-core
-  machine, benchmarks/conv_speed.py --parts=grads: autodiff 13.7, ours 1.9 then 1.5 after
-  stacking the cotangent (CPU time -25%), PyTorch 1.4; 128→128 over 19×64²: 12.8 / 1.8, -20%
-  / 1.4). The ProMAG base train step at 17×128² (benchmarks/jax_vs_torch.py --repeats=1) went
+  Training: every formulation but "xla" has a custom backward (`conv_kernel_grad`,
+  `winograd_kernel_grad`): XLA's own d/dkernel of these convs was 7x slower (3×3×3 64→64 over
+  19×128², wall s on the shared 2-core machine, benchmarks/conv_speed.py --parts=grads:
+  autodiff 13.7, ours 1.9 then 1.5 after stacking the cotangent (CPU time -25%), PyTorch 1.4;
+  128→128 over 19×64²: 12.8 / 1.8, -20% / 1.4). The ProMAG base train step at 17×128² (benchmarks/jax_vs_torch.py --repeats=1) went
   from 359.9 s with XLA's backward (compile 425 s) to 88.3 s (compile 160 s), quiet machine;
   PyTorch 81.7 s there: 4.4x → 1.08x (CPU time 1.05x).
   """
@@ -355,8 +355,9 @@ def conv3d_by_formulation(x, kernel, stride, spatial_padding, impl):
 # XLA:CPU differentiates a conv w.r.t. its kernel as a conv whose "kernel" is the whole output
 # cotangent (per temporal tap here), which ran ~10x slower than PyTorch's oneDNN (3×3×3 64→64
 # over 19×128²: 13.7 s vs 1.4 s, benchmarks/conv_speed.py --parts=grads). The backward below
-# computes d/dkernel as matrix products over all positions instead; d/dx stays autodiff of the
-# fast forward formulations.
+# computes d/dkernel as matrix products over all positions instead (by Winograd's transforms
+# where the forward is a Winograd conv); d/dx is a Winograd conv or autodiff of the fast forward
+# formulations (`conv_input_grad`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _fast_conv(x, kernel, stride, spatial_padding, impl):
   return conv3d_by_formulation(x, kernel, stride, spatial_padding, impl)
@@ -369,7 +370,10 @@ def _fast_conv_fwd(x, kernel, stride, spatial_padding, impl):
 def _fast_conv_bwd(stride, spatial_padding, impl, residuals, cotangent):
   x, kernel = residuals
   dx = conv_input_grad(cotangent, kernel, x.shape, stride, spatial_padding, impl)
-  dkernel = conv_kernel_grad(x, cotangent, kernel.shape, stride, spatial_padding)
+  if impl == "winograd" and winograd_applies(x.shape, kernel.shape, stride, spatial_padding):
+    dkernel = winograd_kernel_grad(x, cotangent, kernel.shape, time_stride=stride[0])
+  else:
+    dkernel = conv_kernel_grad(x, cotangent, kernel.shape, stride, spatial_padding)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -598,6 +602,17 @@ def _winograd_output(products: jax.Array, matrix) -> jax.Array:
   return out.reshape(n, th * m, tw * m, c)
 
 
+def _winograd_input_tiles(x: jax.Array, tile: int) -> jax.Array:
+  """B^T d B of every input tile of `winograd_conv`: (B, T, H, W, C) → (α, α, B, T, ⌈H/m⌉,
+  ⌈W/m⌉, C), after a zero border of 1 plus rows / columns up to a multiple of the tile."""
+  input_matrix = WINOGRAD_TRANSFORMS[tile][0]
+  b, t, h, w, _ = x.shape
+  x = jnp.pad(x, ((0, 0), (0, 0), (1, 1 + (-h) % tile), (1, 1 + (-w) % tile), (0, 0)))
+  frames = x.reshape((b * t,) + x.shape[2:])
+  d = _winograd_input(_winograd_input(frames, input_matrix, 1, 0), input_matrix, 3, 1)
+  return d.reshape(d.shape[:2] + (b, t) + d.shape[3:])
+
+
 def winograd_conv(
     x: jax.Array, kernel: jax.Array, *, time_stride: int = 1, tile: int | None = None
 ) -> jax.Array:
@@ -609,16 +624,12 @@ def winograd_conv(
   frame is transformed once; the `kt` temporal taps are summed over the transformed frames.
   """
   tile = tile or winograd_tile(x.dtype, x.shape[2:4])
-  input_matrix, kernel_matrix, output_matrix = WINOGRAD_TRANSFORMS[tile]
-  b, t, h, w, cin = x.shape
+  _, kernel_matrix, output_matrix = WINOGRAD_TRANSFORMS[tile]
+  b, t, h, w, _ = x.shape
   kt, cout = kernel.shape[0], kernel.shape[-1]
   t_out = (t - kt) // time_stride + 1
   span = time_stride * (t_out - 1) + 1
-  # Zero border of 1, plus rows / columns up to a multiple of the tile (cropped at the end).
-  x = jnp.pad(x, ((0, 0), (0, 0), (1, 1 + (-h) % tile), (1, 1 + (-w) % tile), (0, 0)))
-  frames = x.reshape((b * t,) + x.shape[2:])
-  d = _winograd_input(_winograd_input(frames, input_matrix, 1, 0), input_matrix, 3, 1)
-  d = d.reshape(d.shape[:2] + (b, t) + d.shape[3:])  # (α, α, B, T, H/m, W/m, Cin)
+  d = _winograd_input_tiles(x, tile)  # (α, α, B, T, H/m, W/m, Cin)
   g = jnp.asarray(kernel_matrix, kernel.dtype)
   u = jnp.einsum("ai,tijcd,bj->tabcd", g, kernel, g)  # (kt, α, α, Cin, Cout)
   products = None
@@ -628,6 +639,60 @@ def winograd_conv(
   products = products.reshape(products.shape[:2] + (b * t_out,) + products.shape[4:])
   y = _winograd_output(products, output_matrix)[:, :h, :w]
   return y.reshape((b, t_out, h, w, cout))
+
+
+def winograd_kernel_grad(
+    x: jax.Array,
+    cotangent: jax.Array,
+    kernel_shape: tuple[int, ...],
+    *,
+    time_stride: int = 1,
+    tile: int | None = None,
+) -> jax.Array:
+  """d/dkernel of `winograd_conv(x, kernel, time_stride=...)` through `cotangent: (B, T_out, H,
+  W, Cout)`, in float32, by the same transforms: the transpose of its output transform takes
+  every m×m cotangent tile to α×α (A ȳ A^T), each temporal tap is one product per α×α position
+  over all tiles (transformed input ⊗ transformed cotangent, (Cin, Cout)), and G^T · G takes
+  that back to 3×3. α²/(9m²) of the im2col products' multiply-adds (1/4 with F(4×4)).
+
+  Measured (3×3×3 over 11 frames, 2 cores, min of 4 calls) against `conv_kernel_grad`:
+  128→128 at 64² 0.29 vs 0.52 s, 256→256 at 32² 0.26 vs 0.43, 256→128 at 64² 0.54 vs 0.93.
+  """
+  x, cotangent = x.astype(jnp.float32), cotangent.astype(jnp.float32)
+  b, t_out, h, w, cout = cotangent.shape
+  tile = tile or winograd_tile(jnp.float32, (h, w))
+  _, kernel_matrix, output_matrix = WINOGRAD_TRANSFORMS[tile]
+  alpha = tile + 2
+  span = time_stride * (t_out - 1) + 1
+  d = _winograd_input_tiles(x, tile)  # (α, α, B, T, H/m, W/m, Cin)
+  # The transpose of `_winograd_output`'s crop and A^T M A, tile by tile.
+  g = jnp.pad(cotangent, ((0, 0), (0, 0), (0, (-h) % tile), (0, (-w) % tile), (0, 0)))
+  g = g.reshape((b, t_out, g.shape[2] // tile, tile, g.shape[3] // tile, tile, cout))
+  rows = [
+      _linear_combination([g[:, :, :, r] for r in range(tile)], [row[a] for row in output_matrix])
+      for a in range(alpha)
+  ]  # each (B, T_out, H/m, W/m, m, C)
+  m_bar = jnp.stack(
+      [
+          jnp.stack(
+              [
+                  _linear_combination(
+                      [rows_a[..., s, :] for s in range(tile)], [row[c] for row in output_matrix]
+                  )
+                  for c in range(alpha)
+              ]
+          )
+          for rows_a in rows
+      ]
+  )  # (α, α, B, T_out, H/m, W/m, Cout)
+  u_bar = jnp.stack(
+      [
+          jnp.einsum("abnthwc,abnthwd->abcd", d[:, :, :, i : i + span : time_stride], m_bar)
+          for i in range(kernel_shape[0])
+      ]
+  )  # (kt, α, α, Cin, Cout)
+  kernel_matrix = jnp.asarray(kernel_matrix, jnp.float32)
+  return jnp.einsum("ai,tabcd,bj->tijcd", kernel_matrix, u_bar, kernel_matrix)
 
 
 def logical(init, axes: tuple[str | None, ...]):
