@@ -198,8 +198,8 @@ def _primitive_names(jaxpr) -> set[str]:
 def test_winograd_is_used_where_it_pays():
   """conv_impl="winograd" runs `winograd_conv` (no conv primitive left) for 3×3 stride-1
   `same` convs with >= 256 input channels over >= 2048 output tiles or >= 128 input channels
-  on frames of at least 64², the summed convs elsewhere (checked on the jaxpr of abstract
-  inputs: nothing is computed)."""
+  on frames of at least 64², one im2col product for outputs of at most 8×8, the summed convs
+  elsewhere (checked on the jaxpr of abstract inputs: nothing is computed)."""
   same = ((1, 1), (1, 1))
 
   def primitives(x_shape, kernel_shape, stride=(1, 1, 1), padding=same):
@@ -217,6 +217,12 @@ def test_winograd_is_used_where_it_pays():
   assert layers.winograd_applies(big, (3, 3, 3, 256, 64), (1, 1, 1), same)
   large = (1, 3, 64, 64, 128)  # 1 output frame, but 64² frames: from 128 channels
   assert "conv_general_dilated" not in primitives(large, (3, 3, 3, 128, 128))
+  small = (1, 5, 8, 8, 512)  # 8² frames: one matrix product over whole patches
+  assert "conv_general_dilated" not in primitives(small, (3, 3, 3, 512, 512))
+  assert layers.formulation("winograd", small, (3, 3, 3, 512, 512), (1, 1, 1), same) == "im2col"
+  downsample = ((1, 5, 16, 16, 512), (3, 3, 3, 512, 512), (2, 2, 2), ((0, 1), (0, 1)))
+  assert layers.formulation("winograd", *downsample) == "im2col"  # to 8² frames
+  assert layers.formulation("summed", small, (3, 3, 3, 512, 512), (1, 1, 1), same) == "summed"
   for x_shape, kernel_shape, stride, padding in [
       ((1, 11, 32, 32, 128), (3, 3, 3, 128, 128), (1, 1, 1), same),  # too few channels
       ((1, 3, 64, 64, 64), (3, 3, 3, 64, 64), (1, 1, 1), same),  # too few for 64² either
