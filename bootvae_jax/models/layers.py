@@ -38,13 +38,8 @@ from bootvae_jax.cli import UserError
 TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
 ConvImpl = Literal["auto", "xla", "stacked", "summed", "im2col", "winograd"]
-CONV_IMPLS = (
-    "xla",
-    "stacked",
-    "summed",
-    "im2col",
-    "winograd",
-)  # what conv_impl names (besides "auto")
+# What conv_impl names (besides "auto").
+CONV_IMPLS = ("xla", "stacked", "summed", "im2col", "winograd")
 KernelInit = Literal["torch", "current_frame"]
 KERNEL_INITS = ("torch", "current_frame")  # `model.kernel_init`, see `conv_kernel_init`
 
@@ -272,9 +267,10 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
   `winograd_kernel_grad`): XLA's own d/dkernel of these convs was 7x slower (3×3×3 64→64 over
   19×128², wall s on the shared 2-core machine, benchmarks/conv_speed.py --parts=grads:
   autodiff 13.7, ours 1.9 then 1.5 after stacking the cotangent (CPU time -25%), PyTorch 1.4;
-  128→128 over 19×64²: 12.8 / 1.8, -20% / 1.4). The ProMAG base train step at 17×128² (benchmarks/jax_vs_torch.py --repeats=1) went
-  from 359.9 s with XLA's backward (compile 425 s) to 88.3 s (compile 160 s), quiet machine;
-  PyTorch 81.7 s there: 4.4x → 1.08x (CPU time 1.05x).
+  128→128 over 19×64²: 12.8 / 1.8, -20% / 1.4). The ProMAG base train step at 17×128²
+  (benchmarks/jax_vs_torch.py --repeats=1) went from 359.9 s with XLA's backward (compile
+  425 s) to 88.3 s (compile 160 s), quiet machine; PyTorch 81.7 s there: 4.4x → 1.08x (CPU time
+  1.05x).
   """
   if impl == "auto":
     return "winograd" if jax.default_backend() == "cpu" else "xla"
@@ -672,12 +668,39 @@ def _winograd_output(products: jax.Array, matrix) -> jax.Array:
   return out.reshape(n, th * m, tw * m, c)
 
 
+def _winograd_output_transpose(cotangent: jax.Array, matrix) -> jax.Array:
+  """The transpose of `_winograd_output` (before its reshape): A ȳ A^T of every m×m tile,
+  (N, n, m, w, m, C) → (α, α, N, n, w, C)."""
+  m, alpha = len(matrix), len(matrix[0])
+  column = lambda a: [row[a] for row in matrix]  # column a of A^T
+  rows = [
+      _linear_combination([cotangent[:, :, r] for r in range(m)], column(a)) for a in range(alpha)
+  ]  # each (N, n, w, m, C)
+  return jnp.stack(
+      [
+          jnp.stack(
+              [
+                  _linear_combination([r[:, :, :, s] for s in range(m)], column(c))
+                  for c in range(alpha)
+              ]
+          )
+          for r in rows
+      ]
+  )
+
+
+def _winograd_pad(x: jax.Array, tile: int) -> jax.Array:
+  """The zero border of 1 around every frame, plus rows / columns up to a multiple of the tile
+  (`winograd_conv` crops them at the end)."""
+  h, w = x.shape[2:4]
+  return jnp.pad(x, ((0, 0), (0, 0), (1, 1 + (-h) % tile), (1, 1 + (-w) % tile), (0, 0)))
+
+
 def _winograd_input_tiles(x: jax.Array, tile: int) -> jax.Array:
-  """B^T d B of every input tile of `winograd_conv`: (B, T, H, W, C) → (α, α, B, T, ⌈H/m⌉,
-  ⌈W/m⌉, C), after a zero border of 1 plus rows / columns up to a multiple of the tile."""
+  """B^T d B of every input tile of x padded by `_winograd_pad`: (B, T, m·n + 2, m·w + 2, C) →
+  (α, α, B, T, n, w, C)."""
   input_matrix = WINOGRAD_TRANSFORMS[tile][0]
-  b, t, h, w, _ = x.shape
-  x = jnp.pad(x, ((0, 0), (0, 0), (1, 1 + (-h) % tile), (1, 1 + (-w) % tile), (0, 0)))
+  b, t = x.shape[:2]
   frames = x.reshape((b * t,) + x.shape[2:])
   d = _winograd_input(_winograd_input(frames, input_matrix, 1, 0), input_matrix, 3, 1)
   return d.reshape(d.shape[:2] + (b, t) + d.shape[3:])
@@ -699,7 +722,7 @@ def winograd_conv(
   kt, cout = kernel.shape[0], kernel.shape[-1]
   t_out = (t - kt) // time_stride + 1
   span = time_stride * (t_out - 1) + 1
-  d = _winograd_input_tiles(x, tile)  # (α, α, B, T, H/m, W/m, Cin)
+  d = _winograd_input_tiles(_winograd_pad(x, tile), tile)  # (α, α, B, T, H/m, W/m, Cin)
   g = jnp.asarray(kernel_matrix, kernel.dtype)
   u = jnp.einsum("ai,tijcd,bj->tabcd", g, kernel, g)  # (kt, α, α, Cin, Cout)
   products = None
@@ -709,6 +732,14 @@ def winograd_conv(
   products = products.reshape(products.shape[:2] + (b * t_out,) + products.shape[4:])
   y = _winograd_output(products, output_matrix)[:, :h, :w]
   return y.reshape((b, t_out, h, w, cout))
+
+
+# Bytes of the transformed input and cotangent one step of `winograd_kernel_grad` holds (a strip
+# of tile rows of every frame). The released OD-VAE's training step at 17×128² compiled to 25.4
+# GB of temporaries with whole transforms (OOM here), 16.3 GB with 64 MiB strips, 14.9 GB with 8
+# or 1 MiB (13.4 GB with the im2col kernel gradient). 128→128 over 19×128², 2 cores: 1.38 / 1.33
+# / 1.56 / 2.91 s with 4 / 16 / 64 / 1024 MiB strips.
+WINOGRAD_KERNEL_GRAD_BLOCK_BYTES = 16 * 2**20
 
 
 def winograd_kernel_grad(
@@ -723,7 +754,8 @@ def winograd_kernel_grad(
   W, Cout)`, in float32, by the same transforms: the transpose of its output transform takes
   every m×m cotangent tile to α×α (A ȳ A^T), each temporal tap is one product per α×α position
   over all tiles (transformed input ⊗ transformed cotangent, (Cin, Cout)), and G^T · G takes
-  that back to 3×3. α²/(9m²) of the im2col products' multiply-adds (1/4 with F(4×4)).
+  that back to 3×3. α²/(9m²) of the im2col products' multiply-adds (1/4 with F(4×4)). Summed
+  over strips of tile rows in a loop (`WINOGRAD_KERNEL_GRAD_BLOCK_BYTES`).
 
   Measured (3×3×3 over 11 frames, 2 cores, min of 4 calls) against `conv_kernel_grad`:
   128→128 at 64² 0.29 vs 0.52 s, 256→256 at 32² 0.26 vs 0.43, 256→128 at 64² 0.54 vs 0.93.
@@ -734,33 +766,28 @@ def winograd_kernel_grad(
   _, kernel_matrix, output_matrix = WINOGRAD_TRANSFORMS[tile]
   alpha = tile + 2
   span = time_stride * (t_out - 1) + 1
-  d = _winograd_input_tiles(x, tile)  # (α, α, B, T, H/m, W/m, Cin)
-  # The transpose of `_winograd_output`'s crop and A^T M A, tile by tile.
+  x = _winograd_pad(x, tile)
   g = jnp.pad(cotangent, ((0, 0), (0, 0), (0, (-h) % tile), (0, (-w) % tile), (0, 0)))
-  g = g.reshape((b, t_out, g.shape[2] // tile, tile, g.shape[3] // tile, tile, cout))
-  rows = [
-      _linear_combination([g[:, :, :, r] for r in range(tile)], [row[a] for row in output_matrix])
-      for a in range(alpha)
-  ]  # each (B, T_out, H/m, W/m, m, C)
-  m_bar = jnp.stack(
-      [
-          jnp.stack(
-              [
-                  _linear_combination(
-                      [rows_a[..., s, :] for s in range(tile)], [row[c] for row in output_matrix]
-                  )
-                  for c in range(alpha)
-              ]
-          )
-          for rows_a in rows
-      ]
-  )  # (α, α, B, T_out, H/m, W/m, Cout)
-  u_bar = jnp.stack(
-      [
-          jnp.einsum("abnthwc,abnthwd->abcd", d[:, :, :, i : i + span : time_stride], m_bar)
-          for i in range(kernel_shape[0])
-      ]
-  )  # (kt, α, α, Cin, Cout)
+  tiles_h, tiles_w = g.shape[2] // tile, g.shape[3] // tile
+  row_bytes = 4 * alpha**2 * b * tiles_w * (x.shape[1] * x.shape[-1] + t_out * cout)
+  rows = _largest_divisor_at_most(tiles_h, WINOGRAD_KERNEL_GRAD_BLOCK_BYTES // row_bytes)
+
+  def block_product(block):
+    x_strip = jax.lax.dynamic_slice_in_dim(x, block * rows * tile, rows * tile + 2, axis=2)
+    d = _winograd_input_tiles(x_strip, tile)  # (α, α, B, T, rows, W/m, Cin)
+    # The transposes of the output's crop and of its transform.
+    g_strip = jax.lax.dynamic_slice_in_dim(g, block * rows * tile, rows * tile, axis=2)
+    g_strip = g_strip.reshape((b * t_out, rows, tile, tiles_w, tile, cout))
+    m_bar = _winograd_output_transpose(g_strip, output_matrix)
+    m_bar = m_bar.reshape(m_bar.shape[:2] + (b, t_out) + m_bar.shape[3:])
+    return jnp.stack(
+        [
+            jnp.einsum("abnthwc,abnthwd->abcd", d[:, :, :, i : i + span : time_stride], m_bar)
+            for i in range(kernel_shape[0])
+        ]
+    )  # (kt, α, α, Cin, Cout)
+
+  u_bar = _sum_over_blocks(tiles_h // rows, block_product)
   kernel_matrix = jnp.asarray(kernel_matrix, jnp.float32)
   return jnp.einsum("ai,tabcd,bj->tijcd", kernel_matrix, u_bar, kernel_matrix)
 

@@ -139,11 +139,11 @@ def test_conv3d_valid_time_impls_agree_with_each_other_and_torch():
 
 
 @pytest.mark.parametrize("tile", sorted(layers.WINOGRAD_TRANSFORMS))
-def test_winograd_conv_on_odd_sizes_and_time_strides(tile):
+def test_winograd_conv_on_odd_sizes_and_time_strides(tile, monkeypatch):
   """The Winograd path itself (3×3, stride 1 in space), F(2×2) and F(4×4), on odd frame sizes
   (padded rows / columns, cropped) and time strides 1 and 2: output, autodiff gradients and
-  `winograd_kernel_grad` equal the XLA conv within 1e-5 of their scale (F(4×4)'s transforms
-  round ~10x more than F(2×2)'s)."""
+  `winograd_kernel_grad` (whole, and in strips of tile rows) equal the XLA conv within 1e-5 of
+  their scale (F(4×4)'s transforms round ~10x more than F(2×2)'s)."""
   x = _normal(6, (2, 7, 7, 9, 5))
   kernel = _normal(7, (3, 3, 3, 5, 4), scale=0.2)
   pad = ((1, 1), (1, 1))
@@ -167,12 +167,15 @@ def test_winograd_conv_on_odd_sizes_and_time_strides(tile):
     for what, a, b in zip(("y", "dx", "dkernel"), out[(st, "xla")], out[(st, "winograd")]):
       scale = max(1.0, float(np.max(np.abs(a))))
       assert _max_err(a, b) <= TOL * scale, (st, what, _max_err(a, b), scale)
-    # The custom backward's kernel gradient: the same transforms, transposed by hand.
+    # The custom backward's kernel gradient: the same transforms, transposed by hand, in one
+    # block and in strips of one tile row.
     cotangent = 0.05 * jnp.cos(out[(st, "xla")][0])
-    by_hand = layers.winograd_kernel_grad(x, cotangent, kernel.shape, time_stride=st, tile=tile)
     reference = out[(st, "xla")][2]
     scale = max(1.0, float(np.max(np.abs(reference))))
-    assert _max_err(reference, by_hand) <= TOL * scale, (st, _max_err(reference, by_hand), scale)
+    for block_bytes in (2**30, 1):
+      monkeypatch.setattr(layers, "WINOGRAD_KERNEL_GRAD_BLOCK_BYTES", block_bytes)
+      by_hand = layers.winograd_kernel_grad(x, cotangent, kernel.shape, time_stride=st, tile=tile)
+      assert _max_err(reference, by_hand) <= TOL * scale, (st, block_bytes, scale)
 
 
 def test_winograd_tile_follows_dtype_and_frame_size():
