@@ -13,7 +13,9 @@ process's peak resident memory (`--frameworks=jax` or `torch` alone to read one 
   * encode: x (B, T, H, W, 3) → posterior mean and logvar;
   * decode: the posterior mean → video;
   * train_step: L1(decode(mean + std·ε), x) + 1e-6·KL, gradient and one AdamW update
-    (lr 1e-4, weight decay 0.01) of every parameter; ε fixed and shared by both frameworks.
+    (lr 1e-4, weight decay 0.01) of every parameter; ε fixed and shared by both frameworks;
+  * loss, loss_and_grad (not by default): that loss alone (PyTorch recording its graph, as in
+    training), and with its gradient but no update: where a train step's time goes.
 
 Models: `odvae` is the released OD-VAE layout (architectures.odvae_variant(4), 239M
 parameters), `promag_base` our ProMAG stage-I base (architectures.promag_base()). Weights are
@@ -193,6 +195,9 @@ def jax_ops(model, x, eps):
     recon = m.decode(posterior.mean + posterior.std * eps)
     return jnp.mean(jnp.abs(recon - x)) + KL_WEIGHT * jnp.mean(posterior.kl())
 
+  loss_jit = jax.jit(loss_fn)
+  loss_and_grad_jit = jax.jit(jax.value_and_grad(loss_fn))
+
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, x, eps):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, eps)
@@ -217,7 +222,15 @@ def jax_ops(model, x, eps):
     state["params"], state["opt"], loss = train_step(state["params"], state["opt"], x, eps)
     return np.asarray(loss)
 
-  return {"encode": encode_op, "decode": decode_op, "train_step": step}
+  return {
+      "encode": encode_op,
+      "decode": decode_op,
+      "train_step": step,
+      "loss": lambda: np.asarray(loss_jit(params, x, eps)),
+      "loss_and_grad": lambda: np.asarray(
+          jax.block_until_ready(loss_and_grad_jit(params, x, eps))[0]
+      ),
+  }
 
 
 def torch_ops(vae, x, eps):
@@ -240,6 +253,12 @@ def torch_ops(vae, x, eps):
         state["mean"] = vae.encode(x)[0]
       return to_j(vae.decode(state["mean"]))
 
+  def loss_of(module):
+    mean, logvar = module.encode(x)
+    recon = module.decode(mean + torch.exp(0.5 * logvar) * eps)
+    kl = 0.5 * torch.sum(mean.square() + logvar.exp() - 1.0 - logvar, dim=(1, 2, 3, 4))
+    return torch.mean(torch.abs(recon - x)) + KL_WEIGHT * kl.mean()
+
   def step():
     if "trained" not in state:  # a copy, as on the JAX side: encode / decode keep the originals
       state["trained"] = copy.deepcopy(vae)
@@ -248,15 +267,24 @@ def torch_ops(vae, x, eps):
       )
     trained, optimizer = state["trained"], state["optimizer"]
     optimizer.zero_grad(set_to_none=True)
-    mean, logvar = trained.encode(x)
-    recon = trained.decode(mean + torch.exp(0.5 * logvar) * eps)
-    kl = 0.5 * torch.sum(mean.square() + logvar.exp() - 1.0 - logvar, dim=(1, 2, 3, 4))
-    loss = torch.mean(torch.abs(recon - x)) + KL_WEIGHT * kl.mean()
+    loss = loss_of(trained)
     loss.backward()
     optimizer.step()
     return loss.detach().numpy()
 
-  return {"encode": encode, "decode": decode, "train_step": step}
+  def loss_and_grad():
+    vae.zero_grad(set_to_none=True)
+    loss = loss_of(vae)
+    loss.backward()
+    return loss.detach().numpy()
+
+  return {
+      "encode": encode,
+      "decode": decode,
+      "train_step": step,
+      "loss": lambda: loss_of(vae).detach().numpy(),
+      "loss_and_grad": loss_and_grad,
+  }
 
 
 def compare(ops: dict, op: str, repeats: int) -> dict:
