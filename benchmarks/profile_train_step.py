@@ -10,8 +10,9 @@ every executed XLA op with the source op in the optimised HLO's metadata. One JS
 
   * `forward`: the forward pass (convs are `conv_general_dilated`);
   * `d/dx conv`: the convs of the backward pass w.r.t. activations (transposed convs);
-  * `d/dkernel loop`: the blocked im2col kernel gradient (`layers.conv_kernel_grad`, the
-    train step's only loops): its im2col copies (`concatenate`, `slice`) and matmuls;
+  * `d/dkernel loop`: the blocked kernel gradients (`layers.conv_kernel_grad`'s im2col and
+    `layers.winograd_kernel_grad`'s strips, the train step's only loops): their copies and
+    transforms (`concatenate`, `slice`, `stack`) and matmuls;
   * `backward`: everything else of the backward pass (norm, SiLU, pads, reductions).
 
 Measured on the 2-core CPU, ProMAG base at 17×128², quiet (stop 18): 88.3 s per step, of

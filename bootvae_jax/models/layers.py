@@ -38,8 +38,7 @@ from bootvae_jax.cli import UserError
 TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
 ConvImpl = Literal["auto", "xla", "stacked", "summed", "im2col", "winograd"]
-# What conv_impl names (besides "auto").
-CONV_IMPLS = ("xla", "stacked", "summed", "im2col", "winograd")
+CONV_IMPLS = typing.get_args(ConvImpl)[1:]  # what conv_impl names (besides "auto")
 KernelInit = Literal["torch", "current_frame"]
 KERNEL_INITS = ("torch", "current_frame")  # `model.kernel_init`, see `conv_kernel_init`
 
@@ -445,6 +444,26 @@ def _sum_over_blocks(num_blocks: int, block_product) -> jax.Array:
   return jax.lax.fori_loop(1, num_blocks, lambda k, acc: acc + block_product(k), block_product(0))
 
 
+def _patches(x, taps: tuple[int, int, int], stride, out_shape: tuple[int, int, int]) -> jax.Array:
+  """(B, T_out, H_out, W_out, kt·kh·kw·C): the patch every output position reads from x (padded
+  in space already), `taps` = (kt, kh, kw) in the kernel's order."""
+  (st, sh, sw), (t_out, h_out, w_out) = stride, out_shape
+  return jnp.concatenate(
+      [
+          x[
+              :,
+              i : i + st * (t_out - 1) + 1 : st,
+              a : a + sh * (h_out - 1) + 1 : sh,
+              c : c + sw * (w_out - 1) + 1 : sw,
+          ]
+          for i in range(taps[0])
+          for a in range(taps[1])
+          for c in range(taps[2])
+      ],
+      axis=-1,
+  )
+
+
 def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding, whole_patches=False):
   """d/dkernel of `conv3d_valid_time` through `cotangent: (B, T_out, H_out, W_out, Cout)`,
   in float32 (the caller casts), as large matrix products over all positions (im2col).
@@ -461,7 +480,7 @@ def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding, whole_
   multiplied one by one inside a loop, so cols is never whole in memory.
   """
   kt, kh, kw, cin, cout = kernel_shape
-  st, sh, sw = stride
+  st, sh, _ = stride
   (top, bottom), (left, right) = spatial_padding
   b, t_out, h_out, w_out, _ = cotangent.shape
   x = jnp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right), (0, 0)))
@@ -490,21 +509,8 @@ def conv_kernel_grad(x, cotangent, kernel_shape, stride, spatial_padding, whole_
     g_block = jax.lax.dynamic_slice(
         cotangent, (0, j * frames, r * rows, 0, 0), (b, g_frames, rows, w_out, cout)
     )
-    time_taps = range(kt) if time_taps_on_input else range(1)
-    cols = jnp.concatenate(
-        [
-            x_block[
-                :,
-                i : i + st * (frames - 1) + 1 : st,
-                a : a + sh * (rows - 1) + 1 : sh,
-                c : c + sw * (w_out - 1) + 1 : sw,
-            ]
-            for i in time_taps
-            for a in range(kh)
-            for c in range(kw)
-        ],
-        axis=-1,
-    )
+    time_taps = kt if time_taps_on_input else 1
+    cols = _patches(x_block, (time_taps, kh, kw), stride, (frames, rows, w_out))
     if time_taps_on_input:
       stacked = g_block
     else:  # input frame u is read by output frame u - i through tap i
@@ -544,26 +550,10 @@ def im2col_conv(x, kernel, stride, spatial_padding) -> jax.Array:
   """`conv3d_valid_time` as one matrix product: (positions, kt·kh·kw·Cin) patches times the
   (kt·kh·kw·Cin, Cout) kernel."""
   kt, kh, kw, _, cout = kernel.shape
-  st, sh, sw = stride
   (top, bottom), (left, right) = spatial_padding
   x = jnp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right), (0, 0)))
-  t_out = (x.shape[1] - kt) // st + 1
-  h_out = (x.shape[2] - kh) // sh + 1
-  w_out = (x.shape[3] - kw) // sw + 1
-  cols = jnp.concatenate(
-      [
-          x[
-              :,
-              i : i + st * (t_out - 1) + 1 : st,
-              a : a + sh * (h_out - 1) + 1 : sh,
-              c : c + sw * (w_out - 1) + 1 : sw,
-          ]
-          for i in range(kt)
-          for a in range(kh)
-          for c in range(kw)
-      ],
-      axis=-1,
-  )
+  out_shape = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1:4], (kt, kh, kw), stride))
+  cols = _patches(x, (kt, kh, kw), stride, out_shape)
   return jnp.einsum("bthwk,kd->bthwd", cols, kernel.reshape(-1, cout))
 
 
