@@ -285,6 +285,8 @@ def apply_variant(model, variant: str) -> None:
   patch2_wide: patch2 with widths 32x(1, 2, 2, 4).
   patch2_gated: patch2 started as the demo is (configs/demo.py): current-frame kernels, the
                decoder's last kernel x0.1, ReZero-gated res blocks, no quant convs.
+  patch2_gated_s4: patch2_gated at 4x spatial compression (the second spatial downsample
+               only in time): a stronger base, to see how the growth gain scales with it.
   patch4:      4x4 patches, widths 64x(1, 2, 2, 4) over three resolutions.
   gpu:         the GPU preset: patch2_gated with widths 64x(1, 2, 4, 4), 2 res blocks.
   """
@@ -302,10 +304,13 @@ def apply_variant(model, variant: str) -> None:
   model.patch_size = 2
   model.encoder.downsample = ("", "conv3d:st", "conv3d:st", "")
   model.decoder.upsample = ("", "", "d2s:st", "d2s:st")
-  if variant in ("patch2_gated", "gpu"):  # +2.4 dB at stage I here (bootstrap_vs_direct.md)
+  if variant in ("patch2_gated", "patch2_gated_s4", "gpu"):  # +2.4 dB at stage I (results/)
     demo.start_learnable(model)
-  if variant in ("patch2", "patch2_rms", "patch2_gated"):
+  if variant in ("patch2", "patch2_rms", "patch2_gated", "patch2_gated_s4"):
     model.update(base_channels=16, channel_multipliers=(1, 1, 2, 4))
+    if variant == "patch2_gated_s4":  # the decoder mirrors the encoder, as patch4's does
+      model.encoder.downsample = ("", "conv3d:st", "conv3d:t", "")
+      model.decoder.upsample = ("", "", "d2s:t", "d2s:st")
   elif variant == "patch2_wide":
     model.base_channels = 32
   elif variant == "patch4":

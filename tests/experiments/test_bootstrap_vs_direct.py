@@ -71,8 +71,18 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
       v: bvd.experiment_config(
           "promag_4x", variant=v, data_dir=str(tmp_path), run_root=str(tmp_path)
       ).model
-      for v in ("previous", "patch2", "patch2_rms", "patch2_gated", "patch4", "gpu")
+      for v in (
+          "previous",
+          "patch2",
+          "patch2_rms",
+          "patch2_gated",
+          "patch2_gated_s4",
+          "patch4",
+          "gpu",
+      )
   }
+  s4 = configs.pop("patch2_gated_s4")
+  assert models.compression_factors(s4) == (4, 4) and s4.residual_gate
   assert configs["previous"].patch_size == 1 and configs["previous"].encoder.norm == (
       "rmsnorm_frame"
   )
