@@ -407,7 +407,8 @@ RUN_DEFINING_FIELDS = ("model", "optimizer", "loss", "total_steps", "seed", "fre
 
 def train(config, run_dir: str) -> dict[str, Any]:
   """Trains `config` in `run_dir` (resuming a started run) unless already done; returns
-  {'wall_s', 'steps'} (wall time summed over every invocation that trained it).
+  {'wall_s', 'steps', 'finished', ...} (wall time summed over every invocation that trained it;
+  `finished` false when a signal stopped it early).
 
   Raises a UserError, before any training, if `run_dir` holds a checkpoint whose config differs
   from `config` in a `RUN_DEFINING_FIELDS` field (the experiment's settings changed since)."""
@@ -434,7 +435,13 @@ def train(config, run_dir: str) -> dict[str, Any]:
     return timing
   start = time.perf_counter()
   trainer.train_and_evaluate(config, run_dir)
-  timing.update(wall_s=round(timing["wall_s"] + time.perf_counter() - start, 1), finished=True)
+  # SIGTERM / Ctrl-C make the trainer save and return before the last step: not finished.
+  reached = checkpoints.Checkpoints(run_dir).latest_step()
+  timing.update(
+      wall_s=round(timing["wall_s"] + time.perf_counter() - start, 1),
+      finished=reached == config.total_steps,
+      reached=reached,
+  )
   os.makedirs(run_dir, exist_ok=True)
   with open(timing_path, "w") as f:
     json.dump(timing, f)
@@ -849,7 +856,16 @@ def main(argv):
   timings = {}
   for label, seed, config, run_dir, _, _ in runs + extra_runs:
     logging.info("=== %s seed %d: %d steps in %s", label, seed, config.total_steps, run_dir)
-    timings[(label, seed)] = train(config, run_dir)
+    timings[(label, seed)] = timing = train(config, run_dir)
+    if not timing["finished"]:  # the next runs may build on it: stop the whole experiment
+      logging.warning(
+          "stopped: %s seed %d at step %s of %d. Rerun the same command to continue.",
+          label,
+          seed,
+          timing["reached"],
+          config.total_steps,
+      )
+      return
 
   eval_data = config_of("promag_4x", first).data
   eval_data.crop_size = (preset.eval_crop, preset.eval_crop)

@@ -175,3 +175,22 @@ def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monke
       r" e.g. optimizer.learning_rate: 1.0 there, 0.0005 here\); move it away",
   ):
     bvd.train(config, str(tmp_path / "run"))
+
+
+def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
+  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
+
+  config = bvd.experiment_config("direct_8x", data_dir=str(tmp_path), run_root=str(tmp_path))
+  reached = [None]  # no checkpoint yet; the trainer returns early after saving step 7
+  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: reached[0])
+  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: config)
+  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: reached.__setitem__(0, 7))
+  timing = bvd.train(config, str(tmp_path / "run"))
+  assert not timing["finished"] and timing["reached"] == 7
+  with open(tmp_path / "run" / "timing.json") as f:
+    assert not json.load(f)["finished"]
+  monkeypatch.setattr(
+      trainer, "train_and_evaluate", lambda c, d: reached.__setitem__(0, c.total_steps)
+  )
+  assert bvd.train(config, str(tmp_path / "run"))["finished"]  # the rerun continues it
