@@ -1003,7 +1003,8 @@ def main(argv):
           f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
           f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
           f"{tuple(model_cfg.channel_multipliers)}, norm {model_cfg.encoder.norm}, z_dim"
-          f" {model_cfg.z_channels}, 8x spatial, {model_cfg.dtype}; AdamW lr"
+          f" {model_cfg.z_channels}, {config_factor(first_config, spatial=True)}x spatial,"
+          f" {model_cfg.dtype}; AdamW lr"
           f" {first_config.optimizer.learning_rate} (growth stages {preset.grow_learning_rate})"
           " warmup-cosine, L1 + KL"
           f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
@@ -1037,10 +1038,11 @@ def main(argv):
   del np
 
 
-def config_factor(config) -> int:
+def config_factor(config, spatial: bool = False) -> int:
+  """The temporal (or `spatial`) compression of a run's model."""
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
 
-  return models.compression_factors(config.model)[0]
+  return models.compression_factors(config.model)[int(spatial)]
 
 
 if __name__ == "__main__":
