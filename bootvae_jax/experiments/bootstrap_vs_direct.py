@@ -995,7 +995,7 @@ def main(argv):
   first_config = config_of("promag_4x", first)
   model_cfg = first_config.model
   stride = first_config.data.frame_stride
-  stride_note = f" at stride {stride} (every {stride}th frame)" if stride != 1 else ""
+  stride_note = f" at frame stride {stride}" if stride != 1 else ""
   setup = dict(
       command=command.strip(),
       machine=machine,
