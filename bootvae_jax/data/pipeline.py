@@ -370,6 +370,9 @@ def make_eval_clips(data_config: Any, *, num_clips: int | None = None) -> np.nda
 
   Clip i comes from source i % S (S sources), item j = i // S of it, cycling over the items;
   the k-th visit of an item takes its clip at the k-th of evenly spread positions in time.
+  A clip equal to an earlier one is dropped (logged), so no window weighs twice in a mean: an
+  item with room for fewer windows than visits (a short video, a large frame stride) or an
+  unreadable item replaced by its neighbour would repeat one.
 
   Args:
     data_config: `config.data` (eval_path / eval_tfds_split select held-out data; synthetic
@@ -377,18 +380,30 @@ def make_eval_clips(data_config: Any, *, num_clips: int | None = None) -> np.nda
     num_clips: defaults to data_config.eval_num_clips.
 
   Returns:
-    (N, T, H, W, 3) float32 in [-1, 1].
+    (N, T, H, W, 3) float32 in [-1, 1], N <= num_clips distinct clips.
   """
   data_config_lib.validate(data_config, temporal_factor=1, spatial_factor=1)
   num_clips = int(num_clips or data_config.eval_num_clips)
   sources, _ = make_sources(data_config, split="eval")
   clips_per_source = -(-num_clips // len(sources))
-  clips = []
+  clips, seen = [], set()
   for clip_number in range(num_clips):
     source = sources[clip_number % len(sources)]
     item = clip_number // len(sources)
     visits_per_item = -(-clips_per_source // len(source))
     position = transforms.spread_positions(visits_per_item)[item // len(source)]
     clip, _, _ = read_clip_or_next(source, item % len(source), None, position=position)
-    clips.append(clip)
+    if (key := hash(clip.tobytes())) not in seen:
+      seen.add(key)
+      clips.append(clip)
+  if len(clips) < num_clips:
+    logging.warning(
+        "%d of %d eval clips repeat an earlier clip and are dropped: %d distinct clips of %d"
+        " frames (frame_stride %s) remain",
+        num_clips - len(clips),
+        num_clips,
+        len(clips),
+        data_config.num_frames,
+        data_config.get("frame_stride", 1),
+    )
   return transforms.to_unit_range(np.stack(clips))

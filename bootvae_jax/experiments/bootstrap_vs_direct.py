@@ -881,6 +881,8 @@ def main(argv):
   eval_data.crop_size = (preset.eval_crop, preset.eval_crop)
   clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * len(splits))
   logging.info("held-out clips %s", clips.shape)
+  # Scores are cached per run under this key: a different clip set is scored again.
+  heldout_key = f"heldout_{preset.eval_crop}_{len(clips)}clips"
   extra_clips = names = None
   if _EVAL_PATH.value:
     extra_clips, names = folder_clips(
@@ -908,9 +910,7 @@ def main(argv):
       model = model or bootvae_jax.load_model(run_dir)[0]
       return model
 
-    scores = cached_scores(
-        run_dir, f"heldout_{preset.eval_crop}", lambda: reconstruction_scores(get_model(), clips)
-    )
+    scores = cached_scores(run_dir, heldout_key, lambda: reconstruction_scores(get_model(), clips))
     steps, wall = lineage(label, seed)
     row = dict(
         model=label,
@@ -964,7 +964,7 @@ def main(argv):
       for stride in (2, 4):
         s = cached_scores(
             run_dir,
-            f"heldout_{preset.eval_crop}_stride{stride}",
+            f"{heldout_key}_stride{stride}",
             lambda stride=stride: reconstruction_scores(get_model(), clips[:, ::stride]),
         )
         observation.append(

