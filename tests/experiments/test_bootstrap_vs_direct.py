@@ -10,6 +10,7 @@ from flax import nnx
 from PIL import Image
 
 from bootvae_jax import models
+from bootvae_jax.evaluation import metrics
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
@@ -243,3 +244,20 @@ def test_plan_runs_orders_filters_and_names_every_run():
       ),
   ]
   assert extra[-1].config.model.growth.num_res_blocks == 3
+
+
+class _Identity(nnx.Module):
+  """A 'model' that reconstructs its input exactly."""
+
+  def __call__(self, x):
+    return (x,)
+
+
+def test_reconstruction_scores_with_an_input_stride_hold_each_frame():
+  clips = np.random.default_rng(0).uniform(-1, 1, (2, 9, 16, 16, 3)).astype(np.float32)
+  assert bvd.reconstruction_scores(_Identity(), clips)["psnr"] == np.inf
+  held = bvd.reconstruction_scores(_Identity(), clips, input_stride=4)
+  # Frames 0, 4, 8 are seen; 1-3 show frame 4, 5-7 show frame 8.
+  expected = clips[:, [0, 4, 4, 4, 4, 8, 8, 8, 8]]
+  psnr = np.asarray(metrics.psnr(expected, clips))
+  np.testing.assert_allclose(held["psnr_per_clip"], psnr, atol=1e-3)
