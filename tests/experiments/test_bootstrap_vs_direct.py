@@ -62,8 +62,9 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
       from_lower = name.endswith("+from_lower")
       assert config.model.growth.init == ("from_lower" if from_lower else "fresh")
       assert (progressive.HEAD_MAPPING[0] in config.init_checkpoint.mapping) == from_lower
+      assert config.eval.at_start  # the curve shows the grown model before its first step
     else:
-      assert not config.init_checkpoint.path and not config.freeze
+      assert not config.init_checkpoint.path and not config.freeze and not config.eval.at_start
       assert config.optimizer.learning_rate == p.learning_rate
     nnx.eval_shape(lambda c=config: models.build_model(c.model, rngs=autoencoder.init_rngs(0)))
 
