@@ -90,7 +90,8 @@ def test_flag_errors_are_one_line(tmp_path):
       ),
       "ablation": (
           "error: unknown ablation 'nope'; known: ['adanorm_scale_shift', 'finetune',"
-          " 'finetune_full', 'lr_x3', 'mixing_adanorm', 'mixing_add', 'mixing_none']"
+          " 'finetune_full', 'growth_blocks_3', 'lr_x3', 'mixing_adanorm', 'mixing_add',"
+          " 'mixing_none']"
       ),
       "experiment": (
           "error: --experiments: unknown ['nope']; known: ['image_vae', 'inflation', 'compat',"
