@@ -470,9 +470,9 @@ def train(config, run_dir: str) -> dict[str, Any]:
 def reconstruction_scores(model, clips, batch: int = 3, input_stride: int = 1) -> dict[str, float]:
   """Mean PSNR / SSIM of `model`'s reconstructions (posterior mean) of clips (N, T, H, W, 3).
 
-  With `input_stride` s > 1 the model sees every s-th frame (0, s, 2s, ...) and each
-  reconstructed frame stands in for the s - 1 frames before it too (0, s×s, 2s×s, ...), scored
-  against the full clip: the s-times more compressing model a trained one gives for free."""
+  With `input_stride` s > 1 the model sees frames 0, s, 2s, ... and its reconstruction of frame
+  ks is also shown for frames (k-1)s+1 ... ks-1, scored against the full clip: the s-times more
+  compressing model that a trained one gives for free."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -679,11 +679,12 @@ def plan_runs(
           )
       )
   growth_init = growth_inits[0]
+  grown = grown_label("promag_8x", growth_init)
   for ablation in ablations:
     change, apply = ABLATIONS[ablation]
-    config = config_of(grown_label("promag_8x", growth_init), first)
+    config = config_of(grown, first)
     apply(config)
-    config.name = label = f"{grown_label('promag_8x', growth_init)}[{ablation}]"
+    config.name = label = f"{grown}[{ablation}]"
     # Fresh-init ablations keep their directory of earlier runs (ablations/<name>).
     name = grown_label(ablation, growth_init)
     extra_runs.append(
