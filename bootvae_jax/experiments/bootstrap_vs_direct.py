@@ -418,10 +418,31 @@ def experiment_config(
 # Training and evaluation.
 
 
-# The config fields that decide what a run learns: a run trained with other values is not
-# reused (resumed or evaluated) under a changed config (fields added to the code since the run
-# are not compared).
-RUN_DEFINING_FIELDS = ("model", "optimizer", "loss", "total_steps", "seed", "freeze")
+# The config fields (dotted paths) that decide what a run learns: a run trained with other
+# values is not reused (resumed or evaluated) under a changed config (fields added to the code
+# since the run are not compared).
+RUN_DEFINING_FIELDS = (
+    "model",
+    "optimizer",
+    "loss",
+    "total_steps",
+    "seed",
+    "freeze",
+    "data.frame_stride",
+)
+
+
+def run_defining(config_json: dict[str, Any]) -> dict[str, Any]:
+  """The `RUN_DEFINING_FIELDS` of a JSON config, nested as there."""
+  out = {}
+  for field in RUN_DEFINING_FIELDS:
+    *parents, leaf = field.split(".")
+    source, target = config_json, out
+    for parent in parents:
+      source, target = source.get(parent, {}), target.setdefault(parent, {})
+    if leaf in source:
+      target[leaf] = source[leaf]
+  return out
 
 
 def train(config, run_dir: str) -> dict[str, Any]:
@@ -437,8 +458,7 @@ def train(config, run_dir: str) -> dict[str, Any]:
   latest = checkpoints.Checkpoints(run_dir).latest_step()
   if latest is not None:
     saved, new = (
-        {k: v for k, v in checkpoints.config_json(c).items() if k in RUN_DEFINING_FIELDS}
-        for c in (checkpoints.read_config(run_dir), config)
+        run_defining(checkpoints.config_json(c)) for c in (checkpoints.read_config(run_dir), config)
     )
     if differences := checkpoints.config_differences(saved, new, skip_new_fields=True):
       raise cli.UserError(

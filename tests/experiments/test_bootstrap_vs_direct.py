@@ -182,6 +182,10 @@ def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monke
       r" e.g. optimizer.learning_rate: 1.0 there, 0.0005 here\); move it away",
   ):
     bvd.train(config, str(tmp_path / "run"))
+  saved.optimizer.learning_rate = config.optimizer.learning_rate
+  saved.data.frame_stride = 2  # trained on other clips
+  with pytest.raises(ValueError, match=r"data.frame_stride: 2 there, 1 here"):
+    bvd.train(config, str(tmp_path / "run"))
 
 
 def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
