@@ -713,7 +713,7 @@ def plan_runs(
             first,
             config,
             os.path.join(run_root(first), "ablations", name),
-            "promag_4x",
+            previous_label(grown),
             change,
         )
     )
@@ -981,7 +981,7 @@ def main(argv):
     )
 
   def lineage(label, seed):  # (total steps, total wall s) of a run and the stages below it
-    previous = {r[0]: r[4] for r in runs + extra_runs}[label]
+    previous = {r.label: r.previous for r in runs + extra_runs}[label]
     t = timings[(label, seed)]
     steps, wall = t["steps"], t["wall_s"]
     if previous:
