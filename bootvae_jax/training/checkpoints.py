@@ -69,6 +69,26 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   return sorted(ocp.utils.checkpoint_steps(directory))
 
 
+def copy_latest(source_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
+  """Copies the latest complete checkpoint of `source_workdir` into the empty `workdir` (local
+  paths) and returns its step: a run that starts there resumes that run's exact state (model,
+  optimizer, data position), e.g. to continue a finished run under another name.
+
+  The copy is assembled beside the checkpoints and renamed into place, so an interrupted copy
+  leaves no half-written step."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  step = resolve_step(source_workdir)
+  if checkpoint_steps(workdir):
+    raise FileExistsError(f"{workdir} already has checkpoints; not copying {source_workdir}'s")
+  staging = os.path.join(os.fspath(workdir), f"copying_{step}")
+  shutil.rmtree(staging, ignore_errors=True)  # a copy interrupted before
+  shutil.copytree(_step_dir(source_workdir, step), staging)
+  os.makedirs(checkpoint_dir(workdir), exist_ok=True)
+  os.rename(staging, _step_dir(workdir, step))
+  return step
+
+
 def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
   """`step` if the workdir has it; None (or a negative step) means the latest one."""
   steps = checkpoint_steps(workdir)

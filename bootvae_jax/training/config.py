@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
           learning_rate=1e-4,
           warmup_steps=100,
           end_learning_rate_ratio=0.1,
+          # The cosine ends here and the end rate holds after (0: at total_steps). A finished
+          # run continued at its final rate keeps its old total_steps here.
+          decay_steps=0,
           b1=0.9,
           b2=0.99,
           eps=1e-8,
@@ -135,6 +138,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
     if int(config[field]) <= 0:
       raise UserError(f"config.{field}={config[field]} must be a positive integer")
+  if int(config.optimizer.get("decay_steps", 0)) < 0:
+    raise UserError(
+        f"config.optimizer.decay_steps={config.optimizer.decay_steps} must be >= 0"
+        " (0 = decay over total_steps)"
+    )
   if int(config.get("max_consecutive_nonfinite", 0)) < 0:
     raise UserError(
         f"config.max_consecutive_nonfinite={config.max_consecutive_nonfinite} must be >= 0"

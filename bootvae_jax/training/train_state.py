@@ -66,13 +66,16 @@ class TrainState:
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int, scale: float = 1.0):
+  """Linear warmup, then a cosine down to the end value at `opt.decay_steps` (0: at
+  `total_steps`), held from there on."""
   peak = opt.learning_rate * scale
   warmup = min(int(opt.warmup_steps), max(total_steps - 1, 0))
+  decay = int(opt.get("decay_steps", 0)) or total_steps
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
       peak_value=peak,
       warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1),
+      decay_steps=max(decay, warmup + 1),
       end_value=peak * opt.end_learning_rate_ratio,
   )
 

@@ -142,6 +142,15 @@ def test_summary_reports_mean_and_spread_of_the_gain_per_growth_init():
   assert from_lower["gain_db"] == pytest.approx(3.0) and from_lower["gain_std"] == 0.0
 
 
+def test_last_quarter_is_the_gain_from_the_eval_point_nearest_75_percent():
+  curve = [(100, 20.0), (200, 21.0), (300, 21.5), (400, 21.75)]
+  assert bvd.last_quarter(curve, 400) == dict(
+      steps=400, final_psnr=21.75, psnr_at_75pct=21.5, step_at_75pct=300, last_quarter_gain_db=0.25
+  )
+  continued = bvd.last_quarter(curve + [(450, 21.8), (500, 21.7), (533, 21.85)], 533)
+  assert (continued["step_at_75pct"], continued["last_quarter_gain_db"]) == (400, 0.1)
+
+
 def test_cached_scores_compute_once(tmp_path):
   calls = []
   for _ in range(2):
@@ -186,6 +195,36 @@ def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monke
   saved.data.frame_stride = 2  # trained on other clips
   with pytest.raises(ValueError, match=r"data.frame_stride: 2 there, 1 here"):
     bvd.train(config, str(tmp_path / "run"))
+
+
+def test_the_continued_base_resumes_the_finished_base_and_nothing_else(tmp_path, monkeypatch):
+  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "train").mkdir()
+  (tmp_path / "eval").mkdir()
+  kw = dict(data_dir=str(tmp_path), run_root=str(tmp_path), base_steps=400)
+  base = bvd.experiment_config("promag_4x", **kw)
+  continued = bvd.experiment_config(bvd.CONTINUED, continue_steps=100, **kw)
+  config_lib.validate(continued)
+  assert (continued.total_steps, continued.optimizer.decay_steps) == (500, 400)
+  fields = lambda c: bvd.run_defining(checkpoints.config_json(c))
+  assert bvd.continues_finished_run(fields(base), fields(continued), 400)
+  assert not bvd.continues_finished_run(fields(base), fields(continued), 300)  # unfinished
+  shorter = bvd.experiment_config("promag_4x", **dict(kw, base_steps=300))
+  assert not bvd.continues_finished_run(fields(shorter), fields(continued), 300)
+
+  copied, trained = [], []
+  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: None)
+  monkeypatch.setattr(checkpoints, "copy_latest", lambda src, dst: copied.append(src) or 400)
+  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: base)
+  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: trained.append(c.total_steps))
+  bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
+  assert copied == ["base_run"] and trained == [500]
+  base.optimizer.learning_rate = 1.0  # the copied run is not the base this config continues
+  with pytest.raises(ValueError, match=r"optimizer.learning_rate: 1.0 there"):
+    bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
+  assert trained == [500]
 
 
 def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
@@ -238,17 +277,20 @@ def test_plan_runs_orders_filters_and_names_every_run():
       ablations=["growth_blocks_3"],
       stage_budget=True,
       max_compression=8,
+      base_continuation=200,
   )
   assert [r.label for r in runs] == ["promag_4x", "direct_8x", "promag_8x+from_lower"]
-  assert [(r.label, r.run_dir, r.previous) for r in extra] == [
-      ("direct_8x@stage", "/runs/seed3/direct_8x_stage", None),
+  assert [(r.label, r.run_dir, r.previous, r.continues) for r in extra] == [
+      ("direct_8x@stage", "/runs/seed3/direct_8x_stage", None, None),
       (
           "promag_8x+from_lower[growth_blocks_3]",
           "/runs/seed3/ablations/growth_blocks_3+from_lower",
           "promag_4x",
+          None,
       ),
+      (bvd.CONTINUED, "/runs/seed3/promag_4x_continued", None, "/runs/seed3/promag_4x"),
   ]
-  assert extra[-1].config.model.growth.num_res_blocks == 3
+  assert extra[1].config.model.growth.num_res_blocks == 3
 
 
 class _Identity(nnx.Module):

@@ -58,6 +58,28 @@ def test_save_restore_gives_identical_params_and_next_loss(config, tmp_path):
   _assert_same_params(restored_after.params, state_after.params)
 
 
+def test_a_finished_run_continues_from_a_copy_at_its_final_learning_rate(config, tmp_path):
+  """`copy_latest` + `optimizer.decay_steps`: a finished run continued under another name
+  resumes its exact state (data position included) and keeps the cosine's end rate."""
+  source, continued = str(tmp_path / "run"), str(tmp_path / "continued")
+  config.log_every = 1
+  trainer.train_and_evaluate(config, source)  # 6 steps
+  assert checkpoints_lib.copy_latest(source, continued) == 6
+  assert checkpoints_lib.checkpoint_steps(continued) == [6]
+  with pytest.raises(FileExistsError, match="already has checkpoints"):
+    checkpoints_lib.copy_latest(source, continued)
+  config.total_steps, config.optimizer.decay_steps = 9, 6
+  trainer.train_and_evaluate(config, continued)
+  with open(os.path.join(continued, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  train_rows = {r["step"]: r for r in logged if "learning_rate" in r}
+  assert sorted(train_rows) == [7, 8, 9]
+  end = config.optimizer.learning_rate * config.optimizer.end_learning_rate_ratio
+  np.testing.assert_allclose([train_rows[s]["learning_rate"] for s in (7, 8, 9)], end, rtol=1e-6)
+  batch = config.data.batch_size
+  assert [train_rows[s]["data/clips"] for s in (7, 8, 9)] == [7 * batch, 8 * batch, 9 * batch]
+
+
 def _files(directory) -> dict[str, float]:
   return {
       os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
@@ -148,6 +170,7 @@ def test_checkpoints_without_a_config_fall_back_to_config_json(config, tmp_path)
         ("data.crop_size", (20, 20), "divisible"),
         ("model.encoder.blocks", ("3d", "3d", "wide", "3d"), "model.encoder.blocks[2]"),
         ("total_steps", 0, "config.total_steps"),
+        ("optimizer.decay_steps", -1, "config.optimizer.decay_steps"),
         ("freeze", ("encoder/(",), "config.freeze"),
     ],
 )
