@@ -476,27 +476,30 @@ def train(config, run_dir: str, continue_from: str | None = None) -> dict[str, A
   `finished` false when a signal stopped it early). A new run with `continue_from` starts from
   that run's final checkpoint (`continues_finished_run`).
 
-  Raises a UserError, before any training, if `run_dir` holds a checkpoint whose config differs
-  from `config` in a `RUN_DEFINING_FIELDS` field (the experiment's settings changed since)."""
+  Raises a UserError, before any training or copying, if `run_dir` (or, for a new run,
+  `continue_from`) holds a checkpoint whose config differs from `config` in a
+  `RUN_DEFINING_FIELDS` field (the experiment's settings changed since)."""
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
-  latest = checkpoints.Checkpoints(run_dir).latest_step()
-  if latest is None and continue_from:
-    latest = checkpoints.copy_latest(continue_from, run_dir)
+  latest, source = checkpoints.Checkpoints(run_dir).latest_step(), run_dir
+  if latest is None and continue_from:  # checked before anything is copied
+    latest, source = checkpoints.resolve_step(continue_from), continue_from
   if latest is not None:
     saved, new = (
-        run_defining(checkpoints.config_json(c)) for c in (checkpoints.read_config(run_dir), config)
+        run_defining(checkpoints.config_json(c)) for c in (checkpoints.read_config(source), config)
     )
-    if continues_finished_run(saved, new, latest):  # still at the copied step
+    if continues_finished_run(saved, new, latest):  # the finished run's last step
       for fields in (saved, new):
         del fields["total_steps"]
         fields["optimizer"].pop("decay_steps", None)
     if differences := checkpoints.config_differences(saved, new, skip_new_fields=True):
       raise cli.UserError(
-          f"{run_dir} was trained with another config ({len(differences)} differences, e.g."
+          f"{source} was trained with another config ({len(differences)} differences, e.g."
           f" {differences[0]}); move it away to retrain it, or use another --workdir"
       )
+  if source != run_dir:
+    checkpoints.copy_latest(source, run_dir)
   timing_path = os.path.join(run_dir, "timing.json")
   timing = dict(wall_s=0.0, steps=int(config.total_steps), finished=False)
   if os.path.exists(timing_path):

@@ -216,15 +216,18 @@ def test_the_continued_base_resumes_the_finished_base_and_nothing_else(tmp_path,
 
   copied, trained = [], []
   monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: None)
+  monkeypatch.setattr(checkpoints, "resolve_step", lambda run_dir: 400)
   monkeypatch.setattr(checkpoints, "copy_latest", lambda src, dst: copied.append(src) or 400)
   monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: base)
   monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: trained.append(c.total_steps))
   bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
   assert copied == ["base_run"] and trained == [500]
   base.optimizer.learning_rate = 1.0  # the copied run is not the base this config continues
-  with pytest.raises(ValueError, match=r"optimizer.learning_rate: 1.0 there"):
+  with pytest.raises(
+      ValueError, match=r"base_run was trained .* optimizer.learning_rate: 1.0 there"
+  ):
     bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
-  assert trained == [500]
+  assert copied == ["base_run"] and trained == [500]  # refused before anything was copied
 
 
 def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
