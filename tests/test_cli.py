@@ -67,6 +67,11 @@ def test_flag_errors_are_one_line(tmp_path):
           verbose=[*main, workdir, "--config.total_step=2", "--verbose"],
           bug=["bootvae_jax.main", f"--config={broken}", workdir],
           ablation=["bootvae_jax.experiments.bootstrap_vs_direct", "--ablations=nope"],
+          decay=[
+              "bootvae_jax.experiments.bootstrap_vs_direct",
+              "--base_steps=100",
+              "--base_decay_steps=200",
+          ],
           experiment=["bootvae_jax.experiments.image_vae_methods", "--experiments=nope"],
       )
   )
@@ -93,6 +98,7 @@ def test_flag_errors_are_one_line(tmp_path):
           " 'finetune_full', 'growth_blocks_3', 'lr_x3', 'mixing_adanorm', 'mixing_add',"
           " 'mixing_none']"
       ),
+      "decay": "error: --base_decay_steps=200 must lie in [0, N1 = 100]",
       "experiment": (
           "error: --experiments: unknown ['nope']; known: ['image_vae', 'inflation', 'compat',"
           " 'variants']"

@@ -95,6 +95,13 @@ _BASE_CONTINUATION = _define(
     "Convergence check: continue each seed's finished 4x base this many more steps at its"
     " final learning rate (run promag_4x@continued) and report what it gains; 0: none.",
 )
+_BASE_DECAY_STEPS = _define(
+    flags.DEFINE_integer,
+    "base_decay_steps",
+    0,
+    "Stage I's learning rate decays until this step, then is held (0: until N1); a base of"
+    " N1 = D + M steps is the run --base_continuation=M continues from a D-step base.",
+)
 _SEEDS = _define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
 _VARIANT = _define(flags.DEFINE_string, "variant", None, "Architecture variant (default: preset).")
 _ABLATIONS = _define(
@@ -362,12 +369,14 @@ def experiment_config(
     grow_steps: int | None = None,
     frame_stride: int = 1,
     continue_steps: int = 0,
+    base_decay_steps: int = 0,
 ):
   """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, a grown
   stage started another way: `promag_8x+from_lower`, see `grown_label`, or
   `promag_4x@continued`: the base continued `continue_steps` more at its final learning rate)
-  at the preset's scale. `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs
-  of this seed (the previous stage is read from `<run_root>/<previous_label(name)>`)."""
+  at the preset's scale; with `base_decay_steps` the base's schedule ends there, then is held.
+  `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of this seed (the
+  previous stage is read from `<run_root>/<previous_label(name)>`)."""
   from bootvae_jax.models import progressive  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
@@ -389,6 +398,7 @@ def experiment_config(
     config.optimizer.decay_steps = n1
   elif name == "promag_4x":
     steps = n1
+    config.optimizer.decay_steps = base_decay_steps
   elif name in PREVIOUS:  # one growth stage
     steps = n2
   elif stage_budget:  # a direct run as long as one growth stage
@@ -397,7 +407,9 @@ def experiment_config(
     steps = n1 + levels * n2
   config.total_steps = steps
   config.optimizer.learning_rate = p.grow_learning_rate if name in PREVIOUS else p.learning_rate
-  schedule_steps = n1 if continued else steps
+  # The schedule's length; warmup and the GAN's start follow it, so a base of D + M steps with
+  # decay_steps D has the config of the D-step base continued M steps.
+  schedule_steps = n1 if continued else (config.optimizer.decay_steps or steps)
   config.optimizer.warmup_steps = min(100, max(10, schedule_steps // 20))
   config.optimizer.ema_decay = 0.99
   config.log_every = 25
@@ -979,6 +991,11 @@ def main(argv):
       raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
   if unknown := sorted(set(_GROWTH_INITS.value) - set(GROWTH_INITS)):
     raise app.UsageError(f"unknown --growth_inits {unknown}; known: {list(GROWTH_INITS)}")
+  base_steps = _BASE_STEPS.value or PRESETS[_PRESET.value].base_steps
+  if not 0 <= _BASE_DECAY_STEPS.value <= base_steps:
+    raise app.UsageError(
+        f"--base_decay_steps={_BASE_DECAY_STEPS.value} must lie in [0, N1 = {base_steps}]"
+    )
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -1013,6 +1030,7 @@ def main(argv):
         grow_steps=_GROW_STEPS.value,
         frame_stride=_FRAME_STRIDE.value,
         continue_steps=_BASE_CONTINUATION.value,
+        base_decay_steps=_BASE_DECAY_STEPS.value,
     )
 
   runs, extra_runs = plan_runs(
@@ -1104,19 +1122,20 @@ def main(argv):
 
   rows, extra_rows, ablation_rows, observation, convergence = [], [], [], [], []
   curves, offsets = {}, {}
-  for label, seed, config, run_dir, previous, change, _ in runs + extra_runs:
+  for run in runs + extra_runs:
+    label, seed, config, run_dir = run.label, run.seed, run.config, run.run_dir
     key = f"{label} s{seed}"
     curves[key] = eval_curve(run_dir)
-    offsets[key] = lineage(previous, seed)[0] if previous else 0
+    offsets[key] = lineage(run.previous, seed)[0] if run.previous else 0
     if label == CONTINUED:  # the base's curve, continued: a convergence test, not a model row
       base = next(c for c in convergence if c["seed"] == seed)
       base["continued"] = last_quarter(base["curve"] + curves[key], config.total_steps)
       continue
-    row, extra, get_model = row_of(label, seed, config, run_dir, change)
+    row, extra, get_model = row_of(label, seed, config, run_dir, run.change)
     logging.info("%s", row)
     if extra:
       extra_rows.append(extra)
-    (ablation_rows if change else rows).append(row)
+    (ablation_rows if run.change else rows).append(row)
     if label == "promag_4x":
       convergence.append(
           dict(seed=seed, **last_quarter(curves[key], config.total_steps), curve=curves[key])
@@ -1165,6 +1184,8 @@ def main(argv):
   model_cfg = first_config.model
   stride = first_config.data.frame_stride
   stride_note = f" at frame stride {stride}" if stride != 1 else ""
+  decay = first_config.optimizer.decay_steps
+  held_note = f" (stage I's ends at step {decay}, then held)" if decay else ""
   setup = dict(
       command=command.strip(),
       machine=machine,
@@ -1187,7 +1208,7 @@ def main(argv):
           f" {model_cfg.z_channels}, {config_factor(first_config, spatial=True)}x spatial,"
           f" {model_cfg.dtype}; AdamW lr"
           f" {first_config.optimizer.learning_rate} (growth stages {preset.grow_learning_rate})"
-          " warmup-cosine, L1 + KL"
+          f" warmup-cosine{held_note}, L1 + KL"
           f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
           f" growth mixing 'both', lower levels frozen, growth init"
           f" {', '.join(_GROWTH_INITS.value)} (`grown_label`); N1 = {first_config.total_steps},"

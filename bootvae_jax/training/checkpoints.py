@@ -71,22 +71,30 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
 
 def copy_latest(source_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
   """Copies the latest complete checkpoint of `source_workdir` into the empty `workdir` (local
-  paths) and returns its step: a run that starts there resumes that run's exact state (model,
-  optimizer, data position), e.g. to continue a finished run under another name.
+  or gs:// paths, etils.epath) and returns its step: a run that starts there resumes that run's
+  exact state (model, optimizer, data position), e.g. to continue a finished run under another
+  name.
 
   The copy is assembled beside the checkpoints and renamed into place, so an interrupted copy
   leaves no half-written step."""
-  import shutil  # pylint: disable=g-import-not-at-top
-
   step = resolve_step(source_workdir)
   if checkpoint_steps(workdir):
     raise FileExistsError(f"{workdir} already has checkpoints; not copying {source_workdir}'s")
-  staging = os.path.join(os.fspath(workdir), f"copying_{step}")
-  shutil.rmtree(staging, ignore_errors=True)  # a copy interrupted before
-  shutil.copytree(_step_dir(source_workdir, step), staging)
-  os.makedirs(checkpoint_dir(workdir), exist_ok=True)
-  os.rename(staging, _step_dir(workdir, step))
+  staging = epath.Path(workdir) / f"copying_{step}"
+  staging.rmtree(missing_ok=True)  # a copy interrupted before
+  _copy_tree(epath.Path(_step_dir(source_workdir, step)), staging)
+  epath.Path(checkpoint_dir(workdir)).mkdir(parents=True, exist_ok=True)
+  staging.rename(_step_dir(workdir, step))
   return step
+
+
+def _copy_tree(source: epath.Path, target: epath.Path) -> None:
+  target.mkdir(parents=True, exist_ok=True)
+  for entry in source.iterdir():
+    if entry.is_dir():
+      _copy_tree(entry, target / entry.name)
+    else:
+      entry.copy(target / entry.name)
 
 
 def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:

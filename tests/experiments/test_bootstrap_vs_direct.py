@@ -213,6 +213,11 @@ def test_the_continued_base_resumes_the_finished_base_and_nothing_else(tmp_path,
   assert not bvd.continues_finished_run(fields(base), fields(continued), 300)  # unfinished
   shorter = bvd.experiment_config("promag_4x", **dict(kw, base_steps=300))
   assert not bvd.continues_finished_run(fields(shorter), fields(continued), 300)
+  # --base_steps=500 --base_decay_steps=400 defines the run the continued base is: its run
+  # directory can serve as the base that growth starts from.
+  long_base = bvd.experiment_config("promag_4x", **dict(kw, base_steps=500, base_decay_steps=400))
+  assert fields(long_base) == fields(continued)
+  assert fields(long_base) != fields(bvd.experiment_config("promag_4x", **dict(kw, base_steps=500)))
 
   copied, trained = [], []
   monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: None)
