@@ -407,9 +407,10 @@ def experiment_config(
     steps = n1 + levels * n2
   config.total_steps = steps
   config.optimizer.learning_rate = p.grow_learning_rate if name in PREVIOUS else p.learning_rate
-  # The schedule's length; warmup and the GAN's start follow it, so a base of D + M steps with
-  # decay_steps D has the config of the D-step base continued M steps.
-  schedule_steps = n1 if continued else (config.optimizer.decay_steps or steps)
+  # The schedule's length (decay_steps, set for the base and its continuation); warmup and the
+  # GAN's start follow it, so a base of D + M steps with decay_steps D has the config of the
+  # D-step base continued M steps.
+  schedule_steps = config.optimizer.decay_steps or steps
   config.optimizer.warmup_steps = min(100, max(10, schedule_steps // 20))
   config.optimizer.ema_decay = 0.99
   config.log_every = 25
