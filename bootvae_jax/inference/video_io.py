@@ -143,11 +143,20 @@ class VideoWriter:
           writer.write(block)            # (t, H, W, 3) uint8
   """
 
-  def __init__(self, path: str, fps: float, *, codec: str | None = None, crf: int = 17):
+  def __init__(
+      self,
+      path: str,
+      fps: float,
+      *,
+      codec: str | None = None,
+      crf: int = 17,
+      pix_fmt: str = "yuv420p",
+  ):
     self.path = os.path.abspath(path)
     self.fps = fps
     self.codec = codec or pick_codec()
     self.crf = crf
+    self.pix_fmt = pix_fmt
     self.num_frames = 0
     directory = os.path.dirname(self.path)
     os.makedirs(directory, exist_ok=True)
@@ -159,13 +168,13 @@ class VideoWriter:
     self.stream = None
 
   def _add_stream(self, height: int, width: int) -> None:
-    if height % 2 or width % 2:
+    if self.pix_fmt == "yuv420p" and (height % 2 or width % 2):
       raise ValueError(f"frame size {height}x{width}: yuv420p video needs even height and width")
     rate = fractions.Fraction(self.fps).limit_denominator(1001) if self.fps > 0 else 25
     options = {"crf": str(self.crf)} if self.codec == "libx264" else {}
     self.stream = self.container.add_stream(self.codec, rate=rate, options=options)
     self.stream.height, self.stream.width = height, width
-    self.stream.pix_fmt = "yuv420p"
+    self.stream.pix_fmt = self.pix_fmt
     if self.codec != "libx264":  # no CRF: ask for a generous bit rate (~1.5 bits per pixel)
       self.stream.bit_rate = int(1.5 * height * width * float(rate))
 
@@ -216,7 +225,13 @@ class VideoWriter:
 
 
 def write_video(
-    path: str, frames: np.ndarray, fps: float, *, codec: str | None = None, crf: int = 17
+    path: str,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    codec: str | None = None,
+    crf: int = 17,
+    pix_fmt: str = "yuv420p",
 ) -> str:
   """Writes (T, H, W, 3) uint8 RGB frames (H, W even) as an H.264 (or MPEG-4) video.
 
@@ -225,11 +240,13 @@ def write_video(
     frames: (T, H, W, 3) uint8.
     fps: frames per second.
     codec: override the codec (default: libx264 if available, else mpeg4).
-    crf: libx264 constant rate factor (lower is better quality; 17 is visually lossless).
+    crf: libx264 constant rate factor (lower is better quality; 17 is visually lossless, 0 with
+      pix_fmt 'yuv444p' is lossless).
+    pix_fmt: the stream's pixel format.
 
   Returns:
     The absolute path written.
   """
-  with VideoWriter(path, fps, codec=codec, crf=crf) as writer:
+  with VideoWriter(path, fps, codec=codec, crf=crf, pix_fmt=pix_fmt) as writer:
     writer.write(frames)
   return writer.path

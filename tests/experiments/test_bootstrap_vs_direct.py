@@ -7,11 +7,12 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 
 from bootvae_jax import models
 from bootvae_jax.evaluation import metrics
+from bootvae_jax.data import splits
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
+from bootvae_jax.inference import video_io
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
 from bootvae_jax.training import config as config_lib
@@ -106,20 +107,41 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
     bvd.apply_variant(configs["patch2"], "nope")
 
 
-def test_folder_clips_resize_crop_and_limit(tmp_path):
+def test_split_by_scene_holds_whole_videos_out_and_is_written_once(tmp_path):
   rng = np.random.default_rng(0)
-  for name, shape in (("a", (20, 40, 60, 3)), ("b", (20, 48, 48, 3)), ("short", (5, 48, 48, 3))):
-    frames = [Image.fromarray(f) for f in rng.integers(0, 255, shape, np.uint8)]
-    bvd._write_video(str(tmp_path / f"{name}.mp4"), frames)  # pylint: disable=protected-access
-  clips, names = bvd.folder_clips(
-      str(tmp_path), size=0, max_videos=8, num_frames=17, spatial_factor=8
+  for side, name, shape in (
+      ("a", "one", (20, 40, 60, 3)),
+      ("a", "two", (12, 48, 48, 3)),
+      ("b", "three", (9, 40, 40, 3)),
+  ):
+    os.makedirs(tmp_path / side, exist_ok=True)
+    video_io.write_video(
+        str(tmp_path / side / f"{name}.mp4"), rng.integers(0, 255, shape, np.uint8), 25
+    )
+  root, tag, info = bvd.prepare_data(
+      str(tmp_path / "work"), 16, [str(tmp_path / "a")], [str(tmp_path / "b")]
   )
-  assert sorted(names) == ["a.mp4", "b.mp4"]  # the 5-frame video is skipped
-  assert clips.shape == (2, 17, 40, 48, 3) and -1 <= clips.min() and clips.max() <= 1
-  clips, names = bvd.folder_clips(
-      str(tmp_path), size=24, max_videos=1, num_frames=17, spatial_factor=8
+  assert tag.startswith("_scenes") and os.path.basename(root) == f"data_16{tag}"
+  assert [(v["clip"], v["side"], v["size"], v["frames"]) for v in info] == [
+      ("one.mp4", "train", [24, 16], 20),
+      ("two.mp4", "train", [16, 16], 12),
+      ("three.mp4", "eval", [16, 16], 9),
+  ]
+  assert sorted(os.listdir(os.path.join(root, "train"))) == ["one.mp4", "two.mp4"]
+  frames, _ = video_io.read_video(os.path.join(root, "eval", "three.mp4"))
+  assert frames.shape == (9, 16, 16, 3)
+  os.remove(os.path.join(root, "eval", "three.mp4"))  # a second call reads splits.json only
+  assert (
+      bvd.prepare_data(str(tmp_path / "work"), 16, [str(tmp_path / "a")], [str(tmp_path / "b")])[2]
+      == info
   )
-  assert clips.shape == (1, 17, 24, 32, 3) and len(names) == 1  # short side 24, 36 → 32 wide
+  with pytest.raises(ValueError, match="both in training and held out"):
+    splits.split_by_scene(
+        str(tmp_path / "x"),
+        16,
+        [str(tmp_path / "a" / "one.mp4")],
+        [str(tmp_path / "a" / "one.mp4")],
+    )
 
 
 def test_summary_reports_mean_and_spread_of_the_gain_per_growth_init():
