@@ -143,7 +143,7 @@ def run_point(method: str, frames: int) -> dict:
 
 def run_quality(frames: int) -> list[dict]:
   import numpy as np
-  from bootvae_jax.evaluation import metrics
+  from bootvae_jax.core import metrics
 
   codec = _model()
   video = np.concatenate(list(_blocks(frames, _SIZE.value)), axis=1)

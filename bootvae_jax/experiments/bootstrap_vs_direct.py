@@ -490,7 +490,7 @@ def reconstruction_scores(model, clips, batch: int = 3, input_stride: int = 1) -
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from bootvae_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.core import metrics  # pylint: disable=g-import-not-at-top
 
   graphdef, state = nnx.split(model)
 

@@ -254,9 +254,9 @@ def reconstruct_file(
   import tqdm
 
   from bootvae_jax.data import transforms
-  from bootvae_jax.evaluation import metrics
+  from bootvae_jax.core import metrics
   from bootvae_jax.inference import chunked
-  from bootvae_jax.inference import video_io
+  from bootvae_jax.core import video_io
 
   start = time.perf_counter()
   codec = chunked.as_codec(model)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bootvae_jax.evaluation import metrics as metrics_lib
+from bootvae_jax.core import metrics as metrics_lib
 from bootvae_jax.losses import reconstruction
 from bootvae_jax.models import autoencoder
 

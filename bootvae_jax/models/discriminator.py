@@ -93,7 +93,7 @@ class PatchDiscriminator3D(nnx.Module):
   Channels: base, base*2, ..., base*min(2**num_layers, 8) (taming's multipliers), then 1.
   The first conv has no norm; the last conv has neither norm nor activation.
 
-  Parameters carry logical axis names (metadata for `training/partitioning.py`): conv
+  Parameters carry logical axis names (metadata for `core/sharding.py`): conv
   kernels `(conv_t, conv_h, conv_w, conv_in, conv_out)`, conv biases and norm scale/bias
   `(conv_out,)`; the first kernel's RGB input axis and the logit conv's output axis are
   None. Only the first and last convs have biases (a bias before a norm is redundant).

@@ -9,7 +9,7 @@ flavours of DESIGN.md ("Tensors and conventions"):
 * 2D per frame: a kernel with `kt == 1` (no time padding at all).
 
 Kernels are `[kt, kh, kw, in, out]`; logical axis names on every parameter let the trainer map
-them onto a device mesh (`training/partitioning.py`).
+them onto a device mesh (`core/sharding.py`).
 
 Streaming (DESIGN.md "Beyond the papers"): inside `with streaming(states, last=...)` every op
 that looks at other frames than its own keeps what the next chunk needs of this one (a causal
@@ -787,7 +787,7 @@ def logical(init, axes: tuple[str | None, ...]):
   (also for flax layers, as `kernel_init=logical(...)`).
 
   The names are only metadata here (no eager sharding, so models build without a mesh):
-  `training/partitioning.py` maps them to mesh axes with the config's rules and places the
+  `core/sharding.py` maps them to mesh axes with the config's rules and places the
   whole state at once.
   """
   return nnx.with_partitioning(init, axes, eager_sharding=False)

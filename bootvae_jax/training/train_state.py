@@ -22,7 +22,7 @@ from flax import struct
 from bootvae_jax import models
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import discriminator as discriminator_lib
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 
 
 def path_string(path: tuple) -> str:
@@ -235,7 +235,7 @@ def create_train_state(
     )
 
   abstract_state = jax.eval_shape(init)
-  shardings = partitioning.tree_shardings(abstract_state, mesh, config.sharding_rules)
+  shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding_rules)
   if abstract:
     state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings

@@ -22,12 +22,12 @@ import optax
 from flax import nnx
 from flax import struct
 
-from bootvae_jax.evaluation import metrics as metrics_lib
+from bootvae_jax.core import metrics as metrics_lib
 from bootvae_jax.losses import adversarial
 from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.losses import reconstruction
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training.train_state import TrainSetup, TrainState, nonfinite_streak, skipped_updates
 
 
@@ -251,18 +251,18 @@ def eval_step(params, frozen, video, nets: LossNets | None, *, setup: TrainSetup
 
 
 def _replicated(mesh, tree):
-  return jax.tree.map(lambda _: partitioning.replicated(mesh), tree)
+  return jax.tree.map(lambda _: sharding.replicated(mesh), tree)
 
 
 def jit_train_step(setup: TrainSetup, nets: LossNets | None):
   """`train_step` under `jax.jit` with explicit shardings; the state is donated."""
   mesh = setup.mesh
-  batch_sharding = {"video": partitioning.batch_sharding(mesh)}
+  batch_sharding = {"video": sharding.batch_sharding(mesh)}
   step = functools.partial(train_step, setup=setup, base_rng=jax.random.key(setup.config.seed))
   return jax.jit(
       step,
       in_shardings=(setup.state_shardings, batch_sharding, _replicated(mesh, nets)),
-      out_shardings=(setup.state_shardings, partitioning.replicated(mesh)),
+      out_shardings=(setup.state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,),
   )
 
@@ -278,8 +278,8 @@ def jit_eval_step(setup: TrainSetup, nets: LossNets | None = None):
       in_shardings=(
           shardings.params,
           shardings.frozen,
-          partitioning.replicated(mesh),
+          sharding.replicated(mesh),
           _replicated(mesh, nets),
       ),
-      out_shardings=(partitioning.replicated(mesh), partitioning.replicated(mesh)),
+      out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
   )

@@ -37,7 +37,7 @@ from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.training import config as config_lib
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import preemption
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
@@ -141,7 +141,7 @@ def train_and_evaluate(
   image_vae = None
   if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s on %d devices (%s)", dict(mesh.shape), mesh.size, jax.default_backend())
   stop = preemption.StopSignal()  # from here on, SIGTERM / SIGINT end the run with a checkpoint
   try:

@@ -14,10 +14,10 @@ from PIL import Image
 from bootvae_jax import models
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import folder
-from bootvae_jax.evaluation import metrics
+from bootvae_jax.core import metrics
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
-from bootvae_jax.inference import video_io
+from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder

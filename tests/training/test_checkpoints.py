@@ -13,7 +13,7 @@ import bootvae_jax
 from bootvae_jax import data as data_lib
 from bootvae_jax import models
 from bootvae_jax.training import checkpoints as checkpoints_lib
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
 from bootvae_jax.training import trainer
@@ -31,7 +31,7 @@ def _assert_same_params(a, b):
 
 
 def test_save_restore_gives_identical_params_and_next_loss(config, tmp_path):
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   step_fn = train_step_lib.jit_train_step(setup, None)
   batches = data_lib.make_train_batches(config.data, mesh=mesh, seed=config.seed)
@@ -128,7 +128,7 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   record = [
       json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if "eval/psnr" in l
   ][-1]
-  setup, _ = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
+  setup, _ = train_state_lib.create_train_state(config, sharding.make_mesh(config.mesh))
   clips = data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips)
   eval_fn = train_step_lib.jit_eval_step(setup)
   ema_psnr = float(np.mean(eval_fn(state.ema_params, state.frozen, clips, None)[1]["psnr"]))

@@ -15,7 +15,7 @@ from bootvae_jax.models import architectures
 from bootvae_jax.models import image_vae
 from bootvae_jax.models import init as init_lib
 from bootvae_jax.training import checkpoints
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import trainer
@@ -119,7 +119,7 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   assert config.init_checkpoint.inflate == "tail" and config.compat.decoder_weight > 0
 
   # Before training: the model holds the tail-inflated image VAE.
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   expected = init_lib.flat_params(

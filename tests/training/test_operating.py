@@ -27,7 +27,7 @@ import pytest
 from bootvae_jax import cli
 from bootvae_jax import data as data_lib
 from bootvae_jax.training import checkpoints as checkpoints_lib
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
 from bootvae_jax.training import trainer
@@ -274,7 +274,7 @@ def _restore_on(workdir, step, mesh_config, devices):
   """(state, next batch) of `workdir`'s checkpoint `step` restored on a mesh of `devices`."""
   config = checkpoints_lib.read_config(str(workdir), step)
   config.mesh.update(mesh_config)
-  mesh = partitioning.make_mesh(config.mesh, devices=devices)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
   setup, abstract = train_state_lib.create_train_state(config, mesh, abstract=True)
   batches = data_lib.make_train_batches(config.data, mesh=mesh, seed=config.seed)
   state = checkpoints_lib.Checkpoints(str(workdir)).restore(
@@ -310,7 +310,7 @@ def test_checkpoints_restore_bit_identically_on_other_topologies(multi_process, 
 
     config = checkpoints_lib.read_config(str(workdir), step)
     reference = data_lib.make_train_batches(
-        config.data, mesh=partitioning.make_mesh(config.mesh, devices[:1]), seed=config.seed
+        config.data, mesh=sharding.make_mesh(config.mesh, devices[:1]), seed=config.seed
     )
     for _ in range(step):
       next(reference)
@@ -326,7 +326,7 @@ def test_checkpoints_restore_bit_identically_on_other_topologies(multi_process, 
 def two_checkpoints(config, tmp_path):
   """A workdir with checkpoints 1 and 2 of the tiny config's state (random values, so the
   arrays are real data files; no compute)."""
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   setup, abstract = train_state_lib.create_train_state(config, mesh, abstract=True)
   rng = np.random.default_rng(0)
   workdir = tmp_path / "run"

@@ -12,7 +12,7 @@ import pytest
 
 from bootvae_jax.models import progressive
 from bootvae_jax.training import checkpoints
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import trainer
@@ -95,7 +95,7 @@ def _stage2(stage1_workdir, mesh_shape=None, **optimizer):
   config = stage_config("promag_8x", previous_workdir=stage1_workdir)
   config.optimizer.update(optimizer)
   config.mesh.update(mesh_shape or {})
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   return config, setup, state
 
@@ -161,7 +161,7 @@ def test_mismatched_checkpoint_names_the_first_parameter(stage1_workdir):
   # A stage-II model on a wider base than the checkpoint: a shape mismatch.
   wide = stage_config("promag_8x", previous_workdir=stage1_workdir)
   wide.model.base_channels = 16
-  mesh = partitioning.make_mesh(wide.mesh)
+  mesh = sharding.make_mesh(wide.mesh)
   wide_setup, wide_state = train_state_lib.create_train_state(wide, mesh)
   with pytest.raises(
       ValueError,
@@ -187,7 +187,7 @@ def test_stage3_restores_stage2_and_keeps_its_new_level_fresh(stage2_workdir):
   """Stage II's own growth level becomes stage III's `lower`; stage III's new level has the
   same parameter names but must not be initialised from it (AdaNorm stays the identity)."""
   config = stage_config("promag_16x", previous_workdir=stage2_workdir)
-  setup, state = train_state_lib.create_train_state(config, partitioning.make_mesh(config.mesh))
+  setup, state = train_state_lib.create_train_state(config, sharding.make_mesh(config.mesh))
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   source = checkpoints.load_params(stage2_workdir)
   frozen, params = _flat(state.frozen), _flat(state.params)

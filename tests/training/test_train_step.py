@@ -10,13 +10,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from bootvae_jax import data as data_lib
-from bootvae_jax.training import partitioning
+from bootvae_jax.core import sharding
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
 
 
 def _setup(config):
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   setup, state = train_state_lib.create_train_state(config, mesh)
   batches = data_lib.make_train_batches(config.data, mesh=mesh, seed=config.seed)
   return setup, state, batches, train_step_lib.jit_train_step(setup, None)
@@ -136,7 +136,7 @@ def test_freeze_patterns_match_whole_paths(config):
   """One rule for config.freeze, init_checkpoint.mapping and exclude: re.fullmatch. A prefix
   that names no parameter is refused instead of silently freezing a subtree."""
   config.freeze = ("encoder/down/0",)
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   with pytest.raises(
       ValueError,
       match=r"config.freeze entry 'encoder/down/0' matches no" r" parameter; .*encoder/down/0/\.\*",

