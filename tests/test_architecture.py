@@ -39,9 +39,11 @@ def module_name(path: pathlib.Path) -> str:
 def imports_of(path: pathlib.Path) -> set[str]:
   """Every bootvae_jax module `path` imports, at any depth of the file."""
   found = set()
-  package = (
-      module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-  )
+  package = ""  # the package relative imports start from
+  if PACKAGE in path.parents:
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.Import):
       found |= {a.name for a in node.names}
