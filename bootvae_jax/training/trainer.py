@@ -32,7 +32,7 @@ from etils import epath
 
 from bootvae_jax import data as data_lib
 from bootvae_jax.cli import UserError
-from bootvae_jax.evaluation import visualize
+from bootvae_jax.core import visualize
 from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.training import checkpoints as checkpoints_lib
