@@ -3,8 +3,8 @@ from a previous stage's checkpoint (`init_from_checkpoint`).
 
 A stage config names the previous run in `config.init_checkpoint.path` (or, with
 `config.init_checkpoint.inflate`, an image VAE inflated onto the model: `models/init.py`); its
-parameters are copied into the new model by path, into the frozen set and the trained set alike. An empty
-`config.init_checkpoint.mapping` restores every parameter under its own path; a mapping of
+parameters are copied into the new model by path, into the frozen set and the trained set
+alike. An empty `config.init_checkpoint.mapping` restores every parameter under its own path; a mapping of
 (model-path regex, checkpoint-path template) pairs restores exactly the parameters it matches
 (ProMAG: `encoder/lower/X` ← `encoder/X`). Everything else (the new growth level) keeps its
 fresh initialisation.
@@ -23,14 +23,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from bootvae_jax.models import progressive
-
 from bootvae_jax import loading
+from bootvae_jax.loading import path_matches
+from bootvae_jax.loading import path_string
+from bootvae_jax.models import progressive
 from bootvae_jax.training.train_state import TrainSetup
 from bootvae_jax.training.train_state import TrainState
 from bootvae_jax.training.train_state import path_filter
-from bootvae_jax.loading import path_matches
-from bootvae_jax.loading import path_string
 
 
 def source_params(init_cfg, model_config) -> dict:
@@ -118,9 +117,9 @@ def next_stage(
   """Turns the training config of one stage into the next stage's, in place.
 
   One more 2x temporal growth level; the previous stage's parameters are restored from
-  `previous_workdir` (its latest checkpoint) through `progressive.STAGE_MAPPING`, minus its head
-  (`progressive.STAGE_EXCLUDE`), and frozen — or fine-tuned at `finetune_learning_rate_multiplier` times
-  the learning rate when that is > 0.
+  `previous_workdir` (its latest checkpoint) through `progressive.STAGE_MAPPING`, minus its
+  head (`progressive.STAGE_EXCLUDE`), and frozen — or fine-tuned at
+  `finetune_learning_rate_multiplier` times the learning rate when that is > 0.
   """
   config.model.growth.levels += 1
   config.freeze = (progressive.LOWER_LEVEL,)
