@@ -424,6 +424,7 @@ def kind_of(path: str | os.PathLike, config_path: str | os.PathLike | None = Non
     config_file = epath.Path(config_path) if config_path else location / "config.json"
     if config_file.is_file():
       config = _read_json(config_file)
+      # "bootvae_jax" is `interop.exported.EXPORT_FORMAT` (read here without importing JAX).
       if isinstance(config, Mapping) and config.get("format") == "bootvae_jax":
         return "exported"
       if (kind := _official_kind(config)) is not None:
@@ -587,6 +588,4 @@ def load_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Loaded:
     return load(args.workdir, step=args.step, ema=args.ema, kind="workdir")
   if not args.weights or not model_config:
     raise UserError(f"--official={args.official} needs --weights and --model_config")
-  if args.step is not None or args.ema:
-    raise UserError("--step and --ema apply to a --workdir, not to --official weights")
   return load(args.weights, config_path=model_config, kind=args.official)
