@@ -176,7 +176,7 @@ def _child(args: list[str]) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: str) -> None:
-  from bootvae_jax.evaluation import visualize
+  from bootvae_jax.core import visualize
 
   panels = []
   for key, label in (("peak_rss_mb", "peak memory (MB)"), ("seconds", "time (s)")):

@@ -8,6 +8,9 @@ The two entry points for models (imported on first use, so `import bootvae_jax` 
   model = bootvae_jax.build_model(config.model)              # random init; base or ProMAG-grown
   model, config = bootvae_jax.load_model(workdir, step=None, ema=False)   # a trained run
   bootvae_jax.export(model, config.model, "exported/")       # PyTorch (interop/torch_model.py)
+
+Any other model path (released CV-VAE / OD-VAE weights, a diffusers VAE folder, an exported
+folder) opens with `bootvae_jax.loading.load(path)`.
 """
 
 __version__ = "0.1.0"
@@ -16,7 +19,7 @@ __all__ = ["build_model", "export", "load_model"]
 
 _LAZY = {
     "build_model": ("bootvae_jax.models.progressive", "build_model"),
-    "load_model": ("bootvae_jax.training.checkpoints", "load_model"),
+    "load_model": ("bootvae_jax.loading", "load_model"),
     # `python -m bootvae_jax.export` is the CLI; the function is `bootvae_jax.export(...)`.
     "export": ("bootvae_jax.interop.exported", "export"),
 }

@@ -19,20 +19,11 @@ from absl import app
 from absl import flags
 
 from bootvae_jax import cli
+from bootvae_jax import loading
 
 # JAX is imported after flag parsing (as main.py does): --help is instant.
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
-_EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
-_OFFICIAL = flags.DEFINE_enum(
-    "official",
-    None,
-    ["odvae", "cvvae"],
-    "Score released weights of this kind instead of a workdir.",
-)
-_WEIGHTS = flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
-_MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Official config.json.")
+loading.define_model_flags()  # --workdir [--step, --ema] or --official, --weights, --model_config
 _DATA = flags.DEFINE_string("data", None, "Folder of videos (searched recursively).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the report.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 17, "Frames from the start of each video.")
@@ -62,15 +53,8 @@ def main(argv) -> None:
   from bootvae_jax.inference import reconstruct
 
   size = reconstruct.parse_size(_SIZE.value)  # flags first, before loading anything
-  model, source = reconstruct.load_workdir_or_official(
-      workdir=_WORKDIR.value,
-      step=_STEP.value,
-      ema=_EMA.value,
-      official=_OFFICIAL.value,
-      weights=_WEIGHTS.value,
-      official_config=_MODEL_CONFIG.value,
-      config_flag="--model_config",
-  )
+  loaded = loading.load_from_flags()
+  model, source = loaded.model, loaded.source
   summary = folder.evaluate_folder(
       model,
       _DATA.value,

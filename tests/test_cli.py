@@ -190,9 +190,15 @@ def test_official_weights_errors_are_one_line(fixtures_dir, tmp_path):
           typo=[
               *reconstruct,
               f"--weights={directory / 'weights.safetensors'}",
-              f"--official_config={tmp_path / 'config.json'}",
+              f"--model_config={tmp_path / 'config.json'}",
           ],
           truncated=[
+              *reconstruct,
+              f"--weights={truncated}",
+              f"--model_config={directory / 'config.json'}",
+          ],
+          # The old name of --model_config still works, with a warning.
+          old_flag_name=[
               *reconstruct,
               f"--weights={truncated}",
               f"--official_config={directory / 'config.json'}",
@@ -208,3 +214,8 @@ def test_official_weights_errors_are_one_line(fixtures_dir, tmp_path):
       " incomplete metadata, file not fully covered); it has 100,000 bytes but its header"
       " describes 5,793,614: the file is truncated (an interrupted download or copy?)"
   )
+  old = results["old_flag_name"]
+  assert old.returncode == 2 and old.stderr.strip().splitlines() == [
+      "warning: --official_config is deprecated; use --model_config",
+      _error_line(results["truncated"]),
+  ]

@@ -11,13 +11,13 @@ latent stays decodable by the image VAE.
 
 from bootvae_jax.configs import compose_4x
 
-from bootvae_jax.models import progressive
+from bootvae_jax.training import stages
 
 WORKDIR = "workdirs/compose_8x"
 
 
 def get_config():
-  config = progressive.next_stage(compose_4x.get_config(), previous_workdir=compose_4x.WORKDIR)
+  config = stages.next_stage(compose_4x.get_config(), previous_workdir=compose_4x.WORKDIR)
   config.name = "compose_8x"
   config.total_steps = 100_000
   config.loss.gan_weight = 0.0  # ProMAG stage II: L_rec + λ_KL·KL (+ the regulariser)

@@ -9,11 +9,11 @@ together (equal total training steps).
 from bootvae_jax.configs import promag_16x
 from bootvae_jax.configs import promag_4x
 from bootvae_jax.configs import promag_8x
-from bootvae_jax.models import progressive
+from bootvae_jax.training import stages
 
 
 def get_config():
-  config = progressive.direct_baseline(promag_16x.get_config())
+  config = stages.direct_baseline(promag_16x.get_config())
   config.name = "direct_16x"
   base = promag_4x.get_config()
   config.total_steps = base.total_steps + promag_8x.get_config().total_steps + config.total_steps

@@ -8,11 +8,11 @@ as stages I and II together (equal total training steps).
 
 from bootvae_jax.configs import promag_4x
 from bootvae_jax.configs import promag_8x
-from bootvae_jax.models import progressive
+from bootvae_jax.training import stages
 
 
 def get_config():
-  config = progressive.direct_baseline(promag_8x.get_config())
+  config = stages.direct_baseline(promag_8x.get_config())
   config.name = "direct_8x"
   base = promag_4x.get_config()
   config.total_steps = base.total_steps + config.total_steps

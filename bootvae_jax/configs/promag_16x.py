@@ -9,16 +9,14 @@ The whole stage-II model (its frozen stage-I bodies and its growth level) is res
 """
 
 from bootvae_jax.configs import promag_8x
-from bootvae_jax.models import progressive
+from bootvae_jax.training import stages
 
 WORKDIR = "workdirs/promag_16x"
 
 
 def get_config(growth_init: str = "fresh"):
   """`growth_init`: `model.growth.init` of both growth levels (see `promag_8x`)."""
-  config = progressive.next_stage(
-      promag_8x.get_config(growth_init), previous_workdir=promag_8x.WORKDIR
-  )
+  config = stages.next_stage(promag_8x.get_config(growth_init), previous_workdir=promag_8x.WORKDIR)
   config.name = "promag_16x"
   config.total_steps = 100_000
   return config

@@ -13,7 +13,7 @@ down/upsample, the 1×1×1 latent convs) trains, with L1 + KL as in the paper. S
 """
 
 from bootvae_jax.configs import promag_4x
-from bootvae_jax.models import progressive
+from bootvae_jax.training import stages
 
 WORKDIR = "workdirs/promag_8x"
 
@@ -22,7 +22,7 @@ def get_config(growth_init: str = "fresh"):
   """`growth_init`: `model.growth.init` ("fresh", the paper's, or "from_lower")."""
   base = promag_4x.get_config()
   base.model.growth.init = growth_init or "fresh"  # set before next_stage: its restore rules
-  config = progressive.next_stage(base, previous_workdir=promag_4x.WORKDIR)
+  config = stages.next_stage(base, previous_workdir=promag_4x.WORKDIR)
   config.name = "promag_8x"
   config.total_steps = 100_000
   config.optimizer.warmup_steps = 1_000

@@ -28,6 +28,23 @@ SWSCALE_INTERPOLATION = "BILINEAR"
 PREFERRED_CODECS = ("libx264", "mpeg4")
 
 
+# Pixel conventions: uint8 [0, 255] in files, float32 [-1, 1] in models.
+
+
+def to_unit_range(frames):
+  """uint8 [0, 255] -> float32 [-1, 1]; numpy or jax arrays of any shape.
+
+  The clip keeps the range exact where a compiler turns the division into a multiplication
+  by a rounded reciprocal (XLA on CPU gives 1.0000001 for 255 without it).
+  """
+  return ((frames.astype(np.float32) - 127.5) / 127.5).clip(-1.0, 1.0)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+  """float [-1, 1] -> uint8 [0, 255] (rounded, clipped); inverse of `to_unit_range`."""
+  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """What the container says: frame rate, frame size, frame count (0 if not stored)."""

@@ -25,6 +25,9 @@ import ml_collections
 
 from bootvae_jax.cli import UserError
 
+# The model's shape rules, without model code (grain workers import this module).
+from bootvae_jax.core import frames
+
 LEAF_SOURCES = ("synthetic", "video_folder", "tfds", "image_folder")
 SOURCES = LEAF_SOURCES + ("mixture",)
 FOLDER_SOURCES = ("video_folder", "image_folder")
@@ -151,23 +154,19 @@ def validate(data_config: Any, *, temporal_factor: int, spatial_factor: int) -> 
   if source not in SOURCES:
     problems.append(f"data.source={source!r} is unknown; use one of {', '.join(SOURCES)}")
 
-  # The model's rules, written once in models/autoencoder.py (imported here, not at the top:
-  # grain workers import this module and need no model code).
-  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
-
   num_frames = config["num_frames"]
   if not isinstance(num_frames, int) or num_frames < 1:
     problems.append(f"data.num_frames={num_frames!r} must be a positive int")
-  elif autoencoder.frame_rule_error(num_frames, temporal_factor) is not None:
+  elif frames.frame_rule_error(num_frames, temporal_factor) is not None:
     problems.append(
-        f"data.num_frames={num_frames}; " + autoencoder.frame_rule(num_frames, temporal_factor)
+        f"data.num_frames={num_frames}; " + frames.frame_rule(num_frames, temporal_factor)
     )
 
   crop = tuple(config["crop_size"])
   if len(crop) != 2 or any(not isinstance(side, int) or side < 1 for side in crop):
     problems.append(f"data.crop_size={crop!r} must be (height, width), positive ints")
   elif (
-      message := autoencoder.frame_size_error(
+      message := frames.frame_size_error(
           *crop, spatial_factor, what="data.crop_size=", size="({}, {})"
       )
   ) is not None:

@@ -29,6 +29,10 @@ import numpy as np
 
 from bootvae_jax.core.video_io import SWSCALE_INTERPOLATION
 
+# The pixel conventions live with the video files; the pipeline's callers find them here too.
+from bootvae_jax.core.video_io import to_uint8  # pylint: disable=unused-import
+from bootvae_jax.core.video_io import to_unit_range  # pylint: disable=unused-import
+
 
 class ClipTooShortError(ValueError):
   """A video has fewer frames than the clip needs."""
@@ -209,20 +213,6 @@ def crop_and_flip(
   if spec.random_flip and rng is not None and rng.random() < 0.5:
     clip = clip[:, :, ::-1]
   return np.ascontiguousarray(clip)
-
-
-def to_unit_range(frames: Any) -> Any:
-  """uint8 [0, 255] -> float32 [-1, 1]; numpy or jax arrays of any shape.
-
-  The clip keeps the range exact where a compiler turns the division into a multiplication
-  by a rounded reciprocal (XLA on CPU gives 1.0000001 for 255 without it).
-  """
-  return ((frames.astype(np.float32) - 127.5) / 127.5).clip(-1.0, 1.0)
-
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """float [-1, 1] -> uint8 [0, 255] (rounded, clipped); inverse of `to_unit_range`."""
-  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def spread_positions(num_positions: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from bootvae_jax.data import sources
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import fvd
 from bootvae_jax.core import metrics
-from bootvae_jax.evaluation import visualize
+from bootvae_jax.core import visualize
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import reconstruct
 from bootvae_jax.core import video_io

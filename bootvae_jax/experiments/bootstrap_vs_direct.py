@@ -321,7 +321,7 @@ def experiment_config(
   at the preset's scale; with `base_decay_steps` the base's schedule ends there, then is held.
   `data_dir` holds the `train/` and `eval/` splits (`eval_videos` held-out videos); `run_root`
   the runs of this seed (the previous stage is read from `<run_root>/<previous_label(name)>`)."""
-  from bootvae_jax.models import progressive  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import stages  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
   n1 = base_steps or p.base_steps
@@ -333,7 +333,7 @@ def experiment_config(
   apply_variant(config.model, variant or p.variant)
   if growth_init:
     config.model.growth.init = growth_init
-    progressive.use_stage_restore_rules(config)
+    stages.use_stage_restore_rules(config)
   config.model.dtype = p.dtype
   config.seed = seed
   levels = int(config.model.growth.levels)

@@ -237,7 +237,7 @@ def main(argv):
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
+  from bootvae_jax import loading  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
   workdir = os.path.abspath(_WORKDIR.value if flags.FLAGS["workdir"].present else DEFAULT_WORKDIR)
@@ -269,7 +269,7 @@ def main(argv):
   image_dir = os.path.join(workdir, "image_vae")
   image_config = image_vae_config(_IMAGE_STEPS.value, dirs)
   image_timing = bvd.train(image_config, image_dir)
-  image_model = image_vae_lib.load_image_vae(image_dir)
+  image_model = loading.load_image_vae(image_dir)
   eval_config = video_config(4, "random", False, 1, dirs, image_dir)
   clips = data_lib.make_eval_clips(eval_config.data, num_clips=EVAL_CLIPS)
   image_scores = bvd.reconstruction_scores(image_model, clips)

@@ -7,7 +7,7 @@ r"""Reconstructs a video file through a video autoencoder, chunk by chunk, and w
   # Released OD-VAE / CV-VAE weights, with their own temporal tiling:
   python -m bootvae_jax.inference.reconstruct --input=in.mp4 --output=out.mp4 \
       --official=odvae --weights=vae/diffusion_pytorch_model.safetensors \
-      --official_config=vae/config.json --mode=tiled --chunk_frames=29
+      --model_config=vae/config.json --mode=tiled --chunk_frames=29
 
 Modes (`--mode`, default `auto`):
   * `stream`: exact streaming with the causal-conv cache (`inference/streaming.py`): equal to
@@ -42,6 +42,7 @@ from absl import flags
 import numpy as np
 
 from bootvae_jax import cli
+from bootvae_jax import loading
 
 # JAX-dependent modules are imported inside the functions, after flag parsing (as main.py
 # does), so that --help is instant and XLA_FLAGS set by a launcher take effect.
@@ -54,17 +55,7 @@ def define_flags() -> None:
   imported by other CLIs (`bootvae_jax.evaluate`) whose flags share names (--workdir, ...)."""
   flags.DEFINE_string("input", None, "Video file to reconstruct.")
   flags.DEFINE_string("output", None, "Where to write the reconstructed video.")
-  flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/).")
-  flags.DEFINE_integer("step", None, "Checkpoint step in --workdir (default: the latest).")
-  flags.DEFINE_bool("ema", False, "Use the EMA parameters of the --workdir checkpoint.")
-  flags.DEFINE_enum(
-      "official",
-      None,
-      ["odvae", "cvvae"],
-      "Load released weights of this kind instead of a workdir.",
-  )
-  flags.DEFINE_string("weights", None, "Official weights (.safetensors or .ckpt).")
-  flags.DEFINE_string("official_config", None, "Official config.json.")
+  loading.define_model_flags()  # --workdir [--step, --ema] or --official, --weights, --model_config
   flags.DEFINE_enum(
       "mode",
       "auto",
@@ -79,43 +70,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_frames", None, "Read at most this many frames.")
   flags.DEFINE_string("size", None, "Resize frames to H,W (e.g. 256,256).")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading a model.
-
-
-def load_workdir_or_official(
-    *,
-    workdir: str | None = None,
-    step: int | None = None,
-    ema: bool = False,
-    official: str | None = None,
-    weights: str | None = None,
-    official_config: str | None = None,
-    config_flag: str = "--official_config",
-) -> tuple[Any, dict[str, Any]]:
-  """The CLI's model: a training run's (`bootvae_jax.load_model`) or released weights
-  (`interop.official.load_official`); and a JSON-able description of where it came from.
-  `config_flag` is the calling CLI's name for `official_config`, for its error messages."""
-  if bool(workdir) == bool(official):
-    raise cli.UserError(
-        "give either --workdir (a training run) or --official with --weights and"
-        f" {config_flag} (released weights)"
-    )
-  if workdir:
-    from bootvae_jax.training import checkpoints
-
-    step = checkpoints.resolve_step(workdir, step)
-    model, _ = checkpoints.load_model(workdir, step, ema=ema)
-    return model, dict(workdir=workdir, step=step, ema=ema)
-  if not weights or not official_config:
-    raise cli.UserError(f"--official={official} needs --weights and {config_flag}")
-  from bootvae_jax.interop.official import load_official
-
-  return load_official(official, weights, official_config), dict(
-      official=official, weights=os.path.abspath(weights)
-  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,14 +300,8 @@ def main(argv) -> None:
   args = flags.FLAGS
   size = parse_size(args.size)
   start = time.perf_counter()
-  model, source = load_workdir_or_official(
-      workdir=args.workdir,
-      step=args.step,
-      ema=args.ema,
-      official=args.official,
-      weights=args.weights,
-      official_config=args.official_config,
-  )
+  loaded = loading.load_from_flags(args)
+  model, source = loaded.model, loaded.source
   load_seconds = time.perf_counter() - start
   from bootvae_jax.inference import chunked
 

@@ -11,7 +11,8 @@ Two formats:
     constructor kwargs as `config.json`, for the official code (`load_official` reads it back
     bit for bit).
 
-Kernel layouts go through `official.flax_to_torch`, the one transpose.
+Kernel layouts go through `official.flax_to_torch`, the one transpose. `read_exported(OUT)` opens
+either format back in JAX (`bootvae_jax.loading.load` calls it for an exported folder).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -239,3 +241,45 @@ def export(
   )
   _write_atomic(out / "README.md", lambda p: pathlib.Path(p).write_text(card))
   return out
+
+
+def read_exported(folder: str | os.PathLike) -> nnx.Module:
+  """The float32 model of a folder `export` wrote, in either format.
+
+  `bootvae_jax` format: built abstractly from `config.json["model"]` and filled from
+  `model.safetensors` by `torch_key` name, every parameter or a `UserError` listing what is
+  missing; `official` format: `official.load_official` of its kind.
+  """
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  folder = pathlib.Path(folder)
+  config = json.loads((folder / "config.json").read_text())
+  weights = folder / "model.safetensors"
+  if "_bootvae_jax" in config:
+    return official.load_official(config["_bootvae_jax"]["kind"], weights, folder / "config.json")
+  if config.get("format") != EXPORT_FORMAT:
+    raise UserError(f"{folder}/config.json: format={config.get('format')!r}, not an export")
+  model_config = ml_collections.ConfigDict(config["model"])
+  model = nnx.eval_shape(lambda: models.build_model(model_config))
+  tensors = load_file(str(weights))
+  params = nnx.state(model, nnx.Param)
+  missing = []
+  for path, variable in params.flat_state():
+    key = torch_key(path)
+    if key not in tensors:
+      missing.append(key)
+      continue
+    value = official.torch_to_flax(tensors[key])
+    if value.shape != variable.get_value().shape:
+      raise UserError(
+          f"{weights}: {key} has shape {tensors[key].shape}, the model built from its"
+          f" config.json needs {variable.get_value().shape} (in PyTorch layout)"
+      )
+    variable.set_value(jnp.asarray(value, variable.get_value().dtype))
+  if missing or len(tensors) != len(list(params.flat_state())):
+    raise UserError(
+        f"{weights} does not hold the model its config.json builds: {len(missing)} missing"
+        f" tensors, e.g. {missing[:5]}"
+    )
+  nnx.update(model, params)
+  return model

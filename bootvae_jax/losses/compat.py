@@ -14,8 +14,9 @@ initialised at 0): L / exp(s) + s (`log_variance_weighted`), which settles at s 
 makes the term's gradient scale-free. Latent channels must equal the image VAE's.
 
 The `config.compat` subtree (training/config.py) switches them on:
-  image_vae       a diffusers VAE folder or a bootvae_jax image-VAE workdir ('' = off); when
-                  set, evaluation reports the compatibility PSNR even with both weights 0
+  image_vae       a diffusers VAE folder or a bootvae_jax image-VAE workdir, opened by
+                  `loading.load_image_vae` ('' = off); when set, evaluation reports the
+                  compatibility PSNR even with both weights 0
   decoder_weight  weight of the decoder-side term
   encoder_weight  weight of the encoder-side term
   mapping         slice | mean | random: which frame a latent frame stands for

@@ -17,7 +17,8 @@ encoder and decoder map one-to-one onto ours (DESIGN.md "CV-VAE"):
 So the parameter tree is exactly a video model's (`encoder/down/0/block/0/conv1/kernel` ...),
 with `kt = 1` kernels: `models.init.inflate` turns it into a 3D model's parameters, the CV-VAE
 regulariser (`losses/compat.py`) runs it on every frame of a video, and the trainer trains it
-on video frames like any other config (`configs/image_vae*.py`).
+on video frames like any other config (`configs/image_vae*.py`). `loading.load_image_vae` opens
+one from a diffusers folder or from such a training workdir.
 
 Diffusion models see the latent as `(z - shift_factor) * scaling_factor` (diffusers
 convention); `to_diffusion_latent` / `from_diffusion_latent` apply a model config's factors.
@@ -25,7 +26,6 @@ convention); `to_diffusion_latent` / `from_diffusion_latent` apply a model confi
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import jax
@@ -156,43 +156,3 @@ def to_diffusion_latent(z: jax.Array, model_config: ml_collections.ConfigDict) -
 def from_diffusion_latent(z: jax.Array, model_config: ml_collections.ConfigDict) -> jax.Array:
   """The inverse of `to_diffusion_latent`: what `decode` takes."""
   return z / model_config.scaling_factor + model_config.get("shift_factor", 0.0)
-
-
-def is_diffusers_folder(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and any(
-      os.path.isfile(os.path.join(path, f"diffusion_pytorch_model.{ext}"))
-      for ext in ("safetensors", "bin")
-  )
-
-
-def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> ImageVAE:
-  """A float32 `ImageVAE` from a diffusers-format folder (`config.json` +
-  `diffusion_pytorch_model.safetensors`) or from a bootvae_jax workdir that trained an
-  image-VAE config (e.g. `configs/image_vae_tiny.py`); `ema` picks the workdir's EMA weights."""
-  if is_diffusers_folder(path):
-    from bootvae_jax.interop import diffusers_vae  # pylint: disable=g-import-not-at-top
-
-    return diffusers_vae.load_diffusers_vae(path, conv_impl=conv_impl)
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  if not checkpoints.checkpoint_steps(path):
-    raise FileNotFoundError(
-        f"{path} is neither a diffusers VAE folder (config.json + diffusion_pytorch_model"
-        ".safetensors) nor a bootvae_jax workdir (checkpoints/); train one with"
-        " configs/image_vae_tiny.py or point at a downloaded SD VAE"
-    )
-  # The workdir's latest checkpoint, with the config stored in it (as bootvae_jax.load_model
-  # reads it), viewed as an ImageVAE.
-  step = checkpoints.resolve_step(path)
-  model_config = checkpoints.read_config(path, step).model
-  model_config.conv_impl = conv_impl
-  model = nnx.eval_shape(lambda: ImageVAE(model_config, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  filled_state, filled = checkpoints.transfer_params(
-      params, checkpoints.load_params(path, step, ema=ema), require_all=True
-  )
-  if len(filled) != len(list(params.flat_state())):
-    raise UserError(f"{path}: the checkpoint lacks some of the image VAE's parameters")
-  nnx.update(model, filled_state)
-  return model

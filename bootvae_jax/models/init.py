@@ -124,7 +124,7 @@ def inflate(
 
   Args:
     image_params: the image VAE (`ImageVAE` / a per-frame `VideoAutoencoder`), its parameter
-      `nnx.State`, or a mapping '/'-joined path → array (as `checkpoints.load_params` gives).
+      `nnx.State`, or a mapping '/'-joined path → array (as `loading.load_params` gives).
     video_model_config: a base video model config (no ProMAG growth levels: inflate the base,
       then grow it, as `config.init_checkpoint.inflate` does) whose layout matches the image
       VAE: the same levels, widths, res blocks per level, mid block and latent channels.

@@ -46,7 +46,8 @@ Parameter layout (every stage's checkpoint maps onto the next stage with one reg
 
 `STAGE_MAPPING` rewrites `encoder/lower/X` to the previous stage's `encoder/X` (likewise for
 the decoder), `STAGE_EXCLUDE` names the previous stage's head parameters that are dropped on
-purpose, and `LOWER_LEVEL` (for `config.freeze`) selects the whole previous stage.
+purpose, and `LOWER_LEVEL` (for `config.freeze`) selects the whole previous stage; the stage
+configs that use them are `training/stages.py`'s (`next_stage`, `direct_baseline`).
 """
 
 from __future__ import annotations
@@ -351,57 +352,3 @@ class GrownAutoencoder(autoencoder.VideoAutoencoder):
     if starts_from_lower(config):
       return super().make_latent_convs(config, rngs=rngs)
     return None, None
-
-
-# ----------------------------------------------------------------------------------------------
-# Stage configs (used by configs/promag_*.py and configs/direct_*.py).
-
-
-def next_stage(
-    config: ml_collections.ConfigDict,
-    *,
-    previous_workdir: str,
-    finetune_learning_rate_multiplier: float = 0.0,
-) -> ml_collections.ConfigDict:
-  """Turns the training config of one stage into the next stage's, in place.
-
-  One more 2x temporal growth level; the previous stage's parameters are restored from
-  `previous_workdir` (its latest checkpoint) through `STAGE_MAPPING`, minus its head
-  (`STAGE_EXCLUDE`), and frozen — or fine-tuned at `finetune_learning_rate_multiplier` times
-  the learning rate when that is > 0.
-  """
-  config.model.growth.levels += 1
-  config.freeze = (LOWER_LEVEL,)
-  config.optimizer.finetune_learning_rate_multiplier = finetune_learning_rate_multiplier
-  config.init_checkpoint.path = previous_workdir
-  config.init_checkpoint.step = -1
-  if "inflate" in config.init_checkpoint:  # the previous stage may have been inflated
-    config.init_checkpoint.inflate = ""
-  return use_stage_restore_rules(config)
-
-
-def use_stage_restore_rules(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Sets `config.init_checkpoint.mapping` / `exclude` for `config.model.growth.init`, in place:
-  the lower level from the previous stage's body, and with 'from_lower' its head too. Call it
-  again after changing `growth.init` on a config `next_stage` made (`training.config.validate`
-  refuses a mismatch)."""
-  if starts_from_lower(config.model):
-    config.init_checkpoint.mapping = STAGE_MAPPING + HEAD_MAPPING
-    config.init_checkpoint.exclude = ()
-  else:
-    config.init_checkpoint.mapping = STAGE_MAPPING
-    config.init_checkpoint.exclude = STAGE_EXCLUDE
-  return config
-
-
-def direct_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A grown stage config turned into its direct baseline, in place: the same depth (the
-  same growth levels) with plain stacking (`mixing='none'`), everything trained from scratch
-  (what the ProMAG paper calls MagViTv2-8x / -16x)."""
-  config.model.growth.update(mixing="none", init="fresh")
-  config.freeze = ()
-  config.optimizer.finetune_learning_rate_multiplier = 0.0
-  config.init_checkpoint.path = ""
-  config.init_checkpoint.mapping = ()
-  config.init_checkpoint.exclude = ()
-  return config

@@ -9,33 +9,26 @@ complete, so a killed run never leaves a half-written checkpoint behind; a step 
 (a truncated file, a deleted `_METADATA`, a missing commit marker) is detected on resume and
 set aside (`Checkpoints.restore_latest`).
 
-One function per job:
-  * `checkpoint_steps(workdir)`: the complete steps of a run (`resolve_step` picks one);
+This module writes and resumes; the layout's read side is `bootvae_jax/loading.py`
+(`checkpoint_steps`, `resolve_step`, `read_config`, `load_params`, `transfer_params` and
+`load_model`, which is `bootvae_jax.load_model`), imported from there. One function per job:
+  * `Checkpoints.save(...)` / `Checkpoints.restore_latest(...)`: the newest intact checkpoint,
+    older ones as fallback;
   * `checkpoint_problem(workdir, step)`: why a step's files are incomplete, or None;
-  * `Checkpoints.restore_latest(...)`: the newest intact checkpoint, older ones as fallback;
-  * `read_config(workdir, step)`: the config a checkpoint was trained with;
-  * `load_model(workdir, step=None, ema=False)` → (model, config): the trained model, built
-    abstractly from that config and filled from the checkpoint (`bootvae_jax.load_model`);
   * `check_resume(workdir, step, config, state)`: refuses to resume with a config whose
     parameters do not fit the checkpoint;
-  * `load_params` / `transfer_params`: another run's parameters by path, without knowing its
-    model (ProMAG stages carry the lower level into a bigger model with them).
+  * `copy_latest(source, workdir)`: continue a finished run under another name.
 Workdirs may be local paths or URLs such as gs:// (etils.epath, as orbax uses).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging as py_logging
 import os
 import re
-import sys
-import threading
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -44,29 +37,14 @@ from etils import epath
 from flax import nnx
 
 from bootvae_jax.cli import UserError
-from bootvae_jax.training.train_state import path_matches
-from bootvae_jax.training.train_state import path_string
-
-
-def _absolute(path: str | os.PathLike) -> str:
-  """Local paths made absolute (orbax needs that); URLs (gs://...) as they are."""
-  path = os.fspath(path)
-  return path if "://" in path else os.path.abspath(path)
-
-
-def checkpoint_dir(workdir: str | os.PathLike) -> str:
-  return str(epath.Path(_absolute(workdir)) / "checkpoints")
-
-
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-  """The complete checkpoint steps of a training workdir, ascending ([] if none).
-
-  Orbax's own rule decides what is complete (an interrupted save is not listed).
-  """
-  directory = checkpoint_dir(workdir)
-  if not epath.Path(directory).is_dir():
-    return []
-  return sorted(ocp.utils.checkpoint_steps(directory))
+from bootvae_jax.loading import checkpoint_dir
+from bootvae_jax.loading import checkpoint_steps
+from bootvae_jax.loading import path_string
+from bootvae_jax.loading import quiet_checkpoint_reading
+from bootvae_jax.loading import quiet_libraries
+from bootvae_jax.loading import read_config
+from bootvae_jax.loading import resolve_step
+from bootvae_jax.loading import step_dir
 
 
 def copy_latest(source_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
@@ -82,9 +60,9 @@ def copy_latest(source_workdir: str | os.PathLike, workdir: str | os.PathLike) -
     raise FileExistsError(f"{workdir} already has checkpoints; not copying {source_workdir}'s")
   staging = epath.Path(workdir) / f"copying_{step}"
   staging.rmtree(missing_ok=True)  # a copy interrupted before
-  _copy_tree(epath.Path(_step_dir(source_workdir, step)), staging)
+  _copy_tree(epath.Path(step_dir(source_workdir, step)), staging)
   epath.Path(checkpoint_dir(workdir)).mkdir(parents=True, exist_ok=True)
-  staging.rename(_step_dir(workdir, step))
+  staging.rename(step_dir(workdir, step))
   return step
 
 
@@ -95,27 +73,6 @@ def _copy_tree(source: epath.Path, target: epath.Path) -> None:
       _copy_tree(entry, target / entry.name)
     else:
       entry.copy(target / entry.name)
-
-
-def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
-  """`step` if the workdir has it; None (or a negative step) means the latest one."""
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(
-        f"no checkpoint under {checkpoint_dir(workdir)}; is {workdir} a"
-        " training workdir that reached its first checkpoint_every?"
-    )
-  if step is None or step < 0:
-    return steps[-1]
-  if step not in steps:
-    raise FileNotFoundError(
-        f"no checkpoint of step {step} under {checkpoint_dir(workdir)};" f" available: {steps}"
-    )
-  return step
-
-
-def _step_dir(workdir: str | os.PathLike, step: int) -> str:
-  return str(epath.Path(checkpoint_dir(workdir)) / str(step))
 
 
 # Files every complete step directory has (orbax writes the commit marker last).
@@ -129,30 +86,15 @@ _REQUIRED_FILES = (
 def checkpoint_problem(workdir: str | os.PathLike, step: int) -> str | None:
   """Why the checkpoint of `step` is incomplete (a file every complete one has is missing),
   or None. Damage inside a data file only shows when it is read (`restore_latest`)."""
-  step_dir = epath.Path(_step_dir(workdir, step))
+  directory = epath.Path(step_dir(workdir, step))
   for name, problem in _REQUIRED_FILES:
-    if not (step_dir / name).exists():
+    if not (directory / name).exists():
       return problem
   return None
 
 
 class DamagedCheckpointsError(UserError):
   """Checkpoints exist but none of them restores (command lines: one line, exit 2)."""
-
-
-@contextlib.contextmanager
-def _quiet_libraries():
-  """Silences orbax / tensorstore / asyncio logging while a possibly damaged checkpoint is
-  read: its failure is reported in one line by the caller, not as pages of tracebacks."""
-  loggers = [py_logging.getLogger(name) for name in ("absl", "orbax", "asyncio", "jax")]
-  levels = [logger.level for logger in loggers]
-  for logger in loggers:
-    logger.setLevel(py_logging.CRITICAL + 1)
-  try:
-    yield
-  finally:
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(level)
 
 
 def _one_line(error: BaseException) -> str:
@@ -166,36 +108,6 @@ def _one_line(error: BaseException) -> str:
   lines = str(error).strip().splitlines()
   text = lines[0] if lines else type(error).__name__
   return text if len(text) <= 400 else text[:400] + "..."
-
-
-class _AbandonedReadErrors:
-  """Drops what an abandoned checkpoint read keeps raising after the failure was reported.
-
-  When one array of a step fails to read, orbax gives up and closes its event loop while
-  tensorstore still completes the other reads on its own threads; their callbacks then raise
-  `RuntimeError: Event loop is closed` (or the read error again), printed as hundreds of
-  tracebacks. Once a read failed, these are dropped; any other error still reaches the
-  previous hooks.
-  """
-
-  paths: set[str] = set()
-
-  @classmethod
-  def install(cls, step_dir: str) -> None:
-    if not cls.paths:
-      previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-      previous_thread = threading.excepthook
-      sys.unraisablehook = lambda u: None if cls.is_noise(u.exc_value) else previous_unraisable(u)
-      sys.excepthook = lambda t, v, tb: None if cls.is_noise(v) else previous_except(t, v, tb)
-      threading.excepthook = lambda a: None if cls.is_noise(a.exc_value) else previous_thread(a)
-    cls.paths.add(str(step_dir))
-
-  @classmethod
-  def is_noise(cls, error) -> bool:
-    text = str(error)
-    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
-        path in text for path in cls.paths
-    )
 
 
 def _any_process(flag: bool) -> bool:
@@ -257,7 +169,7 @@ class Checkpoints:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
     )
     items = dict(state=ocp.args.StandardRestore(target))
-    data_dir = epath.Path(_step_dir(self.workdir, step)) / "data"
+    data_dir = epath.Path(step_dir(self.workdir, step)) / "data"
     # Checkpoints of earlier versions hold grain's per-process iterator state instead.
     legacy_data = any(data_dir.glob("process_*.json")) if data_dir.exists() else False
     if batches is not None and data_dir.exists() and not legacy_data:
@@ -303,30 +215,33 @@ class Checkpoints:
       DamagedCheckpointsError: checkpoints exist but none of them can be read.
     """
     damaged = []
-    for step in reversed(checkpoint_steps(self.workdir)):
-      problem = checkpoint_problem(self.workdir, step)
-      state = None
-      if problem is None:
-        if check is not None:
-          check(step)
-        try:
-          with _quiet_libraries():
-            state = self.restore(step, abstract_state, shardings, batches=batches)
-        except Exception as error:  # pylint: disable=broad-except
-          # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
-          _AbandonedReadErrors.install(_step_dir(self.workdir, step))
-          problem = _one_line(error)
-      if _any_process(problem is not None):
-        problem = problem or "it failed to read on another process"
-        logging.warning(
-            "checkpoint %s is damaged (%s); trying the one before it",
-            _step_dir(self.workdir, step),
-            problem,
-        )
-        damaged.append((step, problem))
-        continue
-      self._set_aside([s for s, _ in damaged])
-      return step, state
+    # An abandoned read keeps raising on tensorstore's threads for a while: the hooks that
+    # drop that noise stay until every step was tried, then are put back.
+    with quiet_checkpoint_reading() as abandoned:
+      for step in reversed(checkpoint_steps(self.workdir)):
+        problem = checkpoint_problem(self.workdir, step)
+        state = None
+        if problem is None:
+          if check is not None:
+            check(step)
+          try:
+            with quiet_libraries():
+              state = self.restore(step, abstract_state, shardings, batches=batches)
+          except Exception as error:  # pylint: disable=broad-except
+            # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
+            abandoned.add(step_dir(self.workdir, step))
+            problem = _one_line(error)
+        if _any_process(problem is not None):
+          problem = problem or "it failed to read on another process"
+          logging.warning(
+              "checkpoint %s is damaged (%s); trying the one before it",
+              step_dir(self.workdir, step),
+              problem,
+          )
+          damaged.append((step, problem))
+          continue
+        self._set_aside([s for s, _ in damaged])
+        return step, state
     if damaged:
       raise DamagedCheckpointsError(
           f"no intact checkpoint in {self.directory}: "
@@ -341,7 +256,7 @@ class Checkpoints:
       return
     if jax.process_index() == 0:
       for step in steps:
-        source = epath.Path(_step_dir(self.workdir, step))
+        source = epath.Path(step_dir(self.workdir, step))
         target, n = source.parent / f"{step}.damaged", 1
         while target.exists():
           target, n = source.parent / f"{step}.damaged{n}", n + 1
@@ -358,69 +273,6 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# The run's config and its trained model.
-
-
-def read_config(workdir: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
-  """The full training config the checkpoint at `step` (None: latest) was saved with.
-
-  Checkpoints written before configs were stored in them fall back to the run's
-  `config.json` (which the trainer used to write), with a warning.
-  """
-  step = resolve_step(workdir, step)
-  meta_dir = epath.Path(_step_dir(workdir, step)) / "meta"
-  meta = {}
-  if meta_dir.is_dir():
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
-  if "config" in meta:
-    return ml_collections.ConfigDict(meta["config"])
-  legacy = epath.Path(_absolute(workdir)) / "config.json"
-  if legacy.is_file():
-    logging.warning(
-        "checkpoint %d of %s stores no config; using the legacy %s", step, workdir, legacy
-    )
-    return ml_collections.ConfigDict(json.loads(legacy.read_text()))
-  raise FileNotFoundError(
-      f"the checkpoint of step {step} in {workdir} stores no config (it was"
-      " saved without Checkpoints.save(config=...)) and there is no"
-      " config.json beside it"
-  )
-
-
-def load_model(
-    workdir: str | os.PathLike, step: int | None = None, ema: bool = False
-) -> tuple[Any, ml_collections.ConfigDict]:
-  """The trained model of a training run, and the config it was trained with.
-
-  The model is built abstractly from the checkpoint's config (`nnx.eval_shape`: no random
-  initialisation) and every parameter is filled from the checkpoint, or this raises.
-
-  Args:
-    workdir: the training workdir (local path or URL).
-    step: checkpoint step; None for the latest.
-    ema: the EMA of the trained parameters instead of the raw ones (frozen parameters are
-      the same either way).
-
-  Returns:
-    (a `VideoAutoencoder` / `GrownAutoencoder`, the full training config).
-  """
-  from bootvae_jax import models  # pylint: disable=g-import-not-at-top
-
-  step = resolve_step(workdir, step)
-  config = read_config(workdir, step)
-  model = nnx.eval_shape(lambda: models.build_model(config.model))
-  params, filled = transfer_params(nnx.state(model, nnx.Param), load_params(workdir, step, ema=ema))
-  missing = sorted({path_string(p) for p, _ in params.flat_state()} - set(filled))
-  if missing:
-    raise ValueError(
-        f"the checkpoint of step {step} in {workdir} lacks {len(missing)}"
-        f" parameters of the model its config builds, e.g. {missing[:5]}"
-    )
-  nnx.update(model, params)
-  return model, config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,10 +325,10 @@ def check_resume(
   (steps, learning rates, data, logging) may change on resume. The error names the first
   mismatched parameter and the config fields that differ from the checkpoint's.
   """
-  with _quiet_libraries():  # orbax warns that the item has no _CHECKPOINT_METADATA of its own
+  with quiet_libraries():  # orbax warns that the item has no _CHECKPOINT_METADATA of its own
     tree = (
         ocp.PyTreeCheckpointer()
-        .metadata(epath.Path(_step_dir(workdir, step)) / "state")
+        .metadata(epath.Path(step_dir(workdir, step)) / "state")
         .item_metadata.tree
     )
   stored = {
@@ -516,110 +368,3 @@ def check_resume(
       f" {problems[0]} ({len(problems)} parameter differences){hint}. Resume with the"
       " checkpoint's model, freeze and GAN settings, or use a new --workdir."
   )
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameters of another run (stage transfer).
-
-
-def _flatten(tree: Any, prefix: tuple = ()) -> dict[str, np.ndarray]:
-  out = {}
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      out.update(_flatten(v, prefix + (k,)))
-  elif tree is not None:
-    out[path_string(prefix)] = np.asarray(tree)
-  return out
-
-
-def load_params(
-    path: str | os.PathLike, step: int | None = None, *, ema: bool = False
-) -> dict[str, np.ndarray]:
-  """All autoencoder parameters (trained and frozen) of a run, keyed by '/'-joined path.
-
-  Args:
-    path: a workdir, or one checkpoint step directory (`<workdir>/checkpoints/<step>`).
-    step: which step of a workdir (None or -1: the latest).
-    ema: take the EMA of the trained parameters instead of the raw ones.
-  """
-  path = _absolute(path)
-  if (epath.Path(path) / "state").is_dir():
-    state_dir = epath.Path(path) / "state"
-  else:
-    state_dir = epath.Path(_step_dir(path, resolve_step(path, step))) / "state"
-  # Partial restore: only the parameter subtrees, as host numpy arrays (no optimizer state,
-  # and no dependence on the mesh the previous stage ran on).
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(state_dir).item_metadata.tree
-  wanted = {k: tree[k] for k in ("ema_params" if ema else "params", "frozen")}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
-  )
-  params = _flatten(restored["ema_params" if ema else "params"])
-  params.update(_flatten(restored["frozen"]))
-  # nnx Variables are saved as {'value': array} nodes in some orbax versions.
-  return {re.sub(r"/value$", "", k): v for k, v in params.items()}
-
-
-def mapped_source_path(target_path: str, mapping=()) -> str:
-  """The source path of `target_path` under (regex, template) `mapping`: the template of the
-  first regex matching the whole path (`train_state.path_matches`'s rule)."""
-  for pattern, template in mapping:
-    if (match := re.fullmatch(pattern, target_path)) is not None:
-      return match.expand(template)
-  return target_path
-
-
-def transfer_params(
-    target: nnx.State,
-    source: Mapping[str, np.ndarray],
-    mapping=(),
-    *,
-    require_all: bool = True,
-    mapped_only: bool = False,
-) -> tuple[nnx.State, list[str]]:
-  """Copies `source` arrays into the matching parameters of `target`.
-
-  Args:
-    target: an nnx parameter state (e.g. `TrainState.frozen` of the grown model).
-    source: '/'-joined path → array, from `load_params`.
-    mapping: (regex, template) pairs rewriting a target path into its source path; the first
-      matching pair is used; unmatched paths keep their own name.
-    require_all: every source parameter must land somewhere.
-    mapped_only: fill only target paths that a `mapping` regex matches (a stage's mapping
-      lists everything it imports; the other parameters are new).
-
-  Returns:
-    (the filled state, the target paths that were filled). A shape mismatch raises a
-    ValueError naming the first mismatched parameter.
-  """
-  used, filled = set(), []
-
-  def fill(path, variable):
-    target_path = path_string(path)
-    if mapped_only and not path_matches([p for p, _ in mapping], target_path):
-      return variable
-    source_path = mapped_source_path(target_path, mapping)
-    if source_path not in source:
-      return variable
-    value = source[source_path]
-    if value.shape != variable.shape:
-      raise ValueError(
-          f"checkpoint architecture does not match: parameter {target_path} (from"
-          f" {source_path}) has shape {value.shape} in the checkpoint but {variable.shape} in"
-          " the model"
-      )
-    used.add(source_path)
-    filled.append(target_path)
-    return variable.replace(jnp.asarray(value, variable.dtype))
-
-  out = nnx.map_state(fill, target)
-  unused = sorted(set(source) - used)
-  if require_all and unused:
-    raise ValueError(
-        f"{len(unused)} checkpoint parameters have no place in the model, e.g."
-        f" {unused[:5]}; check config.init_checkpoint.mapping"
-    )
-  return out, filled

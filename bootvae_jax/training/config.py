@@ -84,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
       )
   )
   # Regexes over '/'-joined parameter paths, each matching a whole path (e.g.
-  # "encoder/down/0/.*"; the rule of `train_state.path_matches`, shared with
+  # "encoder/down/0/.*"; the rule of `loading.path_matches`, shared with
   # init_checkpoint.mapping and exclude): no gradients, no optimizer state. ProMAG stages put
   # the lower level here.
   config.freeze = ()
@@ -127,7 +127,7 @@ def _validate_growth_restore(config: ml_collections.ConfigDict) -> None:
         "model.growth.init='from_lower' starts the new level from the lower level's head, but"
         " config.init_checkpoint does not restore it (needs a path and progressive.HEAD_MAPPING"
         " in its mapping): pass it to the stage config (--config=configs/promag_8x.py:from_lower)"
-        " or call progressive.use_stage_restore_rules(config) after setting growth.init"
+        " or call stages.use_stage_restore_rules(config) after setting growth.init"
     )
 
 

@@ -20,24 +20,13 @@ from flax import nnx
 from flax import struct
 
 from bootvae_jax import models
+
+# The parameter-path rules are the loader's (checkpoint transfer matches paths the same way).
+from bootvae_jax.loading import path_matches
+from bootvae_jax.loading import path_string
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import discriminator as discriminator_lib
 from bootvae_jax.core import sharding
-
-
-def path_string(path: tuple) -> str:
-  """'/'-joined parameter path, the form `config.freeze` regexes are matched against."""
-  return "/".join(str(p) for p in path)
-
-
-def path_matches(patterns, path: str) -> bool:
-  """Whether a regex of `patterns` matches the whole '/'-joined `path` (re.fullmatch).
-
-  The one matching rule of `config.freeze`, `config.init_checkpoint.mapping` and
-  `config.init_checkpoint.exclude`: "encoder/down/0/.*" selects everything under
-  encoder/down/0; "encoder/down/0" alone selects nothing (no parameter has that path).
-  """
-  return any(re.fullmatch(p, path) for p in patterns)
 
 
 def path_filter(patterns) -> Callable[[tuple, Any], bool]:

@@ -32,7 +32,7 @@ from etils import epath
 
 from bootvae_jax import data as data_lib
 from bootvae_jax.cli import UserError
-from bootvae_jax.evaluation import visualize
+from bootvae_jax.core import visualize
 from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
 from bootvae_jax.training import checkpoints as checkpoints_lib
@@ -110,11 +110,9 @@ def load_compat_image_vae(config: ml_collections.ConfigDict):
   inherits its latent scaling (`model.scaling_factor`, `model.shift_factor`): a compatible
   latent is meant to be scaled for diffusion exactly like the image latent."""
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
+  from bootvae_jax import loading  # pylint: disable=g-import-not-at-top
 
-  image_vae = image_vae_lib.load_image_vae(
-      config.compat.image_vae, conv_impl=config.model.conv_impl
-  )
+  image_vae = loading.load_image_vae(config.compat.image_vae)
   _, spatial = models.compression_factors(config.model)
   compat.check_image_vae(image_vae, config.model, spatial)
   for name in ("scaling_factor", "shift_factor"):

@@ -202,12 +202,13 @@ def _from_lower_configs(mixing: str, use_quant_conv: bool):
 
 def _grow_from(previous, config):
   """`config`'s model with `previous`'s parameters restored by the stage restore rules."""
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from bootvae_jax import loading  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import config as training_config  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import stages  # pylint: disable=g-import-not-at-top
 
   stage = training_config.default_config()
   stage.model = config
-  progressive.use_stage_restore_rules(stage)
+  stages.use_stage_restore_rules(stage)
   excluded = stage.init_checkpoint.exclude
   source = {
       "/".join(map(str, p)): np.asarray(v[...])
@@ -215,7 +216,7 @@ def _grow_from(previous, config):
       if not any(re.fullmatch(e, "/".join(map(str, p))) for e in excluded)
   }
   model = models.build_model(config, rngs=nnx.Rngs(1))
-  filled, _ = checkpoints.transfer_params(
+  filled, _ = loading.transfer_params(
       nnx.state(model, nnx.Param), source, stage.init_checkpoint.mapping, mapped_only=True
   )
   nnx.update(model, filled)
@@ -270,6 +271,7 @@ def test_from_lower_starts_with_the_lower_head_and_frame_copying_resamplers(mixi
 def test_from_lower_needs_its_restore_rules():
   from bootvae_jax.configs import promag_16x  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import config as training_config  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.training import stages  # pylint: disable=g-import-not-at-top
 
   config = promag_16x.get_config("from_lower")  # --config=configs/promag_16x.py:from_lower
   assert config.model.growth.init == "from_lower" and config.model.use_quant_conv
@@ -279,6 +281,6 @@ def test_from_lower_needs_its_restore_rules():
   config.init_checkpoint.mapping = progressive.STAGE_MAPPING  # as if growth.init changed later
   with pytest.raises(ValueError, match=r"configs/promag_8x.py:from_lower"):
     training_config._validate_growth_restore(config)  # pylint: disable=protected-access
-  progressive.use_stage_restore_rules(config)
+  stages.use_stage_restore_rules(config)
   training_config._validate_growth_restore(config)  # pylint: disable=protected-access
-  assert progressive.direct_baseline(config).model.growth.init == "fresh"
+  assert stages.direct_baseline(config).model.growth.init == "fresh"

@@ -3,6 +3,8 @@ test_operating.py, through the CLI)."""
 
 import json
 import os
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -11,6 +13,7 @@ from flax import nnx
 
 import bootvae_jax
 from bootvae_jax import data as data_lib
+from bootvae_jax import loading
 from bootvae_jax import models
 from bootvae_jax.training import checkpoints as checkpoints_lib
 from bootvae_jax.core import sharding
@@ -101,7 +104,7 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   assert not os.path.exists(os.path.join(workdir, "config.json"))
   assert checkpoints_lib.checkpoint_steps(workdir) == [1, 2]
 
-  assert bootvae_jax.load_model is checkpoints_lib.load_model
+  assert bootvae_jax.load_model is loading.load_model
   model, saved = bootvae_jax.load_model(workdir)
   assert saved.to_dict() == json.loads(config.to_json_best_effort())
   assert (model.temporal_factor, model.spatial_factor) == (4, 8)
@@ -190,3 +193,58 @@ def test_unwritable_workdir_is_refused(config, tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match="not a directory"):
     trainer.train_and_evaluate(config, str(blocker / "run"))
+
+
+def _hooks():
+  return sys.excepthook, threading.excepthook, sys.unraisablehook
+
+
+@pytest.mark.parametrize("body_raises", [False, True])
+def test_quiet_checkpoint_reading_puts_every_hook_back(body_raises):
+  """Inside: what an abandoned read raises (its step directory in the message, or a closed
+  event loop) is dropped, anything else reaches the previous hooks; after: the very hooks of
+  before, also when the body raised."""
+  seen = []
+  before = _hooks()
+  sys.unraisablehook = lambda u: seen.append(("unraisable", str(u.exc_value)))
+  threading.excepthook = lambda a: seen.append(("thread", str(a.exc_value)))
+  sys.excepthook = lambda t, v, tb: seen.append(("except", str(v)))
+  ours = _hooks()
+  try:
+    with pytest.raises(KeyError) if body_raises else _no_error():
+      with loading.quiet_checkpoint_reading() as abandoned:
+        assert _hooks() != ours
+        sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+        abandoned.add("/runs/a/checkpoints/2")
+        sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+        thread = threading.Thread(target=_raise, args=("reading /runs/a/checkpoints/2/state",))
+        thread.start()
+        thread.join()
+        thread = threading.Thread(target=_raise, args=("a real bug",))
+        thread.start()
+        thread.join()
+        sys.excepthook(ValueError, ValueError("another error"), None)
+        if body_raises:
+          raise KeyError("the body failed")
+    assert _hooks() == ours
+  finally:
+    sys.excepthook, threading.excepthook, sys.unraisablehook = before
+  assert seen == [
+      ("except", "Event loop is closed"),  # before a read failed, not noise
+      ("thread", "a real bug"),
+      ("except", "another error"),
+  ]
+  assert _hooks() == before
+
+
+def _raise(message):
+  raise OSError(message)
+
+
+class _no_error:  # pylint: disable=invalid-name
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False

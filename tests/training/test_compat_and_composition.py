@@ -14,7 +14,7 @@ from bootvae_jax import models
 from bootvae_jax.models import architectures
 from bootvae_jax.models import image_vae
 from bootvae_jax.models import init as init_lib
-from bootvae_jax.training import checkpoints
+from bootvae_jax import loading
 from bootvae_jax.core import sharding
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
@@ -82,11 +82,11 @@ def image_workdir(tmp_path_factory):
 
 
 def test_image_vae_workdir_loads_as_image_vae(image_workdir):
-  model = image_vae.load_image_vae(image_workdir)
+  model = loading.load_image_vae(image_workdir)
   assert isinstance(model, image_vae.ImageVAE)
   assert model.config.scaling_factor == SCALING_FACTOR
   assert model.latent_channels == image_vae_tiny.LATENT_CHANNELS
-  trained = checkpoints.load_params(image_workdir)
+  trained = loading.load_params(image_workdir)
   np.testing.assert_array_equal(
       model.encoder.conv_in.kernel[...], trained["encoder/conv_in/kernel"]
   )
@@ -123,7 +123,7 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   setup, state = train_state_lib.create_train_state(config, mesh)
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
   expected = init_lib.flat_params(
-      models.inflate(image_vae.load_image_vae(image_workdir), config.model, "tail")
+      models.inflate(loading.load_image_vae(image_workdir), config.model, "tail")
   )
   got = {train_state_lib.path_string(p): np.asarray(v) for p, v in state.params.flat_state()}
   assert sorted(got) == sorted(expected)
@@ -139,7 +139,7 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   assert train[0]["compat_logvar"] == 0.0 and train[-1]["compat_logvar"] < 0.0
   # The image VAE's scaling factor is the model's, in the run's config (stored in the
   # checkpoint) and in the checkpoint metadata.
-  assert checkpoints.read_config(base_dir).model.scaling_factor == SCALING_FACTOR
+  assert loading.read_config(base_dir).model.scaling_factor == SCALING_FACTOR
   assert _meta(base_dir, 3)["scaling_factor"] == SCALING_FACTOR
 
   grown = _config("compose_8x", 2)
@@ -155,7 +155,7 @@ def test_composition_runs_through_the_spine(image_workdir, tmp_path):
   assert all(r["compat_decoder"] > 0 for r in rows if "loss" in r)
   assert "eval/compat_psnr" in rows[-1]
   # The trained, frozen base is the lower level of the 8x model, unchanged.
-  base = checkpoints.load_params(base_dir)
+  base = loading.load_params(base_dir)
   lower = {train_state_lib.path_string(p): np.asarray(v) for p, v in state.frozen.flat_state()}
   key = "encoder/lower/down/2/block/0/conv1/kernel"
   np.testing.assert_array_equal(lower[key], base["encoder/down/2/block/0/conv1/kernel"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bootvae_jax.models import progressive
-from bootvae_jax.training import checkpoints
+from bootvae_jax import loading
 from bootvae_jax.core import sharding
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
@@ -105,7 +105,7 @@ def test_stage_transfer_restores_exactly_the_previous_stage(stage1_workdir):
   config, setup, fresh = _stage2(stage1_workdir, mesh_shape=dict(data=2, fsdp=2))
   state = stages.init_from_checkpoint(fresh, setup, config.init_checkpoint)
   assert any("fsdp" in leaf.sharding.spec for leaf in jax.tree.leaves(state.frozen))
-  source = checkpoints.load_params(stage1_workdir)
+  source = loading.load_params(stage1_workdir)
   frozen, params, fresh_params = _flat(state.frozen), _flat(state.params), _flat(fresh.params)
   assert frozen and all(re.match(progressive.LOWER_LEVEL, p) for p in frozen)
   assert not any(re.match(progressive.LOWER_LEVEL, p) for p in params)
@@ -139,7 +139,7 @@ def test_finetuned_lower_level_trains_at_the_smaller_rate(stage1_workdir):
   config, setup, state = _stage2(stage1_workdir, finetune_learning_rate_multiplier=0.1)
   assert not _flat(state.frozen)  # the lower level is now trained, not frozen
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
-  source = checkpoints.load_params(stage1_workdir)
+  source = loading.load_params(stage1_workdir)
   np.testing.assert_array_equal(
       _flat(state.params)["encoder/lower/conv_in/kernel"], source["encoder/conv_in/kernel"]
   )
@@ -189,7 +189,7 @@ def test_stage3_restores_stage2_and_keeps_its_new_level_fresh(stage2_workdir):
   config = stage_config("promag_16x", previous_workdir=stage2_workdir)
   setup, state = train_state_lib.create_train_state(config, sharding.make_mesh(config.mesh))
   state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
-  source = checkpoints.load_params(stage2_workdir)
+  source = loading.load_params(stage2_workdir)
   frozen, params = _flat(state.frozen), _flat(state.params)
   trained = source["encoder/adanorm/scale_kernel"]
   assert np.abs(trained).max() > 0  # stage II moved its AdaNorm away from the identity

@@ -9,7 +9,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from bootvae_jax.data.transforms import to_uint8
+from bootvae_jax.core.video_io import to_uint8
 
 
 def frames_grid(

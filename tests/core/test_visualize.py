@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bootvae_jax.evaluation import visualize
+from bootvae_jax.core import visualize
 
 
 def test_frames_grid_puts_truth_above_recon_and_upscales_small_frames():
