@@ -2,9 +2,9 @@
 
     vae = load_diffusers_vae("sd-vae-ft-mse")   # config.json + diffusion_pytorch_model.safetensors
 
-Conversion is one key rule (`diffusers_key_candidates`) plus the kernel-layout transpose of
-`interop/official.py`; every tensor must be consumed and every parameter filled, or one error
-lists what is wrong. Float32 outputs match diffusers' own model to ~1e-6
+Conversion is one key rule (`diffusers_key_candidates`) given to `official.fill_params` (the
+kernel-layout transpose, and one error listing every tensor not consumed and every parameter
+not filled). Float32 outputs match diffusers' own model to ~1e-6
 (tests/interop/test_diffusers.py).
 """
 
@@ -15,7 +15,6 @@ import os
 import pathlib
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -112,42 +111,13 @@ def _weights_file(folder: pathlib.Path) -> pathlib.Path:
 
 def convert_state_dict(model: image_vae_lib.ImageVAE, tensors: Mapping[str, np.ndarray]) -> None:
   """Fills `model` from diffusers-named `tensors` in place; one error lists all problems."""
-  params = nnx.state(model, nnx.Param)
   num_levels = len(model.config.channel_multipliers)
-  missing, mismatched, used = [], [], set()
-  for path, variable in params.flat_state():
-    candidates = diffusers_key_candidates(path, num_levels)
-    key = next((k for k in candidates if k in tensors), None)
-    if key is None:
-      missing.append(" or ".join(candidates))
-      continue
-    used.add(key)
-    value, expected = official.torch_to_flax(tensors[key]), variable.get_value()
-    if value.ndim == 2 and value.size == expected.size:  # attention Linear → 1×1×1 conv kernel
-      value = value.reshape(expected.shape)
-    if value.shape != expected.shape:
-      mismatched.append(
-          f"{key}: diffusers {tuple(tensors[key].shape)} -> {value.shape}, model"
-          f" expects {tuple(expected.shape)}"
-      )
-      continue
-    variable.set_value(jnp.asarray(value, expected.dtype))
-  unexpected = sorted(set(tensors) - used)
-  if missing or unexpected or mismatched:
-    lines = ["the diffusers checkpoint does not match the model built from its config.json:"]
-    for title, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", mismatched),
-    ):
-      if items:
-        lines.append(
-            f"  {title} ({len(items)}): "
-            + ", ".join(items[:20])
-            + (" ..." if len(items) > 20 else "")
-        )
-    raise UserError("\n".join(lines))
-  nnx.update(model, params)
+  official.fill_params(
+      model,
+      tensors,
+      lambda path: diffusers_key_candidates(path, num_levels),
+      source="diffusers",
+  )
 
 
 def load_diffusers_vae(

@@ -4,6 +4,8 @@
 
 Conversion is a key-mapping rule plus one kernel-layout transpose (`torch_to_flax`); every
 official tensor must be consumed and every parameter filled, or one error lists what is wrong.
+`fill_params` does that for every importer (here and `interop/diffusers_vae.py`), each with
+its own key rule.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -211,28 +213,48 @@ def official_key_candidates(path: tuple) -> list[str]:
   return [plain, wrapped]
 
 
-def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray]) -> None:
-  """Fills `model`'s parameters from official `tensors` in place; one error lists all problems."""
+def fill_params(
+    model: nnx.Module,
+    tensors: Mapping[str, np.ndarray],
+    key_rule: Callable[[tuple], Sequence[str]],
+    *,
+    source: str = "official",
+) -> None:
+  """Fills every parameter of `model` in place from PyTorch-layout `tensors`.
+
+  Args:
+    model: the module to fill (abstract or not).
+    tensors: PyTorch state dict as numpy arrays.
+    key_rule: nnx parameter path → the names the tensor may have, in order of preference.
+    source: what made `tensors` ("official", "diffusers"), for the error message.
+
+  Raises:
+    cli.UserError: a parameter without a tensor, a tensor no parameter takes, or a shape that
+      differs, all listed in one message.
+  """
   params = nnx.state(model, nnx.Param)
   missing, mismatched, used = [], [], set()
-  for path, variable in params.flat_state():
-    key = next((k for k in official_key_candidates(path) if k in tensors), None)
+  for path, variable in nnx.to_flat_state(params):
+    candidates = list(key_rule(path))
+    key = next((k for k in candidates if k in tensors), None)
     if key is None:
-      # Name every form the key may take (OD-VAE wraps 3D convs as `<name>.conv.*`).
-      missing.append(" or ".join(official_key_candidates(path)))
+      # Every form the key may take (OD-VAE wraps 3D convs as `<name>.conv.*`).
+      missing.append(" or ".join(candidates))
       continue
     used.add(key)  # found by name: a wrong shape is a mismatch, not also an unexpected key
     value, expected = torch_to_flax(tensors[key]), variable.get_value()
+    if value.ndim == 2 and expected.ndim == 5 and value.size == expected.size:
+      value = value.reshape(expected.shape)  # a Linear (in, out) as a 1×1×1 conv kernel
     if value.shape != expected.shape:
       mismatched.append(
-          f"{key}: official {tuple(tensors[key].shape)} -> {value.shape},"
+          f"{key}: {source} {tuple(tensors[key].shape)} -> {value.shape},"
           f" model expects {tuple(expected.shape)}"
       )
       continue
     variable.set_value(jnp.asarray(value, expected.dtype))
   unexpected = sorted(set(tensors) - used)
   if missing or unexpected or mismatched:
-    lines = ["the checkpoint does not match the model built from its config:"]
+    lines = [f"the {source} checkpoint does not match the model built from its config:"]
     for title, items in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
@@ -246,6 +268,11 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
         )
     raise cli.UserError("\n".join(lines))
   nnx.update(model, params)
+
+
+def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray]) -> None:
+  """Fills `model`'s parameters from official `tensors` in place; one error lists all problems."""
+  fill_params(model, tensors, official_key_candidates, source="official")
 
 
 def _official_conv_rank(kind: str, parent: nnx.Module, name: str, conv: layers.Conv3d) -> int:

@@ -13,10 +13,16 @@ parameter names of the JAX model (`kernel`/`scale` → `weight`), so the exporte
 `model.safetensors` loads with `load_state_dict(strict=True)`. Every formula here mirrors one
 in `bootvae_jax/models/` (layers.py, blocks.py, autoencoder.py, progressive.py); the tests
 check each against JAX to 1e-4.
+
+Every kind a config names (norm, res block, resampler, attention) is one entry of `NORMS`,
+`RES_BLOCKS`, `RESAMPLERS` or `ATTENTIONS`, under the name the JAX registry gives it
+(`models/layers.NORM_KINDS`, `models/blocks.py`); tests/models/test_registry.py fails if one
+has a kind the other lacks.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -81,32 +87,58 @@ class Conv3d(nn.Module):
     return F.conv3d(x, self.weight, self.bias, self.stride, (front, ph, pw))
 
 
+def _frame_groups(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+  """(B, C, T, H, W) → (B, G, C/G, T, H, W): statistics over axes (2, 4, 5) are per frame."""
+  b, c, t, h, w = x.shape
+  return x.reshape(b, num_groups, c // num_groups, t, h, w)
+
+
+def _channel_affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+  shape = (1, weight.shape[0], 1, 1, 1)
+  return y * weight.view(shape) + bias.view(shape)
+
+
+def _groupnorm_frame(x, weight, bias, num_groups: int, eps: float) -> torch.Tensor:
+  g = _frame_groups(x, num_groups)
+  var, mean = torch.var_mean(g, dim=(2, 4, 5), unbiased=False, keepdim=True)
+  return _channel_affine(((g - mean) * torch.rsqrt(var + eps)).reshape(x.shape), weight, bias)
+
+
+def _rmsnorm_frame(x, weight, bias, num_groups: int, eps: float) -> torch.Tensor:
+  """ProMAG's mean-free group RMS per frame."""
+  g = _frame_groups(x, num_groups)
+  y = g * torch.rsqrt(g.square().mean(dim=(2, 4, 5), keepdim=True) + eps)
+  return _channel_affine(y.reshape(x.shape), weight, bias)
+
+
+# Norm kinds (layers.NORM_KINDS): (x, weight, bias, num_groups, eps) → normalised x.
+NORMS = {
+    # Statistics over C/G·T·H·W: the released CV-VAE / OD-VAE 3D blocks.
+    "groupnorm_clip": lambda x, weight, bias, num_groups, eps: F.group_norm(
+        x, num_groups, weight, bias, eps
+    ),
+    "groupnorm_frame": _groupnorm_frame,
+    "rmsnorm_frame": _rmsnorm_frame,
+    # Over the last axis of channels-last tokens (the temporal attention's).
+    "layernorm": lambda x, weight, bias, num_groups, eps: F.layer_norm(
+        x, x.shape[-1:], weight, bias, eps
+    ),
+}
+
+
 class Norm(nn.Module):
-  """layers.Norm: groupnorm_clip (stats over C/G·T·H·W), groupnorm_frame (C/G·H·W per frame),
-  rmsnorm_frame (ProMAG's mean-free group RMS per frame), layernorm (over the last axis)."""
+  """layers.Norm: one of `NORMS` with a per-channel affine."""
 
   def __init__(self, channels: int, kind: str, *, num_groups: int = 32, eps: float = 1e-6):
     super().__init__()
+    if kind not in NORMS:
+      raise ValueError(f"unknown norm {kind!r}; known: {tuple(NORMS)}")
     self.weight = nn.Parameter(torch.ones(channels))
     self.bias = nn.Parameter(torch.zeros(channels))
     self.kind, self.num_groups, self.eps = kind, num_groups, eps
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    if self.kind == "layernorm":  # channels-last input
-      return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-    if self.kind == "groupnorm_clip":
-      return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-    b, c, t, h, w = x.shape
-    g = x.reshape(b, self.num_groups, c // self.num_groups, t, h, w)
-    if self.kind == "rmsnorm_frame":
-      y = g * torch.rsqrt(g.square().mean(dim=(2, 4, 5), keepdim=True) + self.eps)
-    elif self.kind == "groupnorm_frame":
-      var, mean = torch.var_mean(g, dim=(2, 4, 5), unbiased=False, keepdim=True)
-      y = (g - mean) * torch.rsqrt(var + self.eps)
-    else:
-      raise ValueError(f"unknown norm {self.kind!r}")
-    shape = (1, c, 1, 1, 1)
-    return y.reshape(x.shape) * self.weight.view(shape) + self.bias.view(shape)
+    return NORMS[self.kind](x, self.weight, self.bias, self.num_groups, self.eps)
 
 
 def _per_frame(kind: str) -> str:
@@ -193,6 +225,14 @@ def _parse_resample(spec: str) -> tuple[str, int, int] | None:
   return kind, 2 if "t" in axes else 1, 2 if "s" in axes else 1
 
 
+# Res-block kinds (blocks.RES_BLOCKS): (conv1 kernel, conv2 kernel, norms per frame).
+RES_BLOCKS = {
+    "3d": ((3, 3, 3), (3, 3, 3), False),
+    "2d": ((1, 3, 3), (1, 3, 3), True),
+    "half3d": ((3, 3, 3), (1, 3, 3), False),
+}
+
+
 class ResBlock(nn.Module):
   """h = conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); out = shortcut(x) + gate·h (`gated`)."""
 
@@ -200,9 +240,10 @@ class ResBlock(nn.Module):
       self, cin: int, cout: int, kind: str, *, time_padding: str, norm: dict, gated: bool = False
   ):
     super().__init__()
-    k1 = (1, 3, 3) if kind == "2d" else (3, 3, 3)
-    k2 = (3, 3, 3) if kind == "3d" else (1, 3, 3)
-    norm_kind = _per_frame(norm["kind"]) if kind == "2d" else norm["kind"]
+    if kind not in RES_BLOCKS:
+      raise ValueError(f"unknown res block kind {kind!r}; known: {tuple(RES_BLOCKS)}")
+    k1, k2, per_frame_norms = RES_BLOCKS[kind]
+    norm_kind = _per_frame(norm["kind"]) if per_frame_norms else norm["kind"]
     nkw = dict(num_groups=norm["num_groups"], eps=norm["eps"])
     self.norm1 = Norm(cin, norm_kind, **nkw)
     self.conv1 = Conv3d(cin, cout, k1, time_padding=time_padding)
@@ -222,13 +263,16 @@ class ResBlock(nn.Module):
 class ConvDownsample(nn.Module):
   """Strided causal conv (`conv3d` 3×3×3 or `conv2d` 3×3 per frame), bottom/right padded."""
 
-  def __init__(self, channels: int, spec: tuple[str, int, int]):
+  def __init__(
+      self, channels: int, spec: tuple[str, int, int], *, time_padding: str, time_kernel: int
+  ):
     super().__init__()
-    kind, ft, fs = spec
+    del time_padding  # always causal
+    _, ft, fs = spec
     self.conv = Conv3d(
         channels,
         channels,
-        (1 if kind == "conv2d" else 3, 3, 3),
+        (time_kernel, 3, 3),
         stride=(ft, fs, fs),
         time_padding="causal",
         spatial_padding="bottom_right" if fs == 2 else "same",
@@ -241,14 +285,14 @@ class ConvDownsample(nn.Module):
 class NearestUpsample(nn.Module):
   """`nearest3d` (CV-VAE Upsample3D) / `nearest2d` (OD-VAE SpatialUpsample2x)."""
 
-  def __init__(self, channels: int, spec: tuple[str, int, int]):
+  def __init__(
+      self, channels: int, spec: tuple[str, int, int], *, time_padding: str, time_kernel: int
+  ):
     super().__init__()
-    kind, self.ft, self.fs = spec
+    del time_padding  # first / last frame replicated at both ends, whatever the decoder's
+    _, self.ft, self.fs = spec
     self.conv = Conv3d(
-        channels,
-        self.ft * channels,
-        (3 if kind == "nearest3d" else 1, 3, 3),
-        time_padding="replicate_both",
+        channels, self.ft * channels, (time_kernel, 3, 3), time_padding="replicate_both"
     )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,7 +305,7 @@ class TrilinearUpsample(nn.Module):
   """OD-VAE Spatial2xTime2x3DUpsample: frame 0 2x in space only, frames 1.. trilinearly 2x in
   time and space, then a causal 3×3×3 conv."""
 
-  def __init__(self, channels: int, spec: tuple[str, int, int], *, time_padding="causal"):
+  def __init__(self, channels: int, spec: tuple[str, int, int], *, time_padding: str):
     super().__init__()
     _, self.ft, self.fs = spec
     self.conv = Conv3d(channels, channels, (3, 3, 3), time_padding=time_padding)
@@ -285,7 +329,7 @@ class DepthToSpaceUpsample(nn.Module):
   """MAGVIT-v2 style: causal 3×3×3 conv to ft·fs²·C, depth-to-time, depth-to-space, drop the
   first ft - 1 frames."""
 
-  def __init__(self, channels: int, spec: tuple[str, int, int], *, time_padding="causal"):
+  def __init__(self, channels: int, spec: tuple[str, int, int], *, time_padding: str):
     super().__init__()
     _, self.ft, self.fs = spec
     self.conv = Conv3d(
@@ -299,16 +343,39 @@ class DepthToSpaceUpsample(nn.Module):
     return y[:, :, self.ft - 1 :]
 
 
-_UPSAMPLERS = {"trilinear": TrilinearUpsample, "d2s": DepthToSpaceUpsample}
+# Resampler kinds (blocks.DOWNSAMPLERS, blocks.UPSAMPLERS):
+# (channels, (kind, time factor, space factor), *, time_padding) → module.
+RESAMPLERS = {
+    "conv3d": functools.partial(ConvDownsample, time_kernel=3),
+    "conv2d": functools.partial(ConvDownsample, time_kernel=1),
+    "nearest3d": functools.partial(NearestUpsample, time_kernel=3),
+    "nearest2d": functools.partial(NearestUpsample, time_kernel=1),
+    "trilinear": TrilinearUpsample,
+    "d2s": DepthToSpaceUpsample,
+}
+
+
+def _make_resampler(channels: int, spec: str, time_padding: str) -> nn.Module | None:
+  """The resampler of a `"<kind>:<axes>"` spec ('' → None)."""
+  parsed = _parse_resample(spec)
+  if parsed is None:
+    return None
+  return RESAMPLERS[parsed[0]](channels, parsed, time_padding=time_padding)
+
+
+# Mid-block attention kinds (blocks.ATTENTIONS).
+ATTENTIONS = {
+    "spatial": SpatialAttention,
+    "spatiotemporal": SpatioTemporalAttention,
+    "none": None,
+}
 
 
 def _make_attention(kind: str, channels: int, norm: dict) -> nn.Module | None:
-  kw = dict(norm=norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
-  if kind == "spatial":
-    return SpatialAttention(channels, **kw)
-  if kind == "spatiotemporal":
-    return SpatioTemporalAttention(channels, **kw)
-  return None
+  module = ATTENTIONS[kind]
+  if module is None:
+    return None
+  return module(channels, norm=norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
 
 
 class MidBlock(nn.Module):
@@ -407,8 +474,7 @@ class Encoder(nn.Module):
     down, width = [], config["base_channels"]
     for out, kind, spec in zip(widths, cfg["blocks"], cfg["downsample"]):
       pairs = [(width if j == 0 else out, out) for j in range(cfg["num_res_blocks"])]
-      spec = _parse_resample(spec)
-      resampler = None if spec is None else ConvDownsample(out, spec)
+      resampler = _make_resampler(out, spec, tp)
       down.append(
           Level(pairs, kind, resampler, "downsample", time_padding=tp, norm=norm, gated=gated)
       )
@@ -464,13 +530,7 @@ class Decoder(nn.Module):
     for i in reversed(range(len(widths))):
       out = widths[i]
       pairs = [(width if j == 0 else out, out) for j in range(cfg["num_res_blocks"])]
-      spec = _parse_resample(cfg["upsample"][i])
-      if spec is None:
-        resampler = None
-      elif spec[0].startswith("nearest"):  # replicate padding at both ends, whatever `tp`
-        resampler = NearestUpsample(out, spec)
-      else:
-        resampler = _UPSAMPLERS[spec[0]](out, spec, time_padding=tp)
+      resampler = _make_resampler(out, cfg["upsample"][i], tp)
       up[i] = Level(
           pairs, cfg["blocks"][i], resampler, "upsample", time_padding=tp, norm=norm, gated=gated
       )
@@ -567,7 +627,7 @@ class GrownEncoder(nn.Module):
             for _ in range(growth["num_res_blocks"])
         ]
     )
-    self.downsample = ConvDownsample(width, ("conv3d", 2, 1))
+    self.downsample = _make_resampler(width, "conv3d:t", tp)
     self.norm_out = Norm(width, norm["kind"], num_groups=norm["num_groups"], eps=norm["eps"])
     self.conv_out = _head_conv(config, "encoder")
 
@@ -600,7 +660,7 @@ class GrownDecoder(nn.Module):
             for _ in range(growth["num_res_blocks"])
         ]
     )
-    self.upsample = DepthToSpaceUpsample(width, ("d2s", 2, 1), time_padding=tp)
+    self.upsample = _make_resampler(width, "d2s:t", tp)
     self.lower = lower
 
   def body(self, h: torch.Tensor) -> torch.Tensor:

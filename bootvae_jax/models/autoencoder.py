@@ -172,11 +172,8 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
           f"model.{side}.mid_attention={cfg.mid_attention!r}; known:" f" {blocks.ATTENTION_KINDS}"
       )
     for name in ("norm", "attention_norm"):
-      if cfg[name] not in ("groupnorm_clip", "groupnorm_frame", "rmsnorm_frame"):
-        raise UserError(
-            f"model.{side}.{name}={cfg[name]!r}; use groupnorm_clip,"
-            " groupnorm_frame or rmsnorm_frame"
-        )
+      if cfg[name] not in blocks.MODEL_NORM_KINDS:
+        raise UserError(f"model.{side}.{name}={cfg[name]!r}; use one of {blocks.MODEL_NORM_KINDS}")
   widths = [config.base_channels * m for m in config.channel_multipliers]
   for w in [config.base_channels] + widths:
     if w % config.num_groups:

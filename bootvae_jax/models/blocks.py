@@ -6,7 +6,8 @@ Block kinds (`model.encoder.blocks[i]`, `model.decoder.blocks[i]`):
   * `half3d` — conv1 3×3×3, conv2 3×3 per frame (CV-VAE's `half_3d` ResnetBlock3D).
 
 Resampler specs are strings `"<kind>:<axes>"` where axes is `s` (2x space), `t` (2x time) or
-`st` (both); an empty string means no resampler at that level.
+`st` (both; the per-frame kinds `conv2d` and `nearest2d` take `s` only); an empty string means
+no resampler at that level.
   Downsample kinds: `conv3d` (causal strided 3×3×3: CV-VAE Downsample3D, OD-VAE
     Spatial2xTime2x3DDownsample, ProMAG's temporal downsample) and `conv2d` (strided 3×3 per
     frame: OD-VAE Downsample).
@@ -14,6 +15,11 @@ Resampler specs are strings `"<kind>:<axes>"` where axes is `s` (2x space), `t` 
     time padding at both ends, depth-to-time), `nearest2d` (OD-VAE SpatialUpsample2x),
     `trilinear` (OD-VAE Spatial2xTime2x3DUpsample) and `d2s` (MAGVIT-v2 style: causal conv then
     depth-to-space / depth-to-time).
+
+Each kind is one entry of `RES_BLOCKS`, `DOWNSAMPLERS`, `UPSAMPLERS` or `ATTENTIONS`, which
+config validation (`models/autoencoder.py`) and the builders read; `interop/torch_model.py`
+holds the PyTorch twin of each under the same name. A new kind: its entry and module here, its
+twin there.
 """
 
 from __future__ import annotations
@@ -27,10 +33,28 @@ from flax import nnx
 from bootvae_jax.cli import UserError
 from bootvae_jax.models import layers
 
-RES_BLOCK_KINDS = ("3d", "2d", "half3d")
-DOWNSAMPLE_KINDS = ("conv3d", "conv2d")
-UPSAMPLE_KINDS = ("nearest3d", "nearest2d", "trilinear", "d2s")
-ATTENTION_KINDS = ("spatial", "spatiotemporal", "none")
+
+@dataclasses.dataclass(frozen=True)
+class ResBlockKind:
+  """A registered res-block kind: its two conv kernels and whether its norms work per frame."""
+
+  conv1: tuple[int, int, int]
+  conv2: tuple[int, int, int]
+  per_frame_norms: bool = False
+
+
+# The one table of res-block kinds: config validation lists it, `ResBlock` builds from it, and
+# interop/torch_model.py keeps a twin keyed by the same names.
+RES_BLOCKS = {
+    "3d": ResBlockKind((3, 3, 3), (3, 3, 3)),
+    "2d": ResBlockKind((1, 3, 3), (1, 3, 3), per_frame_norms=True),
+    "half3d": ResBlockKind((3, 3, 3), (1, 3, 3)),
+}
+RES_BLOCK_KINDS = tuple(RES_BLOCKS)
+
+# What a config's `norm` / `attention_norm` may name: every norm but layernorm, which
+# normalises channels-last tokens (the temporal attention's) and never a conv feature map.
+MODEL_NORM_KINDS = tuple(k for k in layers.NORM_KINDS if k != "layernorm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +67,16 @@ class ResampleSpec:
 
   @classmethod
   def parse(cls, spec: str, allowed: tuple[str, ...], where: str) -> "ResampleSpec | None":
+    """`spec` parsed, or None for ''; `allowed`: the kinds that may stand there
+    (`DOWNSAMPLE_KINDS` or `UPSAMPLE_KINDS`), each with the axes `RESAMPLERS` registers."""
     if not spec:
       return None
     kind, _, axes = spec.partition(":")
-    if kind not in allowed or not axes or set(axes) - {"s", "t"}:
+    if kind not in allowed or axes not in RESAMPLERS[kind].axes:
+      known = ", ".join(f"{k}:{a}" for k in allowed for a in RESAMPLERS[k].axes)
       raise UserError(
-          f"{where}={spec!r} is not a resampler spec; use '<kind>:<axes>' with kind in"
-          f" {allowed} and axes one of 's', 't', 'st' (or '' for none)"
+          f"{where}={spec!r} is not a resampler spec; use '<kind>:<axes>', one of {known}"
+          " (or '' for none)"
       )
     return cls(kind, 2 if "t" in axes else 1, 2 if "s" in axes else 1)
 
@@ -111,15 +138,14 @@ class ResBlock(nnx.Module):
       norm: NormSettings,
       rngs: nnx.Rngs,
   ):
-    if kind not in RES_BLOCK_KINDS:
+    if kind not in RES_BLOCKS:
       raise ValueError(f"unknown res block kind {kind!r}; known: {RES_BLOCK_KINDS}")
-    k1 = (1, 3, 3) if kind == "2d" else (3, 3, 3)
-    k2 = (3, 3, 3) if kind == "3d" else (1, 3, 3)
-    norm_kind = layers.per_frame(norm.kind) if kind == "2d" else norm.kind
+    spec = RES_BLOCKS[kind]
+    norm_kind = layers.per_frame(norm.kind) if spec.per_frame_norms else norm.kind
     self.norm1 = norm.make(in_channels, kind=norm_kind, rngs=rngs)
-    self.conv1 = conv.conv(in_channels, out_channels, k1, rngs=rngs)
+    self.conv1 = conv.conv(in_channels, out_channels, spec.conv1, rngs=rngs)
     self.norm2 = norm.make(out_channels, kind=norm_kind, rngs=rngs)
-    self.conv2 = conv.conv(out_channels, out_channels, k2, rngs=rngs)
+    self.conv2 = conv.conv(out_channels, out_channels, spec.conv2, rngs=rngs)
     if in_channels != out_channels:
       self.nin_shortcut = conv.pointwise(in_channels, out_channels, rngs=rngs)
     else:
@@ -146,7 +172,7 @@ class ConvDownsample(nnx.Module):
   time: replicate the first frame twice in front then stride 2, so `1 + 2k` → `1 + k` frames."""
 
   def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
-    kt = 1 if spec.kind == "conv2d" else 3
+    kt = RESAMPLERS[spec.kind].time_kernel
     if kt == 1 and spec.time_factor != 1:
       raise ValueError("a conv2d downsample works per frame and cannot downsample time")
     self.conv = conv.conv(
@@ -217,7 +243,7 @@ class NearestUpsample(nnx.Module):
   """
 
   def __init__(self, channels: int, spec: ResampleSpec, *, conv: ConvSettings, rngs: nnx.Rngs):
-    kt = 3 if spec.kind == "nearest3d" else 1
+    kt = RESAMPLERS[spec.kind].time_kernel
     if kt == 1 and spec.time_factor != 1:
       raise ValueError("a nearest2d upsample works per frame and cannot upsample time")
     self.spec = spec
@@ -272,13 +298,34 @@ class DepthToSpaceUpsample(nnx.Module):
     return _drop_leading_frames(y, ft - 1)
 
 
-DOWNSAMPLERS = {"conv3d": ConvDownsample, "conv2d": ConvDownsample}
-UPSAMPLERS = {
-    "nearest3d": NearestUpsample,
-    "nearest2d": NearestUpsample,
-    "trilinear": TrilinearUpsample,
-    "d2s": DepthToSpaceUpsample,
+@dataclasses.dataclass(frozen=True)
+class ResamplerKind:
+  """A registered resampler kind: its module `(channels, spec, *, conv, rngs)`, the axes
+  suffixes it takes, and the time extent of its conv (1: per frame, so no time axis)."""
+
+  module: type[nnx.Module]
+  axes: tuple[str, ...]
+  time_kernel: int = 3
+
+
+_EVERY_AXES = ("s", "t", "st")
+
+# The one table of resampler kinds (down- and upsamplers; distinct names): config validation
+# lists each kind with its axes, the builder calls its module, and interop/torch_model.py keeps
+# a twin keyed by the same names.
+DOWNSAMPLERS = {
+    "conv3d": ResamplerKind(ConvDownsample, _EVERY_AXES),
+    "conv2d": ResamplerKind(ConvDownsample, ("s",), time_kernel=1),
 }
+UPSAMPLERS = {
+    "nearest3d": ResamplerKind(NearestUpsample, _EVERY_AXES),
+    "nearest2d": ResamplerKind(NearestUpsample, ("s",), time_kernel=1),
+    "trilinear": ResamplerKind(TrilinearUpsample, _EVERY_AXES),
+    "d2s": ResamplerKind(DepthToSpaceUpsample, _EVERY_AXES),
+}
+RESAMPLERS = {**DOWNSAMPLERS, **UPSAMPLERS}
+DOWNSAMPLE_KINDS = tuple(DOWNSAMPLERS)
+UPSAMPLE_KINDS = tuple(UPSAMPLERS)
 
 
 def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
@@ -291,29 +338,40 @@ def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
 
 
 def make_downsample(channels, spec: ResampleSpec | None, *, conv, rngs):
-  return None if spec is None else DOWNSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
+  if spec is None:
+    return None
+  return DOWNSAMPLERS[spec.kind].module(channels, spec, conv=conv, rngs=rngs)
 
 
 def make_upsample(channels, spec: ResampleSpec | None, *, conv, rngs):
-  return None if spec is None else UPSAMPLERS[spec.kind](channels, spec, conv=conv, rngs=rngs)
+  if spec is None:
+    return None
+  return UPSAMPLERS[spec.kind].module(channels, spec, conv=conv, rngs=rngs)
+
+
+# Mid-block attention kinds: `spatial` (per-frame attention), `spatiotemporal` (CV-VAE's
+# spatial → temporal chain), `none`; interop/torch_model.py keeps a twin keyed by the same names.
+ATTENTIONS = {
+    "spatial": layers.SpatialAttention,
+    "spatiotemporal": layers.SpatioTemporalAttention,
+    "none": None,
+}
+ATTENTION_KINDS = tuple(ATTENTIONS)
 
 
 def make_attention(
     kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings, rngs: nnx.Rngs
 ):
-  """`spatial`: per-frame attention; `spatiotemporal`: CV-VAE's spatial→temporal chain."""
+  """`kind`'s module from `ATTENTIONS` (None for `none`)."""
   conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype, kernel_init=conv.kernel_init)
-  if kind == "spatial":
-    return layers.SpatialAttention(
-        channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw
-    )
-  if kind == "spatiotemporal":
-    return layers.SpatioTemporalAttention(
-        channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw
-    )
-  if kind == "none":
+  if kind not in ATTENTIONS:
+    raise ValueError(f"unknown attention kind {kind!r}; known: {ATTENTION_KINDS}")
+  module = ATTENTIONS[kind]
+  if module is None:
     return None
-  raise ValueError(f"unknown attention kind {kind!r}; known: {ATTENTION_KINDS}")
+  return module(
+      channels, norm=norm.kind, num_groups=norm.num_groups, eps=norm.eps, rngs=rngs, **conv_kw
+  )
 
 
 class MidBlock(nnx.Module):

@@ -13,8 +13,9 @@ the discriminator update are skipped at run time (`lax.cond`), not computed and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,27 +44,73 @@ class LossNets:
   image_vae: Any = None
 
 
-def reconstruction_terms(loss_cfg, x, recon, lpips, rng) -> dict[str, jax.Array]:
-  """The pixel / perceptual terms that the adaptive GAN weight balances against."""
-  terms = {}
-  if loss_cfg.l1_weight:
-    terms["l1"] = reconstruction.l1_loss(recon, x)
-  if loss_cfg.l2_weight:
-    terms["l2"] = reconstruction.l2_loss(recon, x)
-  if loss_cfg.perceptual_weight:
-    terms["perceptual"] = perceptual.video_perceptual_loss(
-        lpips, recon, x, num_frames=loss_cfg.perceptual_frames, rng=rng
-    )
-  return terms
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What a loss term reads. x, recon: (B, T, H, W, C) in [-1, 1]."""
+
+  loss_config: Any  # `config.loss`
+  x: jax.Array
+  recon: jax.Array
+  posterior: Any  # autoencoder.DiagonalGaussian
+  lpips: Any
+  lpips_rng: jax.Array
 
 
-def weighted_nll(loss_cfg, terms) -> jax.Array:
-  weights = {
-      "l1": loss_cfg.l1_weight,
-      "l2": loss_cfg.l2_weight,
-      "perceptual": loss_cfg.perceptual_weight,
-  }
-  return sum(weights[k] * v for k, v in terms.items())
+@dataclasses.dataclass(frozen=True)
+class WeightedLoss:
+  """One row of the loss table: `config.loss.<weight>` times `fn(inputs)`, logged as `name`.
+
+  A term is computed only when its weight is non-zero, unless `always` (then it is logged at
+  weight 0 too). `of_reconstruction`: a function of the reconstruction, which the adaptive GAN
+  weight balances the GAN term against (it re-evaluates these at the last layer's kernel).
+  """
+
+  name: str
+  weight: str
+  fn: Callable[[LossInputs], jax.Array]
+  of_reconstruction: bool = True
+  always: bool = False
+
+
+def _perceptual(inputs: LossInputs) -> jax.Array:
+  return perceptual.video_perceptual_loss(
+      inputs.lpips,
+      inputs.recon,
+      inputs.x,
+      num_frames=inputs.loss_config.perceptual_frames,
+      rng=inputs.lpips_rng,
+  )
+
+
+# Every weighted term of the generator loss but the GAN's (its weight is adaptive and starts at
+# `loss.gan_start_step`) and CV-VAE's regularisers (`config.compat`, `compat_terms`). A new loss:
+# its function in losses/ and one row here (and its weight field in training/config.py).
+LOSSES = (
+    WeightedLoss("l1", "l1_weight", lambda i: reconstruction.l1_loss(i.recon, i.x)),
+    WeightedLoss("l2", "l2_weight", lambda i: reconstruction.l2_loss(i.recon, i.x)),
+    WeightedLoss("perceptual", "perceptual_weight", _perceptual),
+    WeightedLoss(
+        "kl",
+        "kl_weight",
+        lambda i: jnp.mean(i.posterior.kl()),
+        of_reconstruction=False,
+        always=True,
+    ),
+)
+
+
+def weighted_terms(
+    inputs: LossInputs, *, reconstruction_only: bool = False
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(Σ weight · term, {name: term}) over the rows of `LOSSES` (those `of_reconstruction`
+  only, with `reconstruction_only`)."""
+  total, terms = 0, {}
+  for row in LOSSES:
+    weight = inputs.loss_config[row.weight]
+    if (row.of_reconstruction or not reconstruction_only) and (row.always or weight):
+      terms[row.name] = row.fn(inputs)
+      total = total + weight * terms[row.name]
+  return total, terms
 
 
 def gan_active(state: TrainState, setup: TrainSetup) -> jax.Array:
@@ -104,11 +151,8 @@ def generator_loss(
   posterior = model.encode(x)
   z = posterior.sample(sample_rng)
   recon, head_input = model.decode_with_head_input(z)
-  lpips = nets.lpips
-  terms = reconstruction_terms(cfg, x, recon, lpips, lpips_rng)
-  nll = weighted_nll(cfg, terms)
-  terms["kl"] = jnp.mean(posterior.kl())
-  total = nll + cfg.kl_weight * terms["kl"]
+  inputs = LossInputs(cfg, x, recon, posterior, nets.lpips, lpips_rng)
+  total, terms = weighted_terms(inputs)
   if compat.enabled(setup.config.get("compat")):
     compat_total, compat_metrics = compat_terms(
         setup.config.compat, model, nets.image_vae, x, z, loss_params, jax.random.fold_in(rng, 1)
@@ -126,9 +170,8 @@ def generator_loss(
       return model.decoder.output(conv_out.apply(head_input, kernel, bias)).astype(jnp.float32)
 
     def nll_of(kernel):
-      return weighted_nll(
-          cfg, reconstruction_terms(cfg, x, from_last_kernel(kernel), lpips, lpips_rng)
-      )
+      recon_of_kernel = dataclasses.replace(inputs, recon=from_last_kernel(kernel))
+      return weighted_terms(recon_of_kernel, reconstruction_only=True)[0]
 
     def g_of(kernel):
       return adversarial.hinge_g_loss(disc(from_last_kernel(kernel)))
