@@ -165,14 +165,14 @@ def is_diffusers_folder(path: str) -> bool:
   )
 
 
-def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> ImageVAE:
+def load_image_vae(path: str, *, ema: bool = False) -> ImageVAE:
   """A float32 `ImageVAE` from a diffusers-format folder (`config.json` +
   `diffusion_pytorch_model.safetensors`) or from a bootvae_jax workdir that trained an
   image-VAE config (e.g. `configs/image_vae_tiny.py`); `ema` picks the workdir's EMA weights."""
   if is_diffusers_folder(path):
     from bootvae_jax.interop import diffusers_vae  # pylint: disable=g-import-not-at-top
 
-    return diffusers_vae.load_diffusers_vae(path, conv_impl=conv_impl)
+    return diffusers_vae.load_diffusers_vae(path)
   from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
@@ -186,7 +186,6 @@ def load_image_vae(path: str, *, conv_impl: str = "auto", ema: bool = False) -> 
   # reads it), viewed as an ImageVAE.
   step = checkpoints.resolve_step(path)
   model_config = checkpoints.read_config(path, step).model
-  model_config.conv_impl = conv_impl
   model = nnx.eval_shape(lambda: ImageVAE(model_config, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   filled_state, filled = checkpoints.transfer_params(

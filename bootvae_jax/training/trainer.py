@@ -112,9 +112,7 @@ def load_compat_image_vae(config: ml_collections.ConfigDict):
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
   from bootvae_jax.models import image_vae as image_vae_lib  # pylint: disable=g-import-not-at-top
 
-  image_vae = image_vae_lib.load_image_vae(
-      config.compat.image_vae, conv_impl=config.model.conv_impl
-  )
+  image_vae = image_vae_lib.load_image_vae(config.compat.image_vae)
   _, spatial = models.compression_factors(config.model)
   compat.check_image_vae(image_vae, config.model, spatial)
   for name in ("scaling_factor", "shift_factor"):
