@@ -73,16 +73,16 @@ def test_each_cpu_formulation_equals_lax_conv_general_dilated_on_a_tiny_case():
 
 
 def test_default_implementation_by_backend_and_forced():
-  """CPU runs the "winograd" selection unless an implementation is forced (for the trace
-  inside the context only); an unknown name is refused."""
-  assert jax.default_backend() == "cpu"
-  assert conv_ops.implementation() == "winograd"
-  with conv_ops.forced_implementation("xla"):
-    assert conv_ops.implementation() == "xla"
+  """CPU runs the "winograd" selection, GPU / TPU the XLA conv, unless an implementation is
+  forced (for the trace inside the context only); an unknown name is refused."""
+  default = "winograd" if jax.default_backend() == "cpu" else "xla"
+  assert conv_ops.implementation() == default
+  with conv_ops.forced_implementation("stacked"):
+    assert conv_ops.implementation() == "stacked"
     with conv_ops.forced_implementation("summed"):
       assert conv_ops.implementation() == "summed"
-    assert conv_ops.implementation() == "xla"
-  assert conv_ops.implementation() == "winograd"
+    assert conv_ops.implementation() == "stacked"
+  assert conv_ops.implementation() == default
   with pytest.raises(ValueError, match="cudnn"):
     with conv_ops.forced_implementation("cudnn"):
       pass
