@@ -1,4 +1,4 @@
-"""Wall time of each conv formulation (`conv_impl` in `layers.CONV_IMPLS`, models/layers.py).
+"""Wall time of each conv implementation (`ops.conv.IMPLEMENTATIONS`, bootvae_jax/ops/conv.py).
 
   python benchmarks/conv_speed.py [--repeats=5] [--frames=17] [--size=64]
   python benchmarks/conv_speed.py --parts=grads --grad_shapes=19x128x64x64 --repeats=2
@@ -11,9 +11,9 @@ Measures, for each formulation, the median wall time of
     gradient w.r.t. its input and kernel).
   * `layer_grads` (`--parts=grads`): for each `--grad_shapes` entry TxHxCinxCout (a 3x3x3
     `same` conv over (1, T, H, H, Cin), valid in time), d/dx and d/dkernel apart, each through a
-    fixed cotangent, and both together: JAX `conv_impl=auto` with its custom backward (whose
+    fixed cotangent, and both together: JAX's default implementation with its custom backward (whose
     d/dx is a Winograd conv where one applies, else the autodiff one), plain JAX autodiff of
-    the same formulation (`layers.conv3d_by_formulation`), and PyTorch's conv3d backward (its
+    the same formulation (`ops.conv.conv3d_by_formulation`), and PyTorch's conv3d backward (its
     forward graph built once, outside the timing). Wall and CPU seconds (min over repeats).
 Compile time is excluded (reported apart as compile_s); every call ends in
 `block_until_ready`. All formulations run with the same parameters, and the largest
@@ -41,6 +41,7 @@ from flax import nnx  # pylint: disable=g-import-not-at-top
 from bootvae_jax.models import architectures  # pylint: disable=g-import-not-at-top
 from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
 from bootvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+from bootvae_jax.ops import conv as conv_ops  # pylint: disable=g-import-not-at-top
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (after compile).")
 _FRAMES = flags.DEFINE_integer("frames", 17, "Clip length (1 + 4k).")
@@ -54,7 +55,7 @@ _GRAD_SHAPES = flags.DEFINE_list(
     " winograd_forward in the output says which run Winograd).",
 )
 
-IMPLS = layers.CONV_IMPLS
+IMPLS = conv_ops.IMPLEMENTATIONS
 MODEL_KWARGS = dict(
     base_channels=16, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=8
 )
@@ -105,20 +106,11 @@ def _report(what: str, shape, results: dict, extra: dict) -> None:
 def bench_model() -> None:
   shape = (1, _FRAMES.value, _SIZE.value, _SIZE.value, 3)
   x = jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1.0, 1.0)
-  models = {}
-  for impl in IMPLS:
-    config = architectures.promag_base(**MODEL_KWARGS)
-    config.conv_impl = impl
-    if not models:
-      models[impl] = autoencoder.VideoAutoencoder(config, rngs=nnx.Rngs(0))
-    else:  # same parameters, other formulation
-      abstract = nnx.eval_shape(lambda c=config: autoencoder.VideoAutoencoder(c, rngs=nnx.Rngs(0)))
-      graphdef, _ = nnx.split(abstract)
-      models[impl] = nnx.merge(graphdef, nnx.state(next(iter(models.values()))))
-  num_params = autoencoder.count_params(models["xla"])
+  model = autoencoder.VideoAutoencoder(architectures.promag_base(**MODEL_KWARGS), rngs=nnx.Rngs(0))
+  num_params = autoencoder.count_params(model)
+  graphdef, params = nnx.split(model)  # same parameters for every implementation
   forward, backward = {}, {}
-  for impl, model in models.items():
-    graphdef, params = nnx.split(model)
+  for impl in IMPLS:
 
     def reconstruct(params, x, graphdef=graphdef):
       model = nnx.merge(graphdef, params)
@@ -127,12 +119,13 @@ def bench_model() -> None:
     def loss(params, x, reconstruct=reconstruct):
       return jnp.mean(jnp.abs(reconstruct(params, x) - x))
 
-    c, t, _, out = _timed_calls(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
-    forward[impl] = dict(compile_s=c, times=t, out=out)
-    c, t, _, (value, _) = _timed_calls(
-        jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value
-    )
-    backward[impl] = dict(compile_s=c, times=t, out=value)
+    with conv_ops.forced_implementation(impl):  # new functions: traced with `impl`
+      c, t, _, out = _timed_calls(jax.jit(reconstruct), params, x, repeats=_REPEATS.value)
+      forward[impl] = dict(compile_s=c, times=t, out=out)
+      c, t, _, (value, _) = _timed_calls(
+          jax.jit(jax.value_and_grad(loss)), params, x, repeats=_REPEATS.value
+      )
+      backward[impl] = dict(compile_s=c, times=t, out=value)
   extra = {
       "model": "promag_base(" + ", ".join(f"{k}={v}" for k, v in MODEL_KWARGS.items()) + ")",
       "num_params": num_params,
@@ -151,10 +144,9 @@ def bench_layer() -> None:
   shape = (1, _FRAMES.value, _SIZE.value, _SIZE.value, c)
   x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
   forward, backward = {}, {}
-  for impl in IMPLS:
-    # Same seed, same parameters; only the formulation differs.
-    conv = layers.Conv3d(c, c, (3, 3, 3), time_padding="causal", conv_impl=impl, rngs=nnx.Rngs(0))
-    kernel, bias = conv.kernel[...], conv.bias[...]
+  conv = layers.Conv3d(c, c, (3, 3, 3), time_padding="causal", rngs=nnx.Rngs(0))
+  kernel, bias = conv.kernel[...], conv.bias[...]
+  for impl in IMPLS:  # same parameters; only the implementation differs
 
     def apply(kernel, x, conv=conv, bias=bias):
       return conv.apply(x, kernel, bias)
@@ -162,12 +154,13 @@ def bench_layer() -> None:
     def loss(kernel, x, apply=apply):
       return jnp.mean(jnp.abs(apply(kernel, x)))
 
-    fwd = jax.jit(apply)
-    c_s, t, _, out = _timed_calls(fwd, kernel, x, repeats=_REPEATS.value)
-    forward[impl] = dict(compile_s=c_s, times=t, out=out)
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    c_s, t, _, (dkernel, _) = _timed_calls(grad, kernel, x, repeats=_REPEATS.value)
-    backward[impl] = dict(compile_s=c_s, times=t, out=dkernel)
+    with conv_ops.forced_implementation(impl):  # new functions: traced with `impl`
+      fwd = jax.jit(apply)
+      c_s, t, _, out = _timed_calls(fwd, kernel, x, repeats=_REPEATS.value)
+      forward[impl] = dict(compile_s=c_s, times=t, out=out)
+      grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+      c_s, t, _, (dkernel, _) = _timed_calls(grad, kernel, x, repeats=_REPEATS.value)
+      backward[impl] = dict(compile_s=c_s, times=t, out=dkernel)
   flops = 2 * _FRAMES.value * _SIZE.value**2 * 27 * c * c
   extra = {
       "layer": f"Conv3d({c}, {c}, (3, 3, 3), time_padding='causal')",
@@ -195,7 +188,7 @@ def _vjp(conv, argnums):
 def bench_gradients() -> None:
   import torch  # pylint: disable=import-outside-toplevel
 
-  impl = layers.resolve_conv_impl("auto")
+  impl = conv_ops.implementation()
   for spec in _GRAD_SHAPES.value:
     t, h, cin, cout = map(int, spec.split("x"))
     rng = np.random.default_rng(0)
@@ -203,15 +196,15 @@ def bench_gradients() -> None:
     kernel = (rng.standard_normal((3, 3, 3, cin, cout)) / np.sqrt(27 * cin)).astype(np.float32)
     cotangent = rng.standard_normal((1, t - 2, h, h, cout)).astype(np.float32)
     args = dict(stride=(1, 1, 1), spatial_padding=((1, 1), (1, 1)))
-    custom = lambda x, k: layers.conv3d_valid_time(x, k, impl=impl, **args)
-    autodiff = lambda x, k: layers.conv3d_by_formulation(
+    custom = lambda x, k: conv_ops.conv3d(x, k, **args)
+    autodiff = lambda x, k: conv_ops.conv3d_by_formulation(
         x, k, args["stride"], args["spatial_padding"], impl
     )
     jx, jk, jg = map(jnp.asarray, (x, kernel, cotangent))
     line = {"bench": "conv_speed", "what": "layer_grads", "input_shape": [1, t, h, h, cin]}
     line["kernel_shape"] = [3, 3, 3, cin, cout]
     line["conv_impl"] = impl
-    line["winograd_forward"] = layers.winograd_applies(
+    line["winograd_forward"] = conv_ops.winograd_applies(
         x.shape, kernel.shape, (1, 1, 1), args["spatial_padding"]
     )
     outputs = {}

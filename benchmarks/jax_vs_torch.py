@@ -26,6 +26,7 @@ from the schedulable CPUs; `--xla_cpu_multi_thread_eigen=false` when 1) and
 `torch.set_num_threads(--threads)`; both are set before either framework starts.
 """
 
+import contextlib
 import copy
 import functools
 import json
@@ -47,7 +48,11 @@ _SIZE = flags.DEFINE_integer("size", 128, "Frame height and width.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
 _THREADS = flags.DEFINE_integer("threads", 2, "CPU threads for each framework.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (after warm-up).")
-_CONV_IMPL = flags.DEFINE_string("conv_impl", "auto", "JAX conv formulation (models/layers.py).")
+_CONV_IMPL = flags.DEFINE_string(
+    "conv_impl",
+    "auto",
+    "JAX conv implementation: auto (the backend's) or one of ops.conv.IMPLEMENTATIONS.",
+)
 _BASE_CHANNELS = flags.DEFINE_integer(
     "base_channels", 0, "Override the model width (0: the published one)."
 )
@@ -93,7 +98,6 @@ def model_config(name: str):
     raise ValueError(f"--models: unknown model {name!r}; use odvae or promag_base")
   if _BASE_CHANNELS.value:
     config.base_channels = _BASE_CHANNELS.value
-  config.conv_impl = _CONV_IMPL.value
   return config
 
 
@@ -442,45 +446,51 @@ def main(argv):
 
   torch.set_num_threads(_THREADS.value)
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from bootvae_jax.models import layers  # pylint: disable=import-outside-toplevel
+  from bootvae_jax.ops import conv as conv_ops  # pylint: disable=import-outside-toplevel
 
-  for name in _MODELS.value:
-    config = model_config(name)
-    x, eps = clip_and_noise(config)
-    shape = x.shape
-    model = random_model(config)
-    num_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    if _BREAKDOWN.value:
-      breakdown(name, config, model, torch_copy(model, config), x, _REPEATS.value)
-      continue
-    ops = {}
-    if "jax" in _FRAMEWORKS.value:
-      ops["jax"] = jax_ops(model, x, eps)
-    if "torch" in _FRAMEWORKS.value:
-      ops["torch"] = torch_ops(torch_copy(model, config), x, eps)
-    for op in _OPS.value:
-      line = {
-          "bench": "jax_vs_torch",
-          "model": name,
-          "op": op,
-          "input_shape": list(shape),
-          "num_params": num_params,
-      }
-      line.update(compare(ops, op, _REPEATS.value))
-      line.update(
-          threads=_THREADS.value,
-          cpus=cpus,
-          torch_threads=torch.get_num_threads(),
-          conv_impl=layers.resolve_conv_impl(config.conv_impl),
-          xla_flags=os.environ.get("XLA_FLAGS", ""),
-          repeats=_REPEATS.value,
-          jax=jax.__version__,
-          torch=torch.__version__,
-          load_avg_1m=round(os.getloadavg()[0], 2),
-          # Of the whole process so far: run one framework per process to read one alone.
-          peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-      )
-      print(json.dumps(line), flush=True)
+  forced = (
+      contextlib.nullcontext()
+      if _CONV_IMPL.value == "auto"
+      else conv_ops.forced_implementation(_CONV_IMPL.value)
+  )
+  with forced:  # every conv traced below runs this implementation
+    for name in _MODELS.value:
+      config = model_config(name)
+      x, eps = clip_and_noise(config)
+      shape = x.shape
+      model = random_model(config)
+      num_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+      if _BREAKDOWN.value:
+        breakdown(name, config, model, torch_copy(model, config), x, _REPEATS.value)
+        continue
+      ops = {}
+      if "jax" in _FRAMEWORKS.value:
+        ops["jax"] = jax_ops(model, x, eps)
+      if "torch" in _FRAMEWORKS.value:
+        ops["torch"] = torch_ops(torch_copy(model, config), x, eps)
+      for op in _OPS.value:
+        line = {
+            "bench": "jax_vs_torch",
+            "model": name,
+            "op": op,
+            "input_shape": list(shape),
+            "num_params": num_params,
+        }
+        line.update(compare(ops, op, _REPEATS.value))
+        line.update(
+            threads=_THREADS.value,
+            cpus=cpus,
+            torch_threads=torch.get_num_threads(),
+            conv_impl=conv_ops.implementation(),
+            xla_flags=os.environ.get("XLA_FLAGS", ""),
+            repeats=_REPEATS.value,
+            jax=jax.__version__,
+            torch=torch.__version__,
+            load_avg_1m=round(os.getloadavg()[0], 2),
+            # Of the whole process so far: run one framework per process to read one alone.
+            peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        )
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

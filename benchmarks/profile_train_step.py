@@ -10,8 +10,8 @@ every executed XLA op with the source op in the optimised HLO's metadata. One JS
 
   * `forward`: the forward pass (convs are `conv_general_dilated`);
   * `d/dx conv`: the convs of the backward pass w.r.t. activations (transposed convs);
-  * `d/dkernel loop`: the blocked kernel gradients (`layers.conv_kernel_grad`'s im2col and
-    `layers.winograd_kernel_grad`'s strips, the train step's only loops): their copies and
+  * `d/dkernel loop`: the blocked kernel gradients (`ops.conv.conv_kernel_grad`'s im2col and
+    `ops.conv.winograd_kernel_grad`'s strips, the train step's only loops): their copies and
     transforms (`concatenate`, `slice`, `stack`) and matmuls;
   * `backward`: everything else of the backward pass (norm, SiLU, pads, reductions).
 

@@ -195,6 +195,15 @@ def quiet_checkpoint_reading():
     sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
 
 
+def _without_retired_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` less the fields older runs stored that no longer mean anything, so their
+  checkpoints keep loading: `model.conv_impl` (the conv kernel is now chosen by backend in
+  `bootvae_jax/ops/`, never stored)."""
+  if "model" in config and "conv_impl" in config.model:
+    del config.model["conv_impl"]
+  return config
+
+
 def read_config(workdir: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
   """The full training config the checkpoint at `step` (None: latest) was saved with.
 
@@ -209,13 +218,13 @@ def read_config(workdir: str | os.PathLike, step: int | None = None) -> ml_colle
   if meta_dir.is_dir():
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
   if "config" in meta:
-    return ml_collections.ConfigDict(meta["config"])
+    return _without_retired_fields(ml_collections.ConfigDict(meta["config"]))
   legacy = epath.Path(absolute(workdir)) / "config.json"
   if legacy.is_file():
     logging.warning(
         "checkpoint %d of %s stores no config; using the legacy %s", step, workdir, legacy
     )
-    return ml_collections.ConfigDict(json.loads(legacy.read_text()))
+    return _without_retired_fields(ml_collections.ConfigDict(json.loads(legacy.read_text())))
   raise FileNotFoundError(
       f"the checkpoint of step {step} in {workdir} stores no config (it was"
       " saved without Checkpoints.save(config=...)) and there is no"

@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bootvae_jax.cli import UserError
-from bootvae_jax.models import layers
+from bootvae_jax.models import streaming
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
 from bootvae_jax.models.autoencoder import frame_size_error
@@ -99,9 +99,9 @@ class ChunkCodec:
     self.spatial_factor = int(model.spatial_factor)
     self.mesh = mesh
     # Stream properties are read from the model once (`inference/streaming.py`).
-    self.stream_blocker = layers.stream_blocker(model)
-    self.encoder_looks_ahead = layers.looks_ahead(getattr(model, "encoder", model))
-    self.decoder_looks_ahead = layers.looks_ahead(getattr(model, "decoder", model))
+    self.stream_blocker = streaming.stream_blocker(model)
+    self.encoder_looks_ahead = streaming.looks_ahead(getattr(model, "encoder", model))
+    self.decoder_looks_ahead = streaming.looks_ahead(getattr(model, "decoder", model))
     self.graphdef, self.state = nnx.split(model)
     if mesh is not None:
       self.state = jax.device_put(self.state, NamedSharding(mesh, P()))
@@ -130,19 +130,19 @@ class ChunkCodec:
 
   def _encode_step_fn(self, state, states, x, last):
     self.traces["encode_step"] += 1
-    with layers.streaming(states, last=last) as stream:
+    with streaming.streaming(states, last=last) as stream:
       posterior = nnx.merge(self.graphdef, state).encode(x)
     return posterior.mean, posterior.logvar, stream.states
 
   def _decode_step_fn(self, state, states, z, last):
     self.traces["decode_step"] += 1
-    with layers.streaming(states, last=last) as stream:
+    with streaming.streaming(states, last=last) as stream:
       video = nnx.merge(self.graphdef, state).decode(z)
     return video, stream.states
 
   def _reconstruct_step_fn(self, state, states, x):
     self.traces["reconstruct_step"] += 1
-    with layers.streaming(states) as stream:
+    with streaming.streaming(states) as stream:
       model = nnx.merge(self.graphdef, state)
       video = model.decode(model.encode(x).mean)
     return video, stream.states

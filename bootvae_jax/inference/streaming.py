@@ -3,7 +3,7 @@ clip (DESIGN.md "Beyond the papers").
 
 A causal model with per-frame norms (the ProMAG base and its grown 8x / 16x models, any config
 with `rmsnorm_frame` / `groupnorm_frame`) runs one chunk at a time; each temporal op keeps what
-the next chunk needs of this one (`models.layers.Stream`: a causal conv its last `kt - st`
+the next chunk needs of this one (`models.streaming.Stream`: a causal conv its last `kt - st`
 input frames, a temporal upsampler its held frame, AdaNorm its last branch-A row). The result
 equals the model on the whole clip to float rounding, and device memory is bounded by one
 chunk whatever the length.

@@ -120,15 +120,12 @@ def convert_state_dict(model: image_vae_lib.ImageVAE, tensors: Mapping[str, np.n
   )
 
 
-def load_diffusers_vae(
-    folder: str | os.PathLike, *, conv_impl: str = "auto"
-) -> image_vae_lib.ImageVAE:
+def load_diffusers_vae(folder: str | os.PathLike) -> image_vae_lib.ImageVAE:
   """A float32 `ImageVAE` holding a diffusers `AutoencoderKL` folder's weights.
 
   Args:
     folder: holds `config.json` and `diffusion_pytorch_model.safetensors` (or `.bin`, read
       with `weights_only=True`), as `AutoencoderKL.save_pretrained` writes them.
-    conv_impl: convolution formulation (see `models/layers.py`).
 
   The config's `scaling_factor` and `shift_factor` are kept in `model.config`.
   """
@@ -137,7 +134,6 @@ def load_diffusers_vae(
     raise FileNotFoundError(f"{folder}: no config.json; is it a diffusers VAE folder?")
   with open(folder / "config.json") as f:
     model_config = image_vae_config_from_diffusers(json.load(f))
-  model_config.conv_impl = conv_impl
   # Abstract build: every parameter is filled from the file (or we raise).
   model = nnx.eval_shape(lambda: image_vae_lib.ImageVAE(model_config, rngs=nnx.Rngs(0)))
   convert_state_dict(model, official.read_state_dict(_weights_file(folder)))

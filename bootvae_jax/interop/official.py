@@ -319,8 +319,6 @@ def load_official(
     kind: str,
     weights: str | os.PathLike,
     config: Mapping[str, Any] | str | os.PathLike,
-    *,
-    conv_impl: str = "auto",
 ) -> VideoAutoencoder:
   """A float32 `VideoAutoencoder` holding a released CV-VAE (`kind="cvvae"`) or OD-VAE
   (`kind="odvae"`) checkpoint.
@@ -329,12 +327,10 @@ def load_official(
     kind: "cvvae" or "odvae".
     weights: official-named `*.safetensors`, or for OD-VAE also a torch `.ckpt`.
     config: official constructor kwargs as a dict, or the path of an official `config.json`.
-    conv_impl: convolution formulation (see `models/layers.py`).
   """
   if kind not in CONFIG_BUILDERS:
     raise cli.UserError(f"kind={kind!r}; use one of {sorted(CONFIG_BUILDERS)}")
   model_config = CONFIG_BUILDERS[kind](read_official_config(config, kind))
-  model_config.conv_impl = conv_impl
   # Abstract build: every parameter is then filled from the checkpoint (or we raise), so a
   # random initialisation would only cost time.
   model = nnx.eval_shape(lambda: VideoAutoencoder(model_config, rngs=nnx.Rngs(0)))

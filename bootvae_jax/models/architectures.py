@@ -323,7 +323,7 @@ def official_config_keys(kind: str) -> tuple[str, ...]:
 # The inverse: which released layout a model config is, with its official constructor kwargs.
 
 # Fields that do not change the architecture: how it runs, how it starts, what it is called.
-_NON_ARCHITECTURE = ("name", "conv_impl", "dtype", "remat", "kernel_init", "output_init_scale")
+_NON_ARCHITECTURE = ("name", "dtype", "remat", "kernel_init", "output_init_scale")
 
 
 def _architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from bootvae_jax.core.frames import frame_size_error  # pylint: disable=unused-i
 from bootvae_jax.core.frames import valid_frame_counts  # pylint: disable=unused-import
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
+from bootvae_jax.models import streaming
 
 # `model.growth` choices (ProMAG, `models/progressive.py`).
 MIXING_MODES = ("none", "add", "adanorm", "both")
@@ -182,7 +183,6 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
       )
   if not config.use_quant_conv and config.latent_channels != config.z_channels:
     raise UserError("without quant convs model.latent_channels must equal model.z_channels")
-  layers.resolve_conv_impl(config.conv_impl)
   if config.get("kernel_init", "torch") not in layers.KERNEL_INITS:
     raise UserError(f"model.kernel_init={config.kernel_init!r}; use one of {layers.KERNEL_INITS}")
   if not config.get("output_init_scale", 1.0) >= 0:
@@ -214,7 +214,6 @@ def layer_settings(
   dtype = jnp.dtype(config.dtype) if config.dtype != "float32" else None
   conv = blocks.ConvSettings(
       time_padding=cfg.time_padding,
-      conv_impl=config.conv_impl,
       dtype=dtype,
       kernel_init=config.get("kernel_init", "torch"),
       residual_gate=bool(config.get("residual_gate", False)),
@@ -434,7 +433,7 @@ class VideoAutoencoder(nnx.Module):
   def check_input(self, x: jax.Array) -> None:
     if x.ndim != 5:
       raise ValueError(f"expected video (B, T, H, W, C), got shape {x.shape}")
-    stream = layers.active_stream()
+    stream = streaming.active_stream()
     if stream is None or stream.first:
       check_frames(x.shape[1], self.temporal_factor)
     elif x.shape[1] % self.temporal_factor:
@@ -527,7 +526,6 @@ def default_model_config() -> ml_collections.ConfigDict:
           scaling_factor=1.0,
           shift_factor=0.0,
           patch_size=1,
-          conv_impl="auto",
           # Initialisation (`layers.conv_kernel_init`): "torch" as the released code, or
           # "current_frame" (every 3D conv starts as a He-initialised 2D conv of its frame);
           # the decoder's last conv kernel is multiplied by output_init_scale.

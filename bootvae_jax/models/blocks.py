@@ -32,6 +32,7 @@ from flax import nnx
 
 from bootvae_jax.cli import UserError
 from bootvae_jax.models import layers
+from bootvae_jax.models import streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,6 @@ class ConvSettings:
   """What every conv of one encoder or decoder shares (and whether its res blocks are gated)."""
 
   time_padding: layers.TimePadding = "causal"
-  conv_impl: layers.ConvImpl = "auto"
   dtype: jnp.dtype | None = None
   kernel_init: layers.KernelInit = "torch"
   residual_gate: bool = False  # `model.residual_gate`, see `ResBlock`
@@ -97,7 +97,6 @@ class ConvSettings:
         cin,
         cout,
         kernel_size,
-        conv_impl=self.conv_impl,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         rngs=rngs,
@@ -163,7 +162,7 @@ class ResBlock(nnx.Module):
       h = h * self.gate[...].astype(h.dtype)
     shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
     if self.time_lookahead:  # streaming, h holds back frames that the shortcut must wait for
-      shortcut = layers.align_held(shortcut, h)
+      shortcut = streaming.align_held(shortcut, h)
     return shortcut + h
 
 
@@ -193,7 +192,7 @@ def _drop_leading_frames(y: jax.Array, count: int) -> jax.Array:
   """Drops the `count` frames a depth-to-time upsampler makes in front of the first frame
   (they stand for frames before the video); a stream drops them from the first chunk that
   brings frames here (state: None before, an empty marker after)."""
-  stream = layers.active_stream()
+  stream = streaming.active_stream()
   if stream is None:
     return y[:, count:]
   started = stream.previous() is not None
@@ -211,7 +210,7 @@ def _upsample_time_after_first(x: jax.Array) -> jax.Array:
   holds back the odd output of its last frame (and keeps that frame) until the next chunk
   brings frame i+1; the last chunk clamps at the end as the whole clip does.
   """
-  stream = layers.active_stream()
+  stream = streaming.active_stream()
   if stream is None:
     if x.shape[1] == 1:
       return x
@@ -332,7 +331,7 @@ def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
   """`block(x)`; with `remat` its activations are recomputed in the backward pass instead of
   stored (`model.remat`: less memory for more compute)."""
   # A stream's cached states would leak out of the remat trace; streaming never differentiates.
-  if not remat or layers.active_stream() is not None:
+  if not remat or streaming.active_stream() is not None:
     return block(x)
   return nnx.remat(lambda m, h: m(h))(block, x)
 
@@ -363,7 +362,7 @@ def make_attention(
     kind: str, channels: int, *, norm: NormSettings, conv: ConvSettings, rngs: nnx.Rngs
 ):
   """`kind`'s module from `ATTENTIONS` (None for `none`)."""
-  conv_kw = dict(conv_impl=conv.conv_impl, dtype=conv.dtype, kernel_init=conv.kernel_init)
+  conv_kw = dict(dtype=conv.dtype, kernel_init=conv.kernel_init)
   if kind not in ATTENTIONS:
     raise ValueError(f"unknown attention kind {kind!r}; known: {ATTENTION_KINDS}")
   module = ATTENTIONS[kind]

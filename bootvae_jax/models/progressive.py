@@ -60,6 +60,7 @@ from flax import nnx
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
+from bootvae_jax.models import streaming
 
 # `config.freeze` entry selecting everything the previous stage trained.
 LOWER_LEVEL = r"(encoder|decoder)/lower/.*"
@@ -131,7 +132,7 @@ class AdaNorm(nnx.Module):
     # Branch-B frame j ← branch-A frame j // 2. Streaming, a later chunk's branch-B frames
     # start at an odd index 2m+1, whose branch-A frame m closed the previous chunk: keep it.
     index = jnp.arange(b.shape[1]) // 2
-    stream = layers.active_stream()
+    stream = streaming.active_stream()
     if stream is not None:
       held = stream.previous()
       stream.keep(pooled[:, -1:])
@@ -161,7 +162,7 @@ def _drop_head(module: nnx.Module, *names: str) -> nnx.Module:
 def _even_frames(x: jax.Array) -> jax.Array:
   """Frames 0, 2, 4, ... of the video (branch A). Streaming, a chunk after the first starts at
   an odd frame index (1 + r·k), so its even frames are its odd positions."""
-  stream = layers.active_stream()
+  stream = streaming.active_stream()
   return x[:, ::2] if stream is None or stream.first else x[:, 1::2]
 
 

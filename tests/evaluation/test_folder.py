@@ -21,6 +21,7 @@ from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
+from bootvae_jax.ops import conv as conv_ops
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -38,12 +39,19 @@ def data_dir(tmp_path_factory):
   return path
 
 
+@pytest.fixture(autouse=True)
+def _xla_convs():
+  """Convs traced with `ops.conv`'s "xla" implementation, which compiles fastest on CPU
+  (tests/ops check the implementations agree)."""
+  with conv_ops.forced_implementation("xla"):
+    yield
+
+
 @pytest.fixture(scope="module")
 def codec():
   config = architectures.promag_base(
       z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
   )
-  config.conv_impl = "xla"
   config.encoder.update(
       blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
   )

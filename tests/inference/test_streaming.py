@@ -16,8 +16,9 @@ from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
-from bootvae_jax.models import layers
+from bootvae_jax.models import streaming as models_streaming
 from bootvae_jax.models import progressive
+from bootvae_jax.ops import conv as conv_ops
 
 TOL = 1e-5
 
@@ -26,19 +27,26 @@ def _video(t: int, size: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).uniform(-1, 1, (1, t, size, size, 3)).astype(np.float32)
 
 
-def _small_config(
-    levels: int = 0, *, lookahead: bool = False, conv_impl: str = "xla", patch_size: int = 1
-):
+@pytest.fixture(autouse=True)
+def _xla_convs(request):
+  """Tests trace convs with `ops.conv`'s "xla" implementation, which compiles fastest on CPU,
+  except those of `base_codec`, which cover the CPU default."""
+  if "base_codec" in request.fixturenames:
+    yield
+    return
+  with conv_ops.forced_implementation("xla"):
+    yield
+
+
+def _small_config(levels: int = 0, *, lookahead: bool = False, patch_size: int = 1):
   """A 2-level base (4x time, 2x space) grown by `levels`: the least to compile.
 
   `lookahead`: a decoder whose convs are centred in time and whose upsamplers are trilinear,
-  so each output frame needs later latents (held back between chunks). `conv_impl='xla'`
-  compiles faster on CPU than the default 'stacked' form (which the base test covers).
+  so each output frame needs later latents (held back between chunks).
   """
   config = architectures.promag_base(
       z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
   )
-  config.conv_impl = conv_impl
   config.patch_size = patch_size
   config.encoder.update(
       blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
@@ -85,7 +93,7 @@ def _check_stream(codec, video, chunk_frames, chunk_latents):
 
 @pytest.fixture(scope="module")
 def base_codec():
-  model = models.build_model(_small_config(conv_impl="stacked"), rngs=autoencoder.init_rngs(0))
+  model = models.build_model(_small_config(), rngs=autoencoder.init_rngs(0))
   return chunked.ChunkCodec(model)
 
 
@@ -186,7 +194,7 @@ def test_clip_wide_norms_are_refused_with_the_official_tiling():
   config = architectures.odvae_variant(4, hidden_size=8, hidden_size_mult=[1, 1, 1, 1])
   config.num_groups = 4
   model = models.build_model(config, rngs=autoencoder.init_rngs(0))
-  assert "clip-wide GroupNorm" in layers.stream_blocker(model)
+  assert "clip-wide GroupNorm" in models_streaming.stream_blocker(model)
   with pytest.raises(ValueError, match=r"cannot be streamed exactly: .*tiled_encode"):
     inference.stream_encode(model, _video(9, 16), 5)
 

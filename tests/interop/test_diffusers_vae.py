@@ -70,7 +70,7 @@ def _nhwc(t):
 )
 def test_parity_with_diffusers(tmp_path, kw):
   vae = _random_vae(tmp_path, **kw)
-  model = load_diffusers_vae(tmp_path, conv_impl="xla")
+  model = load_diffusers_vae(tmp_path)
   assert isinstance(model, image_vae.ImageVAE)
   assert model.config.scaling_factor == pytest.approx(kw.get("scaling_factor", 0.18215))
   assert model.config.shift_factor == pytest.approx(kw.get("shift_factor", 0.0))

@@ -29,15 +29,24 @@ from bootvae_jax.interop import torch_model
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
+from bootvae_jax.ops import conv as conv_ops
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _xla_convs():
+  """Convs traced with `ops.conv`'s "xla" implementation, which compiles fastest on CPU
+  (tests/ops check the implementations agree)."""
+  with conv_ops.forced_implementation("xla"):
+    yield
+
+
 @pytest.fixture(autouse=True, scope="module")
 def fast_compile():
   """Tiny models compile ~4x faster without XLA's optimisation passes (2.4 s instead of 10.7 s
-  of CPU for the 16x model, with conv_impl="xla"), and run in milliseconds either way."""
+  of CPU for the 16x model, with the "xla" conv), and run in milliseconds either way."""
   previous = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
@@ -158,7 +167,6 @@ def _max_err(a, b) -> float:
 def test_exported_model_matches_jax(name, tmp_path):
   make_config, (frames, size) = MODELS[name]
   config = make_config()
-  config.conv_impl = "xla"  # compiles fastest; tests/models check it equals "stacked"
   model = random_model(config)
   x = np.random.default_rng(1).uniform(-1, 1, (1, frames, size, size, 3)).astype(np.float32)
   mean, logvar, recon = jax_outputs(model, x)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from bootvae_jax.models import blocks
 
-CONV = blocks.ConvSettings(time_padding="causal", conv_impl="auto")
+CONV = blocks.ConvSettings(time_padding="causal")
 NORM = blocks.NormSettings(kind="groupnorm_frame", num_groups=4, eps=1e-6)
 B, C, H, W = 1, 8, 16, 16
 

@@ -160,9 +160,12 @@ def test_checkpoints_without_a_config_fall_back_to_config_json(config, tmp_path)
   ckpts.close()
   with pytest.raises(FileNotFoundError, match="stores no config"):
     checkpoints_lib.read_config(str(tmp_path))
-  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  legacy = json.loads(config.to_json_best_effort())
+  legacy["model"]["conv_impl"] = "stacked"  # a field of older configs, dropped on reading
+  (tmp_path / "config.json").write_text(json.dumps(legacy))
   loaded, saved = bootvae_jax.load_model(str(tmp_path))
   assert saved.model.base_channels == config.model.base_channels
+  assert "conv_impl" not in saved.model
   assert float(np.abs(loaded.decoder.conv_out.kernel[...]).max()) == 0.0
 
 
