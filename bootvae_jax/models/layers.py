@@ -14,9 +14,9 @@ them onto a device mesh (`core/sharding.py`).
 Streaming (DESIGN.md "Beyond the papers"): inside `with streaming(states, last=...)` every op
 that looks at other frames than its own keeps what the next chunk needs of this one (a causal
 conv: its last `kt - st` padded input frames), so a causal model run chunk by chunk equals the
-model on the whole clip. `inference/streaming.py` drives it. Inside a mesh with a `spatial`
-axis (`jax.set_mesh`), every conv output is constrained to be split along height
-(`shard_height`): activations are sharded, XLA exchanges the conv halos between devices.
+model on the whole clip. `inference/streaming.py` drives it. Inside `sharding.use_mesh`, every
+conv output is constrained by its logical axes (`sharding.constrain`): the rules split it, e.g.
+along height, and XLA exchanges the conv halos between devices.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Iterator, Literal, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import sharding
 
 TimePadding = Literal["causal", "centred", "replicate_both", "none"]
 SpatialPadding = Literal["same", "bottom_right", "valid"]
@@ -208,18 +208,6 @@ def align_held(x: jax.Array, like: jax.Array) -> jax.Array:
   x = x if held is None else jnp.concatenate([held, x], axis=1)
   stream.keep(x[:, like.shape[1] :])
   return x[:, : like.shape[1]]
-
-
-def shard_height(x: jax.Array) -> jax.Array:
-  """Constrains `x: (B, T, H, W, C)` to be split along H over the current mesh's `spatial` axis
-  (and B over `data`), when such a mesh is set (`jax.set_mesh`) and divides the sizes."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or "spatial" not in mesh.axis_names or x.ndim != 5:
-    return x
-  if x.shape[2] % mesh.shape["spatial"]:
-    return x
-  data = "data" if "data" in mesh.axis_names and x.shape[0] % mesh.shape["data"] == 0 else None
-  return jax.lax.with_sharding_constraint(x, P(data, None, "spatial"))
 
 
 def _stream_time_window(
@@ -908,7 +896,7 @@ class Conv3d(nnx.Module):
         spatial_padding=spatial_padding_amounts(self.spatial_padding, kh, kw),
         impl=resolve_conv_impl(self.conv_impl),
     )
-    return shard_height(y + bias)
+    return sharding.constrain(y + bias, sharding.VIDEO_AXES)
 
 
 def pointwise_conv(in_channels: int, out_channels: int, *, rngs: nnx.Rngs, **kw) -> Conv3d:
