@@ -219,8 +219,9 @@ def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]
 
 
 def batch_sharding(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
-  """Leading (batch) axis split over the mesh axes `axes` that the mesh has."""
-  axes = tuple(axis for axis in axes if axis in mesh.axis_names and mesh.shape[axis] > 1)
+  """Leading (batch) axis split over the mesh axes `axes` that the mesh has (size-1 ones too,
+  so the spec's first entry lists the data-parallel axes of any mesh built by `make_mesh`)."""
+  axes = tuple(axis for axis in axes if axis in mesh.axis_names)
   return NamedSharding(mesh, P(axes or None))
 
 

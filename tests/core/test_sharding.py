@@ -63,8 +63,11 @@ def test_rules_map_parameter_and_activation_names():
   # A mesh without some rule axes (a hand-made one) uses those it has.
   plain = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "fsdp"))
   assert sharding.batch_sharding(plain).spec == P(("data", "fsdp"))
-  assert sharding.batch_sharding(training).spec == P(("data", "fsdp"))
-  assert sharding.batch_sharding(inference).spec == P(None)
+  assert sharding.batch_sharding(training).spec == P(sharding.BATCH_AXES)
+  assert sharding.batch_sharding(training).is_equivalent_to(
+      NamedSharding(plain, P(("data", "fsdp"))), 1
+  )
+  assert sharding.batch_sharding(inference).is_fully_replicated
 
 
 @pytest.mark.parametrize(
