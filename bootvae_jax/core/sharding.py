@@ -5,16 +5,17 @@ Nothing in a model names a mesh axis. Parameters carry logical names (`PARAM_AXE
 table (`config.sharding_rules`, default `DEFAULT_RULES`) maps every logical name to a mesh
 axis, a tuple of mesh axes, or None (not split), as in MaxText:
 
-    mesh = sharding.make_mesh(config.mesh)          # training, evaluation, inference, AOT
+    mesh = sharding.make_mesh(config.mesh)          # all devices, or make_mesh(cfg, devices)
     shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding_rules)
-    with sharding.use_mesh(mesh, config.sharding_rules):
-      step = jax.jit(...)(...)                      # traced here: model code sees the rules
-    # inside the model:
+    step = sharding.in_mesh(jax.jit(step_fn, ...), mesh, config.sharding_rules)
+    # in model code, traced inside the mesh (`in_mesh` / `with use_mesh(mesh, rules):`):
     y = sharding.constrain(y, sharding.VIDEO_AXES)  # (B, T, H, W, C)
 
 A dimension that its mesh axes do not divide stays whole, so the same rules serve a tiny test
-model and a pod-sized one; `constrain` is the identity outside `use_mesh`. The rules are read
-when a function is traced: trace it inside the `use_mesh` whose rules it should follow.
+model and a pod-sized one. `constrain` pins only the dimensions the rules split (XLA places
+the rest) and is the identity outside a mesh. The rules are read when a function is traced:
+trace it inside the `use_mesh` whose rules it should follow. `devices` may be any device list,
+e.g. an ahead-of-time topology's, so compile checks build the very mesh training will use.
 
 The mesh (`MESH_AXES`) is `('dcn_data', 'data', 'fsdp', 'spatial')`: `dcn_data` is data
 parallelism across slices over the data-centre network; `data`, `fsdp` and `spatial` live
