@@ -317,7 +317,7 @@ def make_train_batches(
     data_config: Any,
     *,
     mesh: jax.sharding.Mesh,
-    data_axes: Sequence[str] = ("data", "fsdp"),
+    data_axes: Sequence[str] = sharding.BATCH_AXES,
     seed: int,
 ) -> TrainBatches:
   """Training batches for this JAX process, assembled into global arrays.

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bootvae_jax import cli
+from bootvae_jax.core import sharding
 from bootvae_jax.data import pipeline
 from bootvae_jax.data import transforms
 
@@ -72,7 +73,7 @@ def clip_grid(clips: np.ndarray) -> np.ndarray:
 
 def preview(data_config: Any, *, num_batches: int, out_dir: str, seed: int = 0) -> dict:
   """Draws `num_batches` training batches, writes the grid, returns the summary."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  mesh = sharding.make_mesh({}, devices=jax.devices()[:1])
   batches = pipeline.make_train_batches(data_config, mesh=mesh, seed=seed)
   shown, low, high = [], np.inf, -np.inf
   try:

@@ -38,9 +38,10 @@ from typing import Any, Iterable, Iterator
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import sharding
 from bootvae_jax.models import streaming
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.models.autoencoder import frame_rule_error
@@ -84,27 +85,27 @@ class ChunkCodec:
   Args:
     model: a `VideoAutoencoder` (or any nnx module with `encode(x) -> DiagonalGaussian`,
       `decode(z)`, `temporal_factor` and `spatial_factor`).
-    mesh: a mesh with a `spatial` axis (e.g. `spatial.spatial_mesh()`): inputs and every conv
-      output are split along height over it (and batch over `data`, if it has that axis);
-      parameters are replicated. None: the default device.
+    mesh: a `sharding.make_mesh` mesh (e.g. `spatial.spatial_mesh()`, every device on
+      `spatial`): inputs and every conv output are split as `rules` say (the default: height
+      over `spatial`, batch over the data axes); parameters are replicated. None: the
+      default device.
+    rules: the sharding rules (`config.sharding_rules`); default `sharding.DEFAULT_RULES`.
   """
 
-  def __init__(self, model: nnx.Module, mesh: Mesh | None = None):
-    if mesh is not None and "spatial" not in mesh.axis_names:
-      raise ValueError(
-          f"mesh axes {mesh.axis_names} have no 'spatial' axis to split height"
-          " over; build one with inference.spatial.spatial_mesh()"
-      )
+  def __init__(
+      self, model: nnx.Module, mesh: Mesh | None = None, rules: sharding.Rules | None = None
+  ):
     self.temporal_factor = int(model.temporal_factor)
     self.spatial_factor = int(model.spatial_factor)
     self.mesh = mesh
+    self.rules = tuple(sharding.DEFAULT_RULES if rules is None else rules)
     # Stream properties are read from the model once (`inference/streaming.py`).
     self.stream_blocker = streaming.stream_blocker(model)
     self.encoder_looks_ahead = streaming.looks_ahead(getattr(model, "encoder", model))
     self.decoder_looks_ahead = streaming.looks_ahead(getattr(model, "decoder", model))
     self.graphdef, self.state = nnx.split(model)
     if mesh is not None:
-      self.state = jax.device_put(self.state, NamedSharding(mesh, P()))
+      self.state = jax.device_put(self.state, sharding.replicated(mesh))
     self.traces: collections.Counter = collections.Counter()
     # The state is an argument, not a closed-over constant: weights are not baked into the HLO.
     self._encode = jax.jit(self._encode_fn)
@@ -148,18 +149,19 @@ class ChunkCodec:
     return video, stream.states
 
   def _context(self):
-    """Tracing and running inside the mesh lets `layers.shard_height` see its axes."""
-    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+    """Tracing inside the mesh and its rules lets the model's `sharding.constrain` see them."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    return sharding.use_mesh(self.mesh, self.rules)
 
   def _put(self, x) -> jax.Array | np.ndarray:
-    """x: (B, T, H, W, C) as float32, split along H (and B) over the mesh when there is one."""
+    """x: (B, T, H, W, C) as float32, split as the rules say when there is a mesh."""
     x = np.asarray(x, np.float32)
     if self.mesh is None:
       return x
-    shape = dict(self.mesh.shape)
-    data = "data" if x.shape[0] % shape.get("data", 1) == 0 and "data" in shape else None
-    spatial = "spatial" if x.shape[2] % shape["spatial"] == 0 else None
-    return jax.device_put(x, NamedSharding(self.mesh, P(data, None, spatial)))
+    return jax.device_put(
+        x, sharding.named_sharding(self.mesh, sharding.VIDEO_AXES, x.shape, self.rules)
+    )
 
   # Results come back to the host at once, so device memory holds one chunk at a time.
   def encode(self, x: np.ndarray) -> DiagonalGaussian:

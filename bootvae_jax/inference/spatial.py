@@ -11,8 +11,8 @@ blends pixels, as diffusers' tiled VAEs do.
     video = decode_in_tiles(model, posterior.mean, tile=32, overlap=8)
 
 Sharding (exact, several devices): `chunked.ChunkCodec(model, mesh=spatial_mesh())` splits the
-input and every conv output along height over the mesh's `spatial` axis (batch over `data`
-when the mesh has it); XLA exchanges the conv halos between neighbouring devices and reduces
+input and every conv output as the sharding rules say (`core/sharding.py`; by default height
+over the mesh's `spatial` axis, batch over its data axes); XLA exchanges the conv halos between neighbouring devices and reduces
 the per-frame norm statistics across them, so the result equals one device's to float
 rounding. It composes with streaming (`streaming.stream_encode(codec, ...)`): long and large.
 """
@@ -25,15 +25,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from bootvae_jax.core import sharding
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
 
 def spatial_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-axis mesh `('spatial',)` over `devices` (default: all) to split frame height over."""
-  devices = list(devices if devices is not None else jax.devices())
-  return Mesh(np.asarray(devices), ("spatial",))
+  """The common mesh (`sharding.make_mesh`) with every one of `devices` (default: all) on its
+  `spatial` axis, which the default rules split frame height over."""
+  return sharding.make_mesh({"spatial": -1}, devices)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ them onto a device mesh (`core/sharding.py`). The arithmetic runs in `bootvae_ja
 picks the kernel for the backend; these modules hold parameters and padding rules.
 
 Streaming (`models/streaming.py`): inside `with streaming.streaming(states, last=...)` a conv
-keeps what the next chunk needs of this one. Inside a mesh with a `spatial` axis
-(`jax.set_mesh`), every conv output is constrained to be split along height (`shard_height`):
-activations are sharded, XLA exchanges the conv halos between devices.
+keeps what the next chunk needs of this one. Inside `sharding.use_mesh`, every conv output is
+constrained by its logical axes (`sharding.constrain`): the rules split it, e.g. along height,
+and XLA exchanges the conv halos between devices.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import sharding
 from bootvae_jax.models import streaming
 from bootvae_jax.ops import attention as attention_ops
 from bootvae_jax.ops import conv as conv_ops
@@ -92,16 +92,6 @@ def spatial_padding_amounts(kind: SpatialPadding, kh: int, kw: int):
   raise ValueError(f"unknown spatial_padding {kind!r}; use same, bottom_right or valid")
 
 
-def shard_height(x: jax.Array) -> jax.Array:
-  """Constrains `x: (B, T, H, W, C)` to be split along H over the current mesh's `spatial` axis
-  (and B over `data`), when such a mesh is set (`jax.set_mesh`) and divides the sizes."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or "spatial" not in mesh.axis_names or x.ndim != 5:
-    return x
-  if x.shape[2] % mesh.shape["spatial"]:
-    return x
-  data = "data" if "data" in mesh.axis_names and x.shape[0] % mesh.shape["data"] == 0 else None
-  return jax.lax.with_sharding_constraint(x, P(data, None, "spatial"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +222,7 @@ class Conv3d(nnx.Module):
         stride=self.stride,
         spatial_padding=spatial_padding_amounts(self.spatial_padding, kh, kw),
     )
-    return shard_height(y + bias)
+    return sharding.constrain(y + bias, sharding.VIDEO_AXES)
 
 
 def pointwise_conv(in_channels: int, out_channels: int, *, rngs: nnx.Rngs, **kw) -> Conv3d:

@@ -15,6 +15,7 @@ import ml_collections
 
 from bootvae_jax import models
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import sharding
 from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import init as init_lib
@@ -88,8 +89,11 @@ def default_config() -> ml_collections.ConfigDict:
   # init_checkpoint.mapping and exclude): no gradients, no optimizer state. ProMAG stages put
   # the lower level here.
   config.freeze = ()
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  config.sharding_rules = (("conv_out", "fsdp"),)
+  # Mesh axis sizes (core/sharding.py): dcn_data splits the batch across slices (DCN); data,
+  # fsdp and spatial live inside a slice, one of them -1 to take the devices left.
+  config.mesh = ml_collections.ConfigDict(dict(dcn_data=1, data=-1, fsdp=1, spatial=1))
+  # Every logical axis (parameters and activations) → a mesh axis, a tuple of them, or None.
+  config.sharding_rules = sharding.DEFAULT_RULES
   config.init_checkpoint = ml_collections.ConfigDict(
       dict(
           # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
@@ -149,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
         " (0 = never stop)"
     )
   models.validate_model_config(config.model)
+  sharding.validate(config.mesh, config.sharding_rules)
   temporal, spatial = models.compression_factors(config.model)  # growth-aware: 1+8k, 1+16k
   data_config.validate(config.data, temporal_factor=temporal, spatial_factor=spatial)
   if eval_crop := tuple(config.eval.get("crop_size", ())):

@@ -175,8 +175,10 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
 
   lpips = perceptual.LPIPS.from_package() if config.loss.perceptual_weight else None
   nets = train_step_lib.LossNets(lpips=lpips, image_vae=image_vae)
-  step_fn = train_step_lib.jit_train_step(setup, nets)
-  eval_fn = train_step_lib.jit_eval_step(setup, nets=nets)
+  # Traced inside the mesh, the model's activations follow config.sharding_rules too.
+  rules = config.sharding_rules
+  step_fn = sharding.in_mesh(train_step_lib.jit_train_step(setup, nets), mesh, rules)
+  eval_fn = sharding.in_mesh(train_step_lib.jit_eval_step(setup, nets=nets), mesh, rules)
   eval_data = config.data
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())

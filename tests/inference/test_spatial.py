@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from bootvae_jax import models
+from bootvae_jax.core import sharding
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import spatial
 from bootvae_jax.inference import streaming
@@ -87,7 +88,8 @@ def test_tiles_blend_model_outputs_linearly():
 def test_height_sharding_equals_one_device():
   assert jax.device_count() == 4, "tests/conftest.py forces 4 CPU devices"
   model = models.build_model(_small_config(), rngs=autoencoder.init_rngs(0))
-  mesh = spatial.spatial_mesh()
+  mesh = spatial.spatial_mesh()  # the common mesh, every device on `spatial`
+  assert dict(mesh.shape) == {"dcn_data": 1, "data": 1, "fsdp": 1, "spatial": 4}
   video = _video(9, 16, 8)  # 16 rows: 4 per device, 2 per device in the latent
   single, sharded = chunked.ChunkCodec(model), chunked.ChunkCodec(model, mesh=mesh)
   np.testing.assert_allclose(sharded.encode(video).mean, single.encode(video).mean, atol=TOL)
@@ -98,10 +100,12 @@ def test_height_sharding_equals_one_device():
   # The activations really are split: the compiled encoder keeps its output split along H and
   # exchanges conv halos between neighbours (collective-permute) rather than gathering frames.
   # pylint: disable=protected-access
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh):
     compiled = sharded._encode.lower(sharded.state, sharded._put(video)).compile()
   # pylint: enable=protected-access
   assert compiled.output_shardings[0].spec == P(None, None, "spatial")
   assert "collective-permute" in compiled.as_text()
-  with pytest.raises(ValueError, match="no 'spatial' axis"):
-    chunked.ChunkCodec(model, mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)))
+  # The rules decide: rules that keep height whole leave the input on every device whole.
+  keep = tuple((name, None if name == "height" else axes) for name, axes in sharding.DEFAULT_RULES)
+  # pylint: disable-next=protected-access
+  assert chunked.ChunkCodec(model, mesh=mesh, rules=keep)._put(video).sharding.is_fully_replicated

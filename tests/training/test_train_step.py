@@ -30,7 +30,7 @@ def test_mesh_and_param_sharding(config):
   config.mesh.update(data=2, fsdp=2)
   assert len(jax.devices()) == 4
   setup, state, _, _ = _setup(config)
-  assert dict(setup.mesh.shape) == {"data": 2, "fsdp": 2}
+  assert dict(setup.mesh.shape) == {"dcn_data": 1, "data": 2, "fsdp": 2, "spatial": 1}
   kernel = state.params["decoder"]["conv_out"]["kernel"][...]
   # conv_out kernel (3, 3, 3, 8, 3): 3 output channels are not divisible by fsdp=2 → replicated
   assert kernel.sharding.is_fully_replicated
