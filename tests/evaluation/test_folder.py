@@ -19,8 +19,9 @@ from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
-from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
+
+import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,16 +41,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def codec():
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
-  )
-  config.conv_impl = "xla"
-  config.encoder.update(
-      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
-  )
-  config.decoder.update(
-      blocks=("3d",) * 2, upsample=("d2s:st", "d2s:t"), mid_attention="none", num_res_blocks=1
-  )
+  config = tiny.tiny_model_config((1, 1), conv_impl="xla")
   return chunked.ChunkCodec(models.build_model(config, rngs=autoencoder.init_rngs(0)))
 
 

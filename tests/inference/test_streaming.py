@@ -19,6 +19,8 @@ from bootvae_jax.models import autoencoder
 from bootvae_jax.models import layers
 from bootvae_jax.models import progressive
 
+import tiny
+
 TOL = 1e-5
 
 
@@ -35,22 +37,9 @@ def _small_config(
   so each output frame needs later latents (held back between chunks). `conv_impl='xla'`
   compiles faster on CPU than the default 'stacked' form (which the base test covers).
   """
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
-  )
-  config.conv_impl = conv_impl
-  config.patch_size = patch_size
-  config.encoder.update(
-      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
-  )
-  up = ("trilinear:st", "trilinear:t") if lookahead else ("d2s:st", "d2s:t")
-  config.decoder.update(
-      blocks=("3d",) * 2,
-      upsample=up,
-      mid_attention="none",
-      num_res_blocks=1,
-      time_padding="centred" if lookahead else "causal",
-  )
+  config = tiny.tiny_model_config((1, 1), conv_impl=conv_impl, patch_size=patch_size)
+  if lookahead:
+    config.decoder.update(upsample=("trilinear:st", "trilinear:t"), time_padding="centred")
   config.growth = autoencoder.default_model_config().growth
   config.growth.levels = levels
   return config

@@ -22,16 +22,13 @@ from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 
+from tiny import tiny_model_config
+
 FRAMES, SIZE = 9, 32
 
 
 def tiny_promag(**overrides):
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=4
-  )
-  config.conv_impl = "stacked"
-  config.update(overrides)
-  return config
+  return tiny_model_config((1, 1, 2, 2), attention=True, **{"conv_impl": "stacked", **overrides})
 
 
 def abstract_model(config) -> autoencoder.VideoAutoencoder:

@@ -19,47 +19,19 @@ from bootvae_jax.training import trainer
 from bootvae_jax.training import train_step as train_step_lib
 from bootvae_jax import data as data_lib
 
+import tiny
+
 STAGE1_STEPS = 60
 STEPS = 24
 
 
-def tiny(config, steps: int = 4):
-  """A real stage config at test scale (seconds per step on 2 CPU cores); keeps its
-  growth/freeze/transfer settings, which are what these tests are about."""
-  config.total_steps = steps
-  config.log_every = 1
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
-  config.progress_every_seconds = 1000.0
-  model = config.model
-  model.base_channels = 8
-  model.channel_multipliers = (1, 1, 1, 1)
-  model.num_groups = 4
-  model.z_channels = model.latent_channels = 4
-  model.encoder.num_res_blocks = 1
-  model.decoder.num_res_blocks = 1
-  model.encoder.mid_attention = model.decoder.mid_attention = "none"
-  # Four synthetic clips, every batch: the loss then measures fitting, not batch luck.
-  config.data.update(
-      source="synthetic",
-      num_frames=17,
-      crop_size=(16, 16),
-      batch_size=4,
-      synthetic_num_clips=4,
-      resize_short_side=0,
-      frame_stride=1,
-      num_workers=0,
-  )
-  config.loss.gan_weight = 0.0
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.warmup_steps = 2
-  config.eval.num_clips = 2
-  config.mesh.data, config.mesh.fsdp = 4, 1  # see tests/training/conftest.py
-  return config
-
-
 def stage_config(name: str, steps: int = 4, previous_workdir: str = ""):
-  config = tiny(importlib.import_module(f"bootvae_jax.configs.{name}").get_config(), steps)
+  """A real stage config at test scale; keeps its growth/freeze/transfer settings, which are
+  what these tests are about. Four synthetic clips, every batch: the loss then measures
+  fitting, not batch luck."""
+  config = importlib.import_module(f"bootvae_jax.configs.{name}").get_config()
+  tiny.shrink_model_config(config.model)
+  config = tiny.tiny_train_config(config, steps=steps, num_frames=17, num_clips=4)
   if config.init_checkpoint.path:
     config.init_checkpoint.path = previous_workdir
   return config
