@@ -63,6 +63,15 @@ def fixtures_dir() -> pathlib.Path:
   return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def image_vae_workdir(tmp_path_factory) -> str:
+  """A training workdir of configs/image_vae_tiny.py (2 steps, scaling factor
+  `tiny.IMAGE_VAE_SCALING_FACTOR`): what the image-VAE loaders and the composition start from."""
+  import tiny  # pylint: disable=g-import-not-at-top
+
+  return tiny.train_image_vae(str(tmp_path_factory.mktemp("image_vae")))
+
+
 @pytest.fixture
 def fake_gcs(tmp_path, monkeypatch):
   """A gs:// filesystem without network: etils.epath's mock backend maps `gs://x` to

@@ -4,6 +4,8 @@ Every test that shrinks a model or a run does it here, so "tiny" means one thing
 as `import tiny` (tests/ is on sys.path through tests/conftest.py).
 """
 
+import importlib
+
 import ml_collections
 
 from bootvae_jax.models import architectures
@@ -108,3 +110,30 @@ def tiny_train_config(
   # data=2 x fsdp=2 (2-core CPU); the tests about FSDP layouts set fsdp=2.
   config.mesh.update(data=4, fsdp=1)
   return config
+
+
+def shipped_run_config(name: str, steps: int, num_frames: int = 9) -> ml_collections.ConfigDict:
+  """`bootvae_jax/configs/<name>.py` trained as it is (model, losses, schedule) for `steps` steps
+  on 4 synthetic clips, evaluated (1 clip) and checkpointed at the last step."""
+  config = importlib.import_module(f"bootvae_jax.configs.{name}").get_config()
+  config = tiny_train_config(
+      config, steps=steps, num_frames=num_frames, num_clips=4, eval_clips=1, learning_rate=None
+  )
+  config.eval_every = config.checkpoint_every = steps
+  return config
+
+
+# The scaling factor `train_image_vae` gives its model: distinct from every default, so that a
+# test sees it travel (into checkpoints, loaded models, grown runs).
+IMAGE_VAE_SCALING_FACTOR = 0.5
+
+
+def train_image_vae(workdir: str) -> str:
+  """`workdir` holding configs/image_vae_tiny.py trained for 2 steps on 1-frame clips."""
+  # Imported here: the trainer pulls in the metric writers, which only training tests need.
+  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
+
+  config = shipped_run_config("image_vae_tiny", 2, num_frames=1)
+  config.model.scaling_factor = IMAGE_VAE_SCALING_FACTOR
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
