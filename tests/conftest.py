@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Many tests (and the CLI subprocesses) compile the same tiny train step: JAX's persistent
 # compilation cache, shared by the xdist workers, turns a 37 s first step into 11 s after the
-# first compile (tests/training's tiny config, 2-core CPU). Cached programs are keyed on the
+# first compile (tests/tiny.py's train config, 2-core CPU). Cached programs are keyed on the
 # HLO, the compile options and the jax version, so a stale entry is never reused.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",

@@ -490,6 +490,7 @@ def test_residual_gate_reaches_every_res_block():
   model = build_model(config)
   res_blocks = [m for _, m in model.iter_modules() if isinstance(m, blocks.ResBlock)]
   assert len(res_blocks) > 8 and all(b.gate is not None for b in res_blocks)
+  assert all(float(b.gate[...]) == 0.0 for b in res_blocks)  # every block starts as its shortcut
   config = ml_collections.ConfigDict(dict(config.to_dict(), residual_gate="yes"))  # e.g. from JSON
   _expect_config_error(config, r"model\.residual_gate='yes' must be True or False")
 
