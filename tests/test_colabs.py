@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from bootvae_jax import models
-from bootvae_jax.models import architectures
 from bootvae_jax.training import checkpoints
 from bootvae_jax.training.config import default_config
+
+import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EVALUATE = ROOT / "colabs" / "evaluate.ipynb"
@@ -50,10 +51,7 @@ def test_notebook_runs(fixtures_dir, monkeypatch, tmp_path):
 
 def test_notebook_loads_a_training_workdir(monkeypatch, tmp_path):
   config = default_config()
-  config.model = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
-  )
-  config.model.encoder.mid_attention = config.model.decoder.mid_attention = "none"
+  config.model = tiny.tiny_model_config()
   params = nnx.state(models.build_model(config.model, seed=3), nnx.Param)
   ckpts = checkpoints.Checkpoints(str(tmp_path / "run"), async_save=False)
   ckpts.save(7, dict(step=np.int32(7), params=params, frozen={}, ema_params=params), config=config)

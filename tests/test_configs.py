@@ -1,6 +1,6 @@
 """Every shipped config (bootvae_jax/configs/*.py) loads, validates and builds its model
-abstractly (`nnx.eval_shape`: shapes only, so full-width models cost nothing), and the root
-`configs/` path keeps working."""
+abstractly (`nnx.eval_shape`: shapes only, so full-width models cost nothing), the root
+`configs/` path keeps working, and the CV-VAE configs carry CV-VAE's regulariser."""
 
 import importlib
 import os
@@ -16,7 +16,10 @@ import bootvae_jax
 from bootvae_jax import configs as configs_package
 from bootvae_jax import data as data_lib
 from bootvae_jax import models
+from bootvae_jax.configs import image_vae_tiny
 from bootvae_jax.training import config as config_lib
+
+import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = sorted(m.name for m in pkgutil.iter_modules(configs_package.__path__))
@@ -57,6 +60,24 @@ def test_config_validates_and_builds_abstractly(name, arg, tmp_path):
   assert temporal == EXPECTED_TEMPORAL.get(name, 4)
   grown = config.model.growth.levels > 0
   assert type(model).__name__ == ("GrownAutoencoder" if grown else "VideoAutoencoder")
+
+
+def test_cvvae_configs_carry_the_regulariser():
+  """configs/cvvae.py: the released recipe's regulariser; cvvae_tiny.py: the same on the tiny
+  image VAE's latent (trained with it by hand: `python -m bootvae_jax.main
+  --config=configs/cvvae_tiny.py`; tests/training/test_stages.py's composition test trains the
+  same regulariser)."""
+  full = importlib.import_module("configs.cvvae").get_config()
+  assert (full.compat.decoder_weight, full.compat.mapping, full.compat.learned_logvar) == (
+      1.0,
+      "random",
+      True,
+  )
+  small = tiny.shipped_run_config("cvvae_tiny", 2)
+  assert small.compat.to_dict() == dict(full.compat.to_dict(), image_vae=image_vae_tiny.WORKDIR)
+  assert small.model.latent_channels == image_vae_tiny.LATENT_CHANNELS
+  assert models.compression_factors(small.model) == (4, 8)
+  config_lib.validate(small)
 
 
 def test_root_config_paths_load_from_any_directory(tmp_path):

@@ -13,9 +13,10 @@ from flax import nnx
 
 from bootvae_jax import models
 from bootvae_jax.interop import torch_model
-from bootvae_jax.models import architectures
 from bootvae_jax.training import checkpoints
 from bootvae_jax.training.config import default_config
+
+import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,9 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """(workdir holding a tiny model at step 3 with different EMA weights, the model, its EMA)."""
-  model_config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, num_groups=4
-  )
+  model_config = tiny.tiny_model_config(attention=True)
   model = models.build_model(model_config, seed=0)
   ema = models.build_model(model_config, seed=1)
   path = tmp_path_factory.mktemp("run")

@@ -49,11 +49,13 @@ def test_skips_are_reported_again_from_the_index_cache(
     bad_video_dir, bad_files, make_config, mesh, caplog
 ):
   config = make_config(source="video_folder", path=str(bad_video_dir))
-  data.make_train_batches(config, mesh=mesh, seed=0)
+  first = data.make_train_batches(config, mesh=mesh, seed=0)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     cached = data.make_train_batches(config, mesh=mesh, seed=0)
+  reasons = lambda batches: {(s.file, s.reason) for s in batches.skipped_files}
   assert len(cached.skipped_files) == len(bad_files)
+  assert reasons(cached) == reasons(first)  # the same files for the same reasons
   for name in bad_files:
     assert len(warnings_about(caplog, name)) == 1, name
 

@@ -19,9 +19,10 @@ from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
-from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
 from bootvae_jax.ops import conv as conv_ops
+
+import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -49,15 +50,7 @@ def _xla_convs():
 
 @pytest.fixture(scope="module")
 def codec():
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
-  )
-  config.encoder.update(
-      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
-  )
-  config.decoder.update(
-      blocks=("3d",) * 2, upsample=("d2s:st", "d2s:t"), mid_attention="none", num_res_blocks=1
-  )
+  config = tiny.tiny_model_config((1, 1))
   return chunked.ChunkCodec(models.build_model(config, rngs=autoencoder.init_rngs(0)))
 
 

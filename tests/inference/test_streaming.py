@@ -20,6 +20,8 @@ from bootvae_jax.models import streaming as models_streaming
 from bootvae_jax.models import progressive
 from bootvae_jax.ops import conv as conv_ops
 
+import tiny
+
 TOL = 1e-5
 
 
@@ -44,21 +46,9 @@ def _small_config(levels: int = 0, *, lookahead: bool = False, patch_size: int =
   `lookahead`: a decoder whose convs are centred in time and whose upsamplers are trilinear,
   so each output frame needs later latents (held back between chunks).
   """
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, num_groups=4
-  )
-  config.patch_size = patch_size
-  config.encoder.update(
-      blocks=("3d",) * 2, downsample=("conv3d:st", "conv3d:t"), mid_attention="none"
-  )
-  up = ("trilinear:st", "trilinear:t") if lookahead else ("d2s:st", "d2s:t")
-  config.decoder.update(
-      blocks=("3d",) * 2,
-      upsample=up,
-      mid_attention="none",
-      num_res_blocks=1,
-      time_padding="centred" if lookahead else "causal",
-  )
+  config = tiny.tiny_model_config((1, 1), patch_size=patch_size)
+  if lookahead:
+    config.decoder.update(upsample=("trilinear:st", "trilinear:t"), time_padding="centred")
   config.growth = autoencoder.default_model_config().growth
   config.growth.levels = levels
   return config

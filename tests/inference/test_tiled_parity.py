@@ -1,5 +1,5 @@
 """OD-VAE / CV-VAE temporal tiling (`tiled_encode` / `tiled_decode`) against the official
-PyTorch outputs in ../shared/fixtures (see their READMEs: "Built-in tiling").
+PyTorch outputs in tests/fixtures (see their READMEs: "Built-in tiling").
 
 Fixture arrays are NCTHW; ours are NTHWC. The tiled decodes take the untiled latent, so decode
 tiling is checked independently of encode tiling.

@@ -1,5 +1,5 @@
 """Tests for `bootvae_jax.interop.official`: parity with the official PyTorch CV-VAE and
-OD-VAE (fixtures in ../shared/fixtures, see their READMEs), checkpoint formats, errors and
+OD-VAE (fixtures in tests/fixtures, see their READMEs), checkpoint formats, errors and
 parameter counts.
 
 Fixture arrays are NCTHW; ours are NTHWC.

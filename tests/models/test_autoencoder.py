@@ -23,15 +23,13 @@ from bootvae_jax.models import layers
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.ops import conv as conv_ops
 
+from tiny import tiny_model_config
+
 FRAMES, SIZE = 9, 32
 
 
 def tiny_promag(**overrides):
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, num_groups=4
-  )
-  config.update(overrides)
-  return config
+  return tiny_model_config((1, 1, 2, 2), attention=True, **overrides)
 
 
 def abstract_model(config) -> autoencoder.VideoAutoencoder:
@@ -500,6 +498,7 @@ def test_residual_gate_reaches_every_res_block():
   model = build_model(config)
   res_blocks = [m for _, m in model.iter_modules() if isinstance(m, blocks.ResBlock)]
   assert len(res_blocks) > 8 and all(b.gate is not None for b in res_blocks)
+  assert all(float(b.gate[...]) == 0.0 for b in res_blocks)  # every block starts as its shortcut
   config = ml_collections.ConfigDict(dict(config.to_dict(), residual_gate="yes"))  # e.g. from JSON
   _expect_config_error(config, r"model\.residual_gate='yes' must be True or False")
 

@@ -1,7 +1,9 @@
-"""Tests for `bootvae_jax.models.blocks`: shapes, frame rules and spec parsing of every kind.
+"""Tests for `bootvae_jax.models.blocks`: shapes, frame rules, values and spec parsing of every
+kind.
 
-Shapes are checked abstractly (`nnx.eval_shape`: no compilation, no FLOPs); the few value
-checks (which input frames an output frame reads) run one small jitted block each.
+Shapes are checked abstractly (`nnx.eval_shape`: no compilation, no FLOPs); the value checks
+(which input frames an output frame reads; what a resampler with a one-tap kernel or a mid
+block with closed gates outputs) run one small jitted block each.
 """
 
 import jax
@@ -26,6 +28,23 @@ def _out_shape(make, x_shape):
 
 def _spec(spec: str, allowed) -> blocks.ResampleSpec:
   return blocks.ResampleSpec.parse(spec, allowed, "test")
+
+
+def _one_tap(conv, tap, gains=None) -> None:
+  """Sets `conv` (C → G·C channels) to read only kernel position `tap` (t, y, x): output
+  channel g·C + c = gains[g] · input channel c, no bias. A resampler then only moves pixels,
+  so its output is known by hand."""
+  cin, cout = conv.kernel.shape[-2:]
+  gains = np.ones(cout // cin) if gains is None else np.asarray(gains)
+  kernel = np.zeros(conv.kernel.shape, np.float32)
+  kernel[tap] = np.concatenate([g * np.eye(cin) for g in gains], axis=1)
+  conv.kernel.set_value(jnp.asarray(kernel))
+  conv.bias.set_value(jnp.zeros(conv.bias.shape))
+
+
+def _integers(shape, seed=0) -> np.ndarray:
+  """Small integers: every sum the blocks form of them is exact in float32."""
+  return np.random.default_rng(seed).integers(-4, 5, shape).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +180,27 @@ def test_downsample_shapes(spec, frames_in, frames_out, space):
   assert module.conv.kernel.shape[0] == (1 if spec.startswith("conv2d") else 3)
 
 
+@pytest.mark.parametrize("spec", ["conv3d:st", "conv3d:s", "conv3d:t", "conv2d:s"])
+def test_downsample_with_a_one_tap_kernel_subsamples(spec):
+  """The kernel's last time tap is the current frame (causal: frames 2j-2..2j for output j);
+  with stride 2 in space and padding only at the bottom/right, tap (0, 0) is pixel (2y, 2x) and
+  tap (2, 2) reads pixel (2y+2, 2x+2), zero padding past the last row and column."""
+  parsed = _spec(spec, blocks.DOWNSAMPLE_KINDS)
+  module = blocks.make_downsample(C, parsed, conv=CONV, rngs=nnx.Rngs(0))
+  kt, ft, fs = module.conv.kernel.shape[0], parsed.time_factor, parsed.space_factor
+  x = _integers((B, 9, 8, 8, C))
+  run = nnx.jit(lambda m, x: m(x))
+  centre = 0 if fs == 2 else 1  # 'same' padding centres a stride-1 kernel
+  _one_tap(module.conv, (kt - 1, centre, centre))
+  np.testing.assert_array_equal(np.asarray(run(module, x)), x[:, ::ft, ::fs, ::fs])
+  if fs == 2:
+    _one_tap(module.conv, (kt - 1, 2, 2))
+    y = np.asarray(run(module, x))
+    np.testing.assert_array_equal(y[:, :, :-1, :-1], x[:, ::ft, 2::2, 2::2])
+    np.testing.assert_array_equal(y[:, :, -1], 0.0)
+    np.testing.assert_array_equal(y[:, :, :, -1], 0.0)
+
+
 @pytest.mark.parametrize(
     "spec,cls,frames_in,frames_out,space",
     [
@@ -184,6 +224,71 @@ def test_upsample_shapes(spec, cls, frames_in, frames_out, space):
   )
   assert isinstance(module, cls)
   assert shape == (B, frames_out, H // 2 * space, W // 2 * space, C)
+
+
+def _repeat_space(x: np.ndarray) -> np.ndarray:
+  return x.repeat(2, axis=2).repeat(2, axis=3)
+
+
+@pytest.mark.parametrize("spec", ["nearest3d:s", "nearest3d:st", "nearest2d:s"])
+def test_nearest_upsample_with_a_one_tap_kernel_repeats_pixels_and_frames(spec):
+  """Each pixel becomes a 2×2 block; in time, channel group s of latent frame k becomes frame
+  2k + s before the first frame is dropped: output frames 2k-1 and 2k are latent k, read
+  through group 0 and group 1 (gains 1 and 2 here, to tell them apart)."""
+  parsed = _spec(spec, blocks.UPSAMPLE_KINDS)
+  module = blocks.make_upsample(C, parsed, conv=CONV, rngs=nnx.Rngs(0))
+  kt, ft = module.conv.kernel.shape[0], parsed.time_factor
+  _one_tap(module.conv, (kt // 2, 1, 1), gains=[1.0, 2.0][:ft])
+  x = _integers((B, 5, 4, 4, C))
+  y = np.asarray(nnx.jit(lambda m, x: m(x))(module, x))
+  up = _repeat_space(x)
+  if ft == 1:
+    np.testing.assert_array_equal(y, up)
+  else:  # frame n is frame n + 1 = 2k + s before the drop
+    expected = [(s + 1) * up[:, k] for k, s in (divmod(n + 1, 2) for n in range(9))]
+    np.testing.assert_array_equal(y, np.stack(expected, axis=1))
+
+
+def test_d2s_upsample_with_a_one_tap_kernel_places_channel_groups():
+  """d2s:st: conv channel group g = 4s + 2fy + fx of latent frame k and pixel (i, j) becomes
+  frame 2k + s (before the first frame is dropped), pixel (2i + fy, 2j + fx). Group g gets gain
+  g + 1, so a group in the wrong place changes the output."""
+  module = blocks.DepthToSpaceUpsample(
+      C, _spec("d2s:st", blocks.UPSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+  )
+  _one_tap(module.conv, (2, 1, 1), gains=np.arange(1.0, 9.0))  # causal: tap 2 is frame k
+  x = _integers((B, 3, 4, 4, C))
+  y = np.asarray(nnx.jit(lambda m, x: m(x))(module, x))
+  assert y.shape == (B, 5, 8, 8, C)
+  for n in range(5):
+    k, s = divmod(n + 1, 2)
+    for fy in range(2):
+      for fx in range(2):
+        gain = 4 * s + 2 * fy + fx + 1
+        np.testing.assert_array_equal(y[:, n, fy::2, fx::2], gain * x[:, k], err_msg=(n, fy, fx))
+
+
+def test_trilinear_upsample_with_a_one_tap_kernel_interpolates_a_ramp():
+  """On x = t + i/2 + j/4 + c (frame t, row i, column j, channel c), linear interpolation is
+  exact: frame 0 stays; frames 1..4 become 8 frames at source positions k/2 - 1/4 (PyTorch's
+  align_corners=False), clamped to the ends; rows and columns likewise."""
+  module = blocks.TrilinearUpsample(
+      C, _spec("trilinear:st", blocks.UPSAMPLE_KINDS), conv=CONV, rngs=nnx.Rngs(0)
+  )
+  _one_tap(module.conv, (2, 1, 1))
+  t, i, j, c = np.meshgrid(np.arange(5), np.arange(4), np.arange(4), np.arange(C), indexing="ij")
+  x = (t + i / 2 + j / 4 + c).astype(np.float32)[None]
+  y = np.asarray(nnx.jit(lambda m, x: m(x))(module, x))
+  half = lambda size: np.clip(np.arange(2 * size) / 2 - 0.25, 0, size - 1)
+  frames = np.concatenate([[0.0], 1 + half(4)])  # [0, 1, 1.25, 1.75, ..., 3.75, 4]
+  rows = half(4)  # [0, 0.25, 0.75, ..., 2.75, 3]
+  expected = (
+      frames[:, None, None, None]
+      + rows[None, :, None, None] / 2
+      + rows[None, None, :, None] / 4
+      + np.arange(C)[None, None, None, :]
+  )
+  np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5)
 
 
 def test_no_resampler_for_an_empty_spec():
@@ -250,6 +355,48 @@ def test_mid_block_shapes(attention):
   )
   assert shape == (B, 5, 4, 4, C)
   assert (module.attn_1 is None) == (attention == "none")
+
+
+def _gated_mid_block(attention: str) -> blocks.MidBlock:
+  """A mid block whose res blocks have `model.residual_gate` (gates start at 0: each res block
+  starts as the identity)."""
+  gated = blocks.ConvSettings(time_padding="causal", residual_gate=True)
+  return blocks.MidBlock(
+      C, "3d", attention, conv=gated, norm=NORM, attention_norm=NORM, rngs=nnx.Rngs(0)
+  )
+
+
+@pytest.mark.parametrize("attention", ["spatial", "spatiotemporal", "none"])
+def test_mid_block_with_closed_gates_is_its_attention(attention):
+  """Closed gates: the mid block is its attention alone (the identity without one); with the
+  attention's output projection zeroed too, it is the identity for every kind."""
+  module = _gated_mid_block(attention)
+  run = nnx.jit(lambda m, x: m(x))
+  x = np.random.default_rng(2).standard_normal((B, 5, 4, 4, C)).astype(np.float32)
+  y = np.asarray(run(module, x))
+  if attention == "none":
+    np.testing.assert_array_equal(y, x)
+    return
+  np.testing.assert_allclose(y, np.asarray(run(module.attn_1, x)), rtol=0, atol=1e-6)
+  assert np.abs(y - x).max() > 1e-3  # the attention itself is not the identity
+  # Both kinds add their output projection to the input (one residual around the chain).
+  proj = module.attn_1.proj_out if attention == "spatial" else module.attn_1.proj_out_t
+  proj.kernel.set_value(jnp.zeros(proj.kernel.shape))
+  proj.bias.set_value(jnp.zeros(proj.bias.shape))
+  np.testing.assert_array_equal(np.asarray(run(module, x)), x)
+
+
+def test_mid_block_is_block_attention_block_in_that_order():
+  """Open gates: the output is block_2(attn_1(block_1(x))), and the order matters."""
+  module = _gated_mid_block("spatial")
+  for block in (module.block_1, module.block_2):
+    block.gate.set_value(jnp.ones(()))
+  run = nnx.jit(lambda m, x: m(x))
+  x = np.random.default_rng(3).standard_normal((B, 5, 4, 4, C)).astype(np.float32)
+  by_hand = run(module.block_2, run(module.attn_1, run(module.block_1, x)))
+  np.testing.assert_allclose(np.asarray(run(module, x)), np.asarray(by_hand), rtol=0, atol=1e-5)
+  reversed_order = run(module.block_1, run(module.attn_1, run(module.block_2, x)))
+  assert np.abs(np.asarray(reversed_order) - np.asarray(by_hand)).max() > 1e-3
 
 
 def test_bad_attention_kind_raises_a_clear_error():

@@ -14,6 +14,8 @@ from bootvae_jax.models import blocks
 from bootvae_jax.models import image_vae
 from bootvae_jax.models import init
 
+import tiny
+
 
 def tiny_image_config():
   """4 levels (8x spatial), widths 8·(1,2,2,2), mid attention: the SD layout, tiny."""
@@ -160,9 +162,7 @@ def test_released_odvae_layout_does_not_reproduce(image_model):
 
 
 def test_promag_base_inflates_but_rms_norm_differs(image_model):
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 2, 2, 2), num_res_blocks=1, num_groups=4
-  )
+  config = tiny.tiny_model_config((1, 2, 2, 2), attention=True)
   model = _inflated(image_model, config)
   x = _clip(9)
   assert _max_diff(model.encode(x).mean, image_model.encode(x[:, ::4]).mean) > 1e-2

@@ -9,22 +9,17 @@ import pytest
 from flax import nnx
 
 from bootvae_jax import models
-from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
 
+import tiny
+
 
 def tiny_model_config(levels: int, mixing: str = "both", adanorm: str = "scale"):
-  config = architectures.promag_base(
-      z_dim=4, base_channels=8, channel_multipliers=(1, 1, 2), num_res_blocks=1, num_groups=4
-  )
   # A 3-level base (4x time, 4x space) keeps the tests fast; growth does not depend on depth.
-  config.encoder.update(
-      blocks=("3d",) * 3, downsample=("conv3d:s", "conv3d:st", "conv3d:t"), mid_attention="none"
+  return tiny.tiny_model_config(
+      (1, 1, 2), growth=dict(levels=levels, mixing=mixing, adanorm=adanorm)
   )
-  config.decoder.update(blocks=("3d",) * 3, upsample=("", "d2s:st", "d2s:st"), mid_attention="none")
-  config.growth.update(levels=levels, mixing=mixing, adanorm=adanorm)
-  return config
 
 
 def _video(frames: int, size: int = 8, seed: int = 0) -> jax.Array:

@@ -1,5 +1,8 @@
-"""ProMAG stages through the trainer: checkpoint transfer, freezing, architecture errors, and a
-short run of every stage config (configs/promag_*.py, configs/direct_*.py) at tiny scale."""
+"""Tests for `bootvae_jax.training.stages`, ProMAG stages through the trainer: checkpoint
+transfer, freezing, architecture errors, a short run of every stage config
+(configs/promag_*.py, configs/direct_*.py) at tiny scale, and the composition of the seed
+papers' methods (configs/compose_4x.py → compose_8x.py: tail-initialised OD-VAE-layout base,
+CV-VAE regulariser, grown to 8x with ProMAG mixing)."""
 
 import importlib
 import json
@@ -10,56 +13,33 @@ import jax
 import numpy as np
 import pytest
 
-from bootvae_jax.models import progressive
+from bootvae_jax import data as data_lib
 from bootvae_jax import loading
+from bootvae_jax import models
+from bootvae_jax.configs import image_vae_tiny
 from bootvae_jax.core import sharding
+from bootvae_jax.models import architectures
+from bootvae_jax.models import image_vae
+from bootvae_jax.models import init as init_lib
+from bootvae_jax.models import progressive
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
-from bootvae_jax.training import trainer
 from bootvae_jax.training import train_step as train_step_lib
-from bootvae_jax import data as data_lib
+from bootvae_jax.training import trainer
+
+import tiny
 
 STAGE1_STEPS = 60
 STEPS = 24
 
 
-def tiny(config, steps: int = 4):
-  """A real stage config at test scale (seconds per step on 2 CPU cores); keeps its
-  growth/freeze/transfer settings, which are what these tests are about."""
-  config.total_steps = steps
-  config.log_every = 1
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
-  config.progress_every_seconds = 1000.0
-  model = config.model
-  model.base_channels = 8
-  model.channel_multipliers = (1, 1, 1, 1)
-  model.num_groups = 4
-  model.z_channels = model.latent_channels = 4
-  model.encoder.num_res_blocks = 1
-  model.decoder.num_res_blocks = 1
-  model.encoder.mid_attention = model.decoder.mid_attention = "none"
-  # Four synthetic clips, every batch: the loss then measures fitting, not batch luck.
-  config.data.update(
-      source="synthetic",
-      num_frames=17,
-      crop_size=(16, 16),
-      batch_size=4,
-      synthetic_num_clips=4,
-      resize_short_side=0,
-      frame_stride=1,
-      num_workers=0,
-  )
-  config.loss.gan_weight = 0.0
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.warmup_steps = 2
-  config.eval.num_clips = 2
-  config.mesh.data, config.mesh.fsdp = 4, 1  # see tests/training/conftest.py
-  return config
-
-
 def stage_config(name: str, steps: int = 4, previous_workdir: str = ""):
-  config = tiny(importlib.import_module(f"bootvae_jax.configs.{name}").get_config(), steps)
+  """A real stage config at test scale; keeps its growth/freeze/transfer settings, which are
+  what these tests are about. Four synthetic clips, every batch: the loss then measures
+  fitting, not batch luck."""
+  config = importlib.import_module(f"bootvae_jax.configs.{name}").get_config()
+  tiny.shrink_model_config(config.model)
+  config = tiny.tiny_train_config(config, steps=steps, num_frames=17, num_clips=4)
   if config.init_checkpoint.path:
     config.init_checkpoint.path = previous_workdir
   return config
@@ -69,9 +49,19 @@ def _flat(tree) -> dict[str, np.ndarray]:
   return {train_state_lib.path_string(p): np.asarray(v) for p, v in tree.flat_state()}
 
 
-def _losses(workdir: str) -> list[float]:
+def _rows(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    return [json.loads(line) for line in f]
+
+
+def _losses(workdir: str) -> list[float]:
+  return [r["loss"] for r in _rows(workdir) if "loss" in r]
+
+
+def _meta(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+  with open(path) as f:
+    return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +212,67 @@ def test_stage_config_lowers_its_loss(name, stage1_workdir, stage2_workdir, tmp_
   assert np.all(np.isfinite(losses))
   first, last = np.mean(losses[:4]), np.mean(losses[-4:])
   assert last < 0.9 * first, (first, last)
+
+
+# ----------------------------------------------------------------------------------------------
+# The composition: configs/compose_4x.py → compose_8x.py.
+
+
+def _odvae_tiny():
+  """OD-VAE variant 4 at image_vae_tiny's widths (the layout tail inflation needs)."""
+  widths = image_vae_tiny.WIDTHS
+  config = architectures.odvae_variant(
+      4, hidden_size=widths[0], num_res_blocks=1, hidden_size_mult=[w // widths[0] for w in widths]
+  )
+  config.num_groups = image_vae_tiny.NUM_GROUPS
+  return config
+
+
+def test_composition_runs_through_the_spine(image_vae_workdir, tmp_path):
+  base_dir, grown_dir = str(tmp_path / "compose_4x"), str(tmp_path / "compose_8x")
+  config = tiny.shipped_run_config("compose_4x", 3)
+  config.model = _odvae_tiny()
+  config.init_checkpoint.path = config.compat.image_vae = image_vae_workdir
+  assert config.init_checkpoint.inflate == "tail" and config.compat.decoder_weight > 0
+
+  # Before training: the model holds the tail-inflated image VAE.
+  mesh = sharding.make_mesh(config.mesh)
+  setup, state = train_state_lib.create_train_state(config, mesh)
+  state = stages.init_from_checkpoint(state, setup, config.init_checkpoint)
+  expected = init_lib.flat_params(
+      models.inflate(loading.load_image_vae(image_vae_workdir), config.model, "tail")
+  )
+  got = _flat(state.params)
+  assert sorted(got) == sorted(expected)
+  for key in ("encoder/down/2/block/0/conv1/kernel", "decoder/up/3/upsample/conv/kernel"):
+    np.testing.assert_array_equal(got[key], expected[key])
+    assert not got[key][:-1].any()  # tail: zeros before the last temporal slice
+
+  trainer.train_and_evaluate(config, base_dir)
+  train = [r for r in _rows(base_dir) if "loss" in r]
+  assert len(train) == 3 and all(r["compat_decoder"] > 0 for r in train)
+  # configs/cvvae.py's learnable log-variance moves (gradient 1 - L/e^s > 0 for L1 below 1;
+  # the first step's learning rate is 0 in the warm-up).
+  assert train[0]["compat_logvar"] == 0.0 and train[-1]["compat_logvar"] < 0.0
+  # The image VAE's scaling factor is the model's, in the run's config (stored in the
+  # checkpoint) and in the checkpoint metadata.
+  assert loading.read_config(base_dir).model.scaling_factor == tiny.IMAGE_VAE_SCALING_FACTOR
+  assert _meta(base_dir, 3)["scaling_factor"] == tiny.IMAGE_VAE_SCALING_FACTOR
+
+  grown = tiny.shipped_run_config("compose_8x", 2)
+  grown.model = _odvae_tiny()
+  grown.model.growth = models.autoencoder.default_model_config().growth
+  grown.model.growth.update(levels=1, mixing="both")  # as compose_8x.py grows compose_4x.py
+  grown.init_checkpoint.path = base_dir
+  grown.compat.image_vae = image_vae_workdir
+  assert grown.init_checkpoint.inflate == "" and grown.freeze
+  state = trainer.train_and_evaluate(grown, grown_dir)
+  assert models.compression_factors(grown.model) == (8, 8)
+  rows = _rows(grown_dir)
+  assert all(r["compat_decoder"] > 0 for r in rows if "loss" in r)
+  assert "eval/compat_psnr" in rows[-1]
+  # The trained, frozen base is the lower level of the 8x model, unchanged.
+  base = loading.load_params(base_dir)
+  lower = _flat(state.frozen)
+  key = "encoder/lower/down/2/block/0/conv1/kernel"
+  np.testing.assert_array_equal(lower[key], base["encoder/down/2/block/0/conv1/kernel"])

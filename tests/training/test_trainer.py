@@ -1,4 +1,5 @@
-"""Operating a run: preemption, damaged checkpoints, other topologies, URLs, divergence.
+"""Tests for `bootvae_jax.training.trainer`, operating a run: preemption, damaged checkpoints,
+other topologies, URLs, divergence.
 
 The scenarios that need the real CLI run it in subprocesses on the demo config shrunk to a
 3-level, 8-channel model on 5×16² clips; all of them share one persistent compilation cache
