@@ -110,14 +110,25 @@ def per_phase_psnr(
   x, y, squeeze = _batched(truth, recon)
   if (reason := phase_reason(x.shape[1], temporal_factor)) is not None:
     return NotApplicable(reason)
-  psnr = metrics.per_frame_psnr(x, y, data_range)  # (B, T)
-  phases = frame_phases(x.shape[1], temporal_factor)
-  # Static frame indices per phase (not a one-hot matmul: 0·inf would be NaN).
-  out = jnp.stack(
-      [jnp.mean(psnr[:, np.flatnonzero(phases == p)], axis=1) for p in range(temporal_factor + 1)],
-      axis=1,
-  )
+  out = phase_means(metrics.per_frame_psnr(x, y, data_range), temporal_factor)
   return out[0] if squeeze else out
+
+
+def phase_means(per_frame: jax.Array, temporal_factor: int) -> jax.Array:
+  """Means of per-frame values (..., T) over the frames of each phase: (..., r + 1).
+
+  T must satisfy `phase_reason`. Frames are picked by static indices, not a one-hot product
+  (0·inf would be NaN), so an infinite PSNR stays infinite.
+  """
+  phases = frame_phases(per_frame.shape[-1], temporal_factor)
+  xp = np if isinstance(per_frame, np.ndarray) else jnp
+  return xp.stack(
+      [
+          xp.mean(per_frame[..., np.flatnonzero(phases == p)], axis=-1)
+          for p in range(temporal_factor + 1)
+      ],
+      axis=-1,
+  )
 
 
 def per_frame_flicker(truth: jax.Array, recon: jax.Array) -> jax.Array:
