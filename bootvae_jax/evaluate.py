@@ -1,13 +1,15 @@
-r"""Scores a model's reconstructions of a folder of videos: PSNR, SSIM, LPIPS, rFVD.
+r"""Scores a model's reconstructions of a folder of videos: PSNR, SSIM, LPIPS, rFVD, and temporal
+quality (PSNR per phase of the latent group, flicker, tLP, tOF, the inference mode's PSNR gap to
+one whole-clip pass).
 
   python -m bootvae_jax.evaluate --workdir=workdirs/promag_8x --data=/data/val --out=/tmp/eval
   python -m bootvae_jax.evaluate --official=odvae \
       --weights=vae/diffusion_pytorch_model.safetensors --model_config=vae/config.json \
       --data=/data/val --out=/tmp/eval --num_frames=33 --size=256,256
 
-Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png and side-by-side mp4s (input
-above reconstruction) of the worst clips; prints one JSON line (the means, rFVD, where the
-report is). See `bootvae_jax/evaluation/folder.py` for the recipe. A user error is one line on
+Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png, OUT/per_phase_psnr.png and
+side-by-side mp4s (input above reconstruction) of the worst clips; prints one JSON line (the
+means, rFVD, the temporal scores, where the report is). See `bootvae_jax/evaluation/folder.py` for the recipe. A user error is one line on
 stderr and exit status 2 (`bootvae_jax/cli.py`).
 """
 
@@ -43,6 +45,12 @@ _MODE = flags.DEFINE_enum(
 _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per (first) chunk (1 + r·k).")
 _WORST = flags.DEFINE_integer("worst", 2, "Side-by-side mp4s of this many lowest-PSNR videos.")
 _RFVD = flags.DEFINE_bool("rfvd", True, "Compute rFVD (I3D; the slow part on a CPU).")
+_MODE_GAP = flags.DEFINE_bool(
+    "mode_gap",
+    True,
+    "Also reconstruct each clip in one whole-clip pass and report the PSNR gap of --mode to it"
+    " (memory grows with --num_frames).",
+)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
 
@@ -66,10 +74,26 @@ def main(argv) -> None:
       chunk_frames=_CHUNK_FRAMES.value,
       worst=_WORST.value,
       rfvd=_RFVD.value,
+      mode_gap=_MODE_GAP.value,
       progress=_PROGRESS.value,
       description=source,
   )
-  keys = ("videos", "frames", "psnr", "ssim", "lpips", "rfvd", "rfvd_clips", "mode", "seconds")
+  keys = (
+      "videos",
+      "frames",
+      "psnr",
+      "ssim",
+      "lpips",
+      "rfvd",
+      "rfvd_clips",
+      "psnr_per_phase",
+      "flicker",
+      "tlp",
+      "tof",
+      "mode_gap",
+      "mode",
+      "seconds",
+  )
   print(
       json.dumps(
           dict(

@@ -13,18 +13,37 @@ from bootvae_jax.core.video_io import to_uint8
 
 
 def frames_grid(
-    truth: np.ndarray, recon: np.ndarray, num_frames: int = 4, *, min_frame_size: int = 128
+    truth: np.ndarray,
+    recon: np.ndarray,
+    num_frames: int = 4,
+    *,
+    min_frame_size: int = 128,
+    frame_differences: bool = False,
+    difference_gain: float = 4.0,
 ) -> np.ndarray:
   """A 2-row uint8 image: `num_frames` evenly spaced frames of `truth` above the same frames
   of `recon`, each frame upscaled (nearest, integer factor) to at least `min_frame_size`
   pixels so a 32² clip is visible at a glance.
 
-  truth, recon: (T, H, W, C) in [-1, 1]. Returns (2·f·H, num_frames·f·W, C), f the factor.
+  With `frame_differences`, two more rows show |x_t − x_{t−1}| of `truth` and of `recon` at
+  the same frames (black for frame 0), times `difference_gain` (white from a change of 1/gain
+  in [-1, 1] units up): motion the reconstruction drops (ghosting) or adds (flicker) shows as
+  a difference between these rows.
+
+  truth, recon: (T, H, W, C) in [-1, 1]. Returns (R·f·H, num_frames·f·W, C), f the factor, R
+  the 2 or 4 rows.
   """
   t, h, w = truth.shape[:3]
   idx = np.unique(np.linspace(0, t - 1, min(num_frames, t)).round().astype(int))
   factor = max(1, -(-min_frame_size // min(h, w)))
   rows = [np.concatenate(list(to_uint8(v[idx])), axis=1) for v in (truth, recon)]
+  if frame_differences:
+    for v in (truth, recon):
+      v = np.asarray(v, np.float32)
+      change = np.abs(v[idx] - v[np.maximum(idx - 1, 0)])  # frame 0 minus itself: black
+      rows.append(
+          np.concatenate(list(to_uint8(np.clip(change * difference_gain, 0, 1) * 2 - 1)), axis=1)
+      )
   grid = np.concatenate(rows, axis=0)
   return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 

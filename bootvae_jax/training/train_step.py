@@ -24,6 +24,7 @@ from flax import nnx
 from flax import struct
 
 from bootvae_jax.core import metrics as metrics_lib
+from bootvae_jax.core import temporal_metrics
 from bootvae_jax.losses import adversarial
 from bootvae_jax.losses import compat
 from bootvae_jax.losses import perceptual
@@ -274,13 +275,15 @@ def train_step(
 
 
 def eval_step(params, frozen, video, nets: LossNets | None, *, setup: TrainSetup):
-  """Reconstruction from the posterior mean; per-clip PSNR and SSIM (and, with a CV-VAE image
-  VAE in `nets`, the compatibility PSNR: the image decoder on the video latent). `params`: the
-  trained parameters or their EMA (same shapes and shardings, so one compilation serves both)."""
+  """Reconstruction from the posterior mean; per-clip PSNR, SSIM, PSNR per phase of the latent
+  group and flicker (and, with a CV-VAE image VAE in `nets`, the compatibility PSNR: the image
+  decoder on the video latent). `params`: the trained parameters or their EMA (same shapes and
+  shardings, so one compilation serves both)."""
   model = nnx.merge(setup.graphdef, params, frozen)
   recon, posterior = model(video)
   recon = jnp.clip(recon, -1.0, 1.0)
   scores = {"psnr": metrics_lib.psnr(recon, video), "ssim": metrics_lib.ssim(recon, video)}
+  scores.update(_temporal_scores(video, recon, model.temporal_factor))
   compat_cfg = setup.config.get("compat")
   if nets is not None and nets.image_vae is not None:
     scores["compat_psnr"] = compat.compatibility_psnr(
@@ -291,6 +294,19 @@ def eval_step(params, frozen, video, nets: LossNets | None, *, setup: TrainSetup
         mapping=compat_cfg.mapping,
     )
   return recon, scores
+
+
+def _temporal_scores(video, recon, temporal_factor: int) -> dict[str, jax.Array]:
+  """Per-clip PSNR of each phase of the latent group (`psnr_phase_<p>`) and flicker, for the
+  clip lengths they apply to (`core/temporal_metrics.py`)."""
+  scores = {}
+  phases = temporal_metrics.per_phase_psnr(video, recon, temporal_factor)
+  if not isinstance(phases, temporal_metrics.NotApplicable):
+    scores.update({f"psnr_phase_{p}": phases[:, p] for p in range(phases.shape[1])})
+  flicker = temporal_metrics.flicker(video, recon)
+  if not isinstance(flicker, temporal_metrics.NotApplicable):
+    scores["flicker"] = flicker
+  return scores
 
 
 def _replicated(mesh, tree):

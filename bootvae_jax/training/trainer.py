@@ -6,7 +6,7 @@ writes into `workdir` (a local path or a URL such as gs://...; every file goes t
 etils.epath or, for TensorBoard, tf.io.gfile): `checkpoints/` (orbax; each checkpoint stores
 the run's config, read back by `bootvae_jax.load_model`), TensorBoard events (clu metric
 writers), `metrics.jsonl` (one JSON object per logged step) and `eval/step_<N>.png`
-(ground-truth frames above reconstructed frames).
+(ground-truth frames above reconstructed frames, then the |frame differences| of each).
 
 Rerunning resumes from the newest intact checkpoint (damaged newer ones are reported and set
 aside), on any topology; a config whose parameters do not fit that checkpoint is refused
@@ -93,9 +93,10 @@ def _row_step(line: str) -> int | None:
 def evaluate(
     eval_fn, state, clips: np.ndarray, nets: train_step_lib.LossNets | None = None
 ) -> tuple[dict[str, float], np.ndarray]:
-  """Mean PSNR/SSIM (and compatibility PSNR with a CV-VAE image VAE) of the held-out clips with
-  the trained parameters (`eval/psnr`, ...) and with their EMA (`eval_ema/psnr`, ...); and the
-  reconstructions of the trained parameters."""
+  """Mean PSNR/SSIM, PSNR per phase of the latent group (`psnr_phase_<p>`) and flicker (and
+  compatibility PSNR with a CV-VAE image VAE) of the held-out clips with the trained parameters
+  (`eval/psnr`, ...) and with their EMA (`eval_ema/psnr`, ...); and the reconstructions of the
+  trained parameters."""
   clips = jnp.asarray(clips)
   scores, recon = {}, None
   for prefix, params in (("eval", state.params), ("eval_ema", state.ema_params)):
@@ -206,7 +207,9 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
     scores, recon = evaluate(eval_fn, state, eval_clips, nets)
     writer.write_scalars(step, scores)
     log.write(step, scores)
-    grid = visualize.frames_grid(eval_clips[0], recon[0], config.eval.num_png_frames)
+    grid = visualize.frames_grid(
+        eval_clips[0], recon[0], config.eval.num_png_frames, frame_differences=True
+    )
     if jax.process_index() == 0:
       visualize.save_png(grid, epath.Path(workdir) / "eval" / f"step_{step:07d}.png")
     writer.write_images(step, {"eval/reconstruction": grid[None]})

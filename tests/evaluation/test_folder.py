@@ -15,6 +15,7 @@ from bootvae_jax import models
 from bootvae_jax.data import transforms
 from bootvae_jax.evaluation import folder
 from bootvae_jax.core import metrics
+from bootvae_jax.core import temporal_metrics
 from bootvae_jax.inference import chunked
 from bootvae_jax.inference import streaming
 from bootvae_jax.core import video_io
@@ -82,6 +83,26 @@ def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
   lpips = perceptual.LPIPS.from_package()
   assert bikes["lpips"] == pytest.approx(float(np.mean(lpips(recon[0], truth[0]))), abs=1e-4)
   assert len(bikes["per_frame_psnr"]) == 17
+  # Temporal quality of the same reconstruction (the tiny model is 4x: 5 phases).
+  phases = temporal_metrics.per_phase_psnr(truth[0], recon[0], 4)
+  np.testing.assert_allclose(bikes["psnr_per_phase"], np.asarray(phases), atol=1e-3)
+  assert bikes["flicker"] == pytest.approx(
+      float(temporal_metrics.flicker(truth, recon)[0]), abs=1e-5
+  )
+  assert bikes["tlp"] == pytest.approx(
+      float(temporal_metrics.tlp(truth, recon, lpips)[0]), abs=1e-4
+  )
+  assert bikes["tof"] == pytest.approx(float(temporal_metrics.tof(truth, recon)[0]), abs=1e-4)
+  assert bikes["flicker"] > 0 and bikes["tlp"] > 0 and bikes["tof"] > 0
+  # Exact streaming against one whole-clip pass: the same frames, a gap that reads 0.00 dB.
+  assert abs(bikes["mode_gap"]) < 0.005 and abs(summary["mode_gap"]) < 0.005
+  for key in ("flicker", "tlp", "tof"):
+    assert summary[key] == pytest.approx(np.mean([s[key] for s in summary["per_video"]]))
+  np.testing.assert_allclose(
+      summary["psnr_per_phase"],
+      np.mean([s["psnr_per_phase"] for s in summary["per_video"]], axis=0),
+      rtol=1e-6,
+  )
   assert summary["psnr"] == pytest.approx(np.mean([s["psnr"] for s in summary["per_video"]]))
   # An untrained model: its reconstructions are far from the clips in I3D space too.
   assert summary["rfvd_clips"] == 2 and summary["rfvd"] > 1.0
@@ -92,9 +113,49 @@ def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
   )
   markdown = (out / "metrics.md").read_text()
   assert "| bikes.mp4 | 17 |" in markdown and "broken.mp4" in markdown
+  assert "## Temporal quality" in markdown
+  assert "| video | 0 | 1 | 2 | 3 | 4 |" in markdown
+  cells = " | ".join(f"{v:.2f}" for v in bikes["psnr_per_phase"])
+  assert f"| bikes.mp4 | {cells} |" in markdown
   assert Image.open(out / "per_frame_psnr.png").size == (800, 440)  # 8 x 4.4 in at 100 dpi
+  assert Image.open(out / "per_phase_psnr.png").size == (840, 400)  # (1.2·5 + 2.4) x 4 in
   worst, _ = video_io.read_video(saved["worst"][0]["path"])
   assert worst.shape == (17, 64, 48, 3)  # input above reconstruction
+
+
+def test_videos_too_short_for_a_metric_are_reported_not_applicable(codec, tmp_path):
+  """A 6-frame video (off the 4x frame rule) has no per-phase PSNR; a 1-frame one has no
+  frame-to-frame metric either: each says why, and the overall scores skip them."""
+  data = tmp_path / "short"
+  data.mkdir()
+  rng = np.random.default_rng(0)
+  for name, t in (("six.mp4", 6), ("one.mp4", 1)):
+    frames = rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8)
+    video_io.write_video(str(data / name), frames, 25.0)
+  summary = folder.evaluate_folder(
+      codec,
+      str(data),
+      str(tmp_path / "eval"),
+      num_frames=17,
+      worst=0,
+      rfvd=False,
+      progress=False,
+      index_cache_dir=str(tmp_path),
+  )
+  by_name = {s["file"]: s for s in summary["per_video"]}
+  six, one = by_name["six.mp4"], by_name["one.mp4"]
+  assert six["psnr_per_phase"]["value"] is None
+  assert "breaks the frame rule 1 + 4·k" in six["psnr_per_phase"]["reason"]
+  assert isinstance(six["flicker"], float) and isinstance(six["tof"], float)
+  for key in ("flicker", "tlp", "tof"):
+    assert one[key]["value"] is None and "at least 2 frames" in one[key]["reason"]
+    assert summary[key] == pytest.approx(six[key])  # the mean of the videos it applies to
+  assert "shorter than one latent group" in one["psnr_per_phase"]["reason"]
+  assert summary["psnr_per_phase"]["value"] is None
+  assert summary["psnr_per_phase"]["reason"].startswith("no video could be scored")
+  markdown = (tmp_path / "eval" / "metrics.md").read_text()
+  assert "Not applicable:" in markdown and "- one.mp4 tof: 1 frame(s)" in markdown
+  assert (tmp_path / "eval" / "per_phase_psnr.png").exists()
 
 
 def test_cli_one_line_errors(tmp_path):
@@ -150,10 +211,15 @@ def test_cli_scores_released_weights(fixtures_dir, data_dir, tmp_path):
   line = json.loads(result.stdout.strip().splitlines()[-1])
   assert (line["videos"], line["frames"], line["mode"], line["skipped"]) == (1, 9, "crossfade", 1)
   assert line["rfvd"] is None and 5.0 < line["psnr"] < 60.0
+  saved = json.loads((out / "metrics.json").read_text())
+  # One 9-frame chunk of a 9-frame clip is the whole clip: no gap.
+  assert saved["mode_gap"] == pytest.approx(0.0, abs=0.005)
+  assert len(saved["psnr_per_phase"]) == 5 and saved["flicker"] > 0
   assert "evaluate" in result.stderr  # the progress bar
   assert sorted(os.listdir(out)) == [
       "metrics.json",
       "metrics.md",
       "per_frame_psnr.png",
+      "per_phase_psnr.png",
       "worst_0_bikes.mp4",
   ]

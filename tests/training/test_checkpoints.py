@@ -9,6 +9,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 from flax import nnx
 
 import bootvae_jax
@@ -137,6 +138,11 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   ema_psnr = float(np.mean(eval_fn(state.ema_params, state.frozen, clips, None)[1]["psnr"]))
   assert record["eval_ema/psnr"] == pytest.approx(ema_psnr, abs=1e-4)
   assert record["eval_ema/psnr"] != record["eval/psnr"] and "eval_ema/ssim" in record
+  # Temporal scores of the 5-frame 4x eval clips, and the PNG's rows: input, reconstruction and
+  # the |frame difference| of each (16² frames upscaled x8).
+  assert {f"eval/psnr_phase_{p}" for p in range(5)} | {"eval/flicker"} <= record.keys()
+  with Image.open(os.path.join(workdir, "eval", "step_0000002.png")) as png:
+    assert png.size[1] == 4 * 128
 
   # A resume whose model does not fit the checkpoint: refused, nothing written.
   before = _files(workdir)

@@ -10,7 +10,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from bootvae_jax import data as data_lib
+from bootvae_jax import models
+from bootvae_jax.core import metrics
 from bootvae_jax.core import sharding
+from bootvae_jax.core import temporal_metrics
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
 
@@ -183,3 +186,26 @@ def test_bf16_and_remat_options_train(config, jaxpr_equations):
   assert np.isfinite(float(metrics["loss"]))
   leaf = state.params["decoder"]["conv_in"]["kernel"][...]
   assert leaf.dtype == jnp.float32  # float32 parameters, bf16 compute
+
+
+def test_eval_step_scores_psnr_per_phase_and_flicker(config):
+  setup, state, _, _ = _setup(config)
+  clips = jnp.asarray(data_lib.make_eval_clips(config.data, num_clips=config.eval.num_clips))
+  recon, scores = jax.device_get(
+      train_step_lib.jit_eval_step(setup)(state.params, state.frozen, clips, None)
+  )
+  r, _ = models.compression_factors(config.model)
+  assert r == 4 and clips.shape[1] == 5  # one latent group after the first frame
+  phase_keys = [f"psnr_phase_{p}" for p in range(r + 1)]
+  assert set(phase_keys + ["flicker", "psnr", "ssim"]) == set(scores)
+  clips = np.asarray(clips)
+  phases = np.asarray(temporal_metrics.per_phase_psnr(clips, recon, r))
+  for p, key in enumerate(phase_keys):
+    np.testing.assert_allclose(scores[key], phases[:, p], rtol=1e-5)
+  # Phase p ≥ 1 of a 5-frame clip is frame p: its PSNR per clip is that frame's.
+  per_frame = np.asarray(metrics.per_frame_psnr(clips, recon))
+  np.testing.assert_allclose(scores["psnr_phase_2"], per_frame[:, 2], rtol=1e-5)
+  expected_flicker = np.mean(
+      np.abs(np.diff(recon, axis=1) - np.diff(clips, axis=1)), axis=(1, 2, 3, 4)
+  )
+  np.testing.assert_allclose(scores["flicker"], expected_flicker, rtol=1e-4)
