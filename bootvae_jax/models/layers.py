@@ -92,8 +92,6 @@ def spatial_padding_amounts(kind: SpatialPadding, kh: int, kw: int):
   raise ValueError(f"unknown spatial_padding {kind!r}; use same, bottom_right or valid")
 
 
-
-
 # ----------------------------------------------------------------------------------------------
 # Parameters and convolution.
 
