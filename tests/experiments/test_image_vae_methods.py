@@ -32,12 +32,7 @@ def test_video_configs(dirs, variant, init):
   assert config.compat.image_vae == "/img"  # compatibility is evaluated in every run
   assert (config.compat.decoder_weight > 0) == (variant == 4 and init == "tail")
   assert config.init_checkpoint.inflate == ("" if init == "random" else init)
-  widths = [config.model.base_channels * m for m in config.model.channel_multipliers]
-  assert (
-      tuple(widths)
-      == ivm.WIDTHS
-      == tuple(
-          ivm.image_vae_config(1, dirs).model.base_channels * m
-          for m in ivm.image_vae_config(1, dirs).model.channel_multipliers
-      )
-  )
+  # OD-VAE's 128·(1, 2, 4, 4) at 1/16 width, as the image VAE it is initialised from.
+  assert (config.model.base_channels, tuple(config.model.channel_multipliers)) == (8, (1, 2, 4, 4))
+  image = ivm.image_vae_config(1, dirs).model
+  assert (image.base_channels, tuple(image.channel_multipliers)) == (8, (1, 2, 4, 4))
