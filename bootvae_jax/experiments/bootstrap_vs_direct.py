@@ -812,9 +812,12 @@ def observation_rows(scorer, key: str, clips, seed: int, steps: int) -> list[dic
   return rows
 
 
-def score_rows(all_runs: list[Run], timings, clips, key: str, machine: str) -> dict[str, Any]:
+def score_rows(
+    all_runs: list[Run], timings, clips, key: str, machine: str
+) -> tuple[dict[str, Any], dict[str, int]]:
   """Every run's held-out scores (cached under `key` in its run directory) and curve, the
-  observation and the convergence check: the result's rows, plus each curve's step offset."""
+  observation and the convergence check: the result (less its setup) and each curve's step
+  offset (grown stages start where their lower stage ended)."""
   previous = {run.label: run.previous for run in all_runs}
   rows, ablations, observation, convergence, curves, offsets = [], [], [], [], {}, {}
   for run in all_runs:
@@ -862,17 +865,15 @@ def score_rows(all_runs: list[Run], timings, clips, key: str, machine: str) -> d
             steps=r["steps"],
         )
     )
-  return dict(
-      result=dict(
-          summary=summarize(rows),
-          rows=rows,
-          convergence=convergence,
-          observation=observation,
-          ablations=ablations,
-          curves=curves,
-      ),
-      offsets=offsets,
+  result = dict(
+      summary=summarize(rows),
+      rows=rows,
+      convergence=convergence,
+      observation=observation,
+      ablations=ablations,
+      curves=curves,
   )
+  return result, offsets
 
 
 def model_description(config, grown_config, preset: Preset, variant: str) -> str:
@@ -961,12 +962,12 @@ def main(argv):
   logging.info("held-out clips %s", clips.shape)
   # Scores are cached per run under this key: a different clip set is scored again.
   heldout_key = f"heldout_{preset.eval_crop}_{len(clips)}clips"
-  scored = score_rows(runs + extra_runs, timings, clips, heldout_key, machine)
+  result, offsets = score_rows(runs + extra_runs, timings, clips, heldout_key, machine)
 
   frame_stride = first_config.data.frame_stride
   stride_note = f" at frame stride {frame_stride}" if frame_stride != 1 else ""
   command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
-  scored["result"]["setup"] = dict(
+  result["setup"] = dict(
       command=command.strip(),
       machine=machine,
       preset=dataclasses.asdict(preset),
@@ -982,7 +983,7 @@ def main(argv):
       eval_path=_EVAL_PATH.value,
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
-  write_results(_OUT.value, scored["result"], scored["offsets"])
+  write_results(_OUT.value, result, offsets)
 
 
 def config_factor(config, spatial: bool = False) -> int:

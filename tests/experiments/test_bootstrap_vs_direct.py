@@ -298,7 +298,7 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
   clips = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 9, 16, 16, 3)).astype(np.float32)
 
   scored = bvd.score_rows(all_runs, timings, clips, "heldout", "test machine")
-  result, offsets = scored["result"], scored["offsets"]
+  result, offsets = scored
   assert list(result) == ["summary", "rows", "convergence", "observation", "ablations", "curves"]
   grown = next(r for r in result["rows"] if r["model"] == "promag_8x")
   assert grown == dict(
