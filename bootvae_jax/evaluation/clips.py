@@ -50,6 +50,60 @@ def score_clips(model, clips, *, batch: int = 3, input_stride: int = 1) -> dict[
   )
 
 
+def temporal_scores(model, clips, *, batch: int = 3) -> dict[str, Any]:
+  """Temporal quality of `model`'s reconstructions of clips (N, T, H, W, 3) in [-1, 1]
+  (`core/temporal_metrics.py`), each the mean over clips: PSNR by phase inside the latent group
+  (`psnr_per_phase`, r + 1 values), `flicker`, `tlp` and `tof`; a metric the clip length cannot
+  score is {'value': None, 'reason': ...}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from bootvae_jax.core import temporal_metrics as tm  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.losses import perceptual  # pylint: disable=g-import-not-at-top
+
+  factor = int(model.temporal_factor)
+  num_frames = clips.shape[1]
+  graphdef, state = nnx.split(model)
+  lpips = perceptual.LPIPS.from_package()
+
+  @jax.jit
+  def reconstruct(state, x):
+    return jnp.clip(nnx.merge(graphdef, state)(x)[0], -1.0, 1.0)
+
+  tlp_of = jax.jit(lambda x, y: tm.tlp(x, y, lpips))
+
+  pair_reason, phase_reason = tm.pairs_reason(num_frames), tm.phase_reason(num_frames, factor)
+  per_phase, flicker, tlp, tof = [], [], [], []
+  for i in range(0, len(clips), batch):
+    x = jnp.asarray(clips[i : i + batch])
+    y = reconstruct(state, x)
+    if phase_reason is None:
+      per_phase.append(np.asarray(tm.per_phase_psnr(x, y, factor)))
+    if pair_reason is None:
+      flicker.append(np.asarray(tm.flicker(x, y)))
+      tlp.append(np.asarray(tlp_of(x, y)))
+      tof.append(np.asarray(tm.tof(np.asarray(x), np.asarray(y))))
+
+  def mean(values, reason, digits):
+    if reason is not None:
+      return tm.NotApplicable(reason).to_json()
+    return round(float(np.mean(np.concatenate(values))), digits)
+
+  phases = (
+      tm.NotApplicable(phase_reason).to_json()
+      if phase_reason is not None
+      else [round(float(v), 3) for v in np.mean(np.concatenate(per_phase), axis=0)]
+  )
+  return dict(
+      psnr_per_phase=phases,
+      flicker=mean(flicker, pair_reason, 5),
+      tlp=mean(tlp, pair_reason, 5),
+      tof=mean(tof, pair_reason, 4),
+  )
+
+
 def cached_scores(run_dir: str, key: str, compute: Callable[[], dict]) -> dict:
   """`compute()` once per (run directory, key), kept in `<run_dir>/scores.json`."""
   path = os.path.join(run_dir, SCORES_FILE)
@@ -85,6 +139,12 @@ class RunScorer:
     """`score_clips(model, clips, input_stride=...)`, cached under `key`."""
     return cached_scores(
         self.run_dir, key, lambda: score_clips(self.model, clips, input_stride=input_stride)
+    )
+
+  def temporal(self, key: str, clips) -> dict[str, Any]:
+    """`temporal_scores(model, clips)`, cached under `<key>_temporal`."""
+    return cached_scores(
+        self.run_dir, f"{key}_temporal", lambda: temporal_scores(self.model, clips)
     )
 
 

@@ -632,6 +632,39 @@ def plot_curves(
   plt.close(fig)
 
 
+def _value(v, digits: int) -> str:
+  return "n/a" if isinstance(v, dict) else f"{v:.{digits}f}"
+
+
+def temporal_table(rows: list[dict]) -> list[str]:
+  """Markdown lines: each model's temporal quality on the held-out clips (evaluation/clips.py
+  `temporal_scores`): PSNR by position in the latent group, flicker, tLP, tOF."""
+  rows = [r for r in rows if "temporal" in r]
+  if not rows:
+    return []
+  lines = [
+      "",
+      "## Temporal quality (held-out clips)",
+      "",
+      "PSNR by phase: the first frame, then positions 1..r of each latent group (r = temporal"
+      " compression); flicker: mean |change of the reconstruction − change of the input|"
+      " between frames ([-1, 1] units, 0 is perfect); tLP: mean |LPIPS change difference|;"
+      " tOF: mean Farnebäck flow difference (px). Lower is better for the last three.",
+      "",
+      "| model | seed | PSNR by phase (dB) | flicker | tLP | tOF |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    t = r["temporal"]
+    phases = t["psnr_per_phase"]
+    phases = "n/a" if isinstance(phases, dict) else " / ".join(f"{v:.2f}" for v in phases)
+    lines.append(
+        f"| {r['model']} | {r['seed']} | {phases} | {_value(t['flicker'], 4)} |"
+        f" {_value(t['tlp'], 4)} | {_value(t['tof'], 3)} |"
+    )
+  return lines
+
+
 def write_markdown(out: str, result: dict[str, Any]) -> None:
   setup = result["setup"]
   lines = [
@@ -695,6 +728,7 @@ def write_markdown(out: str, result: dict[str, Any]) -> None:
         " cosine ends at stage I's last step, `optimizer.decay_steps`); its last 25% of steps"
         " are the continuation when it adds a third of stage I.",
     ]
+  lines += temporal_table(result["rows"] + result["ablations"])
   lines += [
       "",
       "## Motivating observation: the 4x model on temporally subsampled video",
@@ -845,6 +879,7 @@ def score_rows(
         stage_wall_s=timing.wall_s,
         machine=machine,
     )
+    row["temporal"] = scorer.temporal(key, clips)
     if run.change:
       row["change"] = run.change
     logging.info("%s", row)
