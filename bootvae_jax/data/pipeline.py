@@ -337,12 +337,12 @@ def make_train_batches(
       without any readable file.
   """
   data_config_lib.validate(data_config, temporal_factor=1, spatial_factor=1)
-  sharding = sharding.batch_sharding(mesh, data_axes)
-  shards = int(np.prod([mesh.shape[axis] for axis in sharding.spec[0] or ()]))
+  batch_sharding = sharding.batch_sharding(mesh, data_axes)
+  shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0] or ()]))
   if data_config.batch_size % shards:
     raise ValueError(
         f"data.batch_size={data_config.batch_size} does not split over the {shards} "
-        f"data-parallel devices of mesh axes {tuple(sharding.spec[0] or ())}; use a "
+        f"data-parallel devices of mesh axes {tuple(batch_sharding.spec[0] or ())}; use a "
         f"multiple of {shards}"
     )
   sources, weights = make_sources(data_config)
@@ -360,7 +360,7 @@ def make_train_batches(
   return TrainBatches(
       lambda start: dataset_at(start_example=start),
       sources=sources,
-      sharding=sharding,
+      sharding=batch_sharding,
       global_shape=global_shape,
   )
 
