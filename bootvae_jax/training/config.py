@@ -89,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the lower level here.
   config.freeze = ()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # The TPU slice this config is sized for ("v5e-16", "v5p-8", ...; "" = none): the default of
+  # `python -m bootvae_jax.aot`, which compiles the step for it and checks it fits its HBM.
+  config.target_topology = ""
   config.sharding_rules = (("conv_out", "fsdp"),)
   config.init_checkpoint = ml_collections.ConfigDict(
       dict(
