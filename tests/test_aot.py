@@ -110,7 +110,7 @@ def test_tiny_config_compiles_for_v5e_and_its_memory_adds_up(v5e_report):
       + xla["generated_code_size_in_bytes"]
   )
   # The donated state aliases the new state: only the metrics are fresh outputs.
-  assert memory.outputs < 4096
+  assert memory.outputs < 64 * 1024  # a few tiled scalars
   # Data parallel: every chip holds all parameters (float32), twice that of Adam moments.
   from bootvae_jax.models import autoencoder
   from flax import nnx
@@ -196,4 +196,4 @@ def test_unknown_topology_is_a_user_error_before_compiling():
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
   )
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: --topology='v5e-12'")
+  assert result.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e-12'")

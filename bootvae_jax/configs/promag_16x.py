@@ -21,4 +21,5 @@ def get_config(growth_init: str = "fresh"):
   )
   config.name = "promag_16x"
   config.total_steps = 100_000
+  config.target_topology = "v5p-64"  # python -m bootvae_jax.aot checks the fit (README)
   return config

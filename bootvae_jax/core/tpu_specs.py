@@ -107,6 +107,6 @@ def resolve(name: str) -> Slice:
         chips *= d
       return Slice(name, name, chips, spec)
   raise UserError(
-      f"--topology={name!r} is not a TPU slice this check knows; use one of"
+      f"topology {name!r} is not a TPU slice this check knows; use one of"
       f" {', '.join(slice_names())} (or a libtpu topology such as v5e:4x4, v5p:2x2x1)"
   )

@@ -15,6 +15,7 @@ import ml_collections
 
 from bootvae_jax import models
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import tpu_specs
 from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import init as init_lib
@@ -182,6 +183,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
         " image VAE: a diffusers folder or an image-VAE workdir)"
     )
   _validate_growth_restore(config)
+  if config.get("target_topology", ""):
+    tpu_specs.resolve(config.target_topology)  # a UserError listing the known slices
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
     raise UserError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:
