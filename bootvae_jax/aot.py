@@ -266,6 +266,27 @@ def _mesh_context(mesh):
       yield
 
 
+def _compile(lowered, config, program: str):
+  """`lowered.compile()`; the TPU compiler's own out-of-HBM refusal becomes `DoesNotFit`."""
+  try:
+    return lowered.compile()
+  except Exception as e:  # XlaRuntimeError / JaxRuntimeError: RESOURCE_EXHAUSTED
+    message = str(e)
+    if "Ran out of memory" not in message and "RESOURCE_EXHAUSTED" not in message:
+      raise
+    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
+    detail = (
+        f"needs {used.group(1)} of {used.group(2)} HBM per chip"
+        if used
+        else cli.one_line(message)[:300]
+    )
+    raise DoesNotFit(
+        f"{config.get('name', '')} does not fit: the TPU compiler refused its {program} step,"
+        f" which {detail} (try model.dtype=bfloat16, model.remat=True, a larger mesh.fsdp or"
+        " a smaller data.batch_size)"
+    ) from e
+
+
 def _cost(compiled) -> tuple[float, float]:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -346,7 +367,8 @@ def compile_train(config, devices, device_slices=None) -> Compiled:
 
   mesh, setup, state, batch, nets = _train_args(config, devices)
   with _mesh_context(mesh):
-    compiled = train_step.jit_train_step(setup, nets).lower(state, batch, nets).compile()
+    lowered = train_step.jit_train_step(setup, nets).lower(state, batch, nets)
+    compiled = _compile(lowered, config, "train")
   flops, nbytes = _cost(compiled)
   return Compiled(
       "train",
@@ -368,7 +390,8 @@ def model_flops_per_chip(config, devices) -> float:
   plain.model.remat = False
   mesh, setup, state, batch, nets = _train_args(plain, devices)
   with _mesh_context(mesh):
-    compiled = train_step.jit_train_step(setup, nets).lower(state, batch, nets).compile()
+    lowered = train_step.jit_train_step(setup, nets).lower(state, batch, nets)
+    compiled = _compile(lowered, config, "train")
   return _cost(compiled)[0]
 
 
@@ -387,11 +410,8 @@ def compile_eval(config, devices) -> Compiled:
       sharding=sharding.replicated(mesh),
   )
   with _mesh_context(mesh):
-    compiled = (
-        train_step.jit_eval_step(setup, nets)
-        .lower(state.params, state.frozen, clips, nets)
-        .compile()
-    )
+    lowered = train_step.jit_eval_step(setup, nets).lower(state.params, state.frozen, clips, nets)
+    compiled = _compile(lowered, config, "eval")
   parts = {
       "parameters": per_chip_bytes(state.params),
       "frozen": per_chip_bytes(state.frozen),
@@ -431,7 +451,7 @@ def compile_inference(config, devices) -> list[Compiled]:
     z = jax.ShapeDtypeStruct(z.shape, z.dtype, sharding=rep)
     dec = jax.jit(decode, in_shardings=(params_s, frozen_s, rep), out_shardings=rep)
     for name, fn, x in (("encode", enc, clip), ("decode", dec, z)):
-      compiled = fn.lower(state.params, state.frozen, x).compile()
+      compiled = _compile(fn.lower(state.params, state.frozen, x), config, name)
       parts = {
           "parameters": per_chip_bytes(state.params),
           "frozen": per_chip_bytes(state.frozen),
@@ -611,7 +631,11 @@ def main(argv):
   steps = tuple(_STEPS.value)
   if unknown := [s for s in steps if s not in STEPS]:
     raise UserError(f"--steps: unknown {unknown}; use some of {STEPS}")
-  report = check(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, steps, _MODEL_FLOPS.value)
+  try:
+    report = check(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, steps, _MODEL_FLOPS.value)
+  except DoesNotFit as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_DOES_NOT_FIT)
   print(format_table(report))
   print(json_line(report), flush=True)
   if not report["fits"]:
