@@ -274,7 +274,9 @@ def _compile(lowered, config, program: str):
     message = str(e)
     if "Ran out of memory" not in message and "RESOURCE_EXHAUSTED" not in message:
       raise
-    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
+    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message) or re.search(
+        r"\(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", message
+    )
     detail = (
         f"needs {used.group(1)} of {used.group(2)} HBM per chip"
         if used
