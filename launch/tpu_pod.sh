@@ -2,8 +2,31 @@
 # Launches one training run on every host of a Cloud TPU pod slice:
 #   launch/tpu_pod.sh my-tpu us-central2-b --config=configs/promag_4x.py --workdir=gs://bucket/promag_4x
 # The repository must be present at the same path on every host (e.g. cloned by a startup script).
+#
+# Before anything starts on the pod, the train step is compiled here for the slice's TPU type
+# (python -m bootvae_jax.aot, needs libtpu: pip install -r requirements-test.txt) and the launch
+# stops with the shortfall when it does not fit the chips' HBM. NUM_SLICES=N checks N slices
+# joined over DCN; SKIP_FIT_CHECK=1 skips the check.
 set -euo pipefail
 tpu=${1:?TPU name}; zone=${2:?zone}; shift 2
 args=$(printf " %q" "$@")
+
+if [[ -z ${SKIP_FIT_CHECK:-} ]]; then
+  accelerator=$(gcloud compute tpus tpu-vm describe "$tpu" --zone="$zone" \
+    --format='value(acceleratorType)')
+  topology=${accelerator/v5litepod/v5e}  # Cloud's v5litepod-16 is the v5e-16 slice
+  fit_args=()
+  for arg in "$@"; do  # the config and its overrides; --workdir and the like are not needed
+    case $arg in --config=* | --config.*) fit_args+=("$arg") ;; esac
+  done
+  echo "fit check: ${fit_args[*]} on ${NUM_SLICES:-1} x $topology"
+  JAX_PLATFORMS=cpu python3 -m bootvae_jax.aot --topology="$topology" \
+    --num_slices="${NUM_SLICES:-1}" --steps=train "${fit_args[@]}" || {
+    status=$?
+    echo "not launched: the fit check failed (exit $status; 3 = does not fit)" >&2
+    exit "$status"
+  }
+fi
+
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command \
   "cd ~/bootvae_jax && python3 -m bootvae_jax.main --distributed${args}"

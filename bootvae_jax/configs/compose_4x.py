@@ -23,4 +23,5 @@ def get_config():
   config.name = "compose_4x"
   config.compat = cvvae.get_config().compat
   config.compat.image_vae = config.init_checkpoint.path  # the same image VAE
+  config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config

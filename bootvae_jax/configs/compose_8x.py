@@ -21,4 +21,5 @@ def get_config():
   config.name = "compose_8x"
   config.total_steps = 100_000
   config.loss.gan_weight = 0.0  # ProMAG stage II: L_rec + λ_KL·KL (+ the regulariser)
+  config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config

@@ -56,4 +56,5 @@ def get_config():
       image_vae=IMAGE_VAE, decoder_weight=1.0, mapping="random", learned_logvar=True
   )
   config.mesh.update(data=-1, fsdp=1)
+  config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config

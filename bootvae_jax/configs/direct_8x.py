@@ -19,4 +19,5 @@ def get_config():
   config.optimizer.warmup_steps = base.optimizer.warmup_steps
   config.loss.gan_weight = base.loss.gan_weight  # trained like stage I: L1 + KL (+ GAN)
   config.loss.gan_start_step = base.loss.gan_start_step
+  config.target_topology = "v5p-64"  # python -m bootvae_jax.aot checks the fit (README)
   return config

@@ -42,4 +42,5 @@ def get_config(variant: str = "4"):
   )
   config.discriminator.update(base_channels=64, num_layers=3, learning_rate=1e-5)
   config.init_checkpoint.update(path=IMAGE_VAE, inflate="tail")
+  config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config

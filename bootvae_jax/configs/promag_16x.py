@@ -19,4 +19,5 @@ def get_config(growth_init: str = "fresh"):
   config = stages.next_stage(promag_8x.get_config(growth_init), previous_workdir=promag_8x.WORKDIR)
   config.name = "promag_16x"
   config.total_steps = 100_000
+  config.target_topology = "v5p-64"  # python -m bootvae_jax.aot checks the fit (README)
   return config

@@ -39,4 +39,5 @@ def get_config():
   config.loss.kl_weight = 1e-6
   config.loss.gan_weight = 0.1
   config.loss.gan_start_step = 100_000  # the GAN joins once reconstructions are sharp
+  config.target_topology = "v5p-64"  # python -m bootvae_jax.aot checks the fit (README)
   return config

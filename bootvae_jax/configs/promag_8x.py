@@ -27,4 +27,5 @@ def get_config(growth_init: str = "fresh"):
   config.total_steps = 100_000
   config.optimizer.warmup_steps = 1_000
   config.loss.gan_weight = 0.0  # stage II: L_rec + λ_KL·KL
+  config.target_topology = "v5p-64"  # python -m bootvae_jax.aot checks the fit (README)
   return config

@@ -268,6 +268,18 @@ def use_mesh(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[Mesh]:
     _ACTIVE_RULES.reset(token)
 
 
+@contextlib.contextmanager
+def use_abstract_mesh(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[Mesh]:
+  """`use_mesh` for tracing alone: `constrain` sees `mesh` and `rules`, but nothing is placed
+  on its devices (ahead-of-time compilation for devices that are described, not attached)."""
+  token = _ACTIVE_RULES.set(tuple(rules))
+  try:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      yield mesh
+  finally:
+    _ACTIVE_RULES.reset(token)
+
+
 def in_mesh(fn: Callable[..., Any], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Callable:
   """`fn` (e.g. a jitted step) called inside `use_mesh(mesh, rules)` every time, so that it is
   traced there; arrays made outside it stay as they are."""

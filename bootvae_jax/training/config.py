@@ -16,6 +16,7 @@ import ml_collections
 from bootvae_jax import models
 from bootvae_jax.cli import UserError
 from bootvae_jax.core import sharding
+from bootvae_jax.core import tpu_specs
 from bootvae_jax.losses import compat
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import init as init_lib
@@ -94,6 +95,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(dcn_data=1, data=-1, fsdp=1, spatial=1))
   # Every logical axis (parameters and activations) → a mesh axis, a tuple of them, or None.
   config.sharding_rules = sharding.DEFAULT_RULES
+  # The TPU slice this config is sized for ("v5e-16", "v5p-8", ...; "" = none): the default of
+  # `python -m bootvae_jax.aot`, which compiles the step for it and checks it fits its HBM.
+  config.target_topology = ""
   config.init_checkpoint = ml_collections.ConfigDict(
       dict(
           # A previous stage's workdir (or checkpoint step dir) whose parameters seed this model.
@@ -184,6 +188,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
         " image VAE: a diffusers folder or an image-VAE workdir)"
     )
   _validate_growth_restore(config)
+  if config.get("target_topology", ""):
+    tpu_specs.resolve(config.target_topology)  # a UserError listing the known slices
   if config.loss.perceptual_weight > 0 and config.model.out_channels != 3:
     raise UserError("config.loss.perceptual_weight needs RGB output (model.out_channels=3)")
   if workdir is not None:

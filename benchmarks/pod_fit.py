@@ -1,0 +1,117 @@
+r"""Compiles shipped configs for TPU slices (bootvae_jax/aot.py) and collects one JSON line each.
+
+  python benchmarks/pod_fit.py --configs=promag_4x,odvae --topologies=v5e-16,v5p-8 \
+      --out=results/pod_fit.jsonl
+  python benchmarks/pod_fit.py --configs=promag_4x --topologies=v5e-16 \
+      --levers=none,bf16,bf16+remat --out=results/pod_fit.jsonl    # before / after rows
+  python benchmarks/pod_fit.py --table=results/pod_fit.jsonl > results/pod_fit.md
+
+Each compile runs in its own process (one at a time: a paper-scale TPU compile takes minutes
+and gigabytes) with the train step only; the line gets `levers` (the overrides applied) and
+the compile's wall time. A config that does not fit still gives its line (exit 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_CONFIGS = flags.DEFINE_list("configs", [], "Config names under bootvae_jax/configs/.")
+_TOPOLOGIES = flags.DEFINE_list("topologies", [], "Slices; empty = each config's target.")
+_LEVERS = flags.DEFINE_list("levers", ["shipped"], "Lever sets of LEVERS, one row each.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
+_OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.x=y for every row.")
+_OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file.")
+_TABLE = flags.DEFINE_string("table", "", "Print a markdown table of this JSON-lines file.")
+_TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per compile.")
+
+# Named override sets: "shipped" is the config as it is; the others switch levers off / on.
+LEVERS = {
+    "shipped": [],
+    "none": ["--config.model.dtype=float32", "--config.model.remat=False", "--config.mesh.fsdp=1"],
+    "bf16": ["--config.model.dtype=bfloat16", "--config.model.remat=False"],
+    "remat": ["--config.model.dtype=float32", "--config.model.remat=True"],
+    "bf16+remat": ["--config.model.dtype=bfloat16", "--config.model.remat=True"],
+}
+
+
+def run_one(config: str, topology: str | None, levers: str) -> dict:
+  cmd = [
+      sys.executable,
+      "-m",
+      "bootvae_jax.aot",
+      f"--config=bootvae_jax/configs/{config}.py",
+      "--steps=train",
+      "--nomodel_flops",
+      f"--num_slices={_NUM_SLICES.value}",
+      *([f"--topology={topology}"] if topology else []),
+      *LEVERS[levers],
+      *_OVERRIDES.value,
+  ]
+  start = time.time()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT.value)
+  lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+  if not lines:
+    tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+    return {"config": config, "topology": topology, "levers": levers, "error": tail[0]}
+  row = json.loads(lines[-1])
+  row.update(levers=levers, overrides=LEVERS[levers] + _OVERRIDES.value)
+  row["compile_s"] = round(time.time() - start, 1)
+  return row
+
+
+def table(path: str) -> str:
+  rows = [json.loads(l) for l in open(path) if l.strip()]
+  head = (
+      "| config | slice | chips | batch | levers | dtype | remat | fsdp | params+opt+ema GiB |"
+      " temporaries GiB | total GiB / HBM | headroom | fits | roofline step | MFU bound |"
+      " collectives MB (DCN) |"
+  )
+  out = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    if "error" in r:
+      out.append(f"| {r['config']} | {r['topology']} | | | {r['levers']} | error: {r['error']} |")
+      continue
+    m = r["train_memory_gib"]
+    state = m["parameters"] + m["optimizer"] + m["ema"]
+    coll = r.get("collectives", {})
+    coll_mb = sum(c["bytes"] for c in coll.values()) / 1e6
+    dcn_mb = sum(c["dcn_bytes"] for c in coll.values()) / 1e6
+    slices = f"{r['num_slices']} x " if r["num_slices"] > 1 else ""
+    out.append(
+        f"| {r['config']} | {slices}{r['topology']} | {r['chips']} | {r['global_batch']} |"
+        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh']['fsdp']} | {state:.2f} |"
+        f" {m['temporaries']:.2f} | {r['hbm_per_chip_gib']:.2f} / {r['hbm_capacity_gib']:g} |"
+        f" {r['headroom_pct']:.0f}% | {'yes' if r['fits'] else 'NO'} |"
+        f" {1e3 * r['roofline_step_s']:.0f} ms ({r['roofline_bound']}) |"
+        f" {100 * r['mfu_bound']:.0f}%{'*' if r.get('mfu_counts_remat') else ''} |"
+        f" {coll_mb:.0f} ({dcn_mb:.0f}) |"
+    )
+  return "\n".join(out)
+
+
+def main(argv):
+  del argv
+  if _TABLE.value:
+    print(table(_TABLE.value))
+    return
+  for config in _CONFIGS.value:
+    for topology in _TOPOLOGIES.value or [None]:
+      for levers in _LEVERS.value:
+        row = run_one(config, topology, levers)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if _OUT.value:
+          with open(_OUT.value, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
