@@ -15,7 +15,7 @@ every executed XLA op with the source op in the optimised HLO's metadata. One JS
     transforms (`concatenate`, `slice`, `stack`) and matmuls;
   * `backward`: everything else of the backward pass (norm, SiLU, pads, reductions).
 
-Measured on the 2-core CPU, ProMAG base at 17×128², quiet (stop 18): 88.3 s per step, of
+Measured on the 2-core CPU, ProMAG base at 17×128², on a quiet machine: 88.3 s per step, of
 which d/dx convs 37%, forward convs 34%, d/dkernel loop 13% (its copies 8.7 s against 2.5 s
 of matmul).
 """

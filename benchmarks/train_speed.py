@@ -6,7 +6,7 @@ r"""Training throughput of the ProMAG experiment's models on this machine: JSON 
 One line per (variant, model): steps/s and clips/s of the real jitted train step
 (`training.train_step.jit_train_step`, the experiment's `experiment_config`), the step's FLOPs
 from XLA's cost analysis and the achieved GFLOP/s, compile time, XLA's buffer sizes and the
-process's peak RSS. Variants are the levers of issue 9: the previous experiment's
+process's peak RSS. Variants are the throughput levers: the previous experiment's
 architecture (`previous`: 8 base channels, no patchify, mean-free RMS norm), patchified input
 and output (`patch2`, `patch4`), wider levels, and per-frame GroupNorm instead of RMS norm.
 """

@@ -3,7 +3,7 @@
   python -m bootvae_jax.main --config=configs/cvvae.py --workdir=DIR \
       --config.data.source=video_folder --config.data.path=/data/videos
 
-Recipe (released SD 1.x/2.x-latent model; see DESIGN.md "Published training recipes"):
+Recipe (the released SD 1.x/2.x-latent model, as its paper publishes it):
 17-frame clips, 256² random crops after resizing to 512, frame stride 1–8; L1 + LPIPS 0.5;
 4-layer 3D patch GAN (64 filters) with adaptive weight 0.5 from step 1; KL 1.0 on the
 per-sample sum; AdamW β (0.9, 0.98), eps 1e-4, wd 0.01; LR 2e-5 → generator 4e-5, 1k warmup.

@@ -1,6 +1,6 @@
 """Demo: a tiny ProMAG base tokenizer (4x time, 4x space) on the built-in synthetic videos.
 
-About three minutes on a 2-core CPU, ending at eval PSNR 24.4 dB (issue 9, seed 0):
+About three minutes on a 2-core CPU, ending at eval PSNR 24.4 dB (seed 0):
 
   python -m bootvae_jax.main --config=configs/demo.py --workdir=/tmp/bootvae_demo
 

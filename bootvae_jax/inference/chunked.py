@@ -15,13 +15,13 @@ bounded by one chunk:
 * Tiling (the released OD-VAE / CV-VAE behaviour, `tiled_encode` / `tiled_decode`): chunks of
   `1 + r·m` frames overlapping by one frame, each later chunk's first latent dropped; decoding
   likewise with latent chunks, each later chunk's first frame dropped. Matches the official
-  outputs (fixtures in ../shared/fixtures).
+  outputs (fixtures in tests/fixtures).
 
 Every cross-fade chunk has the same shape, so the per-chunk function compiles once
 (`ChunkCodec`; pass one codec to several calls to reuse its compilations). Neither scheme
 equals the model on the whole clip: each chunk starts afresh (its first frame is encoded like
 an image) and clip-wide norms see only the chunk. A truly causal model (per-frame norms)
-streams exactly with the causal-conv cache instead (DESIGN.md "Beyond the papers").
+streams exactly with the causal-conv cache instead.
 """
 
 from __future__ import annotations

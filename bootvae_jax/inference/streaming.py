@@ -1,5 +1,5 @@
 """Exact streaming: encode and decode a video of any length chunk by chunk, equal to the whole
-clip (DESIGN.md "Beyond the papers").
+clip.
 
 A causal model with per-frame norms (the ProMAG base and its grown 8x / 16x models, any config
 with `rmsnorm_frame` / `groupnorm_frame`) runs one chunk at a time; each temporal op keeps what

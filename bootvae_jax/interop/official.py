@@ -277,7 +277,7 @@ def convert_state_dict(model: VideoAutoencoder, tensors: Mapping[str, np.ndarray
 
 def _official_conv_rank(kind: str, parent: nnx.Module, name: str, conv: layers.Conv3d) -> int:
   """Rank of the official weight of `conv` (attribute `name` of `parent`): 5 for the official
-  3D convs, 4 for their `nn.Conv2d`s (both READMEs in ../shared/fixtures list which is which)."""
+  3D convs, 4 for their `nn.Conv2d`s (the fixture READMEs in tests/fixtures list which is which)."""
   if conv.kernel_size[0] > 1:
     return 5
   if isinstance(parent, layers.SpatialAttention):  # CV-VAE: Conv2d 1x1; OD-VAE: CausalConv3d

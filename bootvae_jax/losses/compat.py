@@ -1,4 +1,4 @@
-"""CV-VAE's latent-compatibility regularisers (arXiv 2405.20279, Sec. 3; DESIGN.md "CV-VAE").
+"""CV-VAE's latent-compatibility regularisers (arXiv 2405.20279, Sec. 3).
 
 A frozen image VAE (`models/image_vae.py`, run frame by frame) ties the video latent to the
 image latent space, so image diffusion models can be reused on video latents:

@@ -51,7 +51,7 @@ def _unsupported(model: str, key: str, value: Any, supported) -> UserError:
 def cvvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The CV-VAE layout (`AILab-CVC/CV-VAE`, `CVVAEModel`) for any width / depth.
 
-  See ../shared/fixtures/cvvae/README.md: 3D res blocks with clip-wide GroupNorm (eps 1e-5),
+  See tests/fixtures/cvvae/README.md: 3D res blocks with clip-wide GroupNorm (eps 1e-5),
   conv2 per frame when `half_3d`; causal encoder, centred (non-causal) decoder; encoder
   downsample in time at even levels, decoder upsample in time at odd levels; no quant convs.
   """
@@ -136,7 +136,7 @@ def _lookup(table: Mapping[str, str], key: str, value: str) -> str:
 def odvae(kwargs: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The OD-VAE layout (Open-Sora-Plan v1.2 `CausalVAEModel`) for any width / depth.
 
-  See ../shared/fixtures/odvae/README.md: everything causal in time; clip-wide GroupNorm
+  See tests/fixtures/odvae/README.md: everything causal in time; clip-wide GroupNorm
   (eps 1e-6) in 3D blocks, the attention and the output norms; per-frame 2D blocks.
   """
   k = dict(kwargs)
@@ -265,7 +265,7 @@ def cvvae_released_kwargs() -> dict[str, Any]:
 
 
 def odvae_variant(variant: int, **overrides) -> ml_collections.ConfigDict:
-  """OD-VAE's four variants (our reading of arXiv 2409.01199, see DESIGN.md "OD-VAE").
+  """OD-VAE's four variants (our reading of arXiv 2409.01199, see the paper).
 
   V1: every block 3D-causal; V2: 2D blocks at the two highest-resolution levels of encoder and
   decoder; V3: 2D at the highest-resolution level of the encoder only; V4: the released layout

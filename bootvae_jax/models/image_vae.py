@@ -1,7 +1,7 @@
 """A 2D AutoencoderKL in the Stable-Diffusion layout, built from the video block registry.
 
 An image VAE here is a `VideoAutoencoder` whose every conv is per frame (`kt = 1`): SD's
-encoder and decoder map one-to-one onto ours (DESIGN.md "CV-VAE"):
+encoder and decoder map one-to-one onto ours:
 
   SD (diffusers AutoencoderKL)             bootvae_jax model config
   conv_in 3×3                              encoder.conv_in='2d'

@@ -3,7 +3,7 @@
 A grown model is a base `model` config with `model.growth.levels > 0` (the fields:
 `autoencoder.default_model_config`; build it with `build_model`):
 `growth.levels` extra 2x temporal levels on top of the base (4x → 8x → 16x), each built as in
-the paper's method figure (our reading, DESIGN.md "ProMAG"):
+the paper's method figure (our reading):
 
   encoder level n, input x: (B, 1+r·k·2, H, W, 3), r = the lower level's temporal factor
     branch A  a = lower.body(x[:, ::2])                       (B, 1+k,  H/8, W/8, C)

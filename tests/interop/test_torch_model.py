@@ -2,7 +2,7 @@
 
 Every architecture the config language builds, at tiny widths, with random parameters (norm
 scales, biases and AdaNorm maps moved away from their initial values): float32 encode and
-decode match JAX to 1e-4. Fixture-free except the official round trip (../shared/fixtures).
+decode match JAX to 1e-4. Fixture-free except the official round trip (tests/fixtures).
 """
 
 import json
