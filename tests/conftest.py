@@ -7,6 +7,10 @@ import os
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# libtpu is installed for the TPU compile checks (tests/test_aot.py); everything else runs on
+# the CPU, and every xdist worker may load libtpu (its machine-wide lock would refuse a second).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The suite's time is mostly XLA compiling tiny models, which then run in milliseconds: without
 # XLA's optimisation passes a tiny train step compiles in 9 s instead of 20 s, runs as fast,
