@@ -40,14 +40,14 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from bootvae_jax.experiments import bootstrap_vs_direct as bvd  # pylint: disable=g-import-not-at-top
+  from bootvae_jax.experiments import bootstrap_plan as plan  # pylint: disable=g-import-not-at-top
   from bootvae_jax.core import sharding  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import train_state  # pylint: disable=g-import-not-at-top
   from bootvae_jax.training import train_step  # pylint: disable=g-import-not-at-top
 
   for variant in _VARIANTS.value:
     for name in _MODELS.value:
-      config = bvd.experiment_config(name, variant=variant, data_dir="", run_root="")
+      config = plan.experiment_config(name, variant=variant, data_dir="", run_root="")
       config.data.source = "synthetic"  # the step's cost does not depend on the pixels
       mesh = sharding.make_mesh(config.mesh)
       setup, state = train_state.create_train_state(config, mesh)

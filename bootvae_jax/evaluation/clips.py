@@ -50,11 +50,11 @@ def score_clips(model, clips, *, batch: int = 3, input_stride: int = 1) -> dict[
   )
 
 
-def temporal_scores(model, clips, *, batch: int = 3) -> dict[str, Any]:
+def temporal_scores(model, clips, temporal_factor: int, *, batch: int = 3) -> dict[str, Any]:
   """Temporal quality of `model`'s reconstructions of clips (N, T, H, W, 3) in [-1, 1]
   (`core/temporal_metrics.py`), each the mean over clips: PSNR by phase inside the latent group
-  (`psnr_per_phase`, r + 1 values), `flicker`, `tlp` and `tof`; a metric the clip length cannot
-  score is {'value': None, 'reason': ...}."""
+  of `temporal_factor` r frames (`psnr_per_phase`, r + 1 values), `flicker`, `tlp` and `tof`; a
+  metric the clip length cannot score is {'value': None, 'reason': ...}."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -63,7 +63,7 @@ def temporal_scores(model, clips, *, batch: int = 3) -> dict[str, Any]:
   from bootvae_jax.core import temporal_metrics as tm  # pylint: disable=g-import-not-at-top
   from bootvae_jax.losses import perceptual  # pylint: disable=g-import-not-at-top
 
-  factor = int(model.temporal_factor)
+  factor = int(temporal_factor)
   num_frames = clips.shape[1]
   graphdef, state = nnx.split(model)
   lpips = perceptual.LPIPS.from_package()
@@ -141,10 +141,12 @@ class RunScorer:
         self.run_dir, key, lambda: score_clips(self.model, clips, input_stride=input_stride)
     )
 
-  def temporal(self, key: str, clips) -> dict[str, Any]:
-    """`temporal_scores(model, clips)`, cached under `<key>_temporal`."""
+  def temporal(self, key: str, clips, temporal_factor: int) -> dict[str, Any]:
+    """`temporal_scores(model, clips, temporal_factor)`, cached under `<key>_temporal`."""
     return cached_scores(
-        self.run_dir, f"{key}_temporal", lambda: temporal_scores(self.model, clips)
+        self.run_dir,
+        f"{key}_temporal",
+        lambda: temporal_scores(self.model, clips, temporal_factor),
     )
 
 

@@ -82,9 +82,7 @@ def test_scores_are_cached_per_run_and_the_model_loaded_only_when_needed(tmp_pat
 
 
 class _Frozen(nnx.Module):
-  """A 4x-time 'model' that shows the first frame for the whole clip."""
-
-  temporal_factor = 4
+  """A 'model' that shows the first frame for the whole clip."""
 
   def __call__(self, x):
     return (np.broadcast_to(x[:, :1], x.shape), None)
@@ -92,17 +90,15 @@ class _Frozen(nnx.Module):
 
 def test_temporal_scores_of_a_perfect_and_a_frozen_reconstruction():
   clips = _clips(n=2, frames=9)
-  perfect_model = _Shift(0.0)
-  perfect_model.temporal_factor = 4
-  perfect = clips_lib.temporal_scores(perfect_model, clips)
+  perfect = clips_lib.temporal_scores(_Shift(0.0), clips, 4)
   assert perfect["psnr_per_phase"] == [math.inf] * 5
   assert perfect["flicker"] == 0.0 and perfect["tof"] == 0.0 and perfect["tlp"] < 1e-5
-  frozen = clips_lib.temporal_scores(_Frozen(), clips)
+  frozen = clips_lib.temporal_scores(_Frozen(), clips, 4)
   # A reconstruction that never moves: its flicker is the input's own frame-to-frame change.
   motion = float(np.mean(np.abs(clips[:, 1:] - clips[:, :-1])))
   assert frozen["flicker"] == pytest.approx(motion, abs=1e-4)
   assert frozen["psnr_per_phase"][0] == math.inf and max(frozen["psnr_per_phase"][1:]) < 20
   # 6 frames at 4x break the frame rule: phases are not applicable, frame pairs still are.
-  short = clips_lib.temporal_scores(_Frozen(), clips[:, :6])
+  short = clips_lib.temporal_scores(_Frozen(), clips[:, :6], 4)
   assert short["psnr_per_phase"]["value"] is None and "1 + 4" in short["psnr_per_phase"]["reason"]
   assert short["flicker"] > 0

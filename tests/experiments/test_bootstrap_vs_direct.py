@@ -11,8 +11,9 @@ from flax import nnx
 
 from bootvae_jax import cli
 from bootvae_jax import models
-from bootvae_jax.core import metrics
 from bootvae_jax.data import splits
+from bootvae_jax.experiments import bootstrap_plan as plan
+from bootvae_jax.experiments import bootstrap_report as report
 from bootvae_jax.experiments import bootstrap_vs_direct as bvd
 from bootvae_jax.core import video_io
 from bootvae_jax.models import autoencoder
@@ -22,7 +23,7 @@ from bootvae_jax.training import checkpoints
 from bootvae_jax.training import config as config_lib
 from bootvae_jax.training import runs
 
-NAMES = bvd.HEADLINE + (
+NAMES = plan.HEADLINE + (
     "direct_8x@stage",
     "direct_16x@stage",
     "promag_8x+from_lower",
@@ -30,9 +31,9 @@ NAMES = bvd.HEADLINE + (
 )
 
 
-@pytest.mark.parametrize("preset", sorted(bvd.PRESETS))
+@pytest.mark.parametrize("preset", sorted(plan.PRESETS))
 def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp_path):
-  p = bvd.PRESETS[preset]
+  p = plan.PRESETS[preset]
   n1, n2 = p.base_steps, p.grow_steps
   (tmp_path / "data" / "train").mkdir(parents=True)
   (tmp_path / "data" / "eval").mkdir()
@@ -54,14 +55,14 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
       "promag_16x+from_lower": "promag_8x+from_lower",
   }
   for name in NAMES:
-    config = bvd.experiment_config(
+    config = plan.experiment_config(
         name, preset=preset, data_dir=str(tmp_path / "data"), run_root=str(tmp_path / "seed0")
     )
     config_lib.validate(config)
     assert (models.compression_factors(config.model)[0], config.total_steps) == expected[name]
     assert config.data.cache_decoded and config.eval.crop_size == (p.eval_crop, p.eval_crop)
     if name in previous:
-      assert bvd.previous_label(name) == previous[name]
+      assert plan.previous_label(name) == previous[name]
       assert config.init_checkpoint.path == str(tmp_path / "seed0" / previous[name])
       assert config.freeze  # lower level frozen, as in the paper
       assert config.optimizer.learning_rate == p.grow_learning_rate
@@ -77,7 +78,7 @@ def test_every_run_config_validates_builds_and_has_the_planned_steps(preset, tmp
 
 def test_variants_change_the_architecture_as_documented(tmp_path):
   configs = {
-      v: bvd.experiment_config(
+      v: plan.experiment_config(
           "promag_4x", variant=v, data_dir=str(tmp_path), run_root=str(tmp_path)
       ).model
       for v in (
@@ -90,7 +91,7 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
           "gpu",
       )
   }
-  strided = bvd.experiment_config(
+  strided = plan.experiment_config(
       "direct_8x", data_dir=str(tmp_path), run_root=str(tmp_path), frame_stride=2
   )
   assert strided.data.frame_stride == 2
@@ -109,7 +110,7 @@ def test_variants_change_the_architecture_as_documented(tmp_path):
   for model in configs.values():
     assert models.compression_factors(model) == (4, 8)
   with pytest.raises(ValueError, match="unknown variant"):
-    bvd.apply_variant(configs["patch2"], "nope")
+    plan.apply_variant(configs["patch2"], "nope")
 
 
 def test_split_by_scene_holds_whole_videos_out_and_is_written_once(tmp_path):
@@ -123,7 +124,7 @@ def test_split_by_scene_holds_whole_videos_out_and_is_written_once(tmp_path):
     video_io.write_video(
         str(tmp_path / side / f"{name}.mp4"), rng.integers(0, 255, shape, np.uint8), 25
     )
-  root, tag, info = bvd.prepare_data(
+  root, tag, info = plan.prepare_data(
       str(tmp_path / "work"), 16, [str(tmp_path / "a")], [str(tmp_path / "b")]
   )
   assert tag.startswith("_scenes") and os.path.basename(root) == f"data_16{tag}"
@@ -137,7 +138,7 @@ def test_split_by_scene_holds_whole_videos_out_and_is_written_once(tmp_path):
   assert frames.shape == (9, 16, 16, 3)
   os.remove(os.path.join(root, "eval", "three.mp4"))  # a second call reads splits.json only
   assert (
-      bvd.prepare_data(str(tmp_path / "work"), 16, [str(tmp_path / "a")], [str(tmp_path / "b")])[2]
+      plan.prepare_data(str(tmp_path / "work"), 16, [str(tmp_path / "a")], [str(tmp_path / "b")])[2]
       == info
   )
   with pytest.raises(ValueError, match="both in training and held out"):
@@ -161,7 +162,7 @@ def test_summary_reports_mean_and_spread_of_the_gain_per_growth_init():
           ("promag_16x", 0, 20.0),  # no direct 16x: no summary row
       )
   ]
-  summary, from_lower = bvd.summarize(rows)
+  summary, from_lower = report.summarize(rows)
   assert (summary["temporal_compression"], summary["grown"]) == (8, "promag_8x")
   assert summary["gain_db"] == pytest.approx(1.5) and summary["gain_std"] == pytest.approx(0.5)
   assert summary["grown_psnr"] == pytest.approx(25.5)
@@ -171,10 +172,10 @@ def test_summary_reports_mean_and_spread_of_the_gain_per_growth_init():
 
 def test_last_quarter_is_the_gain_from_the_eval_point_nearest_75_percent():
   curve = [(100, 20.0), (200, 21.0), (300, 21.5), (400, 21.75)]
-  assert bvd.last_quarter(curve, 400) == dict(
+  assert report.last_quarter(curve, 400) == dict(
       steps=400, final_psnr=21.75, psnr_at_75pct=21.5, step_at_75pct=300, last_quarter_gain_db=0.25
   )
-  continued = bvd.last_quarter(curve + [(450, 21.8), (500, 21.7), (533, 21.85)], 533)
+  continued = report.last_quarter(curve + [(450, 21.8), (500, 21.7), (533, 21.85)], 533)
   assert (continued["step_at_75pct"], continued["last_quarter_gain_db"]) == (400, 0.1)
 
 
@@ -182,20 +183,22 @@ def test_the_continued_base_continues_the_finished_base_and_nothing_else(tmp_pat
   (tmp_path / "train").mkdir()
   (tmp_path / "eval").mkdir()
   kw = dict(data_dir=str(tmp_path), run_root=str(tmp_path), base_steps=400)
-  base = bvd.experiment_config("promag_4x", **kw)
-  continued = bvd.experiment_config(bvd.CONTINUED, continue_steps=100, **kw)
+  base = plan.experiment_config("promag_4x", **kw)
+  continued = plan.experiment_config(plan.CONTINUED, continue_steps=100, **kw)
   config_lib.validate(continued)
   assert (continued.total_steps, continued.optimizer.decay_steps) == (500, 400)
   fields = lambda c: runs.run_defining(checkpoints.config_json(c))
   assert runs.continues_finished_run(fields(base), fields(continued), 400)
   assert not runs.continues_finished_run(fields(base), fields(continued), 300)  # unfinished
-  shorter = bvd.experiment_config("promag_4x", **dict(kw, base_steps=300))
+  shorter = plan.experiment_config("promag_4x", **dict(kw, base_steps=300))
   assert not runs.continues_finished_run(fields(shorter), fields(continued), 300)
   # --base_steps=500 --base_decay_steps=400 defines the run the continued base is: its run
   # directory can serve as the base that growth starts from.
-  long_base = bvd.experiment_config("promag_4x", **dict(kw, base_steps=500, base_decay_steps=400))
+  long_base = plan.experiment_config("promag_4x", **dict(kw, base_steps=500, base_decay_steps=400))
   assert fields(long_base) == fields(continued)
-  assert fields(long_base) != fields(bvd.experiment_config("promag_4x", **dict(kw, base_steps=500)))
+  assert fields(long_base) != fields(
+      plan.experiment_config("promag_4x", **dict(kw, base_steps=500))
+  )
 
   runs.check_same_run(base, continued, 400, "base_run")  # the finished base: continued
   base.optimizer.learning_rate = 1.0  # the copied run is not the base this config continues
@@ -210,14 +213,14 @@ def test_plan_runs_orders_filters_and_names_every_run():
     growth = dict(mixing="both", num_res_blocks=1)
     return ml_collections.ConfigDict(dict(name=label, seed=seed, model=dict(growth=growth)))
 
-  plan = lambda **kw: bvd.plan_runs(config_of, lambda seed: f"/runs/seed{seed}", **kw)
-  runs, extra = plan(
+  plan_of = lambda **kw: plan.plan_runs(config_of, lambda seed: f"/runs/seed{seed}", **kw)
+  runs, extra = plan_of(
       seeds=[0, 1],
       growth_inits=["fresh", "from_lower"],
       ablations=["mixing_none"],
       stage_budget=True,
   )
-  labels = list(bvd.HEADLINE) + ["promag_8x+from_lower", "promag_16x+from_lower"]
+  labels = list(plan.HEADLINE) + ["promag_8x+from_lower", "promag_16x+from_lower"]
   assert [(r.label, r.seed) for r in runs] == [(l, s) for s in (0, 1) for l in labels]
   assert runs[-1].run_dir == "/runs/seed1/promag_16x+from_lower"
   assert runs[-1].previous == "promag_8x+from_lower" and runs[-1].change == ""
@@ -230,7 +233,7 @@ def test_plan_runs_orders_filters_and_names_every_run():
   assert extra[-1].config.name == "promag_8x[mixing_none]"
 
   # Up to 8x, from_lower only: no 16x run; the ablation changes the from_lower model.
-  runs, extra = plan(
+  runs, extra = plan_of(
       seeds=[3],
       growth_inits=["from_lower"],
       ablations=["growth_blocks_3"],
@@ -247,7 +250,7 @@ def test_plan_runs_orders_filters_and_names_every_run():
           "promag_4x",
           None,
       ),
-      (bvd.CONTINUED, "/runs/seed3/promag_4x_continued", None, "/runs/seed3/promag_4x"),
+      (plan.CONTINUED, "/runs/seed3/promag_4x_continued", None, "/runs/seed3/promag_4x"),
   ]
   assert extra[1].config.model.growth.num_res_blocks == 3
 
@@ -264,10 +267,10 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
   (tmp_path / "data" / "eval").mkdir()
   kw = dict(data_dir=str(tmp_path / "data"), base_steps=40, grow_steps=20, continue_steps=20)
   run_root = lambda seed: str(tmp_path / f"seed{seed}")
-  config_of = lambda name, seed: bvd.experiment_config(
+  config_of = lambda name, seed: plan.experiment_config(
       name, seed=seed, run_root=run_root(seed), **kw
   )
-  planned, extra = bvd.plan_runs(
+  planned, extra = plan.plan_runs(
       config_of,
       run_root,
       seeds=[0],
@@ -283,7 +286,7 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
       "promag_8x",
       "direct_8x",
       "promag_8x[mixing_none]",
-      bvd.CONTINUED,
+      plan.CONTINUED,
   ]
   timings = {}
   for run in all_runs:
@@ -313,15 +316,19 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
       wall_s=20.0,
       stage_wall_s=10.0,
       machine="test machine",
+      temporal=grown["temporal"],
   )
+  # Off by a constant: every phase of the 8x latent group at 26.021 dB, no flicker.
+  assert grown["temporal"]["psnr_per_phase"] == [26.021] * 9
+  assert grown["temporal"]["flicker"] == 0.0
   assert offsets == {
       "promag_4x s0": 0,
       "promag_8x s0": 40,
       "direct_8x s0": 0,
       "promag_8x[mixing_none] s0": 40,
-      f"{bvd.CONTINUED} s0": 0,
+      f"{plan.CONTINUED} s0": 0,
   }
-  assert [a["change"] for a in result["ablations"]] == [bvd.ABLATIONS["mixing_none"][0]]
+  assert [a["change"] for a in result["ablations"]] == [plan.ABLATIONS["mixing_none"][0]]
   assert [(o["model"], o["frames_per_latent"]) for o in result["observation"]] == [
       ("promag_4x", 8),
       ("promag_4x", 8),
@@ -343,6 +350,7 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
         "heldout_held4",
         "heldout_stride2",
         "heldout_stride4",
+        "heldout_temporal",
     ]
   assert loaded.count(base_dir) == 1 and len(loaded) == 4  # no model for the continued run
 
@@ -366,5 +374,6 @@ def test_scored_runs_are_reported_in_the_results_files_and_cached_per_run(tmp_pa
   markdown = (out / "bootstrap_vs_direct.md").read_text()
   assert "| 8x | promag_8x | 26.02 ± 0.00 | 26.02 ± 0.00 | +0.00 ± 0.00 | 1 |" in markdown
   assert "| promag_8x | 8x | 0 | 26.02 |" in markdown
-  assert f"| {bvd.CONTINUED} | 0 | 60 | 20.60 |" in markdown
+  assert f"| {plan.CONTINUED} | 0 | 60 | 20.60 |" in markdown
   assert math.isfinite(grown["ssim"])
+  assert "## Temporal quality (held-out clips)" in markdown
