@@ -41,8 +41,10 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   if _FORMAT.value == "official" and args.workdir:  # refused before any weights are loaded
-    step = loading.resolve_step(args.workdir, args.step)
-    architectures.official_layout(loading.read_config(args.workdir, step).model)
+    _, config = loading.read_intact(
+        args.workdir, args.step, lambda s: loading.read_config(args.workdir, s)
+    )
+    architectures.official_layout(config.model)
   loaded = loading.load_from_flags(args)
   source = loaded.source
   out = export(loaded.model, loaded.model_config, _OUT.value, format=_FORMAT.value, source=source)

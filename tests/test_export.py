@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -97,3 +98,27 @@ def test_cli_errors_are_one_line(run, tmp_path):
   assert result.returncode == 2, result.stderr[-3000:]
   (line,) = result.stderr.strip().splitlines()
   assert line.startswith("error: no checkpoint under")
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_a_damaged_step_is_refused(run, tmp_path):
+  """As training does: the newest intact checkpoint, with one warning line naming the damaged
+  one; `--step` naming the damaged one is an error saying why."""
+  workdir, _, _ = run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.copytree(copy / "checkpoints" / "3", copy / "checkpoints" / "4")
+  manifest = copy / "checkpoints" / "4" / "state" / "manifest.ocdbt"
+  with open(manifest, "r+b") as f:
+    f.truncate(manifest.stat().st_size // 2)
+  result = _cli(f"--workdir={copy}", f"--out={tmp_path / 'out'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 3
+  damaged = [l for l in result.stderr.splitlines() if "is damaged" in l]
+  assert len(damaged) == 1 and f"{copy}/checkpoints/4 is damaged" in damaged[0], result.stderr
+  assert "trying the one before it" in damaged[0] and "Traceback" not in result.stderr
+  assert (copy / "checkpoints" / "4").is_dir()  # reading never renames a run's files
+
+  result = _cli(f"--workdir={copy}", "--step=4", f"--out={tmp_path / 'out4'}")
+  assert result.returncode == 2, result.stderr[-3000:]
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith(f"error: checkpoint {copy}/checkpoints/4 is damaged (the state's metadata")
