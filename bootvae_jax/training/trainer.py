@@ -17,6 +17,7 @@ updates were all non-finite stops with `TrainingDiverged` without saving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -31,6 +32,7 @@ from clu import periodic_actions
 from etils import epath
 
 from bootvae_jax import data as data_lib
+from bootvae_jax import cli
 from bootvae_jax.cli import UserError
 from bootvae_jax.core import visualize
 from bootvae_jax.losses import compat
@@ -42,6 +44,7 @@ from bootvae_jax.training import preemption
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
+from bootvae_jax.training import workdir_lock
 
 
 class TrainingDiverged(UserError):
@@ -136,6 +139,33 @@ def train_and_evaluate(
     checkpoints.DamagedCheckpointsError: the workdir has checkpoints and none can be read.
   """
   config_lib.validate(config, workdir)  # before any compute
+  with _workdir_lock(workdir):  # one run per workdir, before anything in it is read or written
+    return _train_locked(config, workdir, stop_after_step)
+
+
+def _workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
+  """The workdir's lock (`workdir_lock.py`), taken by process 0 for the whole run; every
+  process refuses together when it is held. An unreachable URL workdir is a user error."""
+  lock, refusal = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLocked as error:
+      refusal = error
+    except Exception as error:  # pylint: disable=broad-except
+      # A URL's filesystem raises its own errors (TensorFlow's, gcsfs's) when unreachable.
+      if "://" not in workdir or isinstance(error, cli.USER_ERRORS):
+        raise
+      refusal = UserError(f"--workdir={workdir} cannot be reached: {cli.one_line(str(error))}")
+  if checkpoints_lib.any_process(refusal is not None):
+    raise refusal or workdir_lock.WorkdirLocked(
+        f"--workdir={workdir} is in use by another run (see process 0's error)"
+    )
+  return contextlib.closing(_Releasing(lock))
+
+
+def _train_locked(config, workdir, stop_after_step):
   image_vae = None
   if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
@@ -286,6 +316,17 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
     writer.flush()
     batches.close()
   return state
+
+
+class _Releasing:
+  """`close()` releases a `WorkdirLock` (None on processes other than 0)."""
+
+  def __init__(self, lock: workdir_lock.WorkdirLock | None):
+    self.lock = lock
+
+  def close(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
 
 
 class _NonfiniteStreak:
