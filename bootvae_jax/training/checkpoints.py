@@ -78,6 +78,13 @@ def _copy_tree(source: epath.Path, target: epath.Path) -> None:
       entry.copy(target / entry.name)
 
 
+class CheckpointSaveFailed(RuntimeError):
+  """Orbax could not write a checkpoint (a file vanished or appeared under it: another writer
+  in the workdir despite its lock, a filesystem fault). Not a user error: a bug or a fault to
+  report, so the command lines keep the traceback (the OSError's path is orbax's, not one the
+  user gave)."""
+
+
 class DamagedCheckpointsError(UserError):
   """Checkpoints exist but none of them restores (command lines: one line, exit 2)."""
 
@@ -132,7 +139,10 @@ class Checkpoints:
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if batches is not None:  # one JSON for all processes (written by process 0)
       items["data"] = ocp.args.JsonSave(batches.state())
-    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except OSError as error:
+      raise CheckpointSaveFailed(f"saving checkpoint {step} in {self.directory} failed") from error
 
   def restore(self, step: int, abstract_state, shardings, *, batches=None):
     """The state at `step`, placed with `shardings` (any mesh: orbax reads each array's
@@ -241,7 +251,10 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as error:  # an asynchronous save's failure surfaces here
+      raise CheckpointSaveFailed(f"a checkpoint save in {self.directory} failed") from error
 
   def close(self) -> None:
     self.manager.close()
