@@ -12,7 +12,8 @@ Rerunning resumes from the newest intact checkpoint (damaged newer ones are repo
 aside), on any topology; a config whose parameters do not fit that checkpoint is refused
 before anything is written. SIGTERM / SIGINT end the run after the current step with a
 checkpoint of that step (`preemption.py`); a run whose last `config.max_consecutive_nonfinite`
-updates were all non-finite stops with `TrainingDiverged` without saving.
+updates were all non-finite, or whose last update was non-finite at `config.total_steps`, stops
+with `TrainingDiverged` without saving. One run at a time: `workdir_lock.py`.
 """
 
 from __future__ import annotations
@@ -283,9 +284,13 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
       stop_reason = stop.reason(step)  # every step, on every process
       checkpoint_due |= step % config.checkpoint_every == 0
       if checkpoint_due or step == config.total_steps or stop_reason is not None:
-        # Never over a good checkpoint with a diverged state; a periodic checkpoint waits for
-        # the end of a run of non-finite updates (a final or preemption one does not).
-        if streak.check(step, metrics) and step < config.total_steps and stop_reason is None:
+        # Never over a good checkpoint with a diverged state: a periodic checkpoint waits for
+        # the end of a run of non-finite updates, the final one is not written from one (a
+        # preemption one is: the rerun continues the streak and judges it).
+        current_streak = streak.check(step, metrics)
+        if current_streak and step == config.total_steps and stop_reason is None:
+          streak.ended_diverged(step, current_streak)
+        if current_streak and step < config.total_steps and stop_reason is None:
           logging.info("step %d: checkpoint postponed until an update is finite again", step)
         else:
           ckpts.save(
@@ -362,3 +367,14 @@ class _NonfiniteStreak:
       )
       raise TrainingDiverged(message)  # the CLI prints it as its one error line
     return count
+
+  def ended_diverged(self, step: int, count: int) -> None:
+    """Raises `TrainingDiverged`: the run reached its last step inside a streak of `count`
+    non-finite updates, so its final state is no trained model."""
+    raise TrainingDiverged(
+        f"training ended diverged: the last {count} updates (steps {step - count + 1}-{step}, the"
+        f" end of config.total_steps={step}) had non-finite gradients and were skipped; the final"
+        " checkpoint is not written from them, so the checkpoints before them are kept. Lower"
+        " config.optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then"
+        " rerun with more config.total_steps (it resumes from the last checkpoint)."
+    )
