@@ -122,3 +122,33 @@ def test_a_damaged_newest_checkpoint_falls_back_and_a_damaged_step_is_refused(ru
   assert result.returncode == 2, result.stderr[-3000:]
   (line,) = result.stderr.strip().splitlines()
   assert line.startswith(f"error: checkpoint {copy}/checkpoints/4 is damaged (the state's metadata")
+
+
+def test_export_to_a_url_goes_through_epath_and_files_follow_the_umask(
+    run, fake_gcs, tmp_path, monkeypatch
+):
+  from bootvae_jax.interop import exported  # pylint: disable=g-import-not-at-top
+
+  _, model, _ = run
+  model_config = tiny.tiny_model_config(attention=True)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  out = exported.export(model, model_config, "gs://bucket/exported")
+  assert os.fspath(out) == "gs://bucket/exported"
+  remote = fake_gcs.root / "bucket" / "exported"
+  assert sorted(p.name for p in remote.iterdir()) == [
+      "README.md",
+      "config.json",
+      "model.safetensors",
+  ]
+  assert "gs://bucket/exported/model.safetensors" in fake_gcs.seen
+  assert not list(tmp_path.rglob("gs:*"))  # no ./gs:/bucket/exported
+
+  old = os.umask(0o022)
+  try:
+    local = exported.export(model, model_config, tmp_path / "local")
+  finally:
+    os.umask(old)
+  modes = {p.name: p.stat().st_mode & 0o777 for p in local.iterdir()}
+  assert modes == {"README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
