@@ -74,6 +74,7 @@ def test_cli_exports_the_ema_weights_of_a_run(run, tmp_path):
   assert summary["files"] == ["README.md", "config.json", "model.safetensors"]
   assert (summary["step"], summary["ema"], summary["format"]) == (3, True, "bootvae_jax")
   assert "in sys.modules" not in result.stderr  # no runpy double-import warning
+  assert "_CHECKPOINT_METADATA" not in result.stderr  # orbax's notice about the meta item
   card = (tmp_path / "README.md").read_text()
   assert "4x temporal, 8x spatial" in card and '"step": 3' in card and '"ema": true' in card
   # The EMA weights, not the raw ones: the exported decoder equals the EMA model's.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as py_logging
 import time
 from typing import Any
 
@@ -214,7 +215,9 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())
     eval_data.crop_size = tuple(config.eval.crop_size)
-  eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
+  # The evaluation index reads the same folder: its skipped files were warned about already.
+  with _SkipWarnedOnce(getattr(batches, "skipped_files", ())):
+    eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
 
   # clu's TensorBoard writer takes URLs itself (tf.io.gfile).
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -321,6 +324,24 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
     writer.flush()
     batches.close()
   return state
+
+
+class _SkipWarnedOnce(py_logging.Filter):
+  """While open, drops the data sources' "skipping FILE: REASON" warnings of `skipped`."""
+
+  def __init__(self, skipped):
+    super().__init__()
+    self.skipped = {(s.file, s.reason) for s in skipped}
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not (record.msg == "skipping %s: %s" and tuple(record.args or ()) in self.skipped)
+
+  def __enter__(self):
+    py_logging.getLogger("absl").addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    py_logging.getLogger("absl").removeFilter(self)
 
 
 class _Releasing:

@@ -500,6 +500,23 @@ def test_a_run_that_ends_inside_a_short_streak_fails_without_a_final_checkpoint(
   assert [step for step, _ in ckpts.saved] == [2]  # step 4's waited; no final one
 
 
+def test_a_skipped_training_video_is_warned_once(fake_compute, config, tmp_path, caplog):
+  """The training and the evaluation index read the same folder: one warning per file."""
+  from bootvae_jax.core import video_io  # pylint: disable=g-import-not-at-top
+
+  folder = tmp_path / "videos"
+  folder.mkdir()
+  frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), np.uint8)
+  video_io.write_video(str(folder / "good.mp4"), frames, fps=8)
+  (folder / "empty.mp4").write_bytes(b"")
+  config.data.source, config.data.path = "video_folder", str(folder)
+  config.data.index_cache_dir = str(tmp_path / "index")
+  config.total_steps, config.eval.num_clips = 1, 1
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  warnings = [r.getMessage() for r in caplog.records if "empty.mp4" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith("skipping "), warnings
+
+
 def test_sigint_saves_the_current_step_and_returns(fake_compute, config, tmp_path):
   config.total_steps, config.checkpoint_every = 10, 1000
   interrupt = lambda: os.kill(os.getpid(), signal.SIGINT)  # arrives during step 3
