@@ -139,6 +139,7 @@ def train_and_evaluate(
     TrainingDiverged: `config.max_consecutive_nonfinite` non-finite updates in a row; the
       checkpoints before them are kept, none is written after.
     checkpoints.DamagedCheckpointsError: the workdir has checkpoints and none can be read.
+    workdir_lock.WorkdirLocked: another live run holds the workdir.
   """
   config_lib.validate(config, workdir)  # before any compute
   with _workdir_lock(workdir):  # one run per workdir, before anything in it is read or written
@@ -168,6 +169,7 @@ def _workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
 
 
 def _train_locked(config, workdir, stop_after_step):
+  """`train_and_evaluate` once the workdir is this run's."""
   image_vae = None
   if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
