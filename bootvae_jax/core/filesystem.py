@@ -34,9 +34,15 @@ def copy_to(local: str | os.PathLike, target: str | os.PathLike) -> None:
   """Copies the local file `local` to `target` (local or URL), streaming through the target's
   filesystem (epath's own `copy` would pick the local side's filesystem for both)."""
   target = path(target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with open(local, "rb") as source, target.open("wb") as destination:
-    shutil.copyfileobj(source, destination, length=16 << 20)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(local, "rb") as source, target.open("wb") as destination:
+      shutil.copyfileobj(source, destination, length=16 << 20)
+  except Exception as error:  # pylint: disable=broad-except
+    if not is_url(target) or isinstance(error, UserError):
+      raise
+    # A URL's filesystem raises its own errors (TensorFlow's, gcsfs's): no bucket, no access.
+    raise UserError(f"{target}: cannot be written ({_first_line(error)})") from error
 
 
 @contextlib.contextmanager
@@ -79,9 +85,17 @@ def local_input_file(source: str | os.PathLike) -> Iterator[str]:
     return
   with tempfile.TemporaryDirectory(prefix="bootvae_jax_in_") as directory:
     local = os.path.join(directory, os.path.basename(source.rstrip("/")) or "input")
-    with path(source).open("rb") as remote, open(local, "wb") as copy:
-      shutil.copyfileobj(remote, copy, length=16 << 20)
+    try:
+      with path(source).open("rb") as remote, open(local, "wb") as copy:
+        shutil.copyfileobj(remote, copy, length=16 << 20)
+    except Exception as error:  # pylint: disable=broad-except
+      raise UserError(f"{source}: cannot be read ({_first_line(error)})") from error
     yield local
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
 
 
 def check_output_file(flag: str, target: str | os.PathLike) -> None:
