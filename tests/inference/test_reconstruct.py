@@ -199,3 +199,27 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="disk full"):
     writer.close()
   assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_an_existing_folder_as_output_before_loading(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  result = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.inference.reconstruct",
+          "--input=x.mp4",
+          f"--output={tmp_path}",
+          f"--workdir={tmp_path / 'no_run'}",  # never opened: the output is checked first
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      f"error: --output={tmp_path} is an existing folder; name a file (e.g. {tmp_path}/out.mp4)"
+  ]
+  assert list(tmp_path.iterdir()) == []
