@@ -22,6 +22,7 @@ from absl import flags
 
 from bootvae_jax import cli
 from bootvae_jax import loading
+from bootvae_jax.core import filesystem
 
 # JAX is imported after flag parsing (as main.py does): --help is instant.
 
@@ -61,23 +62,13 @@ def main(argv) -> None:
   from bootvae_jax.inference import reconstruct
 
   size = reconstruct.parse_size(_SIZE.value)  # flags first, before loading anything
+  if filesystem.is_url(_DATA.value):
+    raise cli.UserError(f"--data={_DATA.value}: a local folder (PyAV reads the video files)")
+  filesystem.check_output_dir("out", _OUT.value)
   loaded = loading.load_from_flags()
   model, source = loaded.model, loaded.source
-  summary = folder.evaluate_folder(
-      model,
-      _DATA.value,
-      _OUT.value,
-      num_frames=_NUM_FRAMES.value,
-      size=size,
-      max_videos=_MAX_VIDEOS.value,
-      mode=_MODE.value,
-      chunk_frames=_CHUNK_FRAMES.value,
-      worst=_WORST.value,
-      rfvd=_RFVD.value,
-      mode_gap=_MODE_GAP.value,
-      progress=_PROGRESS.value,
-      description=source,
-  )
+  with filesystem.local_output_dir(_OUT.value) as out:  # a URL: written locally, then copied
+    summary = _evaluate(folder, model, size, out, source)
   keys = (
       "videos",
       "frames",
@@ -103,6 +94,24 @@ def main(argv) -> None:
               model=source,
           )
       )
+  )
+
+
+def _evaluate(folder, model, size, out, source):
+  return folder.evaluate_folder(
+      model,
+      _DATA.value,
+      out,
+      num_frames=_NUM_FRAMES.value,
+      size=size,
+      max_videos=_MAX_VIDEOS.value,
+      mode=_MODE.value,
+      chunk_frames=_CHUNK_FRAMES.value,
+      worst=_WORST.value,
+      rfvd=_RFVD.value,
+      mode_gap=_MODE_GAP.value,
+      progress=_PROGRESS.value,
+      description=source,
   )
 
 

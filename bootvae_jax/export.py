@@ -14,13 +14,13 @@ line on stderr and exit status 2 (`bootvae_jax/cli.py`).
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app
 from absl import flags
 
 from bootvae_jax import cli
 from bootvae_jax import loading
+from bootvae_jax.core import filesystem
 from bootvae_jax.interop.exported import FORMATS
 from bootvae_jax.interop.exported import export
 from bootvae_jax.models import architectures
@@ -40,14 +40,24 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
+  filesystem.check_output_dir("out", _OUT.value)  # before any weights are loaded
   if _FORMAT.value == "official" and args.workdir:  # refused before any weights are loaded
-    step = loading.resolve_step(args.workdir, args.step)
-    architectures.official_layout(loading.read_config(args.workdir, step).model)
+    _, config = loading.read_intact(
+        args.workdir, args.step, lambda s: loading.read_config(args.workdir, s)
+    )
+    architectures.official_layout(config.model)
   loaded = loading.load_from_flags(args)
   source = loaded.source
   out = export(loaded.model, loaded.model_config, _OUT.value, format=_FORMAT.value, source=source)
   print(
-      json.dumps(dict(out=str(out), format=_FORMAT.value, files=sorted(os.listdir(out)), **source))
+      json.dumps(
+          dict(
+              out=_OUT.value if filesystem.is_url(_OUT.value) else str(out),
+              format=_FORMAT.value,
+              files=sorted(p.name for p in filesystem.path(out).iterdir()),
+              **source,
+          )
+      )
   )
 
 

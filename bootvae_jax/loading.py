@@ -38,6 +38,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -131,6 +132,109 @@ def resolve_step(workdir: str | os.PathLike, step: int | None = None) -> int:
   return step
 
 
+# Files every complete step directory has (orbax writes the commit marker last).
+_REQUIRED_FILES = (
+    ("commit_success.txt", "no commit marker: the save did not finish"),
+    ("state/_METADATA", "state/_METADATA is missing"),
+    ("meta", "the meta item is missing"),
+)
+
+
+def checkpoint_problem(workdir: str | os.PathLike, step: int) -> str | None:
+  """Why the checkpoint of `step` is incomplete (a file every complete one has is missing),
+  or None. Damage inside a file only shows when it is read (`read_intact`)."""
+  directory = epath.Path(step_dir(workdir, step))
+  for name, problem in _REQUIRED_FILES:
+    if not (directory / name).exists():
+      return problem
+  return None
+
+
+class DamagedCheckpointError(UserError):
+  """A checkpoint step that cannot be read (`step`, `reason`): a truncated or missing file."""
+
+  def __init__(self, workdir: str | os.PathLike, step: int, reason: str):
+    self.step, self.reason = step, reason
+    super().__init__(f"checkpoint {step_dir(workdir, step)} is damaged ({reason})")
+
+
+def one_line_cause(error: BaseException) -> str:
+  """The innermost cause's first line (orbax wraps tensorstore's precise error, e.g.
+  `OUT_OF_RANGE: Error reading "params...": Requested byte range [..) is not valid`, in a
+  message that prints the whole tensorstore spec)."""
+  while error.__cause__ is not None or (
+      error.__context__ is not None and not error.__suppress_context__
+  ):
+    error = error.__cause__ or error.__context__
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 400 else text[:400] + "..."
+
+
+def read_step(workdir: str | os.PathLike, step: int, read: Callable[[], Any], abandoned=None):
+  """`read()` of the files of checkpoint `step`; whatever a damaged file raises there
+  (tensorstore, orbax, json, a metadata that reads as None) becomes a `DamagedCheckpointError`
+  naming the step and the reason. `UserError`s (a config that does not fit) pass unchanged.
+
+  `abandoned`: the `quiet_checkpoint_reading` object to tell about a failed read (its
+  leftover errors on other threads are then dropped); None opens one around this read."""
+  if (problem := checkpoint_problem(workdir, step)) is not None:
+    raise DamagedCheckpointError(workdir, step, problem)
+  with contextlib.ExitStack() as stack:
+    if abandoned is None:
+      abandoned = stack.enter_context(quiet_checkpoint_reading())
+    try:
+      with quiet_libraries():
+        return read()
+    except UserError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except
+      abandoned.add(step_dir(workdir, step))
+      raise DamagedCheckpointError(workdir, step, one_line_cause(error)) from error
+
+
+def read_intact(
+    workdir: str | os.PathLike, step: int | None, read: Callable[[int], Any]
+) -> tuple[int, Any]:
+  """(step, `read(step)`) of checkpoint `step`, or with `step` None (or negative) of the
+  newest intact one: a damaged newer one gets the one-line warning the trainer gives
+  (`checkpoint .../N is damaged (reason); trying the one before it`) and is left in place.
+
+  Raises:
+    DamagedCheckpointError: `step` names a damaged checkpoint, or no checkpoint is intact.
+  """
+  if step is not None and step >= 0:
+    step = resolve_step(workdir, step)
+    return step, read_step(workdir, step, lambda: read(step))
+  damaged = []
+  for candidate in reversed(checkpoint_steps(workdir)):
+    try:
+      return candidate, read_step(workdir, candidate, lambda: read(candidate))
+    except DamagedCheckpointError as error:
+      logging.warning("%s; trying the one before it", error)
+      damaged.append(f"step {candidate}: {error.reason}")
+  if not damaged:
+    resolve_step(workdir)  # raises: no checkpoint at all
+  raise UserError(f"no intact checkpoint in {checkpoint_dir(workdir)}: " + "; ".join(damaged))
+
+
+def state_tree_metadata(workdir: str | os.PathLike, step: int) -> Mapping[str, Any]:
+  """The stored tree of checkpoint `step`'s `state` item (shapes and dtypes, no arrays).
+
+  Raises:
+    ValueError: orbax reads no metadata (a truncated `_METADATA` or `manifest.ocdbt`); call
+      it inside `read_step` to get a `DamagedCheckpointError`.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  state_dir = epath.Path(step_dir(workdir, step)) / "state"
+  metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  tree = None if metadata is None else getattr(metadata.item_metadata, "tree", None)
+  if tree is None:
+    raise ValueError("the state's metadata (_METADATA, manifest.ocdbt) does not read")
+  return tree
+
+
 class _AbandonedReads:
   """What an abandoned checkpoint read keeps raising after its failure was reported.
 
@@ -142,17 +246,40 @@ class _AbandonedReads:
 
   def __init__(self):
     self.paths: set[str] = set()
+    self.last_noise = 0.0  # time.monotonic() of the last dropped error
 
   def add(self, path: str | os.PathLike) -> None:
     self.paths.add(str(path))
+    self.last_noise = time.monotonic()
 
   def is_noise(self, error) -> bool:
-    if not self.paths:
+    if not self.paths or error is None:
       return False
     text = str(error)
-    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
+    noise = (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
         path in text for path in self.paths
     )
+    if noise:
+      self.last_noise = time.monotonic()
+    return noise
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    """A logging filter: asyncio logs an abandoned read's task ("Task exception was never
+    retrieved") with that noise as its exception."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (self.is_noise(error) or self.paths and self.is_noise(record.getMessage()))
+
+  def settle(self, quiet_seconds: float = 0.5, limit_seconds: float = 5.0) -> None:
+    """Waits until the abandoned reads stopped raising for `quiet_seconds` (so that their
+    leftovers are dropped here, not printed after the hooks are put back)."""
+    import gc  # pylint: disable=g-import-not-at-top
+
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+      gc.collect()  # the abandoned read's coroutines complain when collected: here, not later
+      if time.monotonic() - self.last_noise >= quiet_seconds:
+        return
+      time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -185,13 +312,14 @@ def quiet_checkpoint_reading():
   sys.excepthook = lambda t, v, tb: None if abandoned.is_noise(v) else previous_except(t, v, tb)
   threading.excepthook = lambda a: None if abandoned.is_noise(a.exc_value) else previous_thread(a)
   sys.unraisablehook = lambda u: None if abandoned.is_noise(u.exc_value) else previous_unraisable(u)
+  asyncio_logger = py_logging.getLogger("asyncio")
+  asyncio_logger.addFilter(abandoned)
   try:
     yield abandoned
   finally:
     if abandoned.paths:
-      import gc  # pylint: disable=g-import-not-at-top
-
-      gc.collect()  # the abandoned read's coroutines complain when collected: here, not later
+      abandoned.settle()
+    asyncio_logger.removeFilter(abandoned)
     sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
 
 
@@ -263,7 +391,10 @@ def load_params(
   # Partial restore: only the parameter subtrees, as host numpy arrays (no optimizer state,
   # and no dependence on the mesh the previous stage ran on).
   checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  item_metadata = checkpointer.metadata(state_dir).item_metadata
+  if item_metadata is None:  # a truncated _METADATA or manifest.ocdbt
+    raise ValueError("the state's metadata (_METADATA, manifest.ocdbt) does not read")
+  tree = item_metadata.tree
   wanted = {k: tree[k] for k in ("ema_params" if ema else "params", "frozen")}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   restored = checkpointer.restore(
@@ -342,14 +473,17 @@ def transfer_params(
 
 
 def _workdir_model(
-    workdir: str | os.PathLike, step: int, ema: bool, build: Callable[[Any], Any]
-) -> tuple[Any, ml_collections.ConfigDict]:
-  """(`build(config.model)` filled from the checkpoint of `step`, the checkpoint's config)."""
+    workdir: str | os.PathLike, step: int | None, ema: bool, build: Callable[[Any], Any]
+) -> tuple[Any, ml_collections.ConfigDict, int]:
+  """(`build(config.model)` filled from the checkpoint of `step`, the checkpoint's config, the
+  step): `step` None is the newest intact checkpoint (`read_intact`)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  config = read_config(workdir, step)
+  step, (config, stored) = read_intact(
+      workdir, step, lambda s: (read_config(workdir, s), load_params(workdir, s, ema=ema))
+  )
   model = nnx.eval_shape(lambda: build(config.model))  # no random initialisation
-  params, filled = transfer_params(nnx.state(model, nnx.Param), load_params(workdir, step, ema=ema))
+  params, filled = transfer_params(nnx.state(model, nnx.Param), stored)
   missing = sorted({path_string(p) for p, _ in params.flat_state()} - set(filled))
   if missing:
     raise ValueError(
@@ -357,7 +491,7 @@ def _workdir_model(
         f" parameters of the model its config builds, e.g. {missing[:5]}"
     )
   nnx.update(model, params)
-  return model, config
+  return model, config, step
 
 
 def load_model(
@@ -370,7 +504,8 @@ def load_model(
 
   Args:
     workdir: the training workdir (local path or URL).
-    step: checkpoint step; None for the latest.
+    step: checkpoint step; None for the newest intact one (a damaged newer one is reported in
+      one line and skipped, as the trainer does; a damaged `step` is an error saying why).
     ema: the EMA of the trained parameters instead of the raw ones (frozen parameters are
       the same either way).
 
@@ -379,7 +514,8 @@ def load_model(
   """
   from bootvae_jax import models  # pylint: disable=g-import-not-at-top
 
-  return _workdir_model(workdir, resolve_step(workdir, step), ema, models.build_model)
+  model, config, _ = _workdir_model(workdir, step, ema, models.build_model)
+  return model, config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,8 +635,9 @@ def load(
   if kind != "workdir" and (step is not None or ema):
     raise UserError(f"{path} holds {kind} weights: --step and --ema apply to a --workdir only")
   if kind == "workdir":
-    step = resolve_step(path, step)
-    model, config = load_model(path, step, ema=ema)
+    from bootvae_jax import models  # pylint: disable=g-import-not-at-top
+
+    model, config, step = _workdir_model(path, step, ema, models.build_model)
     return Loaded(model, config.model, dict(workdir=os.fspath(path), step=step, ema=ema), config)
   location = epath.Path(absolute(path))
   if kind in OFFICIAL_KINDS:
@@ -543,7 +680,7 @@ def load_image_vae(path: str | os.PathLike, *, ema: bool = False):
         " trained with an image-VAE config (configs/image_vae_tiny.py)"
     )
   build = lambda model_config: image_vae.ImageVAE(model_config, rngs=nnx.Rngs(0))
-  model, _ = _workdir_model(path, resolve_step(path), ema, build)
+  model, _, _ = _workdir_model(path, None, ema, build)
   return model
 
 

@@ -8,6 +8,7 @@ scenarios of a test run concurrently.
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -219,3 +220,44 @@ def test_official_weights_errors_are_one_line(fixtures_dir, tmp_path):
       "warning: --official_config is deprecated; use --model_config",
       _error_line(results["truncated"]),
   ]
+
+
+def test_a_workdir_in_use_or_unreachable_is_one_line(tmp_path):
+  """A live run's lock (here a sleeping process's) refuses a second run; a gs:// workdir
+  that cannot be reached (no network or no credentials) is one line too."""
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "lock.json").write_text(
+        '{"host": "%s", "pid": %d, "started": "2026-01-01T00:00:00+00:00", "heartbeat": 0}'
+        % (socket.gethostname(), sleeper.pid)
+    )
+    demo = ["bootvae_jax.main", "--config=configs/demo.py"]
+    results = _run_all(
+        dict(
+            locked=[*demo, f"--workdir={workdir}"],
+            unreachable=[*demo, "--workdir=gs://bootvae-jax-no-such-bucket-x7/run"],
+        )
+    )
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert _last_line(results["locked"]).startswith(
+      f"error: --workdir={workdir} is in use by another run: host {socket.gethostname()}, pid"
+      f" {sleeper.pid}, started 2026-01-01T00:00:00+00:00"
+  )
+  assert not (workdir / "checkpoints").exists()
+  assert _last_line(results["unreachable"]).startswith(
+      "error: --workdir=gs://bootvae-jax-no-such-bucket-x7/run cannot be reached: "
+  )
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+  """The error line of a user error found after the trainer started (TensorFlow's start-up
+  lines may come before it): status 2, no traceback, one `error:` line, the last."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert [l for l in lines if l.startswith("error: ")] == lines[-1:], result.stderr[-3000:]
+  return lines[-1]

@@ -188,3 +188,27 @@ def test_the_command_line_flags(run, fixtures_dir, capsys):
   assert "--official_config is deprecated; use --model_config" in capsys.readouterr().err
   assert new.source == old.source == dict(official="odvae", weights=str(weights[10:]))
   _assert_same_params(new.model, old.model)
+
+
+def test_a_workdir_whose_newest_checkpoint_is_damaged(run, tmp_path, caplog):
+  path, model, _ = run
+  copy = tmp_path / "run"
+  shutil.copytree(path, copy)
+  shutil.copytree(copy / "checkpoints" / "3", copy / "checkpoints" / "5")
+  metadata = copy / "checkpoints" / "5" / "state" / "_METADATA"
+  metadata.write_bytes(metadata.read_bytes()[:20])
+  loaded, _ = bootvae_jax.load_model(copy)
+  _assert_same_params(loaded, model)  # step 3's
+  damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert damaged == [
+      f"checkpoint {copy}/checkpoints/5 is damaged (the state's metadata (_METADATA,"
+      " manifest.ocdbt) does not read); trying the one before it"
+  ]
+  assert loading.load(copy).source["step"] == 3
+  with pytest.raises(loading.DamagedCheckpointError, match=r"checkpoints/5 is damaged \(the"):
+    bootvae_jax.load_model(copy, step=5)
+  (copy / "checkpoints" / "3" / "commit_success.txt").unlink()
+  with pytest.raises(
+      cli.UserError, match=r"no intact checkpoint in .*step 5: the state's .*; step 3: no commit"
+  ):
+    bootvae_jax.load_model(copy)

@@ -219,10 +219,14 @@ class VideoWriter:
     if self.stream is None:
       self.abort()
       raise ValueError(f"{self.path}: no frames were written")
-    self.container.mux(self.stream.encode())  # flush delayed (B-)frames
-    self.container.close()
-    os.chmod(self.tmp_path, 0o666 & ~_umask())  # mkstemp made it private; not wanted here
-    os.replace(self.tmp_path, self.path)
+    try:
+      self.container.mux(self.stream.encode())  # flush delayed (B-)frames
+      self.container.close()
+      os.chmod(self.tmp_path, 0o666 & ~_umask())  # mkstemp made it private; not wanted here
+      os.replace(self.tmp_path, self.path)
+    except BaseException:
+      self.abort()  # no temporary file left behind
+      raise
     return self.path
 
   def abort(self) -> None:

@@ -193,6 +193,10 @@ def reconstruct_file(
 ) -> dict[str, Any]:
   """Reads `input_path`, reconstructs it with `model`, writes `output_path`.
 
+  Either path may be a URL (gs://...; `core/filesystem.py`: a local temporary copy is read or
+  written, never a local path made from the URL). An output path that cannot be written is
+  refused before any compute; a failed run leaves no temporary file.
+
   Args:
     model: a `VideoAutoencoder` (or a `chunked.ChunkCodec`).
     mode: `auto`, `stream`, `crossfade` or `tiled` (see the module docstring).
@@ -205,6 +209,45 @@ def reconstruct_file(
   Returns:
     A JSON-able summary (frames, size, psnr, seconds, settings).
   """
+  from bootvae_jax.core import filesystem
+
+  filesystem.check_output_file("output", output_path)
+  with (
+      filesystem.local_input_file(input_path) as local_input,
+      filesystem.local_output_file(output_path) as local_output,
+  ):
+    summary = _reconstruct_local_file(
+        model,
+        local_input,
+        local_output,
+        mode=mode,
+        chunk_frames=chunk_frames,
+        overlap_frames=overlap_frames,
+        batch_chunks=batch_chunks,
+        max_frames=max_frames,
+        size=size,
+        progress=progress,
+    )
+  if filesystem.is_url(input_path):
+    summary["input"] = input_path
+  if filesystem.is_url(output_path):
+    summary["output"] = output_path
+  return summary
+
+
+def _reconstruct_local_file(
+    model,
+    input_path,
+    output_path,
+    *,
+    mode,
+    chunk_frames,
+    overlap_frames,
+    batch_chunks,
+    max_frames,
+    size,
+    progress,
+) -> dict[str, Any]:
   import tqdm
 
   from bootvae_jax.data import transforms
@@ -299,6 +342,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   size = parse_size(args.size)
+  from bootvae_jax.core import filesystem
+
+  filesystem.check_output_file("output", args.output)  # before loading or computing anything
   start = time.perf_counter()
   loaded = loading.load_from_flags(args)
   model, source = loaded.model, loaded.source

@@ -31,6 +31,7 @@ from safetensors.numpy import save_file
 
 from bootvae_jax import models
 from bootvae_jax.cli import UserError
+from bootvae_jax.core import filesystem
 from bootvae_jax.interop import official
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
@@ -166,8 +167,19 @@ def model_card(
 
 def _write_atomic(path: pathlib.Path, write) -> None:
   tmp = path.with_name(path.name + ".tmp")
-  write(str(tmp))
-  os.replace(tmp, path)
+  try:
+    write(str(tmp))
+    # Like every other file written: the umask's mode (safetensors creates its file 0600).
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def export(
@@ -183,7 +195,8 @@ def export(
   Args:
     model: a `VideoAutoencoder` or `GrownAutoencoder` (e.g. from a workdir or `load_official`).
     model_config: the `model` config it was built from (e.g. `model.config`).
-    out: the output folder (created).
+    out: the output folder (created; a local path or a URL such as gs://..., written
+      through `core/filesystem.py`).
     format: "bootvae_jax" (for `torch_model.load_exported`) or "official" (CV-VAE / OD-VAE
       layouts only: the official names, layouts and constructor kwargs).
     source: provenance for the model card and config.json (workdir, step, ...).
@@ -221,7 +234,23 @@ def export(
         "source": source,
         "model": model_config.to_dict(),
     }
-  out = pathlib.Path(out)
+  filesystem.check_output_dir("out", out)
+  with filesystem.local_output_dir(out) as local:
+    _write_files(
+        pathlib.Path(local),
+        tensors,
+        config,
+        format,
+        source,
+        model_config,
+        num_parameters,
+        official_kind,
+    )
+  return filesystem.path(out) if filesystem.is_url(out) else pathlib.Path(out)
+
+
+def _write_files(out, tensors, config, format, source, model_config, num_parameters, official_kind):  # pylint: disable=redefined-builtin
+  """The three files of `export`, each written atomically into the local folder `out`."""
   out.mkdir(parents=True, exist_ok=True)
   metadata = {"format": format, "source": json.dumps(source, sort_keys=True)}
   _write_atomic(
@@ -240,7 +269,6 @@ def export(
       official_kind=official_kind,
   )
   _write_atomic(out / "README.md", lambda p: pathlib.Path(p).write_text(card))
-  return out
 
 
 def read_exported(folder: str | os.PathLike) -> nnx.Module:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -142,9 +143,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pylint: disable=broad-except  (garbage raises any type)
       reason = str(error).strip().split(". ")[0]  # torch goes on about weights_only=False
+      code = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(error))
+      hint = (
+          f"; the file holds pickled code ({code.group(1) or code.group(2)}), which is refused:"
+          " weights are only read as plain tensors. Get the weights as .safetensors, or from a"
+          " source you trust"
+          if code
+          else _damage_hint(path)
+      )
       raise cli.UserError(
-          f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {reason})"
-          f"{_damage_hint(path)}"
+          f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {reason}){hint}"
       ) from error
     if isinstance(obj, Mapping) and obj.get("ema_state_dict"):
       obj = obj["ema_state_dict"]

@@ -744,14 +744,121 @@ class VideoAutoencoder(nn.Module):
     return self.decode(z), mean, logvar
 
 
+# The keys an export's config.json may hold (`interop/exported.py` writes them; a test checks
+# these against the JAX model config's fields): any other key is refused, not ignored.
+_EXPORT_KEYS = frozenset(
+    [
+        "format",
+        "format_version",
+        "latent_channels",
+        "model",
+        "num_parameters",
+        "scaling_factor",
+        "source",
+        "spatial_compression",
+        "temporal_compression",
+    ]
+)
+_MODEL_KEYS = frozenset(
+    [
+        "base_channels",
+        "channel_multipliers",
+        "decoder",
+        "double_z",
+        "dtype",
+        "encoder",
+        "growth",
+        "in_channels",
+        "kernel_init",
+        "latent_channels",
+        "name",
+        "norm_eps",
+        "num_groups",
+        "out_channels",
+        "output_init_scale",
+        "patch_size",
+        "remat",
+        "residual_gate",
+        "scaling_factor",
+        "shift_factor",
+        "use_quant_conv",
+        "z_channels",
+    ]
+)
+_MODEL_SECTION_KEYS = {
+    "encoder": frozenset(
+        [
+            "attention_norm",
+            "blocks",
+            "conv_in",
+            "conv_out",
+            "downsample",
+            "mid_attention",
+            "mid_block",
+            "norm",
+            "num_res_blocks",
+            "time_padding",
+        ]
+    ),
+    "decoder": frozenset(
+        [
+            "attention_norm",
+            "blocks",
+            "conv_in",
+            "conv_out",
+            "mid_attention",
+            "mid_block",
+            "norm",
+            "num_res_blocks",
+            "time_padding",
+            "upsample",
+        ]
+    ),
+    "growth": frozenset(["adanorm", "init", "levels", "mixing", "num_res_blocks"]),
+}
+
+
+class ExportError(ValueError):
+  """An exported folder that does not load: names the file and the key or the reason."""
+
+
+def _check_keys(path: str, config: dict[str, Any]) -> None:
+  """Refuses keys an export never writes (a typo, another tool's field), naming the file."""
+  for key in sorted(set(config) - _EXPORT_KEYS):
+    raise ExportError(f"{path}: unknown key {key!r}; an export holds {sorted(_EXPORT_KEYS)}")
+  for key in ("format", "model"):
+    if key not in config:
+      raise ExportError(f"{path}: the required key {key!r} is missing")
+  model = config["model"]
+  if not isinstance(model, dict):
+    raise ExportError(f"{path}: 'model' is {type(model).__name__}, not an object")
+  for key in sorted(set(model) - _MODEL_KEYS):
+    raise ExportError(f"{path}: unknown key 'model.{key}'")
+  for section, known in _MODEL_SECTION_KEYS.items():
+    if isinstance(model.get(section), dict):
+      for key in sorted(set(model[section]) - known):
+        raise ExportError(f"{path}: unknown key 'model.{section}.{key}'")
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-  with open(os.path.join(directory, "config.json")) as f:
-    config = json.load(f)
-  if config.get("format") != EXPORT_FORMAT:
-    raise ValueError(
-        f"{directory}/config.json is not a bootvae_jax export (format={config.get('format')!r});"
+  """An export's config.json, checked: its format, no unknown key, the required ones.
+
+  Raises:
+    ExportError: naming the file and the key (or why it does not parse).
+  """
+  path = os.path.join(directory, "config.json")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except ValueError as error:
+    raise ExportError(f"{path}: not valid JSON ({error})") from None
+  if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+    found = config.get("format") if isinstance(config, dict) else None
+    raise ExportError(
+        f"{path} is not a bootvae_jax export (format={found!r});"
         " an `--format=official` export loads with the official CV-VAE / OD-VAE code"
     )
+  _check_keys(path, config)
   return config
 
 
@@ -765,6 +872,22 @@ def load_exported(
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
 
   config = read_config(directory)
-  model = VideoAutoencoder(config["model"])
-  model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")), strict=True)
+  try:
+    model = VideoAutoencoder(config["model"])
+  except KeyError as error:
+    raise ExportError(
+        f"{os.path.join(directory, 'config.json')}: the required key {error.args[0]!r} is"
+        " missing from 'model' (or its encoder / decoder / growth section)"
+    ) from None
+  weights = os.path.join(directory, "model.safetensors")
+  try:
+    tensors = load_file(weights)
+  except FileNotFoundError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  # SafetensorError and kin
+    raise ExportError(
+        f"{weights}: not a readable safetensors file ({error}); truncated? Export or copy it"
+        " again"
+    ) from None
+  model.load_state_dict(tensors, strict=True)
   return model.to(device=device, dtype=dtype).eval()

@@ -14,7 +14,7 @@ This module writes and resumes; the layout's read side is `bootvae_jax/loading.p
 `load_model`, which is `bootvae_jax.load_model`), imported from there. One function per job:
   * `Checkpoints.save(...)` / `Checkpoints.restore_latest(...)`: the newest intact checkpoint,
     older ones as fallback;
-  * `checkpoint_problem(workdir, step)`: why a step's files are incomplete, or None;
+  * `checkpoint_problem(workdir, step)` (from loading.py): why a step's files are incomplete;
   * `check_resume(workdir, step, config, state)`: refuses to resume with a config whose
     parameters do not fit the checkpoint;
   * `copy_latest(source, workdir)`: continue a finished run under another name.
@@ -37,13 +37,16 @@ from etils import epath
 from flax import nnx
 
 from bootvae_jax.cli import UserError
+from bootvae_jax.loading import DamagedCheckpointError
 from bootvae_jax.loading import checkpoint_dir
+from bootvae_jax.loading import checkpoint_problem  # pylint: disable=unused-import
 from bootvae_jax.loading import checkpoint_steps
 from bootvae_jax.loading import path_string
 from bootvae_jax.loading import quiet_checkpoint_reading
-from bootvae_jax.loading import quiet_libraries
 from bootvae_jax.loading import read_config
+from bootvae_jax.loading import read_step
 from bootvae_jax.loading import resolve_step
+from bootvae_jax.loading import state_tree_metadata
 from bootvae_jax.loading import step_dir
 
 
@@ -75,42 +78,18 @@ def _copy_tree(source: epath.Path, target: epath.Path) -> None:
       entry.copy(target / entry.name)
 
 
-# Files every complete step directory has (orbax writes the commit marker last).
-_REQUIRED_FILES = (
-    ("commit_success.txt", "no commit marker: the save did not finish"),
-    ("state/_METADATA", "state/_METADATA is missing"),
-    ("meta", "the meta item is missing"),
-)
-
-
-def checkpoint_problem(workdir: str | os.PathLike, step: int) -> str | None:
-  """Why the checkpoint of `step` is incomplete (a file every complete one has is missing),
-  or None. Damage inside a data file only shows when it is read (`restore_latest`)."""
-  directory = epath.Path(step_dir(workdir, step))
-  for name, problem in _REQUIRED_FILES:
-    if not (directory / name).exists():
-      return problem
-  return None
+class CheckpointSaveFailed(RuntimeError):
+  """Orbax could not write a checkpoint (a file vanished or appeared under it: another writer
+  in the workdir despite its lock, a filesystem fault). Not a user error: a bug or a fault to
+  report, so the command lines keep the traceback (the OSError's path is orbax's, not one the
+  user gave)."""
 
 
 class DamagedCheckpointsError(UserError):
   """Checkpoints exist but none of them restores (command lines: one line, exit 2)."""
 
 
-def _one_line(error: BaseException) -> str:
-  """The innermost cause's first line (orbax wraps tensorstore's precise error, e.g.
-  `OUT_OF_RANGE: Error reading "params...": Requested byte range [..) is not valid`, in a
-  message that prints the whole tensorstore spec)."""
-  while error.__cause__ is not None or (
-      error.__context__ is not None and not error.__suppress_context__
-  ):
-    error = error.__cause__ or error.__context__
-  lines = str(error).strip().splitlines()
-  text = lines[0] if lines else type(error).__name__
-  return text if len(text) <= 400 else text[:400] + "..."
-
-
-def _any_process(flag: bool) -> bool:
+def any_process(flag: bool) -> bool:
   """Whether `flag` holds on any JAX process (every process calls this together)."""
   if jax.process_count() == 1:
     return flag
@@ -160,7 +139,10 @@ class Checkpoints:
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if batches is not None:  # one JSON for all processes (written by process 0)
       items["data"] = ocp.args.JsonSave(batches.state())
-    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except OSError as error:
+      raise CheckpointSaveFailed(f"saving checkpoint {step} in {self.directory} failed") from error
 
   def restore(self, step: int, abstract_state, shardings, *, batches=None):
     """The state at `step`, placed with `shardings` (any mesh: orbax reads each array's
@@ -219,19 +201,19 @@ class Checkpoints:
     # drop that noise stay until every step was tried, then are put back.
     with quiet_checkpoint_reading() as abandoned:
       for step in reversed(checkpoint_steps(self.workdir)):
-        problem = checkpoint_problem(self.workdir, step)
-        state = None
-        if problem is None:
+        problem, state = None, None
+
+        def read(step=step):
           if check is not None:
             check(step)
-          try:
-            with quiet_libraries():
-              state = self.restore(step, abstract_state, shardings, batches=batches)
-          except Exception as error:  # pylint: disable=broad-except
-            # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
-            abandoned.add(step_dir(self.workdir, step))
-            problem = _one_line(error)
-        if _any_process(problem is not None):
+          return self.restore(step, abstract_state, shardings, batches=batches)
+
+        try:
+          # Whatever a damaged file raises (tensorstore, orbax, json), try the one before.
+          state = read_step(self.workdir, step, read, abandoned)
+        except DamagedCheckpointError as error:
+          problem = error.reason
+        if any_process(problem is not None):
           problem = problem or "it failed to read on another process"
           logging.warning(
               "checkpoint %s is damaged (%s); trying the one before it",
@@ -269,7 +251,10 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as error:  # an asynchronous save's failure surfaces here
+      raise CheckpointSaveFailed(f"a checkpoint save in {self.directory} failed") from error
 
   def close(self) -> None:
     self.manager.close()
@@ -318,19 +303,15 @@ def config_differences(
 def check_resume(
     workdir: str | os.PathLike, step: int, config: ml_collections.ConfigDict, state
 ) -> None:
-  """Raises ValueError unless the checkpoint at `step` can be resumed by `config`'s state.
+  """Raises `UserError` unless the checkpoint at `step` can be resumed by `config`'s state
+  (`DamagedCheckpointError` when its metadata does not read).
 
   Compared: every trained, frozen and discriminator parameter's path and shape (what
   `config.model`, `config.freeze`, the fine-tuning switch and the GAN decide). Anything else
   (steps, learning rates, data, logging) may change on resume. The error names the first
   mismatched parameter and the config fields that differ from the checkpoint's.
   """
-  with quiet_libraries():  # orbax warns that the item has no _CHECKPOINT_METADATA of its own
-    tree = (
-        ocp.PyTreeCheckpointer()
-        .metadata(epath.Path(step_dir(workdir, step)) / "state")
-        .item_metadata.tree
-    )
+  tree = read_step(workdir, step, lambda: state_tree_metadata(workdir, step))
   stored = {
       re.sub(r"/value$", "", k): v
       for name in _RESUMED_TREES
@@ -363,7 +344,7 @@ def check_resume(
       if differences
       else ""
   )
-  raise ValueError(
+  raise UserError(
       f"--workdir={workdir} holds a checkpoint (step {step}) this config cannot resume:"
       f" {problems[0]} ({len(problems)} parameter differences){hint}. Resume with the"
       " checkpoint's model, freeze and GAN settings, or use a new --workdir."

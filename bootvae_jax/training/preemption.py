@@ -1,7 +1,8 @@
 """Stopping a run cleanly on SIGTERM / SIGINT, at a step every process agrees on.
 
 Preemptible TPU / GPU VMs get SIGTERM some time before they go away; Ctrl-C is SIGINT. Either
-way the trainer finishes its current step, saves a checkpoint of it and returns (exit 0):
+way the trainer finishes its current step, saves a checkpoint of it and returns (exit 0); a
+second Ctrl-C ends the process at once (killed by SIGINT, no checkpoint):
 
     stop = StopSignal()             # installs the handlers (main thread only)
     for step in ...:
@@ -45,6 +46,7 @@ class StopSignal:
 
   def __init__(self):
     self.received: str | None = None  # the signal this process got, e.g. 'SIGTERM'
+    self._interrupted = False  # a first SIGINT came
     self._previous = {}
     self._multi_process = jax.process_count() > 1
     if threading.current_thread() is not threading.main_thread():
@@ -67,12 +69,21 @@ class StopSignal:
 
   def _record(self, signum, frame) -> None:
     del frame
+    if signum == signal.SIGINT and self._interrupted:
+      # A second Ctrl-C interrupts at once. Not by raising KeyboardInterrupt: the main thread
+      # may be inside a callback (XLA's garbage-collection hook, a finaliser) whose
+      # exceptions Python prints and ignores, and the run would go on to save and exit 0.
+      logging.warning("second Ctrl-C: stopping at once, without a checkpoint")
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+      os.kill(os.getpid(), signal.SIGINT)
+      return
+    self._interrupted |= signum == signal.SIGINT
     self.received = signal.Signals(signum).name
     logging.warning(
-        "received %s: finishing the current step, then saving a checkpoint", self.received
+        "received %s: finishing the current step, then saving a checkpoint (Ctrl-C again to"
+        " stop at once)",
+        self.received,
     )
-    if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
-      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def _forward_as_sigterm(self, signum, frame) -> None:
     self._record(signum, frame)

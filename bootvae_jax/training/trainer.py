@@ -12,12 +12,15 @@ Rerunning resumes from the newest intact checkpoint (damaged newer ones are repo
 aside), on any topology; a config whose parameters do not fit that checkpoint is refused
 before anything is written. SIGTERM / SIGINT end the run after the current step with a
 checkpoint of that step (`preemption.py`); a run whose last `config.max_consecutive_nonfinite`
-updates were all non-finite stops with `TrainingDiverged` without saving.
+updates were all non-finite, or whose last update was non-finite at `config.total_steps`, stops
+with `TrainingDiverged` without saving. One run at a time: `workdir_lock.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as py_logging
 import time
 from typing import Any
 
@@ -31,6 +34,7 @@ from clu import periodic_actions
 from etils import epath
 
 from bootvae_jax import data as data_lib
+from bootvae_jax import cli
 from bootvae_jax.cli import UserError
 from bootvae_jax.core import visualize
 from bootvae_jax.losses import compat
@@ -42,6 +46,7 @@ from bootvae_jax.training import preemption
 from bootvae_jax.training import stages
 from bootvae_jax.training import train_state as train_state_lib
 from bootvae_jax.training import train_step as train_step_lib
+from bootvae_jax.training import workdir_lock
 
 
 class TrainingDiverged(UserError):
@@ -135,8 +140,37 @@ def train_and_evaluate(
     TrainingDiverged: `config.max_consecutive_nonfinite` non-finite updates in a row; the
       checkpoints before them are kept, none is written after.
     checkpoints.DamagedCheckpointsError: the workdir has checkpoints and none can be read.
+    workdir_lock.WorkdirLocked: another live run holds the workdir.
   """
   config_lib.validate(config, workdir)  # before any compute
+  with _workdir_lock(workdir):  # one run per workdir, before anything in it is read or written
+    return _train_locked(config, workdir, stop_after_step)
+
+
+def _workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
+  """The workdir's lock (`workdir_lock.py`), taken by process 0 for the whole run; every
+  process refuses together when it is held. An unreachable URL workdir is a user error."""
+  lock, refusal = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLocked as error:
+      refusal = error
+    except Exception as error:  # pylint: disable=broad-except
+      # A URL's filesystem raises its own errors (TensorFlow's, gcsfs's) when unreachable.
+      if "://" not in workdir or isinstance(error, cli.USER_ERRORS):
+        raise
+      refusal = UserError(f"--workdir={workdir} cannot be reached: {cli.one_line(str(error))}")
+  if checkpoints_lib.any_process(refusal is not None):
+    raise refusal or workdir_lock.WorkdirLocked(
+        f"--workdir={workdir} is in use by another run (see process 0's error)"
+    )
+  return contextlib.closing(_Releasing(lock))
+
+
+def _train_locked(config, workdir, stop_after_step):
+  """`train_and_evaluate` once the workdir is this run's."""
   image_vae = None
   if config.compat.image_vae:  # trains with it when weighted; evaluates compatibility always
     image_vae = load_compat_image_vae(config)  # also sets the model's latent scaling
@@ -184,7 +218,9 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
   if config.eval.get("crop_size"):  # e.g. evaluate whole 64² frames of a model trained on 32²
     eval_data = ml_collections.ConfigDict(config.data.to_dict())
     eval_data.crop_size = tuple(config.eval.crop_size)
-  eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
+  # The evaluation index reads the same folder: its skipped files were warned about already.
+  with _SkipWarnedOnce(getattr(batches, "skipped_files", ())):
+    eval_clips = data_lib.make_eval_clips(eval_data, num_clips=config.eval.num_clips)
 
   # clu's TensorBoard writer takes URLs itself (tf.io.gfile).
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -256,9 +292,13 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
       stop_reason = stop.reason(step)  # every step, on every process
       checkpoint_due |= step % config.checkpoint_every == 0
       if checkpoint_due or step == config.total_steps or stop_reason is not None:
-        # Never over a good checkpoint with a diverged state; a periodic checkpoint waits for
-        # the end of a run of non-finite updates (a final or preemption one does not).
-        if streak.check(step, metrics) and step < config.total_steps and stop_reason is None:
+        # Never over a good checkpoint with a diverged state: a periodic checkpoint waits for
+        # the end of a run of non-finite updates, the final one is not written from one (a
+        # preemption one is: the rerun continues the streak and judges it).
+        current_streak = streak.check(step, metrics)
+        if current_streak and step == config.total_steps and stop_reason is None:
+          streak.ended_diverged(step, current_streak)
+        if current_streak and step < config.total_steps and stop_reason is None:
           logging.info("step %d: checkpoint postponed until an update is finite again", step)
         else:
           ckpts.save(
@@ -289,6 +329,35 @@ def _train(config, workdir, mesh, image_vae, stop, stop_after_step):
     writer.flush()
     batches.close()
   return state
+
+
+class _SkipWarnedOnce(py_logging.Filter):
+  """While open, drops the data sources' "skipping FILE: REASON" warnings of `skipped`."""
+
+  def __init__(self, skipped):
+    super().__init__()
+    self.skipped = {(s.file, s.reason) for s in skipped}
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not (record.msg == "skipping %s: %s" and tuple(record.args or ()) in self.skipped)
+
+  def __enter__(self):
+    py_logging.getLogger("absl").addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    py_logging.getLogger("absl").removeFilter(self)
+
+
+class _Releasing:
+  """`close()` releases a `WorkdirLock` (None on processes other than 0)."""
+
+  def __init__(self, lock: workdir_lock.WorkdirLock | None):
+    self.lock = lock
+
+  def close(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
 
 
 class _NonfiniteStreak:
@@ -324,3 +393,14 @@ class _NonfiniteStreak:
       )
       raise TrainingDiverged(message)  # the CLI prints it as its one error line
     return count
+
+  def ended_diverged(self, step: int, count: int) -> None:
+    """Raises `TrainingDiverged`: the run reached its last step inside a streak of `count`
+    non-finite updates, so its final state is no trained model."""
+    raise TrainingDiverged(
+        f"training ended diverged: the last {count} updates (steps {step - count + 1}-{step}, the"
+        f" end of config.total_steps={step}) had non-finite gradients and were skipped; the final"
+        " checkpoint is not written from them, so the checkpoints before them are kept. Lower"
+        " config.optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then"
+        " rerun with more config.total_steps (it resumes from the last checkpoint)."
+    )

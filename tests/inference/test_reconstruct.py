@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bootvae_jax import cli
 from bootvae_jax.core import metrics
 from bootvae_jax.core import video_io
 from bootvae_jax.data import transforms
@@ -147,3 +148,78 @@ def test_cli_modes(tiny_model):
   assert reconstruct.resolve_mode(codec, "auto") == "crossfade"
   with pytest.raises(ValueError, match="cannot be streamed exactly"):
     reconstruct.resolve_mode(codec, "stream")
+
+
+# ----------------------------------------------------------------------------------------------
+# Output paths: URLs through the filesystem layer, checked before any compute.
+
+
+def _clip(path, frames=5):
+  rng = np.random.default_rng(0)
+  video_io.write_video(str(path), rng.integers(0, 255, (frames, 16, 16, 3), np.uint8), fps=8)
+  return str(path)
+
+
+def test_a_url_output_is_written_through_epath_never_as_a_local_path(
+    tiny_model, fake_gcs, tmp_path, monkeypatch
+):
+  source = _clip(tmp_path / "in.mp4")
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  summary = reconstruct.reconstruct_file(tiny_model, source, "gs://bucket/out/x.mp4")
+  assert summary["output"] == "gs://bucket/out/x.mp4" and summary["frames"] == 5
+  written = fake_gcs.root / "bucket" / "out" / "x.mp4"
+  assert video_io.video_info(str(written)).num_frames == 5
+  assert "gs://bucket/out/x.mp4" in fake_gcs.seen
+  assert not list(tmp_path.rglob("gs:*"))  # no ./gs:/bucket/out
+
+
+def test_unwritable_outputs_are_refused_before_any_compute_naming_the_given_path(
+    tmp_path, monkeypatch
+):
+  def no_compute(*args, **kwargs):
+    raise AssertionError("computed before the output path was checked")
+
+  monkeypatch.setattr(reconstruct, "_reconstruct_local_file", no_compute)
+  source = _clip(tmp_path / "in.mp4")
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  with pytest.raises(cli.UserError, match=f"^--output={folder} is an existing folder; name a"):
+    reconstruct.reconstruct_file(None, source, str(folder))
+  with pytest.raises(cli.UserError, match=f"^--output={source}/x.mp4: {source} is a file, not"):
+    reconstruct.reconstruct_file(None, source, f"{source}/x.mp4")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in.mp4"]  # no temp file
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+  writer = video_io.VideoWriter(str(tmp_path / "x.mp4"), fps=8)
+  writer.write(np.zeros((2, 16, 16, 3), np.uint8))
+  monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+  with pytest.raises(OSError, match="disk full"):
+    writer.close()
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_an_existing_folder_as_output_before_loading(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  result = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bootvae_jax.inference.reconstruct",
+          "--input=x.mp4",
+          f"--output={tmp_path}",
+          f"--workdir={tmp_path / 'no_run'}",  # never opened: the output is checked first
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      f"error: --output={tmp_path} is an existing folder; name a file (e.g. {tmp_path}/out.mp4)"
+  ]
+  assert list(tmp_path.iterdir()) == []

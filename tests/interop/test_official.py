@@ -6,6 +6,7 @@ Fixture arrays are NCTHW; ours are NTHWC.
 """
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -334,6 +335,8 @@ def test_damaged_weights_files_are_named(fixture, tmp_path):
   checkpoint = (tmp_path / "full.ckpt").read_bytes()
   files["torch.safetensors"] = checkpoint
   files["truncated.ckpt"] = checkpoint[: len(checkpoint) // 2]
+  torch.save({"state_dict": _Pickled()}, tmp_path / "pickled.ckpt")  # code, not weights
+  files["pickled.ckpt"] = (tmp_path / "pickled.ckpt").read_bytes()
   for name, content in files.items():
     (tmp_path / name).write_bytes(content)
   expected = {
@@ -356,6 +359,11 @@ def test_damaged_weights_files_are_named(fixture, tmp_path):
       "safetensors.ckpt": (
           "not a readable PyTorch checkpoint (UnpicklingError: Weights only load failed); it is"
           " a safetensors file: name it *.safetensors"
+      ),
+      "pickled.ckpt": (
+          "not a readable PyTorch checkpoint (UnpicklingError: Weights only load failed); the"
+          " file holds pickled code (posix.system), which is refused: weights are only read as"
+          " plain tensors. Get the weights as .safetensors, or from a source you trust"
       ),
       "truncated.ckpt": (
           "not a readable PyTorch checkpoint (RuntimeError: PytorchStreamReader failed reading"
@@ -477,3 +485,10 @@ def test_parameter_counts(kind, fixture):
   count, _ = _abstract_params(build(released))
   assert count == OFFICIAL_COUNTS[kind](released)
   assert count == {"cvvae": 182_446_475, "odvae": 239_189_991}[kind]
+
+
+class _Pickled:
+  """Unpickling it would run a command: what `weights_only=True` refuses."""
+
+  def __reduce__(self):
+    return (os.system, ("true",))

@@ -13,6 +13,7 @@ from PIL import Image
 from flax import nnx
 
 import bootvae_jax
+from bootvae_jax import cli
 from bootvae_jax import data as data_lib
 from bootvae_jax import loading
 from bootvae_jax import models
@@ -149,7 +150,7 @@ def test_checkpoint_holds_the_config_and_load_model_reads_it(config, tmp_path):
   config.model.base_channels = 16  # the same run with a wider model
   config.total_steps = 4
   with pytest.raises(
-      ValueError,
+      cli.UserError,  # the CLI: the message as one line, exit 2
       match=r"step 2\) this config cannot resume: .*shape .*"
       r"model.base_channels: 8 there, 16 here",
   ):
@@ -257,3 +258,21 @@ class _no_error:  # pylint: disable=invalid-name
 
   def __exit__(self, *exc):
     return False
+
+
+def test_a_failed_save_is_a_bug_with_its_traceback_not_a_user_error(config, tmp_path, monkeypatch):
+  """An OSError inside orbax's save (e.g. another writer removed its temporary directory)
+  names orbax's files, not the user's: not one of the CLI's user errors."""
+  ckpts = checkpoints_lib.Checkpoints(str(tmp_path / "run"), async_save=False)
+
+  def vanished(*args, **kwargs):
+    raise FileNotFoundError(
+        2, "No such file or directory", str(tmp_path / "run/checkpoints/1.orbax-checkpoint-tmp")
+    )
+
+  monkeypatch.setattr(ckpts.manager, "save", vanished)
+  with pytest.raises(checkpoints_lib.CheckpointSaveFailed, match="saving checkpoint 1 in") as error:
+    ckpts.save(1, dict(step=np.int32(1)))
+  assert not isinstance(error.value, cli.USER_ERRORS)
+  assert isinstance(error.value.__cause__, FileNotFoundError)  # in the traceback
+  ckpts.close()

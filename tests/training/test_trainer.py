@@ -485,6 +485,38 @@ def test_divergence_stops_without_replacing_the_last_good_checkpoint(
   assert [step for step, _ in _FakeCheckpoints.instances[-1].saved] == [3, 4]
 
 
+def test_a_run_that_ends_inside_a_short_streak_fails_without_a_final_checkpoint(
+    fake_compute, config, tmp_path
+):
+  """Shorter than max_consecutive_nonfinite, but the last step's update was non-finite: the
+  final checkpoint would be the diverged state, so the run fails and keeps the last good one."""
+  config.total_steps, config.checkpoint_every, config.max_consecutive_nonfinite = 5, 2, 20
+  fake_compute.extend([(0, None), (0, None), (0, None), (1, None), (2, None)])
+  with pytest.raises(
+      trainer.TrainingDiverged, match=r"training ended diverged: the last 2 .*steps 4-5"
+  ):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  (ckpts,) = _FakeCheckpoints.instances
+  assert [step for step, _ in ckpts.saved] == [2]  # step 4's waited; no final one
+
+
+def test_a_skipped_training_video_is_warned_once(fake_compute, config, tmp_path, caplog):
+  """The training and the evaluation index read the same folder: one warning per file."""
+  from bootvae_jax.core import video_io  # pylint: disable=g-import-not-at-top
+
+  folder = tmp_path / "videos"
+  folder.mkdir()
+  frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), np.uint8)
+  video_io.write_video(str(folder / "good.mp4"), frames, fps=8)
+  (folder / "empty.mp4").write_bytes(b"")
+  config.data.source, config.data.path = "video_folder", str(folder)
+  config.data.index_cache_dir = str(tmp_path / "index")
+  config.total_steps, config.eval.num_clips = 1, 1
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  warnings = [r.getMessage() for r in caplog.records if "empty.mp4" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith("skipping "), warnings
+
+
 def test_sigint_saves_the_current_step_and_returns(fake_compute, config, tmp_path):
   config.total_steps, config.checkpoint_every = 10, 1000
   interrupt = lambda: os.kill(os.getpid(), signal.SIGINT)  # arrives during step 3
