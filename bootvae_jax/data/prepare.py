@@ -388,7 +388,9 @@ def _load_or_make_plan(input_pattern, out_path, options, shards, workers) -> dic
           "rerun with those options to finish it, or prepare into a new --out"
       )
     if shards and shards != len(plan["shards"]):
-      logging.warning("--shards=%d ignored: %s was planned with %d", shards, out_path, len(plan["shards"]))
+      logging.warning(
+          "--shards=%d ignored: %s was planned with %d", shards, out_path, len(plan["shards"])
+      )
     try:
       _, files = find_inputs(input_pattern)
     except UserError:
@@ -474,7 +476,9 @@ def _duration(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _write_index(out_path: epath.Path, plan: dict[str, Any], options: ClipOptions) -> dict[str, Any]:
+def _write_index(
+    out_path: epath.Path, plan: dict[str, Any], options: ClipOptions
+) -> dict[str, Any]:
   """Gathers the shards' sidecars into index.json and report.json."""
   num_shards = len(plan["shards"])
   videos, video_ids, clips, shards, skipped = [], {}, [], [], []
