@@ -360,6 +360,9 @@ def prepare(
       workers,
   )
   if pending:
+    # Staging files of a killed run (its workers never renamed them) are garbage.
+    for stale in out_path.glob("*.array_record.tmp-*"):
+      stale.unlink()
     with tempfile.TemporaryDirectory(dir=staging_dir or None) as staging:
       jobs = [
           _ShardJob(

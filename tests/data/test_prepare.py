@@ -125,6 +125,7 @@ def test_rerun_adds_nothing_and_an_interrupted_run_resumes(video_dir, tmp_path, 
   resumed = prepare.prepare(str(video_dir), str(tmp_path), options, progress_every=0)
   assert sorted(probed) == sorted(str(video_dir / name) for name in plan["shards"][1])
   assert resumed == first
+  assert not (tmp_path / "clips-00001-of-00003.array_record.tmp-dead").exists()
   for got, expected in zip(read_records(tmp_path), records):
     np.testing.assert_array_equal(got, expected)
 
