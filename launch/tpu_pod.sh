@@ -7,6 +7,13 @@
 # (python -m bootvae_jax.aot, needs libtpu: pip install -r requirements-test.txt) and the launch
 # stops with the shortfall when it does not fit the chips' HBM. NUM_SLICES=N checks N slices
 # joined over DCN; SKIP_FIT_CHECK=1 skips the check.
+#
+# For a real corpus, decode the videos once into clip shards (on any machine with many cores),
+# then point every host at them:
+#   python -m bootvae_jax.data.prepare --input=/data/videos --out=gs://bucket/clips_33x288 \
+#       --num_frames=33 --size=288 --workers=32
+#   launch/tpu_pod.sh my-tpu us-central2-b --config=configs/promag_4x.py --workdir=gs://bucket/promag_4x \
+#       --config.data.source=array_record --config.data.path=gs://bucket/clips_33x288
 set -euo pipefail
 tpu=${1:?TPU name}; zone=${2:?zone}; shift 2
 args=$(printf " %q" "$@")

@@ -5,7 +5,8 @@ config can be pointed at a folder of videos from the command line:
 
   --config.data.source=video_folder --config.data.path=/path/to/videos
 
-Sources: 'synthetic' (procedural, needs nothing), 'video_folder' (PyAV), 'tfds'
+Sources: 'synthetic' (procedural, needs nothing), 'video_folder' (PyAV), 'array_record'
+(clips prepared once by `python -m bootvae_jax.data.prepare`: the pod-scale path), 'tfds'
 (`tfds.data_source`), 'image_folder' (1-frame clips) and 'mixture' (several of those,
 weighted, listed in `data.mixture`).
 
@@ -28,7 +29,7 @@ from bootvae_jax.cli import UserError
 # The model's shape rules, without model code (grain workers import this module).
 from bootvae_jax.core import frames
 
-LEAF_SOURCES = ("synthetic", "video_folder", "tfds", "image_folder")
+LEAF_SOURCES = ("synthetic", "video_folder", "array_record", "tfds", "image_folder")
 SOURCES = LEAF_SOURCES + ("mixture",)
 FOLDER_SOURCES = ("video_folder", "image_folder")
 
@@ -58,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Returns the `config.data` subtree with every field present."""
   config = ml_collections.ConfigDict()
   config.source = "synthetic"
-  # Folder of videos / images (searched recursively) for the folder sources.
+  # Folder of videos / images (searched recursively) for the folder sources; for
+  # 'array_record', the folder `bootvae_jax.data.prepare --out` wrote (may be gs://).
   config.path = ""
   # Held-out folder for `make_eval_clips`; '' evaluates on `path`.
   config.eval_path = ""
@@ -265,6 +267,10 @@ def _source_problems(config: dict[str, Any], where: str, num_frames: Any) -> lis
     problems.extend(_folder_problems(config["path"], f"{where}path", source))
     if config["eval_path"]:
       problems.extend(_folder_problems(config["eval_path"], f"{where}eval_path", source))
+  if source == "array_record":
+    problems.extend(_prepared_problems(config["path"], f"{where}path"))
+    if config["eval_path"]:
+      problems.extend(_prepared_problems(config["eval_path"], f"{where}eval_path"))
   if source == "tfds" and not config["tfds_name"]:
     problems.append(f"{where}tfds_name is empty; name the TFDS dataset (e.g. 'ucf101')")
   if source == "image_folder" and num_frames != 1:
@@ -286,4 +292,21 @@ def _folder_problems(path: str, name: str, source: str) -> list[str]:
     return [f"{name}={path!r} is not an existing folder"]
   if not os.access(path, os.R_OK | os.X_OK):
     return [f"{name}={path!r} is not readable by this user"]
+  return []
+
+
+def _prepared_problems(path: str, name: str) -> list[str]:
+  """A prepared clip folder: local ones are checked here, URLs when the source opens them."""
+  if not path:
+    return [
+        f"{name} is empty; source='array_record' needs the folder written by "
+        "python -m bootvae_jax.data.prepare --out=DIR (--config.data.path=DIR)"
+    ]
+  if "://" in path:
+    return []
+  if not os.path.isfile(os.path.join(path, "index.json")):
+    return [
+        f"{name}={path!r} is not a prepared clip folder (no index.json); make one with "
+        f"python -m bootvae_jax.data.prepare --input=VIDEOS --out={path}, and let it finish"
+    ]
   return []

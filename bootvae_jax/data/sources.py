@@ -1,4 +1,5 @@
-"""Clip sources: video folders (PyAV), TFDS, images, and the procedural synthetic source.
+"""Clip sources: video folders (PyAV), prepared clip shards (ArrayRecord), TFDS, images, and
+the procedural synthetic source.
 
 Each source is a grain random-access source (`len(source)`, `source[i]` = a description of
 item i) plus `read_clip(i, rng)`, which decodes item i into one transformed clip:
@@ -12,6 +13,10 @@ truncated, no frames) are recorded as skipped with a reason; the index of (file,
 fps, size, frame timestamps) is cached as JSON in `data.index_cache_dir`, keyed by the folder
 and reused per file while the file's size and mtime are unchanged.
 
+Prepared clip shards (`python -m bootvae_jax.data.prepare`) hold fixed-length uint8 clips
+decoded once from a video corpus; reading one is a record lookup and a decompression, no video
+decoding, which is what keeps a pod host's chips fed (see README, Data).
+
 This module imports neither JAX nor TensorFlow (TFDS is imported only for the tfds source):
 grain worker processes unpickle these sources and should start fast.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -40,6 +46,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_INDEX_CACHE_DIR = os.path.join("~", ".cache", "bootvae_jax")
 # Bump when the cached probe result changes meaning; old caches are then re-probed.
 INDEX_FORMAT_VERSION = 1
+# A prepared clip folder: `CLIPS_INDEX` describes the shards (written last, by
+# `bootvae_jax.data.prepare`); each record is one clip in numpy's .npy format.
+CLIPS_INDEX = "index.json"
+CLIPS_FORMAT = "bootvae_jax.clips"
+CLIPS_FORMAT_VERSION = 1
 
 
 class UnreadableFileError(Exception):
@@ -131,6 +142,23 @@ def find_files(folder: str, extensions: Sequence[str]) -> list[str]:
       if os.path.splitext(name)[1].lower() in extensions:
         found.append(os.path.join(directory, name))
   return sorted(found)
+
+
+def encode_clip(clip: np.ndarray) -> bytes:
+  """(T, H, W, 3) uint8 -> one shard record: .npy bytes (shape and dtype travel with it)."""
+  buffer = io.BytesIO()
+  np.lib.format.write_array(buffer, np.ascontiguousarray(clip), allow_pickle=False)
+  return buffer.getvalue()
+
+
+def decode_clip(record: bytes) -> np.ndarray:
+  """A shard record -> (T, H, W, 3) uint8 (the inverse of `encode_clip`)."""
+  return np.lib.format.read_array(io.BytesIO(record), allow_pickle=False)
+
+
+def is_url(path: str) -> bool:
+  """gs://, s3://, ...: reached through etils.epath (and ArrayRecord's own GCS reader)."""
+  return "://" in str(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -539,6 +567,107 @@ class ImageFolderSource(ClipSource):
     return transforms.crop_and_flip(transforms.resize_frames(frames, size), self.spec, rng)
 
 
+class ArrayRecordSource(ClipSource):
+  """Clips prepared by `bootvae_jax.data.prepare`, read through grain's ArrayRecordDataSource;
+  item i is record i over the shards in index order.
+
+  A stored clip is a window of `num_frames` frames (at the prepare-time stride); the clip spec
+  samples its own frames inside that window (so a stored 17-frame clip also gives 9-frame
+  clips, or 9 frames at stride 2), resizes only when `resize_short_side` asks for another size,
+  then crops and flips as for every source. The folder may be a gs:// URL: the index is read
+  with etils.epath and ArrayRecord reads GCS itself.
+  """
+
+  kind = "array_record"
+
+  def __init__(self, folder: str, spec: transforms.ClipSpec):
+    super().__init__(spec)
+    self._folder = str(folder)
+    index = read_clips_index(self._folder)
+    self.options = index["options"]
+    stored_frames = int(self.options["num_frames"])
+    if stored_frames < spec.min_span:
+      raise UserError(
+          f"{self._folder} holds clips of {stored_frames} frames; a clip of {spec.num_frames} "
+          f"frames at stride {spec.min_stride} needs {spec.min_span}: prepare the corpus again "
+          f"with --num_frames={spec.min_span} (or ask for shorter clips)"
+      )
+    shards = [shard for shard in index["shards"] if shard["num_clips"]]
+    if not shards:
+      raise UserError(f"{self._folder} holds no clips (see its report.json for why)")
+    # `path[start:end]` read instructions: grain need not open every shard to count records.
+    self._paths = [
+        f"{os.path.join(self._folder, shard['file'])}[0:{shard['num_clips']}]" for shard in shards
+    ]
+    self._length = sum(shard["num_clips"] for shard in shards)
+    self._videos = list(index["videos"])
+    clips = np.asarray(index["clips"], np.int64).reshape(-1, 4)  # video, start, height, width
+    self._clip_video, self._clip_start = clips[:, 0].astype(np.int32), clips[:, 1]
+    self._skipped = [SkippedFile(s["file"], s["reason"]) for s in index.get("skipped", ())]
+    self._data_source = None
+
+  def _source(self):
+    if self._data_source is None:
+      import grain  # pylint: disable=g-import-not-at-top  (workers import it anyway)
+
+      self._data_source = grain.sources.ArrayRecordDataSource(self._paths)
+    return self._data_source
+
+  def __getstate__(self):
+    # Worker processes open their own readers.
+    return {**self.__dict__, "_data_source": None}
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> tuple[str, int]:
+    """(source video, its first frame) of clip `index`."""
+    return self._videos[self._clip_video[index]], int(self._clip_start[index])
+
+  def item_name(self, index: int) -> str:
+    video, start = self[index]
+    return f"{video} (clip from frame {start}, record {index} of {self._folder})"
+
+  @property
+  def files_indexed(self) -> int:
+    return len(self._videos)
+
+  @property
+  def skipped(self) -> list[SkippedFile]:
+    return list(self._skipped)
+
+  def read_clip(self, index, rng, *, position=0.5):
+    frames = decode_clip(self._source()[index])
+    frame_indices = transforms.sample_frame_indices(
+        frames.shape[0], self.spec, rng, position=position
+    )
+    size = transforms.resized_size(frames.shape[1], frames.shape[2], self.spec)
+    clip = transforms.resize_frames(frames[frame_indices], size)
+    return transforms.crop_and_flip(clip, self.spec, rng)
+
+
+def read_clips_index(folder: str) -> dict[str, Any]:
+  """The index of a prepared clip folder (local or a URL).
+
+  Raises:
+    UserError: the folder holds no finished preparation, or one of another format.
+  """
+  path = epath.Path(folder) / CLIPS_INDEX
+  try:
+    index = json.loads(path.read_text())
+  except FileNotFoundError as error:
+    raise UserError(
+        f"{folder} is not a prepared clip folder (no {CLIPS_INDEX}); make one with "
+        f"python -m bootvae_jax.data.prepare --input=VIDEOS --out={folder}, and let it finish"
+    ) from error
+  if index.get("format") != CLIPS_FORMAT or index.get("version") != CLIPS_FORMAT_VERSION:
+    raise UserError(
+        f"{path} is not a version-{CLIPS_FORMAT_VERSION} {CLIPS_FORMAT} index; prepare the "
+        "corpus again with this version of bootvae_jax"
+    )
+  return index
+
+
 class TfdsSource(ClipSource):
   """A TFDS split through `tfds.data_source`; item i is example i.
 
@@ -776,6 +905,9 @@ def make_source(source_config: dict[str, Any], *, split: str = "train") -> ClipS
     return VideoFolderSource(
         index, spec, cache_decoded=bool(source_config.get("cache_decoded", False))
     )
+  if kind == "array_record":
+    folder = (evaluating and source_config["eval_path"]) or source_config["path"]
+    return ArrayRecordSource(folder, spec)
   if kind == "tfds":
     tfds_split = (evaluating and source_config["eval_tfds_split"]) or source_config["tfds_split"]
     return TfdsSource(

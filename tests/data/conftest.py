@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bootvae_jax.data import config as data_config_lib
+from bootvae_jax.data import prepare
 
 # Clip length used throughout the data tests (1 + 4*2: valid for a 4x causal model).
 NUM_FRAMES = 9
@@ -150,6 +151,19 @@ def bad_files() -> dict[str, str]:
       "notes.mkv": "not a readable video",
       "short.mp4": "too short",
   }
+
+
+# Clips of `prepared_dir`: NUM_FRAMES frames, 40x40 (random 32x32 crops inside).
+PREPARED_OPTIONS = prepare.ClipOptions(num_frames=NUM_FRAMES, size=40)
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory, video_dir) -> pathlib.Path:
+  """`video_dir` prepared into 3 shards of PREPARED_OPTIONS clips: every non-overlapping
+  window, 13 + 4 + 3 + 2 + 2 = 24 clips."""
+  folder = tmp_path_factory.mktemp("prepared")
+  prepare.prepare(str(video_dir), str(folder), PREPARED_OPTIONS, shards=3, progress_every=0)
+  return folder
 
 
 @pytest.fixture(scope="session")

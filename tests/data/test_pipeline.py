@@ -67,15 +67,17 @@ def test_every_epoch_is_reshuffled(make_config):
   assert list(first_epoch) != list(second_epoch)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(
+    "source, num_workers", [("video_folder", 0), ("video_folder", 2), ("array_record", 2)]
+)
 def test_resume_from_the_saved_position_gives_exactly_the_next_batches(
-    num_workers, make_config, mesh, video_dir
+    source, num_workers, make_config, mesh, video_dir, prepared_dir
 ):
   config = make_config(
-      source="video_folder",
-      path=str(video_dir),
+      source=source,
+      path=str(video_dir if source == "video_folder" else prepared_dir),
       frame_stride=(1, 3),
-      resize_short_side=40,
+      resize_short_side=40 if source == "video_folder" else 0,
       random_flip=True,
   )
   # The reference is an uninterrupted in-process run; worker processes split whole batches
@@ -99,10 +101,13 @@ def test_resume_from_the_saved_position_gives_exactly_the_next_batches(
     np.testing.assert_array_equal(got, uninterrupted[step], err_msg=f"batch {step}")
 
 
-def test_global_batches_do_not_depend_on_the_process_count(make_config):
+@pytest.mark.parametrize("source", ["synthetic", "array_record"])
+def test_global_batches_do_not_depend_on_the_process_count(source, make_config, prepared_dir):
   """Process p's local batch k is the p-th block of global batch k, which holds examples
   [start + k·B, start + (k+1)·B) of one stream: 1, 2 or 4 processes, from any start."""
-  config = make_config(synthetic_num_clips=12, batch_size=4)
+  config = make_config(synthetic_num_clips=12, batch_size=4, random_flip=True)
+  if source == "array_record":
+    config.update(source=source, path=str(prepared_dir))
 
   def global_batches(process_count, start, count=3):
     iterators = [
@@ -153,6 +158,24 @@ def test_mixture_follows_weights(make_config, mesh, video_dir):
   assert stats["data/clips_source0_synthetic"] == 4
   assert stats["data/clips_source1_video_folder"] == 12
   assert stats["data/files_indexed"] == 5
+
+
+def test_prepared_clips_mix_with_other_sources(make_config, mesh, prepared_dir, video_dir):
+  config = make_config(
+      source="mixture",
+      mixture=(
+          dict(source="array_record", path=str(prepared_dir), weight=3.0),
+          dict(source="video_folder", path=str(video_dir), resize_short_side=40, weight=1.0),
+      ),
+  )
+  data.validate(config, temporal_factor=4, spatial_factor=8)
+  batches = data.make_train_batches(config, mesh=mesh, seed=0)
+  assert next(batches)["video"].shape == (8, 9, 32, 32, 3)
+  next(batches)
+  stats = batches.stats()
+  assert stats["data/clips_source0_array_record"] == 12
+  assert stats["data/clips_source1_video_folder"] == 4
+  assert stats["data/files_indexed"] == 5 + 5
 
 
 def test_images_and_videos_train_together_as_one_frame_clips(

@@ -1,5 +1,6 @@
 """Sources: PyAV video folders and their index cache, TFDS, images, synthetic."""
 
+import json
 import os
 import pathlib
 import pickle
@@ -266,3 +267,76 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
     sources.TfdsSource(
         "no_such_dataset_here", "train", data_dir=str(tmp_path), video_key="video", spec=spec
     )
+
+
+def prepared_records(folder) -> list[np.ndarray]:
+  import grain  # pylint: disable=g-import-not-at-top
+
+  index = json.loads((folder / "index.json").read_text())
+  data_source = grain.sources.ArrayRecordDataSource(
+      [str(folder / shard["file"]) for shard in index["shards"]]
+  )
+  return [sources.decode_clip(data_source[i]) for i in range(len(data_source))]
+
+
+def test_array_record_source_crops_flips_and_samples_inside_the_stored_clips(prepared_dir):
+  source = sources.ArrayRecordSource(
+      str(prepared_dir), clip_spec(max_stride=1, resize_short_side=0)
+  )
+  stored = prepared_records(prepared_dir)
+  assert len(source) == len(stored) == 24 and source.files_indexed == 5
+  assert source.skipped == []
+  assert {clip.shape for clip in stored} == {(9, 40, 40, 3)}
+  video, start = source[0]
+  assert video in ("carphone.mp4", "carphone_small.avi", "sub/bikes.mkv", "sub/bikes.mov")
+  assert start % 9 == 0 and "clip from frame" in source.item_name(0)
+  for item in (0, 7, 23):
+    clip = source.read_clip(item, np.random.default_rng(1))
+    assert clip.shape == (9, 32, 32, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip, source.read_clip(item, np.random.default_rng(1)))
+    # A random crop (maybe flipped) of the stored clip.
+    windows = [
+        view
+        for top in range(9)
+        for left in range(9)
+        for view in (stored[item][:, top : top + 32, left : left + 32],)
+        for view in (view, view[:, :, ::-1])
+    ]
+    assert any(np.array_equal(clip, view) for view in windows)
+  # Deterministic (eval) clips are the centre crop.
+  eval_source = sources.ArrayRecordSource(
+      str(prepared_dir), clip_spec(resize_short_side=0).for_eval()
+  )
+  np.testing.assert_array_equal(eval_source.read_clip(5, None), stored[5][:, 4:36, 4:36])
+  # Shorter clips and strides come from inside the stored window; resizing on request.
+  short = sources.ArrayRecordSource(
+      str(prepared_dir), clip_spec(num_frames=5, min_stride=2, max_stride=2, resize_short_side=0)
+  )
+  np.testing.assert_array_equal(
+      short.read_clip(3, None, position=0.0), stored[3][0:9:2, 4:36, 4:36]
+  )
+  resized = sources.ArrayRecordSource(str(prepared_dir), clip_spec(resize_short_side=64))
+  assert resized.read_clip(2, np.random.default_rng(0)).shape == (9, 32, 32, 3)
+  # Worker processes open their own readers.
+  source.read_clip(0, None)
+  clone = pickle.loads(pickle.dumps(source))
+  assert clone._data_source is None  # pylint: disable=protected-access
+  np.testing.assert_array_equal(clone.read_clip(4, None), source.read_clip(4, None))
+
+
+def test_array_record_source_errors_name_the_fix(prepared_dir, tmp_path):
+  with pytest.raises(ValueError, match="needs 17: prepare the corpus again"):
+    sources.ArrayRecordSource(str(prepared_dir), clip_spec(min_stride=2, max_stride=2))
+  with pytest.raises(ValueError, match="not a prepared clip folder.*bootvae_jax.data.prepare"):
+    sources.ArrayRecordSource(str(tmp_path), clip_spec())
+  config = data_config_lib.default_config()
+  config.update(source="array_record", path=str(tmp_path))
+  with pytest.raises(ValueError, match="data.path=.* is not a prepared clip folder"):
+    data_config_lib.validate(config, temporal_factor=4, spatial_factor=8)
+  config.path = str(prepared_dir)
+  data_config_lib.validate(config, temporal_factor=4, spatial_factor=8)
+  config.path = "gs://bucket/clips"  # checked when the source opens it
+  data_config_lib.validate(config, temporal_factor=4, spatial_factor=8)
+  config.path = ""
+  with pytest.raises(ValueError, match="data.path is empty; source='array_record'"):
+    data_config_lib.validate(config, temporal_factor=4, spatial_factor=8)
