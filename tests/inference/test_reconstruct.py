@@ -45,10 +45,6 @@ def test_fit_frame_size():
     reconstruct.fit_frame_size(144, 176, 8, (270, 480))
   with pytest.raises(ValueError, match="expected H,W"):
     reconstruct.parse_size("256x256")
-  with pytest.raises(ValueError, match="either --workdir .* or --official"):
-    reconstruct.load_workdir_or_official()
-  with pytest.raises(ValueError, match="needs --weights and --official_config"):
-    reconstruct.load_workdir_or_official(official="odvae")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +132,7 @@ def test_cli_errors_are_one_line(tmp_path):
   )
   assert result.returncode == 2  # a user error (bootvae_jax/cli.py): exactly one line
   assert result.stderr.strip().splitlines() == [
-      "error: --official=odvae needs --weights and --official_config"
+      "error: --official=odvae needs --weights and --model_config"
   ]
 
 
