@@ -615,7 +615,10 @@ def shortfall(report: dict) -> str:
   )
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+# Defined through `cli.define_flag`: tests import this module beside other command lines.
+_CONFIG = cli.define_flag(
+    config_flags.DEFINE_config_file, "config", None, "Training config file.", lock_config=True
+)
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU slice, e.g. v5e-16, v5p-8, v6e-256 (default: config.target_topology)."
 )

@@ -55,6 +55,14 @@ USER_ERRORS = (
 )
 
 
+def define_flag(define, name, *args, **kwargs):
+  """`define(name, ...)`, or the flag of that name if another command-line module imported into
+  the same process (a test session, a notebook) defined it first: absl flags are process-global."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define(name, *args, **kwargs)
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
   """The choice most similar to `name` (difflib, similarity >= 0.6), or None: for "did you
   mean" hints on misspelled names."""

@@ -29,8 +29,11 @@ from bootvae_jax.core import sharding
 from bootvae_jax.data import pipeline
 from bootvae_jax.data import transforms
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file whose get_config() has a `data` subtree."
+_CONFIG = cli.define_flag(  # other command lines define --config too (tests import them all)
+    config_flags.DEFINE_config_file,
+    "config",
+    None,
+    "Config file whose get_config() has a `data` subtree.",
 )
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 2, "Batches to draw.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the PNG grid (created if missing).")

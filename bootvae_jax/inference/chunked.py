@@ -502,10 +502,7 @@ def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
 
 
 def _check_tile(temporal_factor: int, chunk_frames: int) -> None:
-  if (
-      chunk_frames < 2
-      or frame_rule_error(chunk_frames, temporal_factor, "a tile") is not None
-  ):
+  if chunk_frames < 2 or frame_rule_error(chunk_frames, temporal_factor, "a tile") is not None:
     valid = [n for n in valid_frame_counts(temporal_factor, chunk_frames, 3) if n > 1][:2]
     raise UserError(
         f"chunk_frames={chunk_frames}: tiles need 1+{temporal_factor}k frames"

@@ -4,6 +4,7 @@
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -85,7 +86,7 @@ class _Frozen(nnx.Module):
   """A 'model' that shows the first frame for the whole clip."""
 
   def __call__(self, x):
-    return (np.broadcast_to(x[:, :1], x.shape), None)
+    return (jnp.broadcast_to(x[:, :1], x.shape), None)
 
 
 def test_temporal_scores_of_a_perfect_and_a_frozen_reconstruction():
