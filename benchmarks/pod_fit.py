@@ -87,7 +87,7 @@ def table(path: str) -> str:
     slices = f"{r['num_slices']} x " if r["num_slices"] > 1 else ""
     out.append(
         f"| {r['config']} | {slices}{r['topology']} | {r['chips']} | {r['global_batch']} |"
-        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh']['fsdp']} | {state:.2f} |"
+        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh'].get('fsdp', 1)} | {state:.2f} |"
         f" {m['temporaries']:.2f} | {r['hbm_per_chip_gib']:.2f} / {r['hbm_capacity_gib']:g} |"
         f" {r['headroom_pct']:.0f}% | {'yes' if r['fits'] else 'NO'} |"
         f" {1e3 * r['roofline_step_s']:.0f} ms ({r['roofline_bound']}) |"

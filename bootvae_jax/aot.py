@@ -210,6 +210,9 @@ def _replica_groups(line: str) -> list[list[int]] | None:
   return _iota_groups(text) or _mesh_groups(text)
 
 
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
+
+
 def collectives(hlo_text: str, device_slices: list[int] | None = None) -> dict[str, dict]:
   """Collectives of a partitioned HLO module by kind: count, bytes (per chip, per execution of
   their computation: ops inside a loop body are counted once) and, given each device's slice
@@ -220,6 +223,16 @@ def collectives(hlo_text: str, device_slices: list[int] | None = None) -> dict[s
     if not m:
       continue
     shape, op = m.groups()
+    if op == "send" and (megascale := _MEGASCALE.search(line)):
+      # Multislice: the compiler lowers the cross-slice part of a collective to host
+      # transfers of the megascale runtime (a send and a recv each; the send is counted).
+      kind = megascale.group(1).lower().replace("_", "-")
+      if kind in COLLECTIVES:
+        nbytes = sum(_shape_bytes(shape.split(", u32[]")[0]))
+        for key, value in (("count", 1), ("bytes", nbytes)):
+          out[kind][key] += value
+          out[kind][f"dcn_{key}"] += value
+      continue
     kind = op[: -len("-start")] if op.endswith("-start") else op
     if kind not in COLLECTIVES:
       continue
@@ -260,12 +273,14 @@ class Compiled:
 def _mesh_context(mesh, rules):
   """The mesh and sharding rules the trainer traces its steps in (`sharding.in_mesh`), so the
   activations are constrained alike; abstract only: `jax.set_mesh` would also place eager
-  constants (the step's base key) on the mesh's devices, which exist only as a description."""
+  constants (the step's base key) on the mesh's devices, which exist only as a description.
+  The ops trace the TPU's kernels, not the CPU formulations this process would pick."""
   from bootvae_jax.core import sharding
+  from bootvae_jax.ops import backend
 
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    with mesh, sharding.use_abstract_mesh(mesh, rules):
+    with mesh, sharding.use_abstract_mesh(mesh, rules), backend.target_platform("tpu"):
       yield
 
 
@@ -485,14 +500,20 @@ def check(
   With remat on, `model_flops` compiles the step once more without remat for the MFU
   numerator; without it the MFU bound counts the recomputation too (an overestimate, marked
   by `mfu_counts_remat`)."""
+  from bootvae_jax.core import sharding
   from bootvae_jax.training import config as config_lib
 
+  # The clips are abstract: nothing is read, so the source's paths need not exist here.
+  config = config.copy_and_resolve_references()
+  config.data.source = "synthetic"
   config_lib.validate(config)
   topology = topology or config.get("target_topology", "")
   if not topology:
     raise UserError("no topology: pass --topology (e.g. v5e-16) or set config.target_topology")
   if num_slices < 1:
     raise UserError(f"--num_slices={num_slices} must be >= 1")
+  if num_slices > 1 and int(config.mesh.get("dcn_data", 1)) == 1:
+    config.mesh.dcn_data = num_slices  # data parallel across slices, as a multislice launch runs
   slice_ = tpu_specs.resolve(topology)
   devices = topology_devices(slice_.topology, num_slices)
   slices = [int(getattr(d, "slice_index", 0) or 0) for d in devices]
@@ -522,7 +543,7 @@ def check(
       "clip": list(_clip_shape(config, 1)[1:4]),
       "dtype": config.model.dtype,
       "remat": bool(config.model.remat),
-      "mesh": {"data": int(config.mesh.data), "fsdp": int(config.mesh.fsdp)},
+      "mesh": sharding.mesh_axis_sizes(config.mesh, len(devices)),
   }
   for p in programs:
     report[f"{p.name}_memory_gib"] = {

@@ -155,16 +155,33 @@ def test_fsdp_shards_parameters_and_optimizer_state():
 
 
 @needs_libtpu
-@pytest.mark.xfail(
-    reason="the multislice program's gradient all-reduce is not yet recognised as crossing"
-    " slices (its replica groups' form in the partitioned HLO is not parsed)",
-    strict=False,
-)
 def test_two_slices_reduce_gradients_over_dcn():
+  """Across slices the gradient sum is a megascale transfer (a host send per tensor group):
+  every parameter's float32 gradient crosses, in the TPU's tiled layout (the tiny model's
+  8-wide kernels are padded to 128 lanes, hence up to 4x), and nothing within a slice does."""
   r = aot.check(tiny(), "v5e:2x2", num_slices=2, steps=("train",))
-  assert (r["chips"], r["num_slices"]) == (8, 2)
-  assert r["collectives"]["all-reduce"]["dcn_count"] >= 1
-  assert r["collectives"]["all-reduce"]["dcn_bytes"] > 0
+  assert (r["chips"], r["num_slices"], r["mesh"]["dcn_data"]) == (8, 2, 2)
+  dcn = r["collectives"]["all-reduce"]
+  params = r["programs"][0].memory.parts["parameters"]
+  assert dcn["dcn_count"] >= 1
+  assert params <= dcn["dcn_bytes"] <= 4 * params, (dcn, params)
+  single = aot.check(tiny(), "v5e:2x2", steps=("train",))
+  assert all(c["dcn_bytes"] == 0 for c in single["collectives"].values())
+
+
+def test_megascale_sends_count_as_dcn_collectives():
+  hlo = "\n".join(
+      [
+          '  %send.1 = (f32[27,1,128]{2,1,0:T(1,128)}, u32[], token[]) send(%b, %a), channel_id=4,'
+          ' is_host_transfer=true, frontend_attributes={_xla_megascale_reduce_operation="SUM",'
+          '_xla_megascale_transfer_type="ALL_REDUCE"}',
+          '  %recv.1 = (f32[27,1,128]{2,1,0:T(1,128)}, u32[], token[]) recv(%a), channel_id=3,'
+          ' is_host_transfer=true, frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}',
+      ]
+  )
+  out = aot.collectives(hlo, device_slices=[0, 1])
+  n = 27 * 128 * 4
+  assert out["all-reduce"] == {"count": 1, "bytes": n, "dcn_count": 1, "dcn_bytes": n}
 
 
 @needs_libtpu
@@ -208,3 +225,16 @@ def test_unknown_topology_is_a_user_error_before_compiling():
   )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e-12'")
+
+
+@needs_libtpu
+def test_the_fit_check_traces_the_tpu_kernels_not_the_cpu_formulations():
+  from bootvae_jax.core import sharding
+  from bootvae_jax.ops import attention as attention_ops
+  from bootvae_jax.ops import conv as conv_ops
+
+  config = tiny()
+  mesh = sharding.make_mesh(config.mesh, aot.topology_devices("v5e:2x2"))
+  with aot._mesh_context(mesh, config.sharding_rules):
+    assert (conv_ops.implementation(), attention_ops.implementation()) == ("xla", "jax_nn")
+  assert conv_ops.implementation() == "winograd"  # this CPU process, outside the check

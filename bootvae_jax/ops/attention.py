@@ -4,44 +4,24 @@
 float32 logits. On GPU and TPU it is `jax.nn.dot_product_attention` (cuDNN's fused kernel where
 it applies); on CPU the two einsums and the softmax written out ("einsum"), which is what XLA:CPU
 runs either way without the reshapes to jax.nn's (batch, sequence, heads, channels) layout.
-Chosen at trace time, never stored; `forced_implementation` overrides it for tests.
+Chosen at trace time for the platform compiled for (`backend`); `forced_implementation`
+overrides it for tests.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 
+from bootvae_jax.ops import backend
+
 IMPLEMENTATIONS = ("einsum", "jax_nn")
 
-_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("attention_impl", default=None)
-
-
-@contextlib.contextmanager
-def forced_implementation(name: str) -> Iterator[None]:
-  """`attention` traced inside runs implementation `name` (one of `IMPLEMENTATIONS`) whatever
-  the backend. It acts at trace time: a function jitted before keeps what it was traced with.
-  """
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown attention implementation {name!r}; use one of {IMPLEMENTATIONS}")
-  token = _FORCED.set(name)
-  try:
-    yield
-  finally:
-    _FORCED.reset(token)
-
-
-def implementation() -> str:
-  """The implementation `attention` traces now: the forced one, else by backend."""
-  forced = _FORCED.get()
-  if forced is not None:
-    return forced
-  return "einsum" if jax.default_backend() == "cpu" else "jax_nn"
+_CHOICE = backend.Choice("attention", IMPLEMENTATIONS, cpu="einsum", accelerator="jax_nn")
+forced_implementation = _CHOICE.forced  # `backend.Choice.forced`
+implementation = _CHOICE.current
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

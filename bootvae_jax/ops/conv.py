@@ -5,19 +5,18 @@ native 3D conv is slow, it is the "winograd" selection of the formulations below
 F(m×m, 3×3) for wide 3×3 convs, one im2col product for small frames, one 2D conv per temporal
 tap elsewhere), each with a custom backward whose d/dkernel is blocked matrix products
 (XLA:CPU's own d/dkernel of these convs runs ~7-10x slower). The implementation is chosen at
-trace time and never stored anywhere; `forced_implementation` overrides it for tests and
-benchmarks. Timings behind every threshold: results/conv_formulations.md.
+trace time for the platform compiled for (`backend`); `forced_implementation` overrides it
+for tests and benchmarks. Timings behind every threshold: results/conv_formulations.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+
+from bootvae_jax.ops import backend
 
 # "xla": `lax.conv_general_dilated` with 3 spatial dims; "stacked": the `kt` time-shifted views
 # of x stacked on the channel axis, one 2D conv with a (kh, kw, kt·Cin, Cout) kernel; "summed":
@@ -26,29 +25,11 @@ import jax.numpy as jnp
 # `im2col_applies`, else "summed" (`formulation`).
 IMPLEMENTATIONS = ("xla", "stacked", "summed", "im2col", "winograd")
 
-_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("conv3d_impl", default=None)
-
-
-@contextlib.contextmanager
-def forced_implementation(name: str) -> Iterator[None]:
-  """`conv3d` traced inside runs implementation `name` (one of `IMPLEMENTATIONS`) whatever
-  the backend. It acts at trace time: a function jitted before keeps what it was traced with.
-  """
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown conv implementation {name!r}; use one of {IMPLEMENTATIONS}")
-  token = _FORCED.set(name)
-  try:
-    yield
-  finally:
-    _FORCED.reset(token)
-
-
-def implementation() -> str:
-  """The implementation `conv3d` traces now: the forced one, else by backend."""
-  forced = _FORCED.get()
-  if forced is not None:
-    return forced
-  return "winograd" if jax.default_backend() == "cpu" else "xla"
+_CHOICE = backend.Choice("conv3d", IMPLEMENTATIONS, cpu="winograd", accelerator="xla")
+# `with forced_implementation(name):` traces `conv3d` as `name` whatever the platform;
+# `implementation()` is the one it traces now (`backend.Choice`).
+forced_implementation = _CHOICE.forced
+implementation = _CHOICE.current
 
 
 def conv3d(

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bootvae_jax.ops import attention as attention_ops
+from bootvae_jax.ops import backend
 from bootvae_jax.ops import conv as conv_ops
 
 STRIDES = [(1, 1, 1), (2, 2, 2), (1, 2, 2), (2, 1, 1)]
@@ -331,3 +333,18 @@ def test_conv_custom_backward_through_winograd_in_bfloat16_and_second_order(wino
   )(kernels)
   reference = batched("xla")
   assert _max_err(reference, batched("summed")) <= TOL * float(np.max(np.abs(reference)))
+
+
+def test_a_target_platform_picks_its_kernels_on_any_host():
+  """The deviceless TPU compile traces on a CPU process: inside `target_platform("tpu")` the
+  ops pick the TPU's kernels (XLA's 3D conv, jax.nn attention); a forced one still wins."""
+  with backend.target_platform("tpu"):
+    assert conv_ops.implementation() == "xla"
+    assert attention_ops.implementation() == "jax_nn"
+    with conv_ops.forced_implementation("summed"):
+      assert conv_ops.implementation() == "summed"
+  with backend.target_platform("cpu"):
+    assert (conv_ops.implementation(), attention_ops.implementation()) == ("winograd", "einsum")
+  with pytest.raises(ValueError, match="tpuv9"):
+    with backend.target_platform("tpuv9"):
+      pass
