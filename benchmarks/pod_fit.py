@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,21 +25,46 @@ from absl import flags
 
 _CONFIGS = flags.DEFINE_list("configs", [], "Config names under bootvae_jax/configs/.")
 _TOPOLOGIES = flags.DEFINE_list("topologies", [], "Slices; empty = each config's target.")
-_LEVERS = flags.DEFINE_list("levers", ["shipped"], "Lever sets of LEVERS, one row each.")
+_LEVERS = flags.DEFINE_list("levers", ["shipped"], "Lever sets (see `lever_flags`), one row each.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
 _OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.x=y for every row.")
 _OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file.")
 _TABLE = flags.DEFINE_string("table", "", "Print a markdown table of this JSON-lines file.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per compile.")
 
-# Named override sets: "shipped" is the config as it is; the others switch levers off / on.
-LEVERS = {
-    "shipped": [],
-    "none": ["--config.model.dtype=float32", "--config.model.remat=False", "--config.mesh.fsdp=1"],
-    "bf16": ["--config.model.dtype=bfloat16", "--config.model.remat=False"],
-    "remat": ["--config.model.dtype=float32", "--config.model.remat=True"],
-    "bf16+remat": ["--config.model.dtype=bfloat16", "--config.model.remat=True"],
+# A lever set is "shipped" (the config as it is), "none" (float32, no remat, no FSDP, one
+# microbatch), or '+'-joined levers on top of the config: bf16, f32, remat, noremat, fsdpN
+# (mesh.fsdp=N), mbN (optimizer.microbatches=N); e.g. "bf16+remat+mb4".
+NONE = [
+    "--config.model.dtype=float32",
+    "--config.model.remat=False",
+    "--config.mesh.fsdp=1",
+    "--config.optimizer.microbatches=1",
+]
+LEVER_FLAGS = {
+    "bf16": ["--config.model.dtype=bfloat16"],
+    "f32": ["--config.model.dtype=float32"],
+    "remat": ["--config.model.remat=True"],
+    "noremat": ["--config.model.remat=False"],
 }
+
+
+def lever_flags(levers: str) -> list[str]:
+  if levers == "shipped":
+    return []
+  if levers == "none":
+    return NONE
+  out = []
+  for lever in levers.split("+"):
+    if lever in LEVER_FLAGS:
+      out += LEVER_FLAGS[lever]
+    elif m := re.fullmatch(r"fsdp(\d+)", lever):
+      out.append(f"--config.mesh.fsdp={m.group(1)}")
+    elif m := re.fullmatch(r"mb(\d+)", lever):
+      out.append(f"--config.optimizer.microbatches={m.group(1)}")
+    else:
+      raise app.UsageError(f"unknown lever {lever!r} in {levers!r}")
+  return out
 
 
 def run_one(config: str, topology: str | None, levers: str) -> dict:
@@ -48,10 +74,9 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
       "bootvae_jax.aot",
       f"--config=bootvae_jax/configs/{config}.py",
       "--steps=train",
-      "--nomodel_flops",
       f"--num_slices={_NUM_SLICES.value}",
       *([f"--topology={topology}"] if topology else []),
-      *LEVERS[levers],
+      *lever_flags(levers),
       *_OVERRIDES.value,
   ]
   start = time.time()
@@ -59,10 +84,13 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT.value)
   lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
   if not lines:
-    tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-    return {"config": config, "topology": topology, "levers": levers, "error": tail[0]}
+    tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    row = {"config": config, "topology": topology, "levers": levers, "error": tail}
+    if need := re.search(r"needs ([\d.]+)G of ([\d.]+)G HBM", tail):  # the compiler refused
+      row.update(fits=False, hbm_per_chip_gib=float(need.group(1)))
+    return row
   row = json.loads(lines[-1])
-  row.update(levers=levers, overrides=LEVERS[levers] + _OVERRIDES.value)
+  row.update(levers=levers, overrides=lever_flags(levers) + _OVERRIDES.value)
   row["compile_s"] = round(time.time() - start, 1)
   return row
 
@@ -70,14 +98,18 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
 def table(path: str) -> str:
   rows = [json.loads(l) for l in open(path) if l.strip()]
   head = (
-      "| config | slice | chips | batch | levers | dtype | remat | fsdp | params+opt+ema GiB |"
+      "| config | slice | chips | batch | levers | dtype | remat | fsdp | microbatches | params+opt+ema GiB |"
       " temporaries GiB | total GiB / HBM | headroom | fits | roofline step | MFU bound |"
       " collectives MB (DCN) |"
   )
   out = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
     if "error" in r:
-      out.append(f"| {r['config']} | {r['topology']} | | | {r['levers']} | error: {r['error']} |")
+      need = f"needs {r['hbm_per_chip_gib']:.1f} GiB: " if "hbm_per_chip_gib" in r else ""
+      out.append(
+          f"| {r['config']} | {r['topology']} | | | {r['levers']} | | | | | | |"
+          f" {need}refused by the TPU compiler | | NO | | | |"
+      )
       continue
     m = r["train_memory_gib"]
     state = m["parameters"] + m["optimizer"] + m["ema"]
@@ -87,11 +119,12 @@ def table(path: str) -> str:
     slices = f"{r['num_slices']} x " if r["num_slices"] > 1 else ""
     out.append(
         f"| {r['config']} | {slices}{r['topology']} | {r['chips']} | {r['global_batch']} |"
-        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh'].get('fsdp', 1)} | {state:.2f} |"
+        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh'].get('fsdp', 1)} |"
+        f" {r.get('microbatches', 1)} | {state:.2f} |"
         f" {m['temporaries']:.2f} | {r['hbm_per_chip_gib']:.2f} / {r['hbm_capacity_gib']:g} |"
         f" {r['headroom_pct']:.0f}% | {'yes' if r['fits'] else 'NO'} |"
         f" {1e3 * r['roofline_step_s']:.0f} ms ({r['roofline_bound']}) |"
-        f" {100 * r['mfu_bound']:.0f}%{'*' if r.get('mfu_counts_remat') else ''} |"
+        f" {100 * r['mfu_bound']:.0f}% |"
         f" {coll_mb:.0f} ({dcn_mb:.0f}) |"
     )
   return "\n".join(out)

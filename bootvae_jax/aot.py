@@ -49,6 +49,12 @@ STEPS = ("train", "eval", "inference")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
+LEVERS_HINT = (
+    "try model.dtype=bfloat16, model.remat=True, optimizer.microbatches=N (gradient"
+    " accumulation), a larger mesh.fsdp, or a larger slice"
+)
+
+
 class DoesNotFit(Exception):
   """The config's peak per-chip HBM exceeds the chip's capacity (exit EXIT_DOES_NOT_FIT)."""
 
@@ -302,8 +308,7 @@ def _compile(lowered, config, program: str):
     )
     raise DoesNotFit(
         f"{config.get('name', '')} does not fit: the TPU compiler refused its {program} step,"
-        f" which {detail} (try model.dtype=bfloat16, model.remat=True, a larger mesh.fsdp or"
-        " a smaller data.batch_size)"
+        f" which {detail} ({LEVERS_HINT})"
     ) from e
 
 
@@ -399,20 +404,50 @@ def compile_train(config, devices, device_slices=None) -> Compiled:
   )
 
 
-def model_flops_per_chip(config, devices) -> float:
-  """FLOPs per chip of the train step without remat recomputation (the MFU numerator): the
-  un-rematted step's cost analysis."""
-  import jax
+def jaxpr_flops(jaxpr) -> float:
+  """FLOPs of the matrix products and convolutions of a jaxpr (2 per multiply-add), nested
+  jaxprs included: a scan's body times its length, a cond's costliest branch. Elementwise ops
+  are left out (a few % of a conv net's FLOPs)."""
+  import math
 
+  from jax.extend import core as jax_core
+
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      k = math.prod(lhs.shape[i] for i in contracting)
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+    elif name == "conv_general_dilated":
+      # Every output element is a dot product over the kernel's input features x window.
+      rhs = eqn.invars[1].aval
+      out_features = rhs.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs.shape) / out_features
+    inner = list(jax_core.jaxprs_in_params(eqn.params))
+    if not inner:
+      continue
+    costs = [jaxpr_flops(j) for j in inner]
+    if name == "cond":
+      total += max(costs)
+    else:
+      total += sum(costs) * (eqn.params.get("length", 1) if name == "scan" else 1)
+  return total
+
+
+def model_flops_per_chip(config, devices) -> float:
+  """FLOPs per chip of one train step without remat recomputation (the MFU numerator): the
+  products and convolutions of the un-rematted step's jaxpr, over the chips. Traced only, so
+  it costs seconds and never depends on whether that step would fit."""
   from bootvae_jax.training import train_step
 
   plain = config.copy_and_resolve_references()
   plain.model.remat = False
   mesh, setup, state, batch, nets = _train_args(plain, devices)
   with _mesh_context(mesh, config.sharding_rules):
-    lowered = train_step.jit_train_step(setup, nets).lower(state, batch, nets)
-    compiled = _compile(lowered, config, "train")
-  return _cost(compiled)[0]
+    traced = train_step.jit_train_step(setup, nets).trace(state, batch, nets)
+  return jaxpr_flops(traced.jaxpr.jaxpr) / len(devices)
 
 
 def compile_eval(config, devices) -> Compiled:
@@ -492,14 +527,9 @@ def check(
     topology: str | None = None,
     num_slices: int = 1,
     steps=STEPS,
-    model_flops: bool = True,
 ) -> dict:
   """Compiles `config` for `num_slices` slices of `topology` (default: the config's
-  target_topology) and returns the report (the JSON line's fields, plus 'programs').
-
-  With remat on, `model_flops` compiles the step once more without remat for the MFU
-  numerator; without it the MFU bound counts the recomputation too (an overestimate, marked
-  by `mfu_counts_remat`)."""
+  target_topology) and returns the report (the JSON line's fields, plus 'programs')."""
   from bootvae_jax.core import sharding
   from bootvae_jax.training import config as config_lib
 
@@ -543,6 +573,7 @@ def check(
       "clip": list(_clip_shape(config, 1)[1:4]),
       "dtype": config.model.dtype,
       "remat": bool(config.model.remat),
+      "microbatches": int(config.optimizer.get("microbatches", 1)),
       "mesh": sharding.mesh_axis_sizes(config.mesh, len(devices)),
   }
   for p in programs:
@@ -555,15 +586,13 @@ def check(
         "total": round(p.memory.total / GIB, 4),
     }
   if "train" in steps:
-    recount = bool(config.model.remat) and model_flops
-    flops = model_flops_per_chip(config, devices) if recount else train.flops
+    flops = model_flops_per_chip(config, devices)
     compute_s = train.flops / (spec.bf16_tflops * 1e12)
     memory_s = train.bytes_accessed / (spec.hbm_gbps * 1e9)
     roofline = max(compute_s, memory_s)
     report.update(
         step_flops_per_chip=train.flops,
         model_flops_per_chip=flops,
-        mfu_counts_remat=bool(config.model.remat) and not recount,
         step_bytes_per_chip=train.bytes_accessed,
         roofline_step_s=roofline,
         roofline_bound="compute" if compute_s >= memory_s else "memory",
@@ -631,8 +660,7 @@ def shortfall(report: dict) -> str:
   return (
       f"{report['config']} does not fit {report['num_slices']} x {report['topology']}: its"
       f" {report['peak_program']} step needs {need:.2f} GiB per chip, {need - have:.2f} GiB"
-      f" more than the {have:g} GiB of HBM (try model.dtype=bfloat16, model.remat=True, a"
-      " larger mesh.fsdp or a smaller data.batch_size)"
+      f" more than the {have:g} GiB of HBM ({LEVERS_HINT})"
   )
 
 
@@ -645,11 +673,6 @@ _TOPOLOGY = flags.DEFINE_string(
 )
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multislice).")
 _STEPS = flags.DEFINE_list("steps", list(STEPS), f"Programs to compile, of {STEPS}.")
-_MODEL_FLOPS = flags.DEFINE_bool(
-    "model_flops",
-    True,
-    "With model.remat, compile the step again without remat to count model FLOPs (for MFU).",
-)
 
 
 def main(argv):
@@ -661,7 +684,7 @@ def main(argv):
   if unknown := [s for s in steps if s not in STEPS]:
     raise UserError(f"--steps: unknown {unknown}; use some of {STEPS}")
   try:
-    report = check(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, steps, _MODEL_FLOPS.value)
+    report = check(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, steps)
   except DoesNotFit as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(EXIT_DOES_NOT_FIT)

@@ -58,6 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
           ema_decay=0.999,
           # Lower-level (frozen by default) parameters can instead be fine-tuned at a smaller rate.
           finetune_learning_rate_multiplier=0.0,
+          # Gradient accumulation: each step's batch runs as this many microbatches, their
+          # gradients averaged into one update (the same update; one microbatch's activations).
+          microbatches=1,
       )
   )
   config.loss = ml_collections.ConfigDict(
@@ -150,6 +153,14 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     raise UserError(
         f"config.optimizer.decay_steps={config.optimizer.decay_steps} must be >= 0"
         " (0 = decay over total_steps)"
+    )
+  microbatches = config.optimizer.get("microbatches", 1)
+  if not isinstance(microbatches, int) or microbatches < 1:
+    raise UserError(f"config.optimizer.microbatches={microbatches!r} must be a positive int")
+  if int(config.data.batch_size) % microbatches:
+    raise UserError(
+        f"config.optimizer.microbatches={microbatches} must divide"
+        f" data.batch_size={config.data.batch_size}"
     )
   if int(config.get("max_consecutive_nonfinite", 0)) < 0:
     raise UserError(

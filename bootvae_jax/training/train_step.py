@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -23,6 +24,7 @@ import optax
 from flax import nnx
 from flax import struct
 
+from bootvae_jax.cli import UserError
 from bootvae_jax.core import metrics as metrics_lib
 from bootvae_jax.core import temporal_metrics
 from bootvae_jax.losses import adversarial
@@ -211,11 +213,10 @@ def discriminator_update(state: TrainState, setup: TrainSetup, x, recon, active)
 
 def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   cfg = setup.config.loss
-  recon = jax.lax.stop_gradient(recon)
 
-  def loss_fn(disc_params):
+  def loss_fn(disc_params, real_clips, fake_clips):
     disc = nnx.merge(setup.disc_graphdef, disc_params)
-    real, fake = disc(x), disc(recon)
+    real, fake = disc(real_clips), disc(fake_clips)
     loss = adversarial.hinge_d_loss(real, fake)
     if cfg.lecam_weight:
       loss = loss + cfg.lecam_weight * adversarial.lecam_regularizer(
@@ -223,8 +224,16 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
       )
     return loss, (jnp.mean(real), jnp.mean(fake))
 
-  (d_loss, (real_mean, fake_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.disc_params
+  def microbatch_grads(i, real_clips, fake_clips):
+    del i
+    (d_loss, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.disc_params, real_clips, fake_clips
+    )
+    return (d_loss, means, grads), None
+
+  n = int(setup.config.optimizer.get("microbatches", 1))
+  (d_loss, (real_mean, fake_mean), grads), _ = over_microbatches(
+      microbatch_grads, n, x, jax.lax.stop_gradient(recon)
   )
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
   lecam = jnp.stack(
@@ -241,6 +250,37 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
+def split_microbatches(x: jax.Array, n: int) -> jax.Array:
+  """(B, ...) → (n, B/n, ...), microbatch m holding rows m, m + n, m + 2n, ...: each device's
+  contiguous block of batch rows splits evenly over the microbatches, so no clip moves."""
+  xs = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+  return sharding.constrain(xs, (None, "batch") + (None,) * (x.ndim - 1))
+
+
+def join_microbatches(xs: jax.Array) -> jax.Array:
+  """The inverse of `split_microbatches`: (n, B/n, ...) → (B, ...) in batch order."""
+  return xs.swapaxes(0, 1).reshape((xs.shape[0] * xs.shape[1],) + xs.shape[2:])
+
+
+def over_microbatches(fn: Callable, n: int, *batches: jax.Array):
+  """`fn(index, *microbatches) -> (means, rows)` over `n` microbatches of `batches` (split
+  alike) in a `lax.scan`: `means` (gradients, scalar terms) averaged, `rows` (per-clip outputs)
+  joined back in batch order. Activations live for one microbatch at a time; n == 1 is one
+  plain call."""
+  if n == 1:
+    return fn(0, *batches)
+  parts = tuple(split_microbatches(b, n) for b in batches)
+  means_shape = jax.eval_shape(fn, 0, *(p[0] for p in parts))[0]
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), means_shape)
+
+  def body(total, inputs):
+    means, rows = fn(*inputs)
+    return jax.tree.map(jnp.add, total, means), rows
+
+  total, rows = jax.lax.scan(body, zeros, (jnp.arange(n),) + parts)
+  return jax.tree.map(lambda t: t / n, total), jax.tree.map(join_microbatches, rows)
+
+
 def train_step(
     state: TrainState, batch: dict, nets: LossNets | None, *, setup: TrainSetup, base_rng
 ):
@@ -248,9 +288,17 @@ def train_step(
   active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)
-  (_, (terms, recon)), (grads, loss_grads) = grad_fn(
-      state.params, state.loss_params, state, setup, x, rng, nets
-  )
+  n = int(setup.config.optimizer.get("microbatches", 1))
+
+  def microbatch_grads(i, x_part):
+    part_rng = rng if n == 1 else jax.random.fold_in(rng, i)
+    (_, (terms, recon)), grads = grad_fn(
+        state.params, state.loss_params, state, setup, x_part, part_rng, nets
+    )
+    # The reconstruction is kept only for the discriminator.
+    return (grads, terms), (recon if setup.use_gan else None)
+
+  ((grads, loss_grads), terms), recon = over_microbatches(microbatch_grads, n, x)
   if state.loss_params is not None:
     loss_updates, loss_opt = setup.loss_tx.update(loss_grads, state.loss_opt_state)
     state = state.replace(
@@ -313,9 +361,24 @@ def _replicated(mesh, tree):
   return jax.tree.map(lambda _: sharding.replicated(mesh), tree)
 
 
+def check_batch_split(config, mesh) -> None:
+  """The global batch must split evenly over the devices that share it, and each device's
+  rows over `optimizer.microbatches`: a UserError before any compute otherwise."""
+  batch = int(config.data.batch_size)
+  shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape)
+  n = int(config.optimizer.get("microbatches", 1))
+  if batch % shards or (batch // shards) % n:
+    raise UserError(
+        f"data.batch_size={batch} cannot be split over the {shards} devices that share the"
+        f" batch (mesh {dict(mesh.shape)}) into optimizer.microbatches={n} equal parts: it"
+        f" must be a multiple of {shards * n}"
+    )
+
+
 def jit_train_step(setup: TrainSetup, nets: LossNets | None):
   """`train_step` under `jax.jit` with explicit shardings; the state is donated."""
   mesh = setup.mesh
+  check_batch_split(setup.config, mesh)
   batch_sharding = {"video": sharding.batch_sharding(mesh)}
   step = functools.partial(train_step, setup=setup, base_rng=jax.random.key(setup.config.seed))
   return jax.jit(

@@ -209,3 +209,53 @@ def test_eval_step_scores_psnr_per_phase_and_flicker(config):
       np.abs(np.diff(recon, axis=1) - np.diff(clips, axis=1)), axis=(1, 2, 3, 4)
   )
   np.testing.assert_allclose(scores["flicker"], expected_flicker, rtol=1e-4)
+
+
+def test_microbatches_split_rows_evenly_and_rejoin_them():
+  x = jnp.arange(8 * 3, dtype=jnp.float32).reshape(8, 3)
+  parts = train_step_lib.split_microbatches(x, 2)
+  # Rows 0, 2, 4, 6 and 1, 3, 5, 7: each device's block of 2 rows gives one to each part.
+  np.testing.assert_array_equal(parts[0], x[0::2])
+  np.testing.assert_array_equal(train_step_lib.join_microbatches(parts), x)
+  means, rows = train_step_lib.over_microbatches(
+      lambda i, a: ({"sum": a.sum(), "i": i.astype(jnp.float32)}, 2 * a), 4, x
+  )
+  np.testing.assert_allclose(means["sum"], x.sum() / 4)  # the mean of the 4 parts' sums
+  assert float(means["i"]) == 1.5
+  np.testing.assert_array_equal(rows, 2 * x)
+
+
+def test_microbatches_give_the_one_batch_update(config, monkeypatch):
+  """Gradient accumulation changes memory, not the update: with the posterior's sample fixed
+  to its mean (the step's only randomness here), 2 microbatches of 4 clips give the update
+  and the metrics of one batch of 8, for the generator and the discriminator (GAN with a fixed
+  weight: the adaptive weight is a ratio of gradient norms, computed per microbatch)."""
+  from bootvae_jax.models import autoencoder
+
+  monkeypatch.setattr(autoencoder.DiagonalGaussian, "sample", lambda self, rng: self.mean)
+  config.data.batch_size = 8
+  config.loss.update(gan_weight=0.5, gan_start_step=0, lecam_weight=0.001)
+  config.loss.adaptive_gan_weight = False
+  config.discriminator.update(base_channels=8, num_layers=2)
+  results = []
+  for n in (1, 2):
+    config.optimizer.microbatches = n
+    setup, state, batches, step_fn = _setup(config)
+    for _ in range(2):  # step 0 has learning rate 0 (warmup)
+      state, m = step_fn(state, next(batches), None)
+    results.append((_flat(state.params), _flat(state.disc_params), m))
+  (g1, d1, m1), (g2, d2, m2) = results
+  for key in ("loss", "l1", "grad_norm", "d_loss", "d_real", "d_fake", "g"):
+    np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, err_msg=key)
+  for one, two in ((g1, g2), (d1, d2)):
+    for k in one:
+      np.testing.assert_allclose(two[k], one[k], atol=2e-6, err_msg=k)
+
+
+def test_a_batch_that_cannot_split_is_refused_before_compute(config):
+  from bootvae_jax.cli import UserError
+
+  config.optimizer.microbatches = 2  # batch 4 over 4 devices: one clip each
+  mesh = sharding.make_mesh(config.mesh)
+  with pytest.raises(UserError, match="multiple of 8"):
+    train_step_lib.check_batch_split(config, mesh)
