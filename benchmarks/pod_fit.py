@@ -4,6 +4,8 @@ r"""Compiles shipped configs for TPU slices (bootvae_jax/aot.py) and collects on
       --out=results/pod_fit.jsonl
   python benchmarks/pod_fit.py --configs=promag_4x --topologies=v5e-16 \
       --levers=none,bf16,bf16+remat --out=results/pod_fit.jsonl    # before / after rows
+  python benchmarks/pod_fit.py --configs=promag_4x --topologies=v5e-16,v5e-64,v5e-256 \
+      --batch_per_chip=1 --out=results/pod_fit.jsonl                   # weak scaling
   python benchmarks/pod_fit.py --table=results/pod_fit.jsonl > results/pod_fit.md
 
 Each compile runs in its own process (one at a time: a paper-scale TPU compile takes minutes
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -23,6 +26,9 @@ import time
 from absl import app
 from absl import flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bootvae_jax.core import tpu_specs  # pylint: disable=g-import-not-at-top
+
 _CONFIGS = flags.DEFINE_list("configs", [], "Config names under bootvae_jax/configs/.")
 _TOPOLOGIES = flags.DEFINE_list("topologies", [], "Slices; empty = each config's target.")
 _LEVERS = flags.DEFINE_list("levers", ["shipped"], "Lever sets (see `lever_flags`), one row each.")
@@ -30,6 +36,9 @@ _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
 _OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.x=y for every row.")
 _OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file.")
 _TABLE = flags.DEFINE_string("table", "", "Print a markdown table of this JSON-lines file.")
+_BATCH_PER_CHIP = flags.DEFINE_integer(
+    "batch_per_chip", 0, "Weak scaling: data.batch_size = this x the chips of every slice."
+)
 _TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per compile.")
 
 # A lever set is "shipped" (the config as it is), "none" (float32, no remat, no FSDP, one
@@ -79,6 +88,9 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
       *lever_flags(levers),
       *_OVERRIDES.value,
   ]
+  if _BATCH_PER_CHIP.value:
+    chips = tpu_specs.resolve(topology).chips * _NUM_SLICES.value
+    cmd.append(f"--config.data.batch_size={_BATCH_PER_CHIP.value * chips}")
   start = time.time()
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT.value)

@@ -35,6 +35,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu present must not make JA
 os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# No chip is opened, so fit checks may run side by side (libtpu's lockfile would refuse it).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import flags
 from ml_collections import config_flags
