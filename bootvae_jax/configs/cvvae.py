@@ -56,5 +56,8 @@ def get_config():
       image_vae=IMAGE_VAE, decoder_weight=1.0, mapping="random", learned_logvar=True
   )
   config.mesh.update(data=-1, fsdp=1)
+  # bf16 compute, float32 parameters and optimizer state: a TPU runs float32 products at a
+  # fraction of its bf16 rate, and bf16 activations cut the step's memory (results/pod_fit.md).
+  config.model.dtype = "bfloat16"
   config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config

@@ -42,5 +42,8 @@ def get_config(variant: str = "4"):
   )
   config.discriminator.update(base_channels=64, num_layers=3, learning_rate=1e-5)
   config.init_checkpoint.update(path=IMAGE_VAE, inflate="tail")
+  # bf16 compute, float32 parameters and optimizer state: a TPU runs float32 products at a
+  # fraction of its bf16 rate, and bf16 activations cut the step's memory (results/pod_fit.md).
+  config.model.dtype = "bfloat16"
   config.target_topology = "v5p-16"  # python -m bootvae_jax.aot checks the fit (README)
   return config
