@@ -93,7 +93,11 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
     cmd.append(f"--config.data.batch_size={_BATCH_PER_CHIP.value * chips}")
   start = time.time()
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT.value)
+  try:
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT.value)
+  except subprocess.TimeoutExpired:
+    error = f"the compile did not finish in {_TIMEOUT.value} s"
+    return {"config": config, "topology": topology, "levers": levers, "error": error}
   lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
   if not lines:
     tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
