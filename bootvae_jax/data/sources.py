@@ -443,7 +443,44 @@ class ClipSource(abc.ABC):
     return []
 
 
-class VideoFolderSource(ClipSource):
+class FolderSource(ClipSource):
+  """A source whose items are the readable files of a folder (`_files`, each with a `path` or
+  being one), the unreadable ones in `_skipped`; `_finish_index` warns about each skipped file
+  and refuses a folder with no readable one."""
+
+  _files: list[Any]
+  _skipped: list[SkippedFile]
+
+  def _finish_index(self, folder: str, what: str, extensions) -> None:
+    for skipped in self._skipped:
+      logging.warning("skipping %s: %s", skipped.file, skipped.reason)
+    if not self._files:
+      reasons = "".join(f"\n  {s.file}: {s.reason}" for s in self._skipped[:10])
+      raise UserError(
+          f"no readable {what} in {folder} (searched recursively for "
+          f"{', '.join(extensions)}; {len(self._skipped)} file(s) skipped){reasons}"
+      )
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+  def __getitem__(self, index: int) -> Any:
+    return self._files[index]
+
+  def item_name(self, index: int) -> str:
+    item = self._files[index]
+    return getattr(item, "path", item)
+
+  @property
+  def files_indexed(self) -> int:
+    return len(self._files)
+
+  @property
+  def skipped(self) -> list[SkippedFile]:
+    return list(self._skipped)
+
+
+class VideoFolderSource(FolderSource):
   """The videos of a folder that can give a clip; item i is a `VideoFile`."""
 
   kind = "video_folder"
@@ -452,7 +489,7 @@ class VideoFolderSource(ClipSource):
     super().__init__(spec)
     self._cache_decoded = cache_decoded
     self._decoded: dict[int, np.ndarray] = {}  # index -> every frame, resized (cache_decoded)
-    self._videos = []
+    self._files: list[VideoFile] = []
     self._skipped = list(index.skipped)
     for video in index.videos:
       if video.num_frames < spec.min_span:
@@ -464,35 +501,11 @@ class VideoFolderSource(ClipSource):
             )
         )
       else:
-        self._videos.append(video)
-    for skipped in self._skipped:
-      logging.warning("skipping %s: %s", skipped.file, skipped.reason)
-    if not self._videos:
-      reasons = "".join(f"\n  {s.file}: {s.reason}" for s in self._skipped[:10])
-      raise UserError(
-          f"no readable video in {index.folder} (searched recursively for "
-          f"{', '.join(VIDEO_EXTENSIONS)}; {len(self._skipped)} file(s) skipped){reasons}"
-      )
-
-  def __len__(self) -> int:
-    return len(self._videos)
-
-  def __getitem__(self, index: int) -> VideoFile:
-    return self._videos[index]
-
-  def item_name(self, index: int) -> str:
-    return self._videos[index].path
-
-  @property
-  def files_indexed(self) -> int:
-    return len(self._videos)
-
-  @property
-  def skipped(self) -> list[SkippedFile]:
-    return list(self._skipped)
+        self._files.append(video)
+    self._finish_index(index.folder, "video", VIDEO_EXTENSIONS)
 
   def read_clip(self, index, rng, *, position=0.5):
-    video = self._videos[index]
+    video = self._files[index]
     frame_indices = transforms.sample_frame_indices(
         video.num_frames, self.spec, rng, position=position
     )
@@ -509,7 +522,7 @@ class VideoFolderSource(ClipSource):
     return {**self.__dict__, "_decoded": {}}
 
 
-class ImageFolderSource(ClipSource):
+class ImageFolderSource(FolderSource):
   """The images of a folder as 1-frame clips; item i is an image path."""
 
   kind = "image_folder"
@@ -521,47 +534,24 @@ class ImageFolderSource(ClipSource):
           f"an image_folder source gives 1-frame clips, not {spec.num_frames}; use "
           "data.num_frames=1 (see bootvae_jax/data/config.py on mixing)"
       )
-    self._paths, self._skipped = [], []
+    self._files, self._skipped = [], []
     for path in find_files(folder, IMAGE_EXTENSIONS):
       try:
         if os.path.getsize(path) == 0:
           raise UnreadableFileError("empty file (0 bytes)")
         with Image.open(path) as image:  # reads the header only
           image.verify()
-        self._paths.append(path)
+        self._files.append(path)
       except UnreadableFileError as error:
         self._skipped.append(SkippedFile(path, str(error)))
       except Exception as error:  # pylint: disable=broad-except
         # PIL raises many types for broken files; none of them may stop the index.
         self._skipped.append(SkippedFile(path, f"not a readable image ({error})"))
-    for skipped in self._skipped:
-      logging.warning("skipping %s: %s", skipped.file, skipped.reason)
-    if not self._paths:
-      raise UserError(
-          f"no readable image in {os.path.abspath(folder)} (searched recursively for "
-          f"{', '.join(IMAGE_EXTENSIONS)}; {len(self._skipped)} file(s) skipped)"
-      )
-
-  def __len__(self) -> int:
-    return len(self._paths)
-
-  def __getitem__(self, index: int) -> str:
-    return self._paths[index]
-
-  def item_name(self, index: int) -> str:
-    return self._paths[index]
-
-  @property
-  def files_indexed(self) -> int:
-    return len(self._paths)
-
-  @property
-  def skipped(self) -> list[SkippedFile]:
-    return list(self._skipped)
+    self._finish_index(os.path.abspath(folder), "image", IMAGE_EXTENSIONS)
 
   def read_clip(self, index, rng, *, position=0.5):
     del position  # one frame
-    with Image.open(self._paths[index]) as image:
+    with Image.open(self._files[index]) as image:
       frames = np.asarray(image.convert("RGB"))[None]
     size = transforms.resized_size(frames.shape[1], frames.shape[2], self.spec)
     return transforms.crop_and_flip(transforms.resize_frames(frames, size), self.spec, rng)

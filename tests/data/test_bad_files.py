@@ -69,9 +69,8 @@ def test_a_file_broken_after_indexing_is_replaced_and_counted(
       source="video_folder", path=str(folder), resize_short_side=40, synthetic_num_clips=1
   )
   sources_, weights = pipeline.make_sources(config)
-  broken = [pathlib.Path(video.path).name for video in sources_[0]._videos].index(  # pylint: disable=protected-access
-      "carphone.mp4"
-  )
+  names = [pathlib.Path(sources_[0].item_name(i)).name for i in range(len(sources_[0]))]
+  broken = names.index("carphone.mp4")
   (folder / "carphone.mp4").write_bytes(b"\x00garbage" * 1000)
 
   iterator = iter(pipeline.build_train_dataset(config, seed=0, sources=sources_, weights=weights))

@@ -129,7 +129,7 @@ def test_deterministic_video_clip_is_the_centred_resized_crop(
 ):
   index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
   source = sources.VideoFolderSource(index, clip_spec(resize_short_side=0).for_eval())
-  item = [v.path for v in source._videos].index(str(video_dir / "carphone.mp4"))  # pylint: disable=protected-access
+  item = [source.item_name(i) for i in range(len(source))].index(str(video_dir / "carphone.mp4"))
   clip = source.read_clip(item, None, position=0.5)
   every_frame = reference_decode(video_dir / "carphone.mp4")  # 120 frames, 144x176
   start = round(0.5 * (120 - 9))
@@ -197,7 +197,7 @@ def test_image_folder_gives_one_frame_clips_and_skips_bad_images(tmp_path):
   assert len(source) == 2 and source.files_indexed == 2
   assert sorted(pathlib.Path(s.file).name for s in source.skipped) == ["empty.png", "text.jpg"]
   flat = source.read_clip(
-      [pathlib.Path(p).name for p in source._paths].index("flat.png"),  # pylint: disable=protected-access
+      [pathlib.Path(source.item_name(i)).name for i in range(len(source))].index("flat.png"),
       np.random.default_rng(0),
   )
   assert flat.shape == (1, 32, 32, 3) and flat.dtype == np.uint8
