@@ -292,26 +292,65 @@ def _mesh_context(mesh, rules):
       yield
 
 
-def _compile(lowered, config, program: str):
-  """`lowered.compile()`; the TPU compiler's own out-of-HBM refusal becomes `DoesNotFit`."""
+_REFUSAL = (
+    re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
+    re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"),
+)
+_UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# With the compiler's HBM capped at 1 MiB every real program is refused right after memory
+# assignment, its need in the message: minutes, where the full backend compile of a
+# paper-scale step takes tens of minutes on a small CPU (results/pod_fit.md).
+MEMORY_ONLY_FLAG = "--xla_tpu_max_hbm_size_mib=1"
+
+
+def use_memory_only() -> None:
+  """Memory-only checks for this process (before libtpu starts: it reads its flags once)."""
+  args = os.environ.get("LIBTPU_INIT_ARGS", "")
+  if MEMORY_ONLY_FLAG not in args:
+    os.environ["LIBTPU_INIT_ARGS"] = f"{args} {MEMORY_ONLY_FLAG}".strip()
+
+
+def memory_only() -> bool:
+  return MEMORY_ONLY_FLAG in os.environ.get("LIBTPU_INIT_ARGS", "")
+
+
+def _refusal(error: Exception) -> tuple[int, str, str] | None:
+  """(bytes needed, need, capacity as printed) of the TPU compiler's out-of-HBM refusal."""
+  message = str(error)
+  if "Ran out of memory" not in message and "RESOURCE_EXHAUSTED" not in message:
+    return None
+  for pattern in _REFUSAL:
+    if m := pattern.search(message):
+      need, need_unit, cap, cap_unit = m.groups()
+      return int(float(need) * _UNIT[need_unit]), need + need_unit, cap + cap_unit
+  return 0, "", cli.one_line(message)[:300]
+
+
+def _program(name: str, lowered, config, parts: dict[str, int], device_slices=None) -> Compiled:
+  """Compiles one program and reads its memory, cost and collectives. In memory-only mode
+  the expected refusal gives the need (parts as given, the rest counted as temporaries);
+  otherwise a refusal is `DoesNotFit`."""
   try:
-    return lowered.compile()
+    compiled = lowered.compile()
   except Exception as e:  # XlaRuntimeError / JaxRuntimeError: RESOURCE_EXHAUSTED
-    message = str(e)
-    if "Ran out of memory" not in message and "RESOURCE_EXHAUSTED" not in message:
+    refused = _refusal(e)
+    if refused is None:
       raise
-    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message) or re.search(
-        r"\(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", message
-    )
-    detail = (
-        f"needs {used.group(1)} of {used.group(2)} HBM per chip"
-        if used
-        else cli.one_line(message)[:300]
-    )
+    need, need_text, capacity = refused
+    if memory_only() and need:
+      temporaries = need - sum(parts.values())
+      memory = Memory(parts, 0, temporaries, 0, 0, xla={"compiler_need_bytes": need})
+      return Compiled(name, memory, None, None, {})
+    detail = f"needs {need_text} of {capacity} HBM per chip" if need else capacity
     raise DoesNotFit(
-        f"{config.get('name', '')} does not fit: the TPU compiler refused its {program} step,"
+        f"{config.get('name', '')} does not fit: the TPU compiler refused its {name} step,"
         f" which {detail} ({LEVERS_HINT})"
     ) from e
+  flops, nbytes = _cost(compiled)
+  text = compiled.as_text()
+  return Compiled(
+      name, memory_of(compiled, parts), flops, nbytes, collectives(text, device_slices)
+  )
 
 
 def _cost(compiled) -> tuple[float, float]:
@@ -388,22 +427,12 @@ def _state_parts(state, batch, nets) -> dict[str, int]:
 
 
 def compile_train(config, devices, device_slices=None) -> Compiled:
-  import jax
-
   from bootvae_jax.training import train_step
 
   mesh, setup, state, batch, nets = _train_args(config, devices)
   with _mesh_context(mesh, config.sharding_rules):
     lowered = train_step.jit_train_step(setup, nets).lower(state, batch, nets)
-    compiled = _compile(lowered, config, "train")
-  flops, nbytes = _cost(compiled)
-  return Compiled(
-      "train",
-      memory_of(compiled, _state_parts(state, batch, nets)),
-      flops,
-      nbytes,
-      collectives(compiled.as_text(), device_slices),
-  )
+    return _program("train", lowered, config, _state_parts(state, batch, nets), device_slices)
 
 
 def jaxpr_flops(jaxpr) -> float:
@@ -466,19 +495,15 @@ def compile_eval(config, devices) -> Compiled:
       jnp.float32,
       sharding=sharding.replicated(mesh),
   )
-  with _mesh_context(mesh, config.sharding_rules):
-    lowered = train_step.jit_eval_step(setup, nets).lower(state.params, state.frozen, clips, nets)
-    compiled = _compile(lowered, config, "eval")
   parts = {
       "parameters": per_chip_bytes(state.params),
       "frozen": per_chip_bytes(state.frozen),
       "loss_nets": per_chip_bytes(nets),
       "batch": per_chip_bytes(clips),
   }
-  flops, nbytes = _cost(compiled)
-  return Compiled(
-      "eval", memory_of(compiled, parts), flops, nbytes, collectives(compiled.as_text())
-  )
+  with _mesh_context(mesh, config.sharding_rules):
+    lowered = train_step.jit_eval_step(setup, nets).lower(state.params, state.frozen, clips, nets)
+    return _program("eval", lowered, config, parts)
 
 
 def compile_inference(config, devices) -> list[Compiled]:
@@ -508,16 +533,12 @@ def compile_inference(config, devices) -> list[Compiled]:
     z = jax.ShapeDtypeStruct(z.shape, z.dtype, sharding=rep)
     dec = jax.jit(decode, in_shardings=(params_s, frozen_s, rep), out_shardings=rep)
     for name, fn, x in (("encode", enc, clip), ("decode", dec, z)):
-      compiled = _compile(fn.lower(state.params, state.frozen, x), config, name)
       parts = {
           "parameters": per_chip_bytes(state.params),
           "frozen": per_chip_bytes(state.frozen),
           "batch": per_chip_bytes(x),
       }
-      flops, nbytes = _cost(compiled)
-      out.append(
-          Compiled(name, memory_of(compiled, parts), flops, nbytes, collectives(compiled.as_text()))
-      )
+      out.append(_program(name, fn.lower(state.params, state.frozen, x), config, parts))
   return out
 
 
@@ -587,20 +608,29 @@ def check(
         "code": round(p.memory.code / GIB, 4),
         "total": round(p.memory.total / GIB, 4),
     }
+  report["memory_only"] = train.flops is None if "train" in steps else memory_only()
   if "train" in steps:
     flops = model_flops_per_chip(config, devices)
-    compute_s = train.flops / (spec.bf16_tflops * 1e12)
-    memory_s = train.bytes_accessed / (spec.hbm_gbps * 1e9)
-    roofline = max(compute_s, memory_s)
-    report.update(
-        step_flops_per_chip=train.flops,
-        model_flops_per_chip=flops,
-        step_bytes_per_chip=train.bytes_accessed,
-        roofline_step_s=roofline,
-        roofline_bound="compute" if compute_s >= memory_s else "memory",
-        mfu_bound=round(flops / (spec.bf16_tflops * 1e12) / roofline, 4) if roofline else 0.0,
-        collectives={k: v for k, v in train.collectives.items() if v["count"]},
-    )
+    report.update(model_flops_per_chip=flops, step_flops_per_chip=train.flops)
+    if train.flops is None:  # memory-only: no cost analysis; the model FLOPs' compute time
+      report.update(
+          step_bytes_per_chip=None,
+          roofline_step_s=flops / (spec.bf16_tflops * 1e12),
+          roofline_bound="compute (model FLOPs only: HBM bytes not measured)",
+          mfu_bound=None,
+          collectives=None,
+      )
+    else:
+      compute_s = train.flops / (spec.bf16_tflops * 1e12)
+      memory_s = train.bytes_accessed / (spec.hbm_gbps * 1e9)
+      roofline = max(compute_s, memory_s)
+      report.update(
+          step_bytes_per_chip=train.bytes_accessed,
+          roofline_step_s=roofline,
+          roofline_bound="compute" if compute_s >= memory_s else "memory",
+          mfu_bound=round(flops / (spec.bf16_tflops * 1e12) / roofline, 4) if roofline else 0.0,
+          collectives={k: v for k, v in train.collectives.items() if v["count"]},
+      )
   report["programs"] = programs
   return report
 
@@ -636,7 +666,13 @@ def format_table(report: dict) -> str:
       f" ({report['peak_program']}): headroom {report['headroom_pct']:.1f}%"
       f" -> {'fits' if report['fits'] else 'DOES NOT FIT'}"
   )
-  if "step_flops_per_chip" in report:
+  if report.get("memory_only"):
+    lines.append(
+        "memory only (--memory_only): the compiler's per-chip need; beyond the arguments it is"
+        f" all counted as temporaries. Model FLOPs per chip {report.get('model_flops_per_chip', 0) / 1e12:.3f} TFLOP,"
+        f" at peak {report.get('roofline_step_s', 0) * 1e3:.1f} ms"
+    )
+  elif "step_flops_per_chip" in report:
     lines += [
         f"train step per chip: {report['step_flops_per_chip'] / 1e12:.3f} TFLOP"
         f" (model {report['model_flops_per_chip'] / 1e12:.3f}),"
@@ -674,6 +710,12 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU slice, e.g. v5e-16, v5p-8, v6e-256 (default: config.target_topology)."
 )
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multislice).")
+_MEMORY_ONLY = flags.DEFINE_bool(
+    "memory_only",
+    False,
+    "Only the per-chip HBM each program needs, from the compiler's memory assignment (minutes"
+    " instead of the full backend compile; no FLOP / byte counts or collectives).",
+)
 _STEPS = flags.DEFINE_list("steps", list(STEPS), f"Programs to compile, of {STEPS}.")
 
 
@@ -685,6 +727,8 @@ def main(argv):
   steps = tuple(_STEPS.value)
   if unknown := [s for s in steps if s not in STEPS]:
     raise UserError(f"--steps: unknown {unknown}; use some of {STEPS}")
+  if _MEMORY_ONLY.value:
+    use_memory_only()
   try:
     report = check(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, steps)
   except DoesNotFit as e:
