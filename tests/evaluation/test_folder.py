@@ -182,7 +182,7 @@ def test_videos_of_two_sizes_score_with_rfvd_in_bounded_batches(codec, tmp_path,
       str(tmp_path / "eval"),
       num_frames=17,
       worst=0,
-      i3d_batch=1,
+      i3d_batch=2,  # both videos' clips in one I3D batch: they stack only once resized
       pixels_per_call=budget,
       progress=False,
       index_cache_dir=str(tmp_path),
