@@ -50,7 +50,7 @@ _MODE_GAP = flags.DEFINE_bool(
     "mode_gap",
     True,
     "Also reconstruct each clip in one whole-clip pass and report the PSNR gap of --mode to it"
-    " (memory grows with --num_frames).",
+    " (its memory grows with --num_frames and the frame size).",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 

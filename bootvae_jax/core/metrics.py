@@ -13,6 +13,11 @@ SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
+# Pixels one metric call takes (frames × height × width): metrics over a clip run in frame
+# batches of this many pixels, so their memory does not grow with the clip's length; 2^20 is
+# one 1280×720 frame (LPIPS cuts larger frames into tiles, `losses/perceptual.py`).
+PIXELS_PER_CALL = 2**20
+
 
 def per_frame_psnr(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
   """PSNR of every frame.
@@ -134,6 +139,15 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
     (B,) float32 SSIM.
   """
   return jnp.mean(per_frame_ssim(x, y, data_range), axis=1)
+
+
+def frame_batches(
+    num_frames: int, height: int, width: int, pixels_per_call: int = PIXELS_PER_CALL
+) -> list[slice]:
+  """Consecutive frame ranges covering `num_frames` frames of height × width, each at most
+  `pixels_per_call` pixels (at least one frame); all but the last of equal length."""
+  step = max(1, pixels_per_call // (height * width))
+  return [slice(start, min(start + step, num_frames)) for start in range(0, num_frames, step)]
 
 
 def _check_clips(x: jax.Array, y: jax.Array) -> None:

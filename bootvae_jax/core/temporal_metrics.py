@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bootvae_jax.core import metrics
+from bootvae_jax.core import video_io
 
 # TecoGAN's Farnebäck settings: pyramid scale, levels, window, iterations, poly_n, poly_sigma.
 FARNEBACK_PARAMS = (0.5, 3, 15, 3, 5, 1.2, 0)
@@ -164,8 +165,15 @@ def per_frame_tlp(
     frames = v.shape[2:]
     return lpips_fn(v[:, :-1].reshape((-1,) + frames), v[:, 1:].reshape((-1,) + frames))
 
-  out = jnp.abs(consecutive_lpips(x) - consecutive_lpips(y)).reshape(b, t - 1)
+  out = tlp_of_changes(consecutive_lpips(x), consecutive_lpips(y)).reshape(b, t - 1)
   return out[0] if squeeze else out
+
+
+def tlp_of_changes(truth_changes, recon_changes):
+  """tLP per frame pair from the LPIPS between consecutive frames of the input and of the
+  reconstruction (e.g. `losses.perceptual.lpips_over_clip`'s consecutive_x / consecutive_y):
+  |LPIPS(x_{t−1}, x_t) − LPIPS(x̂_{t−1}, x̂_t)|, same shape."""
+  return abs(truth_changes - recon_changes)
 
 
 def tlp(
@@ -178,14 +186,14 @@ def tlp(
 
 
 def _gray_uint8(frame: np.ndarray) -> np.ndarray:
-  """(H, W, 3) in [-1, 1] → (H, W) uint8 luma, as TecoGAN reads its PNGs."""
-  rgb = np.clip(np.round((np.asarray(frame, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  """(H, W, 3) uint8 or in [-1, 1] → (H, W) uint8 luma, as TecoGAN reads its PNGs."""
+  rgb = frame if frame.dtype == np.uint8 else video_io.to_uint8(frame)
   return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def farneback_flow(prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
-  """Dense optical flow from `prev` to `next_` ((H, W, 3) in [-1, 1]): (H, W, 2) float32 of
-  (dx, dy) in pixels, content at (x, y) in prev being at (x + dx, y + dy) in next_."""
+  """Dense optical flow from `prev` to `next_` ((H, W, 3) uint8 or in [-1, 1]): (H, W, 2)
+  float32 of (dx, dy) in pixels, content at (x, y) in prev being at (x + dx, y + dy) in next_."""
   return cv2.calcOpticalFlowFarneback(
       _gray_uint8(prev), _gray_uint8(next_), None, *FARNEBACK_PARAMS
   )
@@ -193,7 +201,7 @@ def farneback_flow(prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
 
 def per_frame_tof(truth: np.ndarray, recon: np.ndarray) -> np.ndarray:
   """Mean over pixels of ||flow(x_{t−1}, x_t) − flow(x̂_{t−1}, x̂_t)||₂ per frame pair:
-  (T-1,) or (B, T-1) float32 (numpy, on the host). Needs T ≥ 2."""
+  (T-1,) or (B, T-1) float32 (numpy, on the host). Clips uint8 or in [-1, 1]; needs T ≥ 2."""
   x, y, squeeze = _batched(np.asarray(truth), np.asarray(recon))
   out = np.zeros(x.shape[:1] + (x.shape[1] - 1,), np.float32)
   for b in range(x.shape[0]):
@@ -210,14 +218,14 @@ def tof(truth: np.ndarray, recon: np.ndarray) -> np.ndarray | NotApplicable:
   return np.mean(per_frame_tof(truth, recon), axis=-1)
 
 
-def mode_gap(
+def per_frame_mode_gap(
     truth: np.ndarray, mode_recon: np.ndarray, whole_recon: np.ndarray, data_range: float = 2.0
-) -> float:
-  """PSNR (mean of per-frame dB) of an inference mode's reconstruction minus that of one
-  whole-clip pass, for one (T, H, W, C) clip: negative when the mode loses quality.
+) -> np.ndarray:
+  """PSNR of an inference mode's reconstruction minus that of one whole-clip pass, per frame of
+  one (T, H, W, C) clip in [-1, 1]: (T,) float, negative where the mode loses quality.
 
-  Frames the two reconstructions share exactly contribute 0 (so an exact stream reads 0.0
-  even where both are perfect, with infinite PSNR).
+  Frames the two reconstructions share exactly read 0 (so an exact stream reads 0.0 even where
+  both are perfect, with infinite PSNR).
   """
   x, m, w = (np.asarray(v, np.float32)[None] for v in (truth, mode_recon, whole_recon))
   if not x.shape == m.shape == w.shape or x.ndim != 5:
@@ -229,5 +237,12 @@ def mode_gap(
   psnr_mode = np.asarray(metrics.per_frame_psnr(m, x, data_range))[0]
   psnr_whole = np.asarray(metrics.per_frame_psnr(w, x, data_range))[0]
   with np.errstate(invalid="ignore"):
-    diff = np.where(same, 0.0, psnr_mode - psnr_whole)
-  return float(np.mean(diff))
+    return np.where(same, 0.0, psnr_mode - psnr_whole)
+
+
+def mode_gap(
+    truth: np.ndarray, mode_recon: np.ndarray, whole_recon: np.ndarray, data_range: float = 2.0
+) -> float:
+  """The mean over frames of `per_frame_mode_gap`: the mode's PSNR (mean of per-frame dB) minus
+  that of one whole-clip pass, for one (T, H, W, C) clip."""
+  return float(np.mean(per_frame_mode_gap(truth, mode_recon, whole_recon, data_range)))

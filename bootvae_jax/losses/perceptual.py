@@ -1,4 +1,5 @@
-"""LPIPS perceptual distance (VGG16 variant) and the per-frame video perceptual loss.
+"""LPIPS perceptual distance (VGG16 variant), the per-frame video perceptual loss, and LPIPS
+over whole clips in bounded memory (`lpips_over_clip`, for evaluation).
 
 LPIPS (Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual
 Metric", CVPR 2018, v0.1 weights): both images go through a fixed input scaling layer and
@@ -19,6 +20,7 @@ so its ~59 MB of weights are not baked into the compiled program as constants.
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import pickle
 from typing import Any
@@ -26,6 +28,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bootvae_jax.core import metrics
+from bootvae_jax.core import video_io
 
 try:  # numpy >= 2 (numpy 1.26 also ships this alias).
   from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -41,6 +46,14 @@ VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 # Four 2x max pools: a frame must be at least this large to reach relu5_3.
 MIN_FRAME_SIZE = 16
+
+# Frames larger than a call's pixel budget are cut into tiles: tile edges on the 16-px grid of
+# relu5_3 cells keep every layer's cells aligned with the frame's, and relu5_3 sees 90 px
+# around its cell (13 3x3 convs, four 2x pools: a 196-px field), so features computed with a
+# margin of TILE_HALO are the untiled ones. Tiles rather than a downscale: LPIPS of a smaller
+# frame is another metric (VGG sees other frequencies), tiles keep the full-resolution value.
+TILE_GRID = 16
+TILE_HALO = 96
 
 _ALLOWED_GLOBALS = {
     ('numpy.core.multiarray', '_reconstruct'): _np_reconstruct,
@@ -183,6 +196,12 @@ def _unit_normalize(f: jax.Array, eps: float = 1e-10) -> jax.Array:
   return f / (norm + eps)
 
 
+def _distance_map(unit_x: jax.Array, unit_y: jax.Array, head: jax.Array) -> jax.Array:
+  """One layer's LPIPS distance per cell: sum_c w_c (x̂_c - ŷ_c)^2 of unit-normalised taps
+  (N, h, w, C) -> (N, h, w) float32."""
+  return jnp.einsum('nhwc,c->nhw', jnp.square(unit_x - unit_y), head.astype(jnp.float32))
+
+
 def lpips_from_features(
     feats_x: list[jax.Array],
     feats_y: list[jax.Array],
@@ -202,8 +221,7 @@ def lpips_from_features(
   for fx, fy, w in zip(feats_x, feats_y, heads):
     fx = _unit_normalize(fx.astype(jnp.float32))
     fy = _unit_normalize(fy.astype(jnp.float32))
-    per_pixel = jnp.einsum('nhwc,c->nhw', jnp.square(fx - fy), w.astype(jnp.float32))
-    total = total + jnp.mean(per_pixel, axis=(1, 2))
+    total = total + jnp.mean(_distance_map(fx, fy, w), axis=(1, 2))
   return total
 
 
@@ -306,3 +324,156 @@ def video_perceptual_loss(
   frames_x = x.reshape((-1,) + x.shape[2:])
   frames_y = y.reshape((-1,) + y.shape[2:])
   return jnp.mean(lpips(frames_x, frames_y))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipLPIPS:
+  """LPIPS over two clips x, y of T frames (float64 numpy).
+
+  Attributes:
+    per_frame: (T,) LPIPS(x_t, y_t).
+    consecutive_x: (T-1,) LPIPS(x_{t-1}, x_t), the perceptual change between frames of x.
+    consecutive_y: (T-1,) LPIPS(y_{t-1}, y_t).
+  """
+
+  per_frame: np.ndarray
+  consecutive_x: np.ndarray
+  consecutive_y: np.ndarray
+
+
+def lpips_over_clip(
+    lpips: LPIPS,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    pixels_per_call: int = metrics.PIXELS_PER_CALL,
+) -> ClipLPIPS:
+  """LPIPS of every frame pair of two clips and of consecutive frames within each, in memory
+  that grows neither with T nor with the frame size.
+
+  One VGG16 pass per frame serves all three. Frames go through in batches of at most
+  `pixels_per_call` pixels (`core.metrics.frame_batches`); a frame larger than that is cut
+  into tiles seen with a TILE_HALO margin, and each layer's distances are summed over the
+  cells a tile owns, so the result is the untiled LPIPS up to float rounding.
+
+  Args:
+    lpips: the network.
+    x, y: (T, H, W, 3) uint8, or float in [-1, 1]; H, W >= 16. Host arrays: one batch at a
+      time goes to the device (in float32).
+    pixels_per_call: the most pixels (frames × tile height × tile width) in one VGG call.
+
+  Returns:
+    `ClipLPIPS`.
+  """
+  if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f'expected two (T, H, W, 3) clips of equal shape; got {x.shape}, {y.shape}')
+  t, h, w, _ = x.shape
+  if min(h, w) < MIN_FRAME_SIZE:
+    raise ValueError(
+        f'LPIPS-VGG16 needs frames of at least {MIN_FRAME_SIZE}x{MIN_FRAME_SIZE}; got {h}x{w}'
+    )
+  sums = np.zeros((3, t, len(VGG16_STAGES)))  # (pairs, consecutive x, consecutive y) per layer
+  for (top, bottom, rows), (left, right, cols) in frame_tiles(h, w, pixels_per_call):
+    before = _zero_taps(bottom - top, right - left)
+    for batch in metrics.frame_batches(t, bottom - top, right - left, pixels_per_call):
+      tile_x, tile_y = x[batch, top:bottom, left:right], y[batch, top:bottom, left:right]
+      batch_sums, before = _tile_step(lpips, tile_x, tile_y, before, rows, cols)
+      sums[:, batch] += np.asarray(batch_sums)
+  cells = np.asarray([(h >> s) * (w >> s) for s in range(len(VGG16_STAGES))])
+  total = np.sum(sums / cells, axis=-1)
+  return ClipLPIPS(per_frame=total[0], consecutive_x=total[1, 1:], consecutive_y=total[2, 1:])
+
+
+def frame_tiles(height: int, width: int, pixels_per_call: int) -> list[tuple[tuple, tuple]]:
+  """The tiles `lpips_over_clip` cuts a frame into: ((top, bottom, rows), (left, right, cols))
+  per tile, a window of at most `pixels_per_call` pixels and the (start, stop) of the part it
+  owns inside it; the owned parts partition the frame. One tile when the frame fits."""
+  rows = _axis_tiles(height, math.isqrt(pixels_per_call))
+  tallest = max(bottom - top for top, bottom, _ in rows)
+  cols = _axis_tiles(width, pixels_per_call // tallest)
+  return [(r, c) for r in rows for c in cols]
+
+
+def _axis_tiles(length: int, window_limit: int) -> list[tuple[int, int, tuple[int, int]]]:
+  """Tiles along one axis: (window start, window stop, owned (start, stop) inside the window),
+  windows at most `window_limit` px; owned parts of equal length on the TILE_GRID (the fewest
+  that fit, so the margins cost the least)."""
+  if length <= window_limit:
+    return [(0, length, (0, length))]
+  most = (window_limit - 2 * TILE_HALO) // TILE_GRID * TILE_GRID
+  if most < TILE_GRID:
+    raise ValueError(
+        f'a {length}-px frame side needs tiles, and {window_limit}-px tiles leave no room'
+        f' beside their {TILE_HALO}-px margins; allow at least'
+        f' {(TILE_GRID + 2 * TILE_HALO) ** 2} pixels per call'
+    )
+  count = -(-length // most)
+  owned = -(-length // (count * TILE_GRID)) * TILE_GRID
+  tiles = []
+  for start in range(0, length, owned):
+    stop = min(start + owned, length)
+    lo, hi = max(0, start - TILE_HALO), min(length, stop + TILE_HALO)
+    tiles.append((lo, hi, (start - lo, stop - lo)))
+  return tiles
+
+
+def _zero_taps(height: int, width: int) -> tuple[jax.Array, ...]:
+  """Stand-in taps of 'the frame before' the first: x's five, then y's, (1, h_l, w_l, C_l)."""
+  taps = tuple(
+      jnp.zeros((1, height >> s, width >> s, stage[-1]), jnp.float32)
+      for s, stage in enumerate(VGG16_STAGES)
+  )
+  return taps + taps
+
+
+@jax.jit
+def _tile_step(
+    lpips: LPIPS,
+    x: jax.Array,
+    y: jax.Array,
+    before: tuple[jax.Array, ...],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """One batch of frames of one tile.
+
+  Args:
+    x, y: (N, h, w, 3) tile windows, uint8 or in [-1, 1].
+    before: the unit-normalised taps of the frame before the batch (x's five, then y's).
+    rows, cols: the owned (start, stop) inside the window, in pixels.
+
+  Returns:
+    (3, N, 5) sums over the owned cells of each layer's distance map for (x_t, y_t),
+    (x_{t-1}, x_t) and (y_{t-1}, y_t); and the last frame's taps (the next batch's `before`).
+  """
+
+  def unit_taps(v):
+    if v.dtype == jnp.uint8:
+      v = video_io.to_unit_range(v)
+    return [_unit_normalize(f.astype(jnp.float32)) for f in lpips.features(v)]
+
+  taps_x, taps_y = unit_taps(x), unit_taps(y)
+  heads = jax.lax.stop_gradient(lpips.heads)
+  sums = []
+  for s, (fx, fy, bx, by, head) in enumerate(zip(taps_x, taps_y, before[:5], before[5:], heads)):
+    cell = 2**s
+    in_rows = jnp.arange(fx.shape[1]) * cell
+    in_cols = jnp.arange(fx.shape[2]) * cell
+    owned = ((in_rows >= rows[0]) & (in_rows < rows[1]))[:, None] & (
+        (in_cols >= cols[0]) & (in_cols < cols[1])
+    )[None, :]
+
+    def owned_sum(a, b):
+      return jnp.sum(jnp.where(owned, _distance_map(a, b, head), 0.0), axis=(1, 2))
+
+    sums.append(
+        jnp.stack(
+            [
+                owned_sum(fx, fy),
+                owned_sum(jnp.concatenate([bx, fx[:-1]]), fx),
+                owned_sum(jnp.concatenate([by, fy[:-1]]), fy),
+            ]
+        )
+    )
+  last = tuple(f[-1:] for f in taps_x + taps_y)
+  return jnp.stack(sums, axis=-1), last

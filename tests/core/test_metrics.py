@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bootvae_jax.core.metrics import frame_batches
 from bootvae_jax.core.metrics import per_frame_psnr
 from bootvae_jax.core.metrics import per_frame_ssim
 from bootvae_jax.core.metrics import psnr
@@ -113,3 +114,10 @@ def test_ssim_rejects_frames_smaller_than_the_window():
   x = np.zeros((1, 1, 8, 16, 3), np.float32)
   with pytest.raises(ValueError, match='11x11'):
     ssim(x, x)
+
+
+def test_frame_batches_hold_at_most_the_pixel_budget():
+  assert frame_batches(9, 32, 48, 4 * 32 * 48) == [slice(0, 4), slice(4, 8), slice(8, 9)]
+  assert frame_batches(3, 720, 1280, 2**20) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+  # A frame over the budget still goes alone (LPIPS tiles it; PSNR and SSIM take it whole).
+  assert frame_batches(2, 1080, 1920, 2**20) == [slice(0, 1), slice(1, 2)]

@@ -101,6 +101,9 @@ def test_tof_of_a_frozen_reconstruction_is_the_inputs_flow():
   # A frozen clip has zero flow, so tOF is the mean flow magnitude of the input: ≈ 1 px.
   value = float(tm.tof(truth, frozen))
   assert 0.8 < value < 1.1
+  # uint8 clips (as evaluation keeps them) give the same flows.
+  as_uint8 = lambda v: np.round((v + 1.0) * 127.5).astype(np.uint8)
+  assert float(tm.tof(as_uint8(truth), as_uint8(frozen))) == value
 
 
 def test_clips_that_do_not_fit_are_not_applicable_with_a_reason():
@@ -137,6 +140,10 @@ def test_mode_gap_is_zero_for_the_same_reconstruction_and_signed_otherwise():
   )
   np.testing.assert_allclose(gap, expected, rtol=1e-5)
   assert gap < -5.0  # twice the error: about -6 dB
+  # Per frame: only the frame where the mode differs from the whole-clip pass has a gap.
+  one_worse = np.concatenate([worse[:1], whole[1:]])
+  per_frame = tm.per_frame_mode_gap(truth, one_worse, whole)
+  assert per_frame[0] < -5.0 and np.all(per_frame[1:] == 0.0)
 
 
 def test_mismatched_shapes_are_refused():

@@ -158,6 +158,49 @@ def test_videos_too_short_for_a_metric_are_reported_not_applicable(codec, tmp_pa
   assert (tmp_path / "eval" / "per_phase_psnr.png").exists()
 
 
+def test_videos_of_two_sizes_score_with_rfvd_in_bounded_batches(codec, tmp_path, monkeypatch):
+  """A folder of 32×32 and 16×24 videos: a full report with rFVD (each clip resized to I3D's
+  224² before the clips are batched), LPIPS never given more than `pixels_per_call`."""
+  data = tmp_path / "mixed"
+  data.mkdir()
+  rng = np.random.default_rng(1)
+  for name, (h, w) in (("square.mp4", (32, 32)), ("small.mp4", (16, 24))):
+    coarse = rng.integers(0, 256, (17, h // 8, w // 8, 3))
+    frames = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2).astype(np.uint8)
+    video_io.write_video(str(data / name), frames, 25.0)
+  budget = 4 * 32 * 32
+  lpips_calls = []
+  tile_step = perceptual._tile_step
+  monkeypatch.setattr(
+      perceptual,
+      "_tile_step",
+      lambda lp, x, y, *rest: lpips_calls.append(x.shape[:3]) or tile_step(lp, x, y, *rest),
+  )
+  summary = folder.evaluate_folder(
+      codec,
+      str(data),
+      str(tmp_path / "eval"),
+      num_frames=17,
+      worst=0,
+      i3d_batch=2,  # both videos' clips in one I3D batch: they stack only once resized
+      pixels_per_call=budget,
+      progress=False,
+      index_cache_dir=str(tmp_path),
+  )
+  assert summary["videos"] == 2 and summary["skipped"] == []
+  assert summary["rfvd_clips"] == 2 and summary["rfvd"] > 0
+  assert {s["file"]: s["frames"] for s in summary["per_video"]} == {
+      "square.mp4": 17,
+      "small.mp4": 17,
+  }
+  # 4 frames of 32×32 per call, 10 of 16×24: the frame count never sets the batch.
+  assert sorted(set(lpips_calls)) == [(1, 32, 32), (4, 32, 32), (7, 16, 24), (10, 16, 24)]
+  assert all(n * h * w <= budget for n, h, w in lpips_calls)
+  for key in ("psnr", "ssim", "lpips", "flicker", "tlp", "tof", "mode_gap"):
+    assert isinstance(summary[key], float), key
+  assert "rFVD over 2 clips" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
 def test_cli_one_line_errors(tmp_path):
   result = subprocess.run(
       [

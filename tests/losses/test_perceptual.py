@@ -10,6 +10,7 @@ import torch
 from flax import nnx
 
 from bootvae_jax.losses import LPIPS
+from bootvae_jax.losses import perceptual
 from bootvae_jax.losses import video_perceptual_loss
 from bootvae_jax.losses.perceptual import LPIPS_SCALE
 from bootvae_jax.losses.perceptual import LPIPS_SHIFT
@@ -223,3 +224,53 @@ def test_video_loss_needs_rng_when_sampling(lpips):
   x, y = _clips()
   with pytest.raises(ValueError, match='rng'):
     video_perceptual_loss(lpips, x, y, num_frames=2, rng=None)
+
+
+def _recording_tile_step(monkeypatch):
+  """Replaces `perceptual._tile_step` (one VGG call of `lpips_over_clip`) with a wrapper that
+  records the (N, h, w) of every call; returns the list."""
+  calls = []
+  original = perceptual._tile_step
+
+  def spy(lpips, x, y, *args):
+    calls.append(x.shape[:3])
+    return original(lpips, x, y, *args)
+
+  monkeypatch.setattr(perceptual, '_tile_step', spy)
+  return calls
+
+
+def _uint8_clip(seed, shape):
+  return np.round((_image(seed, shape) + 1.0) * 127.5).astype(np.uint8)
+
+
+def test_lpips_over_clip_takes_at_most_a_batch_of_frames_per_call(lpips, monkeypatch):
+  x = _image(11, (9, 32, 48, 3))
+  y = np.clip(x + np.random.default_rng(12).normal(0, 0.2, x.shape), -1, 1).astype(np.float32)
+  calls = _recording_tile_step(monkeypatch)
+  clip = perceptual.lpips_over_clip(lpips, x, y, pixels_per_call=4 * 32 * 48)
+  assert calls == [(4, 32, 48), (4, 32, 48), (1, 32, 48)]  # 4 frames per call, whatever T
+  both = lambda a, b: np.asarray(lpips_call(lpips, jnp.asarray(a), jnp.asarray(b)))
+  np.testing.assert_allclose(clip.per_frame, both(x, y), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(clip.consecutive_x, both(x[:-1], x[1:]), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(clip.consecutive_y, both(y[:-1], y[1:]), rtol=0, atol=1e-5)
+
+
+def test_lpips_over_clip_cuts_large_frames_into_exact_tiles(lpips, monkeypatch):
+  """A frame over the pixel budget goes through in tiles with a TILE_HALO margin: the same
+  distances as the whole frame (a 64-px margin misses by 5e-5 here)."""
+  x, y = _uint8_clip(13, (3, 32, 416, 3)), _uint8_clip(14, (3, 32, 416, 3))
+  budget = 32 * 400
+  assert [cols for _, (_, _, cols) in perceptual.frame_tiles(32, 416, budget)] == [
+      (0, 208),  # window [0, 304)
+      (96, 304),  # window [112, 416)
+  ]
+  calls = _recording_tile_step(monkeypatch)
+  clip = perceptual.lpips_over_clip(lpips, x, y, pixels_per_call=budget)
+  assert calls == [(1, 32, 304)] * 6 and all(n * h * w <= budget for n, h, w in calls)
+  unit = lambda v: v.astype(np.float32) / 127.5 - 1.0
+  firsts, seconds = np.concatenate([x, x[:-1], y[:-1]]), np.concatenate([y, x[1:], y[1:]])
+  whole = np.asarray(lpips_call(lpips, jnp.asarray(unit(firsts)), jnp.asarray(unit(seconds))))
+  got = np.concatenate([clip.per_frame, clip.consecutive_x, clip.consecutive_y])
+  np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
+  assert whole.min() > 0.01  # distances worth comparing
