@@ -23,8 +23,8 @@ clip's length; LPIPS cuts larger frames into exact tiles (`losses.perceptual.lpi
 and I3D's 16-frame clips are resized to its 224² input one by one before they are batched, so
 neither grows with the frame size either, and videos of different sizes batch together. The
 reconstruction streams (or cross-fades) chunks of `chunk_frames` frames at full frame size; the
-mode gap's reference is one whole-clip pass, which needs memory for the whole clip
-(`mode_gap=False` skips it).
+mode gap's reference is one whole-clip pass, which needs memory for the whole clip: it is
+skipped, and the report says so, above `MODE_GAP_MAX_PIXELS` (`mode_gap=False` skips it always).
 
 Videos are averaged with equal weight. Files that cannot be used (unreadable, no video, too
 few frames) are skipped and listed, as in training (`data/sources.index_video_folder`).
@@ -59,6 +59,11 @@ from bootvae_jax.inference import chunked
 from bootvae_jax.inference import reconstruct
 from bootvae_jax.core import video_io
 from bootvae_jax.losses import perceptual
+
+# The mode gap's whole-clip reference pass is skipped for clips above this many pixels
+# (frames x height x width): 17 frames of 1280x720 evaluate with it in 5.6 GB, while 65 frames
+# of 1080p would ask for one 28 GB buffer (results/evaluate_memory.md).
+MODE_GAP_MAX_PIXELS = 17 * 1280 * 720
 
 
 @dataclasses.dataclass
@@ -247,6 +252,7 @@ def evaluate_folder(
       pixels_per_call,
   )
   worst_clips = _Worst(worst)
+  gap_skipped: list[str] = []
   scores: list[VideoScore] = []
   total_frames = 0
   bar = tqdm.tqdm(videos, unit="video", disable=not progress, file=sys.stderr, desc="evaluate")
@@ -271,10 +277,14 @@ def evaluate_folder(
     # Clips stay uint8 (the reconstruction rounded, as a written video would be); each metric
     # takes float32 frames one batch at a time.
     recon_u8 = _reconstruct_uint8(codec, frames, mode, chunk_frames)
-    whole_u8 = _whole_clip_uint8(codec, frames) if mode_gap else None
+    # The gap's reference holds the whole clip at once: skipped above the budget, and said.
+    gap_fits = frames[..., 0].size <= MODE_GAP_MAX_PIXELS
+    if mode_gap and not gap_fits:
+      gap_skipped.append(name)
+    whole_u8 = _whole_clip_uint8(codec, frames) if mode_gap and gap_fits else None
     scored = scorer.score(frames, recon_u8, codec.temporal_factor)
     scorer.add_clips(frames, recon_u8)
-    gap = _mode_gap(frames, recon_u8, whole_u8, pixels_per_call) if mode_gap else None
+    gap = _mode_gap(frames, recon_u8, whole_u8, pixels_per_call) if whole_u8 is not None else None
     psnr = scored.pop("psnr")
     score = VideoScore(
         name,
@@ -321,6 +331,13 @@ def evaluate_folder(
       mode_gap=_mean([s.mode_gap for s in scores if s.mode_gap is not None]) if mode_gap else None,
       mode_gap_note=(
           f"PSNR of mode {mode} minus PSNR of one whole-clip pass (dB)"
+          + (
+              f"; not computed for {len(gap_skipped)} clip(s) over"
+              f" {MODE_GAP_MAX_PIXELS // 10**6} M pixels (the whole-clip pass would not fit"
+              " the memory bound)"
+              if gap_skipped
+              else ""
+          )
           if mode_gap
           else "not computed (mode_gap=False)"
       ),

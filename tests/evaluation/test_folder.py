@@ -266,3 +266,25 @@ def test_cli_scores_released_weights(fixtures_dir, data_dir, tmp_path):
       "per_phase_psnr.png",
       "worst_0_bikes.mp4",
   ]
+
+
+def test_the_mode_gap_is_skipped_and_said_above_its_pixel_bound(codec, tmp_path, monkeypatch):
+  """The gap's whole-clip pass is what grows without bound: above MODE_GAP_MAX_PIXELS it is
+  not run for that clip, whose gap is None, and the note says how many were left out."""
+  data = tmp_path / "videos"
+  data.mkdir()
+  frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+  video_io.write_video(str(data / "a.mp4"), frames, 25.0)
+  monkeypatch.setattr(folder, "MODE_GAP_MAX_PIXELS", 8 * 32 * 32)
+  summary = folder.evaluate_folder(
+      codec,
+      str(data),
+      str(tmp_path / "eval"),
+      num_frames=9,
+      worst=0,
+      rfvd=False,
+      progress=False,
+      index_cache_dir=str(tmp_path),
+  )
+  assert summary["per_video"][0]["mode_gap"] is None and summary["mode_gap"] is None
+  assert "not computed for 1 clip(s)" in summary["mode_gap_note"]
