@@ -142,12 +142,14 @@ def table(path: str) -> str:
       roofline = f"{1e3 * r['roofline_step_s']:.0f} ms ({r['roofline_bound']})"
       mfu, collectives = f"{100 * r['mfu_bound']:.0f}%", f"{coll_mb:.0f} ({dcn_mb:.0f})"
     slices = f"{r['num_slices']} x " if r["num_slices"] > 1 else ""
+    short = r["hbm_per_chip_gib"] - r["hbm_capacity_gib"]
+    headroom = f"{r['headroom_pct']:.0f}%" if r["fits"] else f"{short:.1f} GiB short"
     out.append(
         f"| {r['config']} | {slices}{r['topology']} | {r['chips']} | {r['global_batch']} |"
         f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh'].get('fsdp', 1)} |"
         f" {r.get('microbatches', 1)} | {state:.2f} |"
         f" {m['temporaries']:.2f} | {r['hbm_per_chip_gib']:.2f} / {r['hbm_capacity_gib']:g} |"
-        f" {r['headroom_pct']:.0f}% | {'yes' if r['fits'] else 'NO'} |"
+        f" {headroom} | {'yes' if r['fits'] else 'NO'} |"
         f" {roofline} | {mfu} | {collectives} |"
     )
   return "\n".join(out)

@@ -5,8 +5,9 @@
 #
 # Before anything starts on the pod, the train step is compiled here for the slice's TPU type
 # (python -m bootvae_jax.aot, needs libtpu: pip install -r requirements-test.txt) and the launch
-# stops with the shortfall when it does not fit the chips' HBM. NUM_SLICES=N checks N slices
-# joined over DCN; SKIP_FIT_CHECK=1 skips the check.
+# stops with the shortfall when it does not fit the chips' HBM (--memory_only: the compiler's
+# memory assignment, minutes; a full compile of a paper-scale step can take far longer on a
+# small machine). NUM_SLICES=N checks N slices joined over DCN; SKIP_FIT_CHECK=1 skips it.
 #
 # For a real corpus, decode the videos once into clip shards (on any machine with many cores),
 # then point every host at them:
@@ -28,7 +29,7 @@ if [[ -z ${SKIP_FIT_CHECK:-} ]]; then
   done
   echo "fit check: ${fit_args[*]} on ${NUM_SLICES:-1} x $topology"
   JAX_PLATFORMS=cpu python3 -m bootvae_jax.aot --topology="$topology" \
-    --num_slices="${NUM_SLICES:-1}" --steps=train "${fit_args[@]}" || {
+    --num_slices="${NUM_SLICES:-1}" --steps=train --memory_only "${fit_args[@]}" || {
     status=$?
     echo "not launched: the fit check failed (exit $status; 3 = does not fit)" >&2
     exit "$status"
