@@ -40,6 +40,17 @@ def tiny(**mesh):
   return config
 
 
+def _aot_cli(*flags):
+  """`python -m bootvae_jax.aot --config=<the demo config> FLAGS` from the repository root."""
+  return subprocess.run(
+      [sys.executable, "-m", "bootvae_jax.aot", "--config=bootvae_jax/configs/demo.py", *flags],
+      capture_output=True,
+      text=True,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+
+
 # ----------------------------------------------------------------------------- no compiler
 
 
@@ -187,21 +198,11 @@ def test_megascale_sends_count_as_dcn_collectives():
 
 @needs_libtpu
 def test_a_config_that_cannot_fit_is_refused_in_one_line():
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "bootvae_jax.aot",
-          "--config=bootvae_jax/configs/demo.py",
-          "--topology=v5e:2x2",
-          "--steps=train",
-          "--config.data.batch_size=64",
-          "--config.data.crop_size=(1024,1024)",
-      ],
-      capture_output=True,
-      text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  result = _aot_cli(
+      "--topology=v5e:2x2",
+      "--steps=train",
+      "--config.data.batch_size=64",
+      "--config.data.crop_size=(1024,1024)",
   )
   assert result.returncode == aot.EXIT_DOES_NOT_FIT, result.stderr[-2000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
@@ -211,19 +212,7 @@ def test_a_config_that_cannot_fit_is_refused_in_one_line():
 
 
 def test_unknown_topology_is_a_user_error_before_compiling():
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "bootvae_jax.aot",
-          "--config=bootvae_jax/configs/demo.py",
-          "--topology=v5e-12",
-      ],
-      capture_output=True,
-      text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
+  result = _aot_cli("--topology=v5e-12")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e-12'")
 
@@ -245,21 +234,7 @@ def test_the_fit_check_traces_the_tpu_kernels_not_the_cpu_formulations():
 def test_memory_only_reads_the_compilers_need_without_a_full_compile():
   """--memory_only: libtpu starts with its HBM capped, every program is refused at memory
   assignment, and the refusal's need is the row (arguments + temporaries, no code)."""
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "bootvae_jax.aot",
-          "--config=bootvae_jax/configs/demo.py",
-          "--topology=v5e:2x2",
-          "--steps=train",
-          "--memory_only",
-      ],
-      capture_output=True,
-      text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
+  result = _aot_cli("--topology=v5e:2x2", "--steps=train", "--memory_only")
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   memory = report["train_memory_gib"]

@@ -123,6 +123,20 @@ def test_evaluate_folder_scores_reports_and_skips(codec, data_dir, tmp_path):
   assert worst.shape == (17, 64, 48, 3)  # input above reconstruction
 
 
+def _score_quietly(codec, data, tmp_path, **kwargs):
+  """`evaluate_folder` into tmp_path/eval without rFVD, worst clips or a progress bar."""
+  return folder.evaluate_folder(
+      codec,
+      str(data),
+      str(tmp_path / "eval"),
+      worst=0,
+      rfvd=False,
+      progress=False,
+      index_cache_dir=str(tmp_path),
+      **kwargs,
+  )
+
+
 def test_videos_too_short_for_a_metric_are_reported_not_applicable(codec, tmp_path):
   """A 6-frame video (off the 4x frame rule) has no per-phase PSNR; a 1-frame one has no
   frame-to-frame metric either: each says why, and the overall scores skip them."""
@@ -132,16 +146,7 @@ def test_videos_too_short_for_a_metric_are_reported_not_applicable(codec, tmp_pa
   for name, t in (("six.mp4", 6), ("one.mp4", 1)):
     frames = rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8)
     video_io.write_video(str(data / name), frames, 25.0)
-  summary = folder.evaluate_folder(
-      codec,
-      str(data),
-      str(tmp_path / "eval"),
-      num_frames=17,
-      worst=0,
-      rfvd=False,
-      progress=False,
-      index_cache_dir=str(tmp_path),
-  )
+  summary = _score_quietly(codec, data, tmp_path, num_frames=17)
   by_name = {s["file"]: s for s in summary["per_video"]}
   six, one = by_name["six.mp4"], by_name["one.mp4"]
   assert six["psnr_per_phase"]["value"] is None
@@ -276,15 +281,6 @@ def test_the_mode_gap_is_skipped_and_said_above_its_pixel_bound(codec, tmp_path,
   frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
   video_io.write_video(str(data / "a.mp4"), frames, 25.0)
   monkeypatch.setattr(folder, "MODE_GAP_MAX_PIXELS", 8 * 32 * 32)
-  summary = folder.evaluate_folder(
-      codec,
-      str(data),
-      str(tmp_path / "eval"),
-      num_frames=9,
-      worst=0,
-      rfvd=False,
-      progress=False,
-      index_cache_dir=str(tmp_path),
-  )
+  summary = _score_quietly(codec, data, tmp_path, num_frames=9)
   assert summary["per_video"][0]["mode_gap"] is None and summary["mode_gap"] is None
   assert "not computed for 1 clip(s)" in summary["mode_gap_note"]
