@@ -272,8 +272,8 @@ def collectives(hlo_text: str, device_slices: list[int] | None = None) -> dict[s
 class Compiled:
   name: str
   memory: Memory
-  flops: float
-  bytes_accessed: float
+  flops: float | None  # None (and no bytes or collectives) for a memory-only check
+  bytes_accessed: float | None
   collectives: dict[str, dict]
 
 

@@ -231,9 +231,8 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
     )
     return (d_loss, means, grads), None
 
-  n = int(setup.config.optimizer.get("microbatches", 1))
   (d_loss, (real_mean, fake_mean), grads), _ = over_microbatches(
-      microbatch_grads, n, x, jax.lax.stop_gradient(recon)
+      microbatch_grads, microbatches(setup), x, jax.lax.stop_gradient(recon)
   )
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
   lecam = jnp.stack(
@@ -248,6 +247,11 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   )
   metrics = {"d_loss": d_loss, "d_real": real_mean, "d_fake": fake_mean}
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+
+
+def microbatches(setup: TrainSetup) -> int:
+  """`optimizer.microbatches` (absent from configs stored before it existed: 1)."""
+  return int(setup.config.optimizer.get("microbatches", 1))
 
 
 def split_microbatches(x: jax.Array, n: int) -> jax.Array:
@@ -288,7 +292,7 @@ def train_step(
   active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)
-  n = int(setup.config.optimizer.get("microbatches", 1))
+  n = microbatches(setup)
 
   def microbatch_grads(i, x_part):
     part_rng = rng if n == 1 else jax.random.fold_in(rng, i)
