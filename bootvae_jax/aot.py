@@ -21,12 +21,15 @@ fit the slice's HBM, with one line naming the shortfall. libtpu must be installe
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from typing import Any
 
@@ -272,9 +275,12 @@ def collectives(hlo_text: str, device_slices: list[int] | None = None) -> dict[s
 class Compiled:
   name: str
   memory: Memory
-  flops: float | None  # None (and no bytes or collectives) for a memory-only check
+  flops: float | None  # None (and no bytes or collectives): a refused program with no HLO dump
   bytes_accessed: float | None
   collectives: dict[str, dict]
+  # Refused at memory assignment (always, with --memory_only): the need from the refusal, the
+  # cost from the module the compiler dumped before it, whose bytes leave out tile padding.
+  refused: bool = False
 
 
 @contextlib.contextmanager
@@ -304,14 +310,66 @@ MEMORY_ONLY_FLAG = "--xla_tpu_max_hbm_size_mib=1"
 
 
 def use_memory_only() -> None:
-  """Memory-only checks for this process (before libtpu starts: it reads its flags once)."""
+  """Memory-only checks for this process (before libtpu and XLA start: both read their flags
+  once). The compiler also dumps each program's optimized HLO, which it writes before it
+  refuses: its FLOPs, bytes and collectives are read from there (`_dumped_program`)."""
   args = os.environ.get("LIBTPU_INIT_ARGS", "")
   if MEMORY_ONLY_FLAG not in args:
     os.environ["LIBTPU_INIT_ARGS"] = f"{args} {MEMORY_ONLY_FLAG}".strip()
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if "--xla_dump_to" not in xla_flags:
+    dump_dir = tempfile.mkdtemp(prefix="bootvae_aot_hlo_")
+    atexit.register(shutil.rmtree, dump_dir, ignore_errors=True)
+    os.environ["XLA_FLAGS"] = (
+        f"{xla_flags} --xla_dump_to={dump_dir} --xla_dump_disable_metadata=true".strip()
+    )
 
 
 def memory_only() -> bool:
   return MEMORY_ONLY_FLAG in os.environ.get("LIBTPU_INIT_ARGS", "")
+
+
+def _dump_dir() -> str | None:
+  m = re.search(r"--xla_dump_to=(\S+)", os.environ.get("XLA_FLAGS", ""))
+  return m.group(1) if m and os.path.isdir(m.group(1)) else None
+
+
+def _dumped_program() -> str | None:
+  """The optimized HLO text of the program compiled last (the compiler writes it before
+  memory assignment, so a refused program has one too); the dump is emptied after, as a
+  paper-scale program dumps hundreds of MB."""
+  dump_dir = _dump_dir()
+  if dump_dir is None:
+    return None
+  names = [n for n in os.listdir(dump_dir) if n.endswith(".after_optimizations.txt")]
+  text = None
+  if names:
+    newest = max(names, key=lambda n: os.path.getmtime(os.path.join(dump_dir, n)))
+    with open(os.path.join(dump_dir, newest)) as f:
+      text = f.read()
+  for name in os.listdir(dump_dir):
+    path = os.path.join(dump_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
+  return text
+
+
+def hlo_cost(hlo_text: str) -> tuple[float, float] | None:
+  """(FLOPs, bytes accessed) of an HLO module's text, by XLA's cost analysis on the host
+  client: the analysis the TPU compiler reports, run on the module it dumped. None where this
+  jaxlib does not expose the parser."""
+  import jax
+
+  try:
+    from jax._src.lib import _jax as xla_ext  # pylint: disable=g-import-not-at-top
+    from jaxlib import _hlo  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  module = _hlo.hlo_module_from_text(hlo_text)
+  cost = xla_ext.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+  return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
 def _refusal(error: Exception) -> tuple[int, str, str] | None:
@@ -327,25 +385,29 @@ def _refusal(error: Exception) -> tuple[int, str, str] | None:
 
 
 def _program(name: str, lowered, config, parts: dict[str, int], device_slices=None) -> Compiled:
-  """Compiles one program and reads its memory, cost and collectives. In memory-only mode
-  the expected refusal gives the need (parts as given, the rest counted as temporaries);
-  otherwise a refusal is `DoesNotFit`."""
+  """Compiles one program and reads its memory, cost and collectives. A refusal that states
+  the need (every program, in memory-only mode) gives the memory: the parts as given, the
+  rest counted as temporaries; the cost then comes from the module the compiler dumped, where
+  there is one. A refusal without a need is `DoesNotFit`."""
   try:
     compiled = lowered.compile()
   except Exception as e:  # XlaRuntimeError / JaxRuntimeError: RESOURCE_EXHAUSTED
     refused = _refusal(e)
     if refused is None:
       raise
-    need, need_text, capacity = refused
-    if memory_only() and need:
-      temporaries = need - sum(parts.values())
-      memory = Memory(parts, 0, temporaries, 0, 0, xla={"compiler_need_bytes": need})
-      return Compiled(name, memory, None, None, {})
-    detail = f"needs {need_text} of {capacity} HBM per chip" if need else capacity
-    raise DoesNotFit(
-        f"{config.get('name', '')} does not fit: the TPU compiler refused its {name} step,"
-        f" which {detail} ({LEVERS_HINT})"
-    ) from e
+    need, _, message = refused
+    if not need:
+      raise DoesNotFit(
+          f"{config.get('name', '')} does not fit: the TPU compiler refused its {name} step"
+          f" ({message}; {LEVERS_HINT})"
+      ) from e
+    temporaries = need - sum(parts.values())
+    memory = Memory(parts, 0, temporaries, 0, 0, xla={"compiler_need_bytes": need})
+    text = _dumped_program()
+    cost = hlo_cost(text) if text else None
+    if cost is None:
+      return Compiled(name, memory, None, None, {}, refused=True)
+    return Compiled(name, memory, *cost, collectives(text, device_slices), refused=True)
   flops, nbytes = _cost(compiled)
   text = compiled.as_text()
   return Compiled(
@@ -608,11 +670,11 @@ def check(
         "code": round(p.memory.code / GIB, 4),
         "total": round(p.memory.total / GIB, 4),
     }
-  report["memory_only"] = train.flops is None if "train" in steps else memory_only()
+  report["memory_only"] = memory_only()
   if "train" in steps:
     flops = model_flops_per_chip(config, devices)
     report.update(model_flops_per_chip=flops, step_flops_per_chip=train.flops)
-    if train.flops is None:  # memory-only: no cost analysis; the model FLOPs' compute time
+    if train.flops is None:  # no cost analysis: the model FLOPs' compute time
       report.update(
           step_bytes_per_chip=None,
           roofline_step_s=flops / (spec.bf16_tflops * 1e12),
@@ -669,10 +731,16 @@ def format_table(report: dict) -> str:
   if report.get("memory_only"):
     lines.append(
         "memory only (--memory_only): the compiler's per-chip need; beyond the arguments it is"
-        f" all counted as temporaries. Model FLOPs per chip {report.get('model_flops_per_chip', 0) / 1e12:.3f} TFLOP,"
-        f" at peak {report.get('roofline_step_s', 0) * 1e3:.1f} ms"
+        " all counted as temporaries"
+        + ("" if report["step_flops_per_chip"] is None else "; HBM traffic before tile padding")
     )
-  elif "step_flops_per_chip" in report:
+  if report.get("step_flops_per_chip") is None:
+    if "model_flops_per_chip" in report:
+      lines.append(
+          f"model FLOPs per chip {report['model_flops_per_chip'] / 1e12:.3f} TFLOP,"
+          f" at peak {report['roofline_step_s'] * 1e3:.1f} ms"
+      )
+  else:
     lines += [
         f"train step per chip: {report['step_flops_per_chip'] / 1e12:.3f} TFLOP"
         f" (model {report['model_flops_per_chip'] / 1e12:.3f}),"

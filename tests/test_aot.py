@@ -209,6 +209,8 @@ def test_a_config_that_cannot_fit_is_refused_in_one_line():
   assert len(errors) == 1 and "Traceback" not in result.stderr
   assert errors[0].startswith("error: demo does not fit")
   assert "try model.dtype=bfloat16" in errors[0]
+  report = json.loads(result.stdout.strip().splitlines()[-1])  # the row, with the need
+  assert not report["fits"] and report["hbm_per_chip_gib"] > report["hbm_capacity_gib"]
 
 
 def test_unknown_topology_is_a_user_error_before_compiling():
@@ -238,10 +240,15 @@ def test_memory_only_reads_the_compilers_need_without_a_full_compile():
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   memory = report["train_memory_gib"]
-  assert report["memory_only"] and report["fits"] and report["collectives"] is None
+  assert report["memory_only"] and report["fits"]
   state = sum(memory[k] for k in ("parameters", "optimizer", "ema", "batch"))
   # Measured: 0.085 GiB (a full compile: 0.175, of which 0.079 is code the need leaves out).
   assert state < report["hbm_per_chip_gib"] < 0.2
   assert memory["code"] == 0 and memory["temporaries"] > 0
-  assert report["model_flops_per_chip"] > 0 and report["roofline_step_s"] > 0
+  # The cost comes from the optimized module the compiler dumped before refusing it: the
+  # full compile's FLOPs and collectives (results/pod_fit.md compares the two).
+  assert report["step_flops_per_chip"] == pytest.approx(report["model_flops_per_chip"], rel=0.1)
+  assert report["step_bytes_per_chip"] > 0 and report["mfu_bound"] > 0
+  all_reduce = report["collectives"]["all-reduce"]
+  assert all_reduce["bytes"] >= 0.9 * memory["parameters"] * aot.GIB
   assert "memory only (--memory_only)" in result.stdout
