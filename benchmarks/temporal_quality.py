@@ -68,7 +68,8 @@ def run_one(name: str, model_flags: list[str], mode: str) -> dict:
     if result.returncode or not path.exists():
       error = (result.stderr.strip().splitlines() or ["no output"])[-1]
       return {"model": name, "mode": mode, "error": error}
-    return {"model": name, "mode": mode, **json.loads(path.read_text())}
+    report = json.loads(path.read_text())
+    return {**report, "model": name, "mode": mode, "source": report["model"]}
 
 
 def _number(value, digits: int) -> str:
@@ -128,7 +129,7 @@ def main(argv):
     name, model_flags = parse_model(spec)
     for mode in _MODES.value:
       row = run_one(name, model_flags, mode)
-      print(json.dumps(row), flush=True)
+      print(json.dumps({k: v for k, v in row.items() if k not in ("per_video", "skipped")}), flush=True)
       rows.append(row)
   pathlib.Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(f"{_OUT.value}.json").write_text(json.dumps(rows, indent=1))

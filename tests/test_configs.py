@@ -24,7 +24,7 @@ import tiny
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = sorted(m.name for m in pkgutil.iter_modules(configs_package.__path__))
 # get_config arguments (`--config=configs/odvae.py:2`).
-VARIANTS = {"odvae": ["1", "2", "3", "4"]}
+VARIANTS = {"odvae": ["1", "2", "3", "4"], "odvae_tiny": ["1", "4"]}
 CASES = [(name, arg) for name in NAMES for arg in VARIANTS.get(name, [None])]
 # Temporal compression where it is not the base's 4x: ProMAG-grown and image models.
 EXPECTED_TEMPORAL = {
