@@ -46,18 +46,20 @@ _TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per compile.")
 
 # A lever set is "shipped" (the config as it is), "none" (float32, no remat, no FSDP, one
 # microbatch), or '+'-joined levers on top of the config: bf16, f32, remat, noremat, fsdpN
-# (mesh.fsdp=N), mbN (optimizer.microbatches=N); e.g. "bf16+remat+mb4".
+# (mesh.fsdp=N), mbN (optimizer.microbatches=N), remat_convs / remat_level (models/remat.py); e.g. "bf16+remat+mb4".
 NONE = [
     "--config.model.dtype=float32",
-    "--config.model.remat=False",
+    "--config.model.remat=",
     "--config.mesh.fsdp=1",
     "--config.optimizer.microbatches=1",
 ]
 LEVER_FLAGS = {
     "bf16": ["--config.model.dtype=bfloat16"],
     "f32": ["--config.model.dtype=float32"],
-    "remat": ["--config.model.remat=True"],
-    "noremat": ["--config.model.remat=False"],
+    "remat": ["--config.model.remat=block"],
+    "remat_convs": ["--config.model.remat=block_convs"],
+    "remat_level": ["--config.model.remat=level"],
+    "noremat": ["--config.model.remat="],
 }
 
 

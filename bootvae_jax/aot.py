@@ -55,7 +55,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 
 
 LEVERS_HINT = (
-    "try model.dtype=bfloat16, model.remat=True, optimizer.microbatches=N (gradient"
+    "try model.dtype=bfloat16, model.remat=block, optimizer.microbatches=N (gradient"
     " accumulation), a larger mesh.fsdp, or a larger slice"
 )
 
@@ -536,7 +536,7 @@ def model_flops_per_chip(config, devices) -> float:
   from bootvae_jax.training import train_step
 
   plain = config.copy_and_resolve_references()
-  plain.model.remat = False
+  plain.model.remat = ""
   mesh, setup, state, batch, nets = _train_args(plain, devices)
   with _mesh_context(mesh, config.sharding_rules):
     traced = train_step.jit_train_step(setup, nets).trace(state, batch, nets)
@@ -616,6 +616,7 @@ def check(
   """Compiles `config` for `num_slices` slices of `topology` (default: the config's
   target_topology) and returns the report (the JSON line's fields, plus 'programs')."""
   from bootvae_jax.core import sharding
+  from bootvae_jax.models import remat as remat_lib
   from bootvae_jax.training import config as config_lib
 
   # The clips are abstract: nothing is read, so the source's paths need not exist here.
@@ -657,7 +658,7 @@ def check(
       "global_batch": int(config.data.batch_size),
       "clip": list(_clip_shape(config, 1)[1:4]),
       "dtype": config.model.dtype,
-      "remat": bool(config.model.remat),
+      "remat": remat_lib.policy(config.model.remat),
       "microbatches": int(config.optimizer.get("microbatches", 1)),
       "mesh": sharding.mesh_axis_sizes(config.mesh, len(devices)),
   }

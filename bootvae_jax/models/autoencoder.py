@@ -35,6 +35,7 @@ from bootvae_jax.core.frames import frame_size_error  # pylint: disable=unused-i
 from bootvae_jax.core.frames import valid_frame_counts  # pylint: disable=unused-import
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
+from bootvae_jax.models import remat as remat_lib
 from bootvae_jax.models import streaming
 
 # `model.growth` choices (ProMAG, `models/progressive.py`).
@@ -151,6 +152,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a model config (base or grown) that cannot build, naming the field;
   runs before any parameter is created."""
   compression_factors(config)
+  remat_lib.policy(config.get("remat", ""))
   if patch_size(config) < 1:
     raise UserError(f"model.patch_size={config.patch_size!r} must be >= 1 (1: no patchify)")
   for side in ("encoder", "decoder"):
@@ -252,9 +254,9 @@ class Level(nnx.Module):
     setattr(self, resampler_attr, resampler)
     self.resampler_attr = resampler_attr
 
-  def __call__(self, x: jax.Array, remat: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, remat: str = "") -> jax.Array:
     for block in self.block:
-      x = blocks.call(block, x, remat)
+      x = remat_lib.call(block, x, remat, scope="block")
     resampler = getattr(self, self.resampler_attr)
     return x if resampler is None else resampler(x)
 
@@ -299,7 +301,7 @@ class Encoder(nnx.Module):
     self.conv_out = conv.conv(
         width, out_channels, conv_kernel_size(cfg.get("conv_out", "3d")), rngs=rngs
     )
-    self.remat = bool(config.remat)
+    self.remat = remat_lib.policy(config.remat)
 
   def body(self, x: jax.Array) -> jax.Array:
     """Everything up to (excluding) norm_out/conv_out: the features ProMAG grows on."""
@@ -307,7 +309,7 @@ class Encoder(nnx.Module):
       x = layers.space_to_depth(x, self.patch_size)
     h = self.conv_in(x)
     for level in self.down:
-      h = level(h, self.remat)
+      h = remat_lib.call(level, h, self.remat, scope="level", args=(self.remat,))
     return self.mid(h)
 
   def head(self, h: jax.Array) -> jax.Array:
@@ -361,7 +363,7 @@ class Decoder(nnx.Module):
         init_scale=config.get("output_init_scale", 1.0),
         rngs=rngs,
     )
-    self.remat = bool(config.remat)
+    self.remat = remat_lib.policy(config.remat)
 
   def head_input(self, h: jax.Array) -> jax.Array:
     """mid → levels → norm_out → SiLU: the input of the last layer `conv_out`.
@@ -370,7 +372,7 @@ class Decoder(nnx.Module):
     """
     h = self.mid(h)
     for level in reversed(self.up):
-      h = level(h, self.remat)
+      h = remat_lib.call(level, h, self.remat, scope="level", args=(self.remat,))
     return self.norm_out(h, silu=True)
 
   def output(self, y: jax.Array) -> jax.Array:
@@ -534,7 +536,7 @@ def default_model_config() -> ml_collections.ConfigDict:
           # Every res block's branch times a learnt scalar starting at 0 (blocks.ResBlock).
           residual_gate=False,
           dtype="float32",
-          remat=False,
+          remat="",  # models/remat.py: "", "block", "block_convs" or "level"
           encoder=side(blocks=("3d",) * 4, downsample=("conv3d:s", "conv3d:st", "conv3d:st", "")),
           decoder=side(
               num_res_blocks=3, blocks=("3d",) * 4, upsample=("", "d2s:s", "d2s:st", "d2s:st")

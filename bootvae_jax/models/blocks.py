@@ -327,15 +327,6 @@ DOWNSAMPLE_KINDS = tuple(DOWNSAMPLERS)
 UPSAMPLE_KINDS = tuple(UPSAMPLERS)
 
 
-def call(block: nnx.Module, x: jax.Array, remat: bool = False) -> jax.Array:
-  """`block(x)`; with `remat` its activations are recomputed in the backward pass instead of
-  stored (`model.remat`: less memory for more compute)."""
-  # A stream's cached states would leak out of the remat trace; streaming never differentiates.
-  if not remat or streaming.active_stream() is not None:
-    return block(x)
-  return nnx.remat(lambda m, h: m(h))(block, x)
-
-
 def make_downsample(channels, spec: ResampleSpec | None, *, conv, rngs):
   if spec is None:
     return None

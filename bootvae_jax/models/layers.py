@@ -28,9 +28,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bootvae_jax.cli import UserError
 from bootvae_jax.core import sharding
+from bootvae_jax.models import remat
 from bootvae_jax.models import streaming
 from bootvae_jax.ops import attention as attention_ops
 from bootvae_jax.ops import conv as conv_ops
@@ -220,7 +222,9 @@ class Conv3d(nnx.Module):
         stride=self.stride,
         spatial_padding=spatial_padding_amounts(self.spatial_padding, kh, kw),
     )
-    return sharding.constrain(y + bias, sharding.VIDEO_AXES)
+    # Named so that `model.remat="block_convs"` keeps conv outputs and recomputes the rest.
+    y = checkpoint_name(y + bias, remat.CONV_OUTPUT)
+    return sharding.constrain(y, sharding.VIDEO_AXES)
 
 
 def pointwise_conv(in_channels: int, out_channels: int, *, rngs: nnx.Rngs, **kw) -> Conv3d:

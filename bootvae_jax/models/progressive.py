@@ -60,6 +60,7 @@ from flax import nnx
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
+from bootvae_jax.models import remat as remat_lib
 from bootvae_jax.models import streaming
 
 # `config.freeze` entry selecting everything the previous stage trained.
@@ -246,7 +247,8 @@ class GrownEncoder(nnx.Module):
     )
     self.norm_out = norm.make(width, rngs=rngs)
     self.conv_out = _head_conv(config, "encoder", rngs=rngs)
-    self.remat = bool(config.remat)
+    # A grown level is its few blocks: "level" rematerialises them one by one.
+    self.remat = remat_lib.policy(config.remat).replace("level", "block")
     if starts_from_lower(config):
       _start_as_frame_copy(self.downsample.conv, 0 if self.mixing in ("add", "both") else 1)
 
@@ -257,7 +259,7 @@ class GrownEncoder(nnx.Module):
     if self.adanorm is not None:
       h = self.adanorm(h, a)
     for block in self.block:
-      h = blocks.call(block, h, self.remat)
+      h = remat_lib.call(block, h, self.remat, scope="block")
     h = self.downsample(h)
     if self.mixing in ("add", "both"):
       h = h + a
@@ -295,7 +297,8 @@ class GrownDecoder(nnx.Module):
         rngs=rngs,
     )
     self.lower = lower
-    self.remat = bool(config.remat)
+    # A grown level is its few blocks: "level" rematerialises them one by one.
+    self.remat = remat_lib.policy(config.remat).replace("level", "block")
     if starts_from_lower(config):  # starts repeating each latent frame
       _start_as_frame_copy(self.upsample.conv, 2)
 
@@ -310,7 +313,7 @@ class GrownDecoder(nnx.Module):
 
   def _grow(self, h: jax.Array) -> jax.Array:
     for block in self.block:
-      h = blocks.call(block, h, self.remat)
+      h = remat_lib.call(block, h, self.remat, scope="block")
     return self.upsample(h)
 
   def head_input(self, h: jax.Array) -> jax.Array:

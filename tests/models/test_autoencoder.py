@@ -16,10 +16,12 @@ import pytest
 from flax import nnx
 
 from bootvae_jax import build_model
+from bootvae_jax.cli import UserError
 from bootvae_jax.models import architectures
 from bootvae_jax.models import autoencoder
 from bootvae_jax.models import blocks
 from bootvae_jax.models import layers
+from bootvae_jax.models import remat as remat_lib
 from bootvae_jax.models.autoencoder import DiagonalGaussian
 from bootvae_jax.ops import conv as conv_ops
 
@@ -383,13 +385,13 @@ def test_remat_wraps_every_level_block(tiny, jaxpr_equations):
   count = lambda model: sum(
       e.primitive.name == remat_name for e in _traced_loss(model, jaxpr_equations)
   )
-  assert count(abstract_model(tiny_promag(remat=True))) == 12
+  assert count(abstract_model(tiny_promag(remat="block"))) == 12
   assert count(tiny) == 0
 
 
 def test_remat_gives_the_same_loss_and_gradients(tiny, tiny_loss_and_grads):
   """Loss (a function of the outputs) and every parameter's gradient agree."""
-  remat = numpy_initialised_model(tiny_promag(remat=True))
+  remat = numpy_initialised_model(tiny_promag(remat="block"))
   x = video(3)
   loss, grads = tiny_loss_and_grads
   loss_r, grads_r = loss_and_grads(remat, x)
@@ -604,3 +606,29 @@ def test_patchified_model_is_causal_and_decode_with_head_input_agrees():
 def test_validate_rejects_a_patch_size_below_one():
   with pytest.raises(ValueError, match="model.patch_size=0"):
     autoencoder.validate_model_config(tiny_promag(patch_size=0))
+
+
+@pytest.mark.parametrize("policy, per_block", [("block_convs", True), ("level", False)])
+def test_remat_policies_place_the_checkpoints_and_keep_the_gradients(
+    tiny, tiny_loss_and_grads, jaxpr_equations, policy, per_block
+):
+  """"block_convs" checkpoints every res block (keeping conv outputs), "level" each of the
+  4 encoder + 4 decoder levels; both give the plain model's loss and gradients."""
+  remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name
+  equations = _traced_loss(abstract_model(tiny_promag(remat=policy)), jaxpr_equations)
+  remats = [e for e in equations if e.primitive.name == remat_name]
+  assert len(remats) == (12 if per_block else 8)
+  named = {e.params.get("name") for e in equations if e.primitive.name == "name"}
+  assert remat_lib.CONV_OUTPUT in named
+  model = numpy_initialised_model(tiny_promag(remat=policy))
+  loss, grads = tiny_loss_and_grads
+  loss_r, grads_r = loss_and_grads(model, video(3))
+  assert abs(float(loss_r) - loss) <= 1e-6
+  grads_r = _grad_leaves(grads_r)
+  for name in grads:
+    assert _max_err(grads_r[name], grads[name]) <= 1e-5, name
+
+
+def test_an_unknown_remat_policy_is_refused_before_building():
+  with pytest.raises(UserError, match="model.remat='convs' is unknown"):
+    autoencoder.validate_model_config(tiny_promag(remat="convs"))

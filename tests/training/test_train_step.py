@@ -167,7 +167,7 @@ def test_non_finite_update_is_skipped_and_counted(config):
 
 def test_bf16_and_remat_options_train(config, jaxpr_equations):
   config.model.dtype = "bfloat16"
-  config.model.remat = True
+  config.model.remat = "block"
   setup, state, batches, step_fn = _setup(config)
   batch = next(batches)
   # The traced step really rematerialises and convolves in bfloat16.
