@@ -37,6 +37,9 @@ _NUM_FRAMES = flags.DEFINE_integer("num_frames", 33, "Frames per video (1 + r·k
 _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 17, "Frames per chunk for chunked modes.")
 _OUT = flags.DEFINE_string("out", "results/temporal_quality", "Output path without suffix.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "Seconds per evaluate run.")
+_FROM_JSON = flags.DEFINE_list(
+    "from_json", [], "Rows of earlier runs' <out>.json files, written first (runs can be split)."
+)
 
 
 def parse_model(spec: str) -> tuple[str, list[str]]:
@@ -122,9 +125,9 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  if not _DATA.value or not _MODELS.value:
-    raise app.UsageError("--data and at least one --model are required")
-  rows = []
+  if not _FROM_JSON.value and (not _DATA.value or not _MODELS.value):
+    raise app.UsageError("--data and at least one --model (or --from_json) are required")
+  rows = [row for path in _FROM_JSON.value for row in json.loads(pathlib.Path(path).read_text())]
   for spec in _MODELS.value:
     name, model_flags = parse_model(spec)
     for mode in _MODES.value:
