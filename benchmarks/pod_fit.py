@@ -114,6 +114,11 @@ def run_one(config: str, topology: str | None, levers: str) -> dict:
   return row
 
 
+def _remat(value) -> str:
+  """The remat policy of a row (older rows hold a boolean: True was per res block)."""
+  return {True: "block", False: "none", "": "none"}.get(value, value)
+
+
 def table(path: str) -> str:
   rows = [json.loads(l) for l in open(path) if l.strip()]
   head = (
@@ -146,7 +151,7 @@ def table(path: str) -> str:
     headroom = f"{r['headroom_pct']:.0f}%" if r["fits"] else f"{short:.1f} GiB short"
     out.append(
         f"| {r['config']} | {slices}{r['topology']} | {r['chips']} | {r['global_batch']} |"
-        f" {r['levers']} | {r['dtype']} | {r['remat']} | {r['mesh'].get('fsdp', 1)} |"
+        f" {r['levers']} | {r['dtype']} | {_remat(r['remat'])} | {r['mesh'].get('fsdp', 1)} |"
         f" {r.get('microbatches', 1)} | {state:.2f} |"
         f" {m['temporaries']:.2f} | {r['hbm_per_chip_gib']:.2f} / {r['hbm_capacity_gib']:g} |"
         f" {headroom} | {'yes' if r['fits'] else 'NO'} |"

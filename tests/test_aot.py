@@ -197,6 +197,19 @@ def test_megascale_sends_count_as_dcn_collectives():
 
 
 @needs_libtpu
+def test_the_cost_counts_every_microbatch():
+  """XLA's cost analysis counts a loop body once (results/pod_fit.md): with gradient
+  accumulation the step's FLOPs are the body's times the microbatches, near the model's."""
+  result = _aot_cli(
+      "--topology=v5e:2x2", "--steps=train", "--memory_only", "--config.optimizer.microbatches=2"
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["microbatches"] == 2
+  assert report["step_flops_per_chip"] == pytest.approx(report["model_flops_per_chip"], rel=0.1)
+
+
+@needs_libtpu
 def test_a_config_that_cannot_fit_is_refused_in_one_line():
   result = _aot_cli(
       "--topology=v5e:2x2",
