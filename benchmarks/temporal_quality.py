@@ -72,7 +72,8 @@ def run_one(name: str, model_flags: list[str], mode: str) -> dict:
       error = (result.stderr.strip().splitlines() or ["no output"])[-1]
       return {"model": name, "mode": mode, "error": error}
     report = json.loads(path.read_text())
-    return {**report, "model": name, "mode": mode, "source": report["model"]}
+    # `mode` is the one that ran (evaluate resolves auto: stream where the model streams exactly).
+    return {**report, "model": name, "requested_mode": mode, "source": report["model"]}
 
 
 def _number(value, digits: int) -> str:
