@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any
 
@@ -309,10 +310,14 @@ _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MEMORY_ONLY_FLAG = "--xla_tpu_max_hbm_size_mib=1"
 
 
+_OWN_DUMP_DIR: list[str] = []  # the dump folder this process made (emptied after each read)
+
+
 def use_memory_only() -> None:
   """Memory-only checks for this process (before libtpu and XLA start: both read their flags
   once). The compiler also dumps each program's optimized HLO, which it writes before it
-  refuses: its FLOPs, bytes and collectives are read from there (`_dumped_program`)."""
+  refuses: its FLOPs, bytes and collectives are read from there (`_dumped_program`); a
+  --xla_dump_to already in XLA_FLAGS is used as it is, and left untouched."""
   args = os.environ.get("LIBTPU_INIT_ARGS", "")
   if MEMORY_ONLY_FLAG not in args:
     os.environ["LIBTPU_INIT_ARGS"] = f"{args} {MEMORY_ONLY_FLAG}".strip()
@@ -320,6 +325,7 @@ def use_memory_only() -> None:
   if "--xla_dump_to" not in xla_flags:
     dump_dir = tempfile.mkdtemp(prefix="bootvae_aot_hlo_")
     atexit.register(shutil.rmtree, dump_dir, ignore_errors=True)
+    _OWN_DUMP_DIR.append(dump_dir)
     os.environ["XLA_FLAGS"] = (
         f"{xla_flags} --xla_dump_to={dump_dir} --xla_dump_disable_metadata=true".strip()
     )
@@ -329,30 +335,28 @@ def memory_only() -> bool:
   return MEMORY_ONLY_FLAG in os.environ.get("LIBTPU_INIT_ARGS", "")
 
 
-def _dump_dir() -> str | None:
+def _dumped_program(since: float) -> str | None:
+  """The optimized HLO text of the program compiled last, dumped after `since` (the compiler
+  writes it before memory assignment, so a refused program has one too). This process's own
+  dump folder is emptied after: a paper-scale program dumps hundreds of MB."""
   m = re.search(r"--xla_dump_to=(\S+)", os.environ.get("XLA_FLAGS", ""))
-  return m.group(1) if m and os.path.isdir(m.group(1)) else None
-
-
-def _dumped_program() -> str | None:
-  """The optimized HLO text of the program compiled last (the compiler writes it before
-  memory assignment, so a refused program has one too); the dump is emptied after, as a
-  paper-scale program dumps hundreds of MB."""
-  dump_dir = _dump_dir()
-  if dump_dir is None:
+  dump_dir = m.group(1) if m else ""
+  if not os.path.isdir(dump_dir):
     return None
-  names = [n for n in os.listdir(dump_dir) if n.endswith(".after_optimizations.txt")]
+  paths = [os.path.join(dump_dir, n) for n in os.listdir(dump_dir)]
+  fresh = [
+      p for p in paths if p.endswith(".after_optimizations.txt") and os.path.getmtime(p) >= since
+  ]
   text = None
-  if names:
-    newest = max(names, key=lambda n: os.path.getmtime(os.path.join(dump_dir, n)))
-    with open(os.path.join(dump_dir, newest)) as f:
+  if fresh:
+    with open(max(fresh, key=os.path.getmtime)) as f:
       text = f.read()
-  for name in os.listdir(dump_dir):
-    path = os.path.join(dump_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path, ignore_errors=True)
-    else:
-      os.remove(path)
+  if dump_dir in _OWN_DUMP_DIR:
+    for path in paths:
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        os.remove(path)
   return text
 
 
@@ -389,6 +393,7 @@ def _program(name: str, lowered, config, parts: dict[str, int], device_slices=No
   the need (every program, in memory-only mode) gives the memory: the parts as given, the
   rest counted as temporaries; the cost then comes from the module the compiler dumped, where
   there is one. A refusal without a need is `DoesNotFit`."""
+  started = time.time()
   try:
     compiled = lowered.compile()
   except Exception as e:  # XlaRuntimeError / JaxRuntimeError: RESOURCE_EXHAUSTED
@@ -403,7 +408,7 @@ def _program(name: str, lowered, config, parts: dict[str, int], device_slices=No
       ) from e
     temporaries = need - sum(parts.values())
     memory = Memory(parts, 0, temporaries, 0, 0, xla={"compiler_need_bytes": need})
-    text = _dumped_program()
+    text = _dumped_program(started)
     cost = hlo_cost(text) if text else None
     if cost is None:
       return Compiled(name, memory, None, None, {}, refused=True)
