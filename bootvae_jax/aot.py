@@ -338,7 +338,7 @@ def memory_only() -> bool:
 def _dumped_program(since: float) -> str | None:
   """The optimized HLO text of the program compiled last, dumped after `since` (the compiler
   writes it before memory assignment, so a refused program has one too). This process's own
-  dump folder is emptied after: a paper-scale program dumps hundreds of MB."""
+  dump folder is emptied after, so the next read sees only the next program's."""
   m = re.search(r"--xla_dump_to=(\S+)", os.environ.get("XLA_FLAGS", ""))
   dump_dir = m.group(1) if m else ""
   if not os.path.isdir(dump_dir):
