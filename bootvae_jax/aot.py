@@ -279,9 +279,6 @@ class Compiled:
   flops: float | None  # None (and no bytes or collectives): a refused program with no HLO dump
   bytes_accessed: float | None
   collectives: dict[str, dict]
-  # Refused at memory assignment (always, with --memory_only): the need from the refusal, the
-  # cost from the module the compiler dumped before it, whose bytes leave out tile padding.
-  refused: bool = False
 
 
 @contextlib.contextmanager
@@ -411,8 +408,9 @@ def _program(name: str, lowered, config, parts: dict[str, int], device_slices=No
     text = _dumped_program(started)
     cost = hlo_cost(text) if text else None
     if cost is None:
-      return Compiled(name, memory, None, None, {}, refused=True)
-    return Compiled(name, memory, *cost, collectives(text, device_slices), refused=True)
+      return Compiled(name, memory, None, None, {})
+    # The dumped module precedes the TPU's tile padding: its bytes are a lower bound.
+    return Compiled(name, memory, *cost, collectives(text, device_slices))
   flops, nbytes = _cost(compiled)
   text = compiled.as_text()
   return Compiled(
@@ -500,7 +498,7 @@ def compile_train(config, devices, device_slices=None) -> Compiled:
   with _mesh_context(mesh, config.sharding_rules):
     lowered = train_step.jit_train_step(setup, nets).lower(state, batch, nets)
     compiled = _program("train", lowered, config, _state_parts(state, batch, nets), device_slices)
-  microbatches = int(config.optimizer.get("microbatches", 1))
+  microbatches = train_step.microbatches(config)
   if microbatches > 1 and compiled.flops is not None:
     # XLA's cost analysis counts a loop body once; the accumulation scan runs it N times (the
     # update after the loop is then counted N times too: small beside the body).
@@ -633,6 +631,7 @@ def check(
   from bootvae_jax.core import sharding
   from bootvae_jax.models import remat as remat_lib
   from bootvae_jax.training import config as config_lib
+  from bootvae_jax.training import train_step
 
   # The clips are abstract: nothing is read, so the source's paths need not exist here.
   config = config.copy_and_resolve_references()
@@ -674,7 +673,7 @@ def check(
       "clip": list(_clip_shape(config, 1)[1:4]),
       "dtype": config.model.dtype,
       "remat": remat_lib.policy(config.model.remat),
-      "microbatches": int(config.optimizer.get("microbatches", 1)),
+      "microbatches": train_step.microbatches(config),
       "mesh": sharding.mesh_axis_sizes(config.mesh, len(devices)),
   }
   for p in programs:

@@ -232,7 +232,7 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
     return (d_loss, means, grads), None
 
   (d_loss, (real_mean, fake_mean), grads), _ = over_microbatches(
-      microbatch_grads, microbatches(setup), x, jax.lax.stop_gradient(recon)
+      microbatch_grads, microbatches(setup.config), x, jax.lax.stop_gradient(recon)
   )
   updates, new_opt = setup.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
   lecam = jnp.stack(
@@ -249,9 +249,9 @@ def _discriminator_step(state: TrainState, setup: TrainSetup, x, recon):
   return state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def microbatches(setup: TrainSetup) -> int:
+def microbatches(config) -> int:
   """`optimizer.microbatches` (absent from configs stored before it existed: 1)."""
-  return int(setup.config.optimizer.get("microbatches", 1))
+  return int(config.optimizer.get("microbatches", 1))
 
 
 def split_microbatches(x: jax.Array, n: int) -> jax.Array:
@@ -292,7 +292,7 @@ def train_step(
   active = gan_active(state, setup)  # before the step counter moves: one boundary for G and D
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)
-  n = microbatches(setup)
+  n = microbatches(setup.config)
 
   def microbatch_grads(i, x_part):
     part_rng = rng if n == 1 else jax.random.fold_in(rng, i)
@@ -370,7 +370,7 @@ def check_batch_split(config, mesh) -> None:
   rows over `optimizer.microbatches`: a UserError before any compute otherwise."""
   batch = int(config.data.batch_size)
   shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape)
-  n = int(config.optimizer.get("microbatches", 1))
+  n = microbatches(config)
   if batch % shards or (batch // shards) % n:
     raise UserError(
         f"data.batch_size={batch} cannot be split over the {shards} devices that share the"
