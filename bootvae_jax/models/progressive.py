@@ -247,8 +247,7 @@ class GrownEncoder(nnx.Module):
     )
     self.norm_out = norm.make(width, rngs=rngs)
     self.conv_out = _head_conv(config, "encoder", rngs=rngs)
-    # A grown level is its few blocks: "level" rematerialises them one by one.
-    self.remat = remat_lib.policy(config.remat).replace("level", "block")
+    self.remat = remat_lib.blocks_only_policy(config.remat)
     if starts_from_lower(config):
       _start_as_frame_copy(self.downsample.conv, 0 if self.mixing in ("add", "both") else 1)
 
@@ -297,8 +296,7 @@ class GrownDecoder(nnx.Module):
         rngs=rngs,
     )
     self.lower = lower
-    # A grown level is its few blocks: "level" rematerialises them one by one.
-    self.remat = remat_lib.policy(config.remat).replace("level", "block")
+    self.remat = remat_lib.blocks_only_policy(config.remat)
     if starts_from_lower(config):  # starts repeating each latent frame
       _start_as_frame_copy(self.upsample.conv, 2)
 

@@ -33,6 +33,13 @@ def policy(value: Any) -> str:
   return value
 
 
+def blocks_only_policy(value: Any) -> str:
+  """The policy for blocks that no level wraps (a grown level is only its few blocks): "level"
+  then rematerialises those blocks one by one."""
+  named = policy(value)
+  return "block" if named == "level" else named
+
+
 def call(module: nnx.Module, x: jax.Array, remat: str, *, scope: str, args: tuple = ()) -> jax.Array:
   """`module(x, *args)`, rematerialised when the policy `remat` names this scope ("block" for
   res blocks, "level" for levels: a level's blocks then run plainly inside it)."""

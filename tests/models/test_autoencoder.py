@@ -629,6 +629,13 @@ def test_remat_policies_place_the_checkpoints_and_keep_the_gradients(
     assert _max_err(grads_r[name], grads[name]) <= 1e-5, name
 
 
+def test_blocks_without_a_level_remat_one_by_one_under_the_level_policy():
+  # A grown level is only its blocks: "level" cannot wrap a level there, so each block is.
+  assert [remat_lib.blocks_only_policy(v) for v in ("level", "block_convs", True, "")] == [
+      "block", "block_convs", "block", ""
+  ]
+
+
 def test_an_unknown_remat_policy_is_refused_before_building():
   with pytest.raises(UserError, match="model.remat='convs' is unknown"):
     autoencoder.validate_model_config(tiny_promag(remat="convs"))

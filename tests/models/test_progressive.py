@@ -93,6 +93,19 @@ def test_grown_model_extends_the_base_through_its_constructor():
     models.build_model(config)
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_level_remat_keeps_the_base_levels_and_remats_grown_blocks_one_by_one(levels):
+  config = tiny_model_config(levels)
+  config.remat = "level"
+  model = nnx.eval_shape(lambda: models.build_model(config))
+  encoder, decoder, grown = model.encoder, model.decoder, []
+  while isinstance(encoder, progressive.GrownEncoder):
+    grown += [encoder.remat, decoder.remat]
+    encoder, decoder = encoder.lower, decoder.lower
+  assert grown == ["block"] * (2 * levels)
+  assert isinstance(encoder, autoencoder.Encoder)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("mixing", "concat"), ("adanorm", "gain"), ("levels", -1), ("num_res_blocks", 0)],
