@@ -321,6 +321,9 @@ def plan_runs(
   if "fresh" not in growth_inits:
     labels = [n for n in labels if n not in PREVIOUS]
   labels += [grown_label(n, i) for i in growth_inits if i != "fresh" for n in PREVIOUS]
+  # A grown stage is a few hundred steps on the base: the grown side of the headline is ready
+  # long before the direct runs, which train from scratch for as many steps as base + stages.
+  labels.sort(key=lambda label: label.startswith("direct_"))
   runs = [
       Run(
           label,

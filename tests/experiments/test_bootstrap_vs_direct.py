@@ -220,10 +220,12 @@ def test_plan_runs_orders_filters_and_names_every_run():
       ablations=["mixing_none"],
       stage_budget=True,
   )
-  labels = list(plan.HEADLINE) + ["promag_8x+from_lower", "promag_16x+from_lower"]
+  grown = ["promag_8x", "promag_16x", "promag_8x+from_lower", "promag_16x+from_lower"]
+  labels = ["promag_4x"] + grown + ["direct_8x", "direct_16x"]  # the short grown stages first
   assert [(r.label, r.seed) for r in runs] == [(l, s) for s in (0, 1) for l in labels]
-  assert runs[-1].run_dir == "/runs/seed1/promag_16x+from_lower"
-  assert runs[-1].previous == "promag_8x+from_lower" and runs[-1].change == ""
+  assert runs[-3].run_dir == "/runs/seed1/promag_16x+from_lower"
+  assert runs[-3].previous == "promag_8x+from_lower" and runs[-3].change == ""
+  assert runs[-1].previous is None
   assert [(r.label, r.seed, r.run_dir) for r in extra] == [
       ("direct_8x@stage", 0, "/runs/seed0/direct_8x_stage"),
       ("direct_16x@stage", 0, "/runs/seed0/direct_16x_stage"),
@@ -241,7 +243,7 @@ def test_plan_runs_orders_filters_and_names_every_run():
       max_compression=8,
       base_continuation=200,
   )
-  assert [r.label for r in runs] == ["promag_4x", "direct_8x", "promag_8x+from_lower"]
+  assert [r.label for r in runs] == ["promag_4x", "promag_8x+from_lower", "direct_8x"]
   assert [(r.label, r.run_dir, r.previous, r.continues) for r in extra] == [
       ("direct_8x@stage", "/runs/seed3/direct_8x_stage", None, None),
       (
